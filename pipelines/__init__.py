@@ -1,0 +1,1 @@
+"""The pipeline's stage code: plain PyTorch, no Prefect. Each stage runs as `python -m pipelines.<stage>`."""

@@ -1,0 +1,136 @@
+"""Image datasets as tensors, and their on-disk form: Parquet with a fixed-shape uint8 image column.
+
+Each row holds `image` (the pixels, flattened C*H*W uint8), `shape` ([C, H, W]) and `label`; the
+schema metadata holds the class names and the image shape, so a file is self-describing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from pipelines.atomic import atomic_path
+from pipelines.config import SplitParams
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images as one uint8 tensor [N, C, H, W] with int64 labels [N]: batches are slices, never per-sample work."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.images.shape[1:]
+        return channels, height, width
+
+    def checksum(self) -> str:
+        """sha256 of pixels and labels: identical content gives the same digest, whatever the file."""
+        digest = hashlib.sha256()
+        digest.update(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.numpy().astype("<i8").tobytes())
+        return digest.hexdigest()
+
+
+def load_source(source: str) -> ImageSet:
+    """The whole dataset named by `data.source`."""
+    if source == "digits":
+        digits = load_digits()
+        # Pixels are intensities 0..16: rescale to the full uint8 range.
+        pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+        return ImageSet(
+            images=torch.from_numpy(pixels),
+            labels=torch.from_numpy(digits.target.astype(np.int64)),
+            class_names=[str(name) for name in digits.target_names],
+        )
+    raise ValueError(f"unknown data source {source!r}; valid: digits")
+
+
+def stratified_split(labels: torch.Tensor, split: SplitParams, seed: int) -> dict[str, torch.Tensor]:
+    """Row indices of train/val/test, each keeping the class proportions of the whole set."""
+    indices = np.arange(len(labels))
+    y = labels.numpy()
+    train, rest = train_test_split(indices, train_size=split.train, stratify=y, random_state=seed)
+    val_share = split.val / (split.val + split.test)
+    val, test = train_test_split(rest, train_size=val_share, stratify=y[rest], random_state=seed)
+    return {name: torch.from_numpy(np.sort(part)) for name, part in (("train", train), ("val", val), ("test", test))}
+
+
+def subset(data: ImageSet, rows: torch.Tensor) -> ImageSet:
+    return ImageSet(data.images[rows], data.labels[rows], data.class_names)
+
+
+def to_table(data: ImageSet, extra_columns: dict[str, torch.Tensor] | None = None) -> pa.Table:
+    """The Arrow table of an ImageSet (plus optional integer columns such as `copy`)."""
+    channels, height, width = data.image_shape
+    flat = data.images.reshape(len(data), -1).contiguous().numpy()
+    image = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.uint8()), flat.shape[1])
+    shape = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.tile(np.array([channels, height, width], np.int32), len(data)), pa.int32()), 3
+    )
+    columns = {"image": image, "shape": shape, "label": pa.array(data.labels.numpy(), pa.int64())}
+    for name, values in (extra_columns or {}).items():
+        columns[name] = pa.array(values.numpy(), pa.int64())
+    metadata = {
+        "class_names": json.dumps(data.class_names),
+        "image_shape": json.dumps([channels, height, width]),
+    }
+    return pa.table(columns).replace_schema_metadata(metadata)
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_image_set(path: Path) -> ImageSet:
+    """Load a Parquet image file written by `to_table`."""
+    table = pq.read_table(path, columns=["image", "label"])
+    metadata = table.schema.metadata or {}
+    if b"image_shape" not in metadata or b"class_names" not in metadata:
+        raise ValueError(f"{path}: not an image table of this pipeline (no image_shape/class_names metadata)")
+    shape = json.loads(metadata[b"image_shape"])
+    flat = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    images = torch.from_numpy(flat.reshape(len(table), *shape).copy())
+    labels = torch.from_numpy(table.column("label").to_numpy().copy())
+    return ImageSet(images, labels, json.loads(metadata[b"class_names"]))
+
+
+def dataset_card(splits: dict[str, ImageSet], source: str) -> dict:
+    """A small JSON summary: counts per class and split, image shape, pixel statistics and checksums."""
+    train = splits["train"]
+    pixels = train.images.float() / 255.0
+    return {
+        "source": source,
+        "class_names": train.class_names,
+        "image_shape": list(train.image_shape),
+        "num_classes": len(train.class_names),
+        # Per-channel statistics of the training split: the models normalize their input with them.
+        "pixel_mean": pixels.mean(dim=(0, 2, 3)).tolist(),
+        "pixel_std": pixels.std(dim=(0, 2, 3)).tolist(),
+        "splits": {
+            name: {
+                "count": len(part),
+                "per_class": {
+                    class_name: int((part.labels == index).sum())
+                    for index, class_name in enumerate(part.class_names)
+                },
+                "sha256": part.checksum(),
+            }
+            for name, part in splits.items()
+        },
+    }

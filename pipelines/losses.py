@@ -1,0 +1,26 @@
+"""Distillation losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def hinton_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Hinton et al. (2015): alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, labels).
+
+    p^T = softmax(logits / T). The teacher's softened distribution is the target, as in the paper; the
+    T^2 factor keeps the soft term's gradient on the same scale as the hard term's when T changes.
+    The KL term is averaged over the batch, like the cross-entropy.
+    """
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=1)
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=1)
+    soft = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="batchmean")
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard

@@ -1,0 +1,51 @@
+"""Where every artifact of the pipeline lives, relative to a project root (dvc.yaml names the same files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+MODELS = ("teacher", "student_baseline", "student_kd")
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path = Path(".")
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    def split(self, name: str) -> Path:
+        return self.prepared / f"{name}.parquet"
+
+    @property
+    def card(self) -> Path:
+        return self.prepared / "card.json"
+
+    @property
+    def transfer(self) -> Path:
+        return self.root / "data" / "transfer" / "transfer.parquet"
+
+    @property
+    def teacher_logits(self) -> Path:
+        return self.root / "data" / "teacher_logits" / "transfer_logits.npy"
+
+    def model(self, name: str) -> Path:
+        return self.root / "models" / f"{name}.pt"
+
+    def training_log(self, name: str) -> Path:
+        """The dvclive folder of one training run: metrics.json and per-epoch plots."""
+        return self.root / "metrics" / "train" / name
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.root / "metrics" / "eval.json"
+
+    def confusion_plot(self, name: str) -> Path:
+        return self.root / "plots" / "confusion" / f"{name}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "reports" / "report.md"

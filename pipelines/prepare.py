@@ -1,0 +1,30 @@
+"""Stage `prepare`: the data source -> stratified, seeded train/val/test Parquet splits and a dataset card."""
+
+from __future__ import annotations
+
+import logging
+
+from pipelines.atomic import write_json
+from pipelines.config import Params
+from pipelines.data import dataset_card, load_source, stratified_split, subset, to_table, write_parquet
+from pipelines.paths import SPLITS, Paths
+from pipelines.stage import run_stage
+
+log = logging.getLogger(__name__)
+
+
+def prepare(params: Params, paths: Paths = Paths()) -> dict:
+    """Write the three splits and the card; return the card."""
+    data = load_source(params.data.source)
+    rows = stratified_split(data.labels, params.data.split, params.seed)
+    splits = {name: subset(data, rows[name]) for name in SPLITS}
+    for name, part in splits.items():
+        write_parquet(paths.split(name), to_table(part))
+    card = dataset_card(splits, params.data.source)
+    write_json(paths.card, card)
+    log.info("prepared %s: %s", params.data.source, {name: len(part) for name, part in splits.items()})
+    return card
+
+
+if __name__ == "__main__":
+    run_stage(prepare)

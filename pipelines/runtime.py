@@ -1,0 +1,52 @@
+"""Where a stage runs: device, rank and world size, decided in this one place.
+
+Under torchrun (WORLD_SIZE > 1) this joins the process group (NCCL on CUDA, gloo on the CPU) and
+pins each process to its local GPU; a plain `python -m pipelines.<stage>` is rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes artifacts and logs metrics."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_runtime(device: str = "auto") -> Runtime:
+    """The runtime of this process, from params' `device` and torchrun's environment."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("params.yaml device: cuda, but no CUDA device is available (use auto or cpu)")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        chosen = torch.device("cuda", local_rank)
+    else:
+        chosen = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None)
+    return Runtime(device=chosen, rank=rank, world_size=world_size)
+
+
+def shutdown(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()

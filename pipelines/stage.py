@@ -1,0 +1,30 @@
+"""The shared entry point of `python -m pipelines.<stage>`: validate params first, then run the stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import PARAMS_FILE, Params, ParamsError, load_params
+from pipelines.paths import Paths
+
+EXIT_BAD_PARAMS = 2
+
+
+def run_stage(stage: Callable[[Params, Paths], Any]) -> None:
+    """Run one stage from the command line; invalid params exit 2 before anything is read or written."""
+    parser = argparse.ArgumentParser(description=stage.__doc__)
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
+    parser.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/, ...")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        params = load_params(args.params)
+    except ParamsError as error:
+        print(error, file=sys.stderr)
+        sys.exit(EXIT_BAD_PARAMS)
+    stage(params, Paths(args.root))
