@@ -1,0 +1,71 @@
+"""The distillation flow: every dvc.yaml stage as its own Prefect task, in DAG order, then the report.
+
+    python -m flows.distillation                                  # the pipeline as params.yaml says
+    python -m flows.distillation --set teacher.train.epochs=5 --set distill.temperature=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow
+
+from pipelines.config import ParamsError
+from pipelines.paths import Paths
+from tasks.params import apply_overrides
+from tasks.report import publish_report
+from tasks.stages import augment, distill, evaluate, prepare, teacher_logits, train_student, train_teacher
+
+# DAG order of dvc.yaml (tests/test_flow.py checks it against DVC's own graph).
+STAGES = (prepare, augment, train_teacher, train_student, teacher_logits, distill, evaluate)
+
+
+@flow(name="distillation")
+def distillation(overrides: dict[str, Any] | None = None, project_dir: str = ".") -> dict[str, dict]:
+    """Validate params (with overrides), reproduce each stage through DVC, publish the evaluation."""
+    root = Path(project_dir).resolve()
+    apply_overrides(root, overrides or {})
+    for stage in STAGES:
+        stage(root)
+    return publish_report(root)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key.path=value` strings -> {key.path: value}, each value read as YAML (5 -> int, [1, 2] -> list)."""
+    overrides = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ParamsError(f"override {item!r}: expected key.path=value, e.g. teacher.train.epochs=5")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml value (repeatable); written into params.yaml")
+    parser.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
+    args = parser.parse_args()
+    try:
+        overrides = parse_overrides(args.overrides)
+        distillation(overrides=overrides, project_dir=args.project_dir)
+    except ParamsError as error:
+        print(error, file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:  # the flow's log already holds the traceback; end with the cause alone
+        print(f"\nflow failed: {error}", file=sys.stderr)
+        sys.exit(1)
+    paths = Paths(Path(args.project_dir))
+    print("\n" + paths.report.read_text())
+    print(f"Artifacts: data/ (splits, transfer set, teacher logits), models/ (teacher.pt, student_baseline.pt, "
+          f"student_kd.pt), metrics/eval.json, {paths.report}; Prefect artifacts distillation-report and "
+          f"model-comparison. Versioned by DVC: see `dvc status`, `dvc metrics show`, `dvc plots show`.")
+
+
+if __name__ == "__main__":
+    main()

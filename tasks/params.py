@@ -1,0 +1,62 @@
+"""The flow's parameter overrides: validated with the whole file, then written into params.yaml.
+
+params.yaml stays the one source of truth: DVC sees the new values (and records them in dvc.lock), and
+a later `dvc repro` finds nothing to redo. The override itself is recorded as a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from ruamel.yaml import YAML
+
+from pipelines.atomic import atomic_path
+from pipelines.config import PARAMS_FILE, load_params, read_raw_params
+
+
+@task(name="apply_overrides", cache_policy=NO_CACHE)
+def apply_overrides(project_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Validate params.yaml with `overrides` applied; if there are any, write them into the file.
+
+    Invalid values raise ParamsError before anything is written, so no stage runs.
+    """
+    path = project_dir / PARAMS_FILE
+    params = load_params(path, overrides)
+    if overrides:
+        before = read_raw_params(path)
+        write_overrides(path, overrides)
+        create_table_artifact(
+            [{"key": key, "before": repr(_lookup(before, key)), "after": repr(value)} for key, value in overrides.items()],
+            key="params-overrides",
+            description=f"Overrides this flow run wrote into {path.name}",
+        )
+        get_run_logger().info("wrote overrides into %s: %s", path, overrides)
+    return params.model_dump(mode="json")
+
+
+def write_overrides(path: Path, overrides: dict[str, Any]) -> None:
+    """Set each dotted key in the YAML file, keeping its comments and layout; an atomic rewrite."""
+    yaml = YAML()  # round-trip mode: comments and key order survive
+    document = yaml.load(path)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = document
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as file:
+            yaml.dump(document, file)
+
+
+def _lookup(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node

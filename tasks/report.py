@@ -1,0 +1,31 @@
+"""Publish the evaluation as Prefect artifacts: the markdown report and the three-model metrics table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipelines.paths import Paths
+
+# Scalar metrics shown in the table artifact, in this order.
+TABLE_COLUMNS = ("accuracy", "macro_f1", "nll", "ece", "agreement_with_teacher", "params", "checkpoint_bytes")
+
+
+@task(name="publish_report", cache_policy=NO_CACHE)
+def publish_report(project_dir: Path) -> dict[str, dict]:
+    """Create the `distillation-report` and `model-comparison` artifacts; return eval.json's content."""
+    paths = Paths(project_dir)
+    results = json.loads(paths.eval_metrics.read_text())
+    create_markdown_artifact(
+        markdown=paths.report.read_text(), key="distillation-report", description="Teacher vs. students on the test split"
+    )
+    rows = []
+    for name, metrics in results.items():
+        latency = {key: round(value, 4) for key, value in metrics.items() if key.startswith("latency_ms")}
+        rows.append({"model": name, **{key: metrics[key] for key in TABLE_COLUMNS}, **latency})
+    create_table_artifact(rows, key="model-comparison", description="Test metrics of each model (metrics/eval.json)")
+    return results

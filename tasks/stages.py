@@ -1,0 +1,60 @@
+"""One Prefect task per dvc.yaml stage. Each runs `dvc repro --single-item <stage>`, so a flow run and
+`dvc repro` share one cache and one dvc.lock: a stage whose inputs did not change is skipped by DVC.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from prefect import Task, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+# Lines of a failed stage's output repeated in the exception, so the flow's error shows the stage's own message.
+ERROR_TAIL_LINES = 25
+
+
+class StageFailed(RuntimeError):
+    """A pipeline stage exited non-zero; the message ends with the stage's own output."""
+
+
+def run_dvc_stage(stage: str, project_dir: Path) -> None:
+    """Reproduce one stage through DVC, streaming its output to the run's log."""
+    logger = get_run_logger()
+    env = dict(os.environ)
+    # dvc.yaml's `python -m pipelines.<stage>` must find this interpreter (the project's venv) first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+    with subprocess.Popen(
+        command, cwd=project_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                logger.info(line)
+                tail.append(line)
+    if process.returncode != 0:
+        raise StageFailed(f"stage {stage} failed (exit code {process.returncode}):\n" + "\n".join(tail))
+
+
+def stage_task(stage: str) -> Task:
+    """The Prefect task that reproduces `stage`. DVC decides what to rerun, so Prefect caches nothing."""
+
+    def reproduce(project_dir: Path) -> None:
+        run_dvc_stage(stage, project_dir)
+
+    return task(reproduce, name=stage, task_run_name=stage, cache_policy=NO_CACHE,
+                description=f"dvc repro --single-item {stage}")
+
+
+prepare = stage_task("prepare")
+augment = stage_task("augment")
+train_teacher = stage_task("train_teacher")
+train_student = stage_task("train_student")
+teacher_logits = stage_task("teacher_logits")
+distill = stage_task("distill")
+evaluate = stage_task("evaluate")
