@@ -18,7 +18,7 @@ from pipelines.metrics import classification_metrics, latency_ms
 from pipelines.models import count_parameters
 from pipelines.paths import MODELS, Paths
 from pipelines.stage import run_stage
-from pipelines.train import predict_logits
+from pipelines.predict import predict_logits
 
 log = logging.getLogger(__name__)
 

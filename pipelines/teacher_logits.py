@@ -18,7 +18,7 @@ from pipelines.data import read_image_set
 from pipelines.paths import Paths
 from pipelines.runtime import init_runtime
 from pipelines.stage import run_stage
-from pipelines.train import predict_logits
+from pipelines.predict import predict_logits
 
 log = logging.getLogger(__name__)
 

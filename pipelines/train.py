@@ -28,22 +28,10 @@ from pipelines.losses import hinton_kd_loss
 from pipelines.models import build_model, count_parameters, model_config
 from pipelines.optim import build_optimizer, build_schedule
 from pipelines.paths import Paths
+from pipelines.predict import predict_logits
 from pipelines.runtime import Runtime, init_runtime, shutdown
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits [N, classes] on the CPU for uint8 images [N, C, H, W], in eval mode."""
-    was_training = model.training
-    model.eval()
-    outputs = [
-        model(images[start : start + batch_size].to(device).float().div_(255.0)).float().cpu()
-        for start in range(0, len(images), batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(outputs)
 
 
 def fit(

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny params for fast stage runs, and throwaway copies of the project for DVC and Prefect."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tasks  # noqa: F401  (quiet offline Prefect/DVC defaults for every test)
+from pipelines.config import Params, load_params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Overrides that shrink the real params.yaml to a run of a few seconds: one augmented copy,
+# narrow models, one epoch. Everything else (data source, split, schedules) is the shipped file.
+TINY_OVERRIDES: dict[str, Any] = {
+    "augment.copies": 1,
+    "teacher.model.width": 4,
+    "teacher.model.depth": 2,
+    "teacher.train.epochs": 1,
+    "student.model.width": 2,
+    "student.model.depth": 1,
+    "student.train.epochs": 1,
+    "evaluate.latency_repeats": 2,
+}
+
+# What a copy of the project needs to run the pipeline: code, stage and params definitions, DVC's config.
+PROJECT_FILES = (
+    "pipelines", "tasks", "flows", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
+)
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's venv first on PATH (dvc.yaml calls `python`)."""
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh clone-like copy of the project (git repo with one commit, DVC initialised), tiny params."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in PROJECT_FILES:
+        source = PROJECT_ROOT / name
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    from tasks.params import write_overrides
+
+    write_overrides(root / "params.yaml", TINY_OVERRIDES)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run([*git, "commit", "-qm", "project copy"], root)
+    return root

@@ -1,0 +1,99 @@
+"""The Prefect flow runs the dvc.yaml stages as tasks, shares DVC's cache, publishes the evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from prefect.artifacts import Artifact
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.distillation import STAGES, distillation, parse_overrides
+from pipelines.config import ParamsError
+from tests.conftest import PROJECT_ROOT, run
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    """A real, temporary Prefect server (with its own database) for this module's flow runs."""
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def test_flow_runs_the_stages_in_an_order_dvc_allows() -> None:
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    order = [task.name for task in STAGES]
+    assert sorted(order) == sorted(stages)
+    producer = {out: name for name, stage in stages.items() for out in stage.get("outs", [])}
+    for name, stage in stages.items():
+        for dep in stage["deps"]:
+            if dep in producer:
+                assert order.index(producer[dep]) < order.index(name), f"{name} runs before {producer[dep]}"
+
+
+def test_overrides_parse_values_as_yaml() -> None:
+    assert parse_overrides(["teacher.train.epochs=5", "augment.scale=[0.8, 1.2]", "device=cpu"]) == {
+        "teacher.train.epochs": 5,
+        "augment.scale": [0.8, 1.2],
+        "device": "cpu",
+    }
+    with pytest.raises(ParamsError, match="key.path=value"):
+        parse_overrides(["teacher.train.epochs"])
+
+
+@pytest.mark.slow
+def test_flow_runs_end_to_end_records_the_override_and_leaves_dvc_nothing_to_do(prefect_server, project: Path) -> None:
+    results = distillation(overrides={"student.train.epochs": 2}, project_dir=str(project))
+
+    assert set(results) == {"teacher", "student_baseline", "student_kd"}
+    assert results == json.loads((project / "metrics" / "eval.json").read_text())
+    assert yaml.safe_load((project / "params.yaml").read_text())["student"]["train"]["epochs"] == 2
+    assert "# Every knob of the pipeline" in (project / "params.yaml").read_text(), "comments kept"
+
+    report = Artifact.get("distillation-report")
+    assert report is not None and "| student_kd |" in report.data
+    comparison = Artifact.get("model-comparison")
+    assert comparison is not None and "student_baseline" in comparison.data
+    override = Artifact.get("params-overrides")
+    assert override is not None and "student.train.epochs" in override.data
+
+    status = run(["dvc", "repro"], project)
+    assert "Running stage" not in status.stdout
+    assert "Data and pipelines are up to date." in status.stdout
+
+
+@pytest.mark.slow
+def test_flow_after_dvc_repro_redoes_nothing(prefect_server, project: Path) -> None:
+    run(["dvc", "repro"], project)
+    models = {path.name: path.stat().st_mtime_ns for path in (project / "models").glob("*.pt")}
+    distillation(project_dir=str(project))
+    assert {path.name: path.stat().st_mtime_ns for path in (project / "models").glob("*.pt")} == models
+
+
+@pytest.mark.slow
+def test_invalid_override_fails_before_any_stage_and_leaves_params_untouched(prefect_server, project: Path) -> None:
+    before = (project / "params.yaml").read_bytes()
+    with pytest.raises(ParamsError, match=r"distill\.alpha"):
+        distillation(overrides={"distill.alpha": 1.5}, project_dir=str(project))
+    assert (project / "params.yaml").read_bytes() == before
+    assert not (project / "data" / "prepared" / "train.parquet").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA to make train_teacher fail")
+def test_a_failing_stage_fails_the_flow_with_the_stage_s_own_message(prefect_server, project: Path) -> None:
+    with pytest.raises(RuntimeError, match="stage train_teacher failed") as failure:
+        distillation(overrides={"device": "cuda"}, project_dir=str(project))
+    assert "no CUDA device is available" in str(failure.value)
+    assert (project / "data" / "transfer" / "transfer.parquet").exists(), "earlier stages still completed"
+
+
+@pytest.mark.slow
+def test_command_line_exits_2_on_a_bad_override(project: Path) -> None:
+    result = run(["python", "-m", "flows.distillation", "--set", "teacher.optimizer.lr=-1"], project, check=False)
+    assert result.returncode == 2
+    assert "teacher.optimizer.lr" in result.stderr
+    assert "greater than 0" in result.stderr
