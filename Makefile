@@ -37,7 +37,7 @@ test-fast: setup
 
 # Distilled vs. baseline student over 3 seeds (see README): minutes, not part of the tests.
 bench: setup
-	$(BIN)/python benchmarks/kd_vs_baseline.py
+	$(BIN)/python -m benchmarks.kd_vs_baseline
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache

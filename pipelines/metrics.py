@@ -45,7 +45,7 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     correct = (predictions == labels).float()
     # Bin b holds confidences in (b/bins, (b+1)/bins]; confidence is always > 0, so index 0 is the lowest bin.
     index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
-    gap = torch.zeros(bins).index_add_(0, index, confidence - correct)
+    gap = torch.zeros(bins, dtype=confidence.dtype).index_add_(0, index, confidence - correct)
     return float(gap.abs().sum() / len(labels))
 
 

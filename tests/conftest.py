@@ -65,8 +65,32 @@ def project(tmp_path: Path) -> Path:
     from tasks.params import write_overrides
 
     write_overrides(root / "params.yaml", TINY_OVERRIDES)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     run(["git", "init", "-q"], root)
+    # An identity of the copy's own: `dvc exp run` commits experiment refs, and CI may have no global one.
+    run(["git", "config", "user.name", "test"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "add", "-A"], root)
-    run([*git, "commit", "-qm", "project copy"], root)
+    run(["git", "commit", "-qm", "project copy"], root)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """(params, paths) of one tiny run of prepare, augment, train_teacher, train_student, teacher_logits and distill.
+
+    Run once per session into a throwaway root and shared by every test that reads trained artifacts:
+    treat it as read-only (copy what a test changes into its own tmp_path).
+    """
+    from pipelines.augment import augment
+    from pipelines.distill import distill
+    from pipelines.paths import Paths
+    from pipelines.prepare import prepare
+    from pipelines.teacher_logits import teacher_logits
+    from pipelines.train_student import train_student
+    from pipelines.train_teacher import train_teacher
+
+    params = load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    paths = Paths(tmp_path_factory.mktemp("trained_pipeline"))
+    for stage in (prepare, augment, train_teacher, train_student, teacher_logits, distill):
+        stage(params, paths)
+    return params, paths

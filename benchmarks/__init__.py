@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and print, side by side in one run; never part of the tests."""

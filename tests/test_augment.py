@@ -1,0 +1,204 @@
+"""Batched, seeded augmentation (`augment_batch`) and the transfer set built from it (stage `augment`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import PROJECT_ROOT, TINY_OVERRIDES
+from pipelines.augment import augment, build_transfer_set
+from pipelines.config import AugmentParams, load_params
+from pipelines.data import ImageSet, read_image_set
+from pipelines.paths import Paths
+from pipelines.prepare import prepare
+from pipelines.transforms import augment_batch
+
+# Every magnitude zero: augment_batch must then be the identity.
+IDENTITY = {
+    "rotation_degrees": 0.0,
+    "translate": 0.0,
+    "scale": [1.0, 1.0],
+    "noise_std": 0.0,
+    "cutout_probability": 0.0,
+    "horizontal_flip": False,
+}
+
+
+@pytest.fixture(scope="module")
+def shipped() -> AugmentParams:
+    return load_params(PROJECT_ROOT / "params.yaml").augment
+
+
+def settings(base: AugmentParams, **changes: Any) -> AugmentParams:
+    """Validated augment params: `base` with `changes`."""
+    return AugmentParams.model_validate({**base.model_dump(), **changes})
+
+
+def random_images(count: int, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
+    return torch.rand(count, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def small_train_set(count: int = 10) -> ImageSet:
+    images = torch.randint(0, 256, (count, 1, 8, 8), generator=generator(1), dtype=torch.uint8)
+    labels = torch.arange(count) % 3
+    return ImageSet(images, labels, ["a", "b", "c"])
+
+
+# --- augment_batch ---------------------------------------------------------------------------------
+
+
+def test_zero_magnitudes_return_the_input_unchanged(shipped):
+    images = random_images(32)
+    out = augment_batch(images, settings(shipped, **IDENTITY), generator(0))
+    assert out.shape == images.shape
+    assert torch.allclose(out, images, atol=1e-6, rtol=0)
+
+
+def test_zero_magnitudes_keep_a_multichannel_non_square_image(shipped):
+    images = random_images(4, shape=(3, 6, 10))
+    out = augment_batch(images, settings(shipped, **IDENTITY), generator(0))
+    assert torch.allclose(out, images, atol=1e-6, rtol=0)
+
+
+def test_augment_batch_does_not_modify_its_input(shipped):
+    images = random_images(16)
+    before = images.clone()
+    augment_batch(images, shipped, generator(0))
+    assert torch.equal(images, before)
+
+
+def test_same_generator_seed_gives_identical_output(shipped):
+    images = random_images(64)
+    assert torch.equal(augment_batch(images, shipped, generator(7)), augment_batch(images, shipped, generator(7)))
+
+
+def test_different_generator_seed_gives_different_output(shipped):
+    images = random_images(64)
+    assert not torch.equal(augment_batch(images, shipped, generator(7)), augment_batch(images, shipped, generator(8)))
+
+
+def test_output_keeps_the_shape_and_is_clamped_to_the_unit_range(shipped):
+    images = random_images(64)
+    out = augment_batch(images, settings(shipped, noise_std=0.5), generator(0))
+    assert out.shape == images.shape
+    assert out.dtype == images.dtype
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0  # strong noise pushes pixels past both ends
+
+
+def test_cutout_erases_one_square_of_cutout_size_and_changes_nothing_else(shipped):
+    size, height, width = 3, 16, 16
+    images = torch.ones(200, 1, height, width)
+    out = augment_batch(images, settings(shipped, **{**IDENTITY, "cutout_probability": 1.0, "cutout_size": size}),
+                        generator(0))
+    interior = 0
+    for image in out[:, 0]:
+        erased = image < 0.5
+        # Outside the erased square every pixel is untouched.
+        assert torch.allclose(image[~erased], torch.ones(()), atol=1e-6)
+        assert torch.all(image[erased] == 0.0)
+        rows = erased.any(1).nonzero().flatten()
+        cols = erased.any(0).nonzero().flatten()
+        assert len(rows) > 0, "probability 1 erases a square in every image"
+        top, bottom, left, right = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+        # The erased pixels are one filled rectangle ...
+        assert int(erased.sum()) == (bottom - top + 1) * (right - left + 1)
+        # ... a cutout_size square, smaller only where the border clips it.
+        if 0 < top and bottom < height - 1 and 0 < left and right < width - 1:
+            assert int(erased.sum()) == size * size
+            interior += 1
+        else:
+            assert int(erased.sum()) <= size * size
+    assert interior > 0
+
+
+def test_cutout_probability_zero_erases_nothing(shipped):
+    images = torch.ones(100, 1, 8, 8)
+    out = augment_batch(images, settings(shipped, **{**IDENTITY, "cutout_size": 4}), generator(0))
+    assert torch.equal(out, images)
+
+
+def test_horizontal_flip_alone_mirrors_some_images_and_keeps_the_others(shipped):
+    images = random_images(64)
+    out = augment_batch(images, settings(shipped, **{**IDENTITY, "horizontal_flip": True}), generator(0))
+    mirrored = torch.flip(images, dims=[3])
+    kept = [torch.allclose(o, i, atol=1e-6, rtol=0) for o, i in zip(out, images)]
+    flipped = [torch.allclose(o, m, atol=1e-6, rtol=0) for o, m in zip(out, mirrored)]
+    assert all(k or f for k, f in zip(kept, flipped))
+    assert any(kept) and any(flipped)
+
+
+def test_one_call_on_a_batch_of_256_transforms_each_image_differently(shipped):
+    one = random_images(1)
+    batch = one.expand(256, -1, -1, -1).contiguous()
+    out = augment_batch(batch, settings(shipped, **{**IDENTITY, "rotation_degrees": 30.0, "translate": 0.2}),
+                        generator(0))
+    distinct = torch.unique(out.reshape(256, -1), dim=0)
+    assert len(distinct) == 256
+
+
+# --- the transfer set ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("copies", "include_original"), [(3, True), (2, False), (0, True)])
+def test_transfer_set_has_train_count_times_copies_plus_original_rows(shipped, copies, include_original):
+    train = small_train_set()
+    transfer, provenance = build_transfer_set(
+        train, settings(shipped, copies=copies, include_original=include_original), seed=0
+    )
+    expected = len(train) * (copies + int(include_original))
+    assert len(transfer) == len(provenance["source_index"]) == len(provenance["copy"]) == expected
+    assert transfer.images.dtype == torch.uint8 and transfer.images.shape[1:] == train.images.shape[1:]
+    first_copy = 0 if include_original else 1
+    for copy in range(first_copy, copies + 1):
+        rows = provenance["copy"] == copy
+        assert torch.equal(provenance["source_index"][rows], torch.arange(len(train)))
+
+
+def test_copy_zero_rows_are_the_original_images(shipped):
+    train = small_train_set()
+    transfer, provenance = build_transfer_set(train, settings(shipped, copies=2, include_original=True), seed=0)
+    originals = provenance["copy"] == 0
+    assert torch.equal(transfer.images[originals], train.images[provenance["source_index"][originals]])
+    # The augmented copies are not the originals.
+    augmented = ~originals
+    assert not torch.equal(transfer.images[augmented], train.images[provenance["source_index"][augmented]])
+
+
+def test_transfer_labels_follow_source_index(shipped):
+    train = small_train_set()
+    transfer, provenance = build_transfer_set(train, settings(shipped, copies=3), seed=0)
+    assert torch.equal(transfer.labels, train.labels[provenance["source_index"]])
+    assert transfer.class_names == train.class_names
+
+
+def test_augment_stage_writes_the_transfer_set_with_provenance_columns(tmp_path):
+    params = load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    paths = Paths(tmp_path)
+    prepare(params, paths)
+    augment(params, paths)
+    train = read_image_set(paths.split("train"))
+    transfer = read_image_set(paths.transfer)
+    table = pq.read_table(paths.transfer)
+    source_index = torch.tensor(table.column("source_index").to_numpy())
+    copy = torch.tensor(table.column("copy").to_numpy())
+    assert len(transfer) == len(train) * (params.augment.copies + int(params.augment.include_original))
+    assert torch.equal(transfer.labels, train.labels[source_index])
+    assert torch.equal(transfer.images[copy == 0], train.images[source_index[copy == 0]])
+
+
+def test_augment_stage_is_deterministic(tmp_path):
+    params = load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    tables = []
+    for run_name in ("first", "second"):
+        paths = Paths(tmp_path / run_name)
+        prepare(params, paths)
+        augment(params, paths)
+        tables.append(pq.read_table(paths.transfer))
+    assert tables[0].equals(tables[1], check_metadata=True)

@@ -1,0 +1,87 @@
+"""Hinton et al.'s distillation loss against values and gradients worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.losses import hinton_kd_loss
+
+STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+TEACHER = [[2.0, 1.0, 0.0], [1.0, 1.0, 2.0]]
+LABELS = [1, 0]
+
+
+def softmax(logits: list[float], temperature: float = 1.0) -> list[float]:
+    exps = [math.exp(value / temperature) for value in logits]
+    total = sum(exps)
+    return [value / total for value in exps]
+
+
+def by_hand(student, teacher, labels, temperature, alpha) -> float:
+    """alpha * T^2 * mean_i KL(p_teacher_i || p_student_i) + (1 - alpha) * mean_i CE_i, in plain Python."""
+    kls, ces = [], []
+    for s, t, label in zip(student, teacher, labels):
+        p_s, p_t = softmax(s, temperature), softmax(t, temperature)
+        kls.append(sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s)))
+        ces.append(-math.log(softmax(s)[label]))
+    return alpha * temperature**2 * sum(kls) / len(kls) + (1 - alpha) * sum(ces) / len(ces)
+
+
+def loss(student, teacher, labels, temperature, alpha) -> torch.Tensor:
+    return hinton_kd_loss(
+        torch.tensor(student, dtype=torch.float64),
+        torch.tensor(teacher, dtype=torch.float64),
+        torch.tensor(labels),
+        temperature,
+        alpha,
+    )
+
+
+@pytest.mark.parametrize(("temperature", "alpha"), [(2.0, 0.7), (4.0, 0.9), (1.0, 0.5), (0.5, 0.25)])
+def test_loss_matches_the_hand_computed_value(temperature, alpha):
+    expected = by_hand(STUDENT, TEACHER, LABELS, temperature, alpha)
+    assert float(loss(STUDENT, TEACHER, LABELS, temperature, alpha)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_soft_term_is_kl_of_student_from_teacher_not_the_reverse():
+    forward = by_hand(STUDENT, TEACHER, LABELS, 2.0, 1.0)
+    reverse = by_hand(TEACHER, STUDENT, LABELS, 2.0, 1.0)
+    assert forward != pytest.approx(reverse)
+    assert float(loss(STUDENT, TEACHER, LABELS, 2.0, 1.0)) == pytest.approx(forward, rel=1e-12)
+
+
+def test_alpha_zero_is_plain_cross_entropy():
+    student = torch.tensor(STUDENT)
+    labels = torch.tensor(LABELS)
+    kd = hinton_kd_loss(student, torch.tensor(TEACHER), labels, temperature=3.0, alpha=0.0)
+    assert torch.allclose(kd, F.cross_entropy(student, labels))
+
+
+def test_alpha_one_with_identical_logits_is_zero():
+    logits = torch.tensor(STUDENT)
+    kd = hinton_kd_loss(logits, logits.clone(), torch.tensor(LABELS), temperature=4.0, alpha=1.0)
+    assert abs(float(kd)) < 1e-6
+
+
+def test_alpha_one_ignores_the_labels():
+    student, teacher = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    one = hinton_kd_loss(student, teacher, torch.tensor([0, 0]), temperature=2.0, alpha=1.0)
+    other = hinton_kd_loss(student, teacher, torch.tensor([2, 1]), temperature=2.0, alpha=1.0)
+    assert torch.equal(one, other)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
+def test_soft_gradient_is_temperature_times_probability_gap_over_batch(temperature):
+    student = torch.tensor(STUDENT, dtype=torch.float64, requires_grad=True)
+    hinton_kd_loss(student, torch.tensor(TEACHER, dtype=torch.float64), torch.tensor(LABELS), temperature, 1.0).backward()
+    batch = len(STUDENT)
+    expected = [
+        [temperature * (ps - pt) / batch for ps, pt in zip(softmax(s, temperature), softmax(t, temperature))]
+        for s, t in zip(STUDENT, TEACHER)
+    ]
+    assert torch.allclose(student.grad, torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+

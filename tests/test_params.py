@@ -1,0 +1,234 @@
+"""params.yaml validation: the shipped file loads, and every bad value stops a run with a message naming its key."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT, run
+from pipelines.config import AdamParams, ParamsError, SGDParams, TrainParams, apply_overrides, load_params
+
+PARAMS = PROJECT_ROOT / "params.yaml"
+
+
+def params_error(overrides: dict[str, Any]) -> str:
+    """The message of the ParamsError that the shipped params.yaml with `overrides` raises."""
+    with pytest.raises(ParamsError) as caught:
+        load_params(PARAMS, overrides)
+    return str(caught.value)
+
+
+def problem_lines(message: str) -> list[str]:
+    """The `key.path: problem` lines of a ParamsError message (the first line names the file)."""
+    first, *rest = message.splitlines()
+    assert first == f"{PARAMS}: invalid parameters"
+    return [line.strip() for line in rest]
+
+
+# --- the shipped file ------------------------------------------------------------------------------
+
+
+def test_shipped_params_yaml_loads_with_its_values():
+    raw = yaml.safe_load(PARAMS.read_text())
+    params = load_params(PARAMS)
+    assert params.seed == raw["seed"]
+    assert params.teacher.train.epochs == raw["teacher"]["train"]["epochs"]
+    assert params.teacher.optimizer.name == raw["teacher"]["optimizer"]["name"]
+    assert params.student.optimizer.lr == raw["student"]["optimizer"]["lr"]
+    assert params.distill.temperature == raw["distill"]["temperature"]
+    assert params.distill.alpha == raw["distill"]["alpha"]
+    assert list(params.augment.scale) == raw["augment"]["scale"]
+
+
+def test_dotted_overrides_set_nested_values_without_touching_the_input():
+    raw = yaml.safe_load(PARAMS.read_text())
+    before = yaml.safe_dump(raw)
+    changed = apply_overrides(raw, {"teacher.train.epochs": 3, "distill.optimizer": {"name": "adam", "lr": 0.1}})
+    assert changed["teacher"]["train"]["epochs"] == 3
+    assert changed["distill"]["optimizer"] == {"name": "adam", "lr": 0.1}
+    assert yaml.safe_dump(raw) == before
+    assert load_params(PARAMS, {"teacher.train.epochs": 3}).teacher.train.epochs == 3
+
+
+def test_an_override_below_a_plain_value_is_a_params_error():
+    with pytest.raises(ParamsError, match=r"seed is a value, not a section"):
+        load_params(PARAMS, {"seed.inner": 1})
+
+
+# --- each class of bad value -----------------------------------------------------------------------
+
+
+def test_unknown_key_is_named_with_the_allowed_keys_of_its_section():
+    [line] = problem_lines(params_error({"teacher.train.epochz": 10}))
+    assert line.startswith("teacher.train: ")
+    assert "epochz" in line
+    assert "allowed keys here: epochs, batch_size" in line
+
+
+def test_unknown_top_level_key_lists_the_sections():
+    [line] = problem_lines(params_error({"bogus": 1}))
+    assert "bogus" in line
+    for section in ("seed", "device", "data", "augment", "teacher", "student", "distill", "evaluate"):
+        assert section in line.split("allowed keys here:")[1]
+
+
+def test_unknown_key_inside_an_optimizer_names_the_optimizer_section_and_its_keys():
+    [line] = problem_lines(params_error({"teacher.optimizer.betas": [0.9, 0.99]}))  # the teacher uses sgd
+    assert line.startswith("teacher.optimizer: ")
+    assert "betas" in line
+    assert "allowed keys here: name, lr, momentum, nesterov, weight_decay" in line
+
+
+def test_wrong_type_names_the_key_and_the_value_given():
+    [line] = problem_lines(params_error({"teacher.train.epochs": "ten"}))
+    assert line.startswith("teacher.train.epochs: ")
+    assert "integer" in line
+    assert "'ten'" in line
+
+
+@pytest.mark.parametrize("section", ["teacher", "student"])
+def test_negative_learning_rate_is_rejected(section):
+    [line] = problem_lines(params_error({f"{section}.optimizer.lr": -0.01}))
+    assert line.startswith(f"{section}.optimizer.lr: ")
+    assert "greater than 0" in line
+    assert "-0.01" in line
+
+
+@pytest.mark.parametrize(("alpha", "bound"), [(1.5, "less than or equal to 1"), (-0.1, "greater than or equal to 0")])
+def test_alpha_outside_zero_one_is_rejected(alpha, bound):
+    [line] = problem_lines(params_error({"distill.alpha": alpha}))
+    assert line.startswith("distill.alpha: ")
+    assert bound in line
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_alpha_at_either_end_of_the_range_is_accepted(alpha):
+    assert load_params(PARAMS, {"distill.alpha": alpha}).distill.alpha == alpha
+
+
+@pytest.mark.parametrize("temperature", [0, -2.0])
+def test_temperature_must_be_positive(temperature):
+    [line] = problem_lines(params_error({"distill.temperature": temperature}))
+    assert line.startswith("distill.temperature: ")
+    assert "greater than 0" in line
+
+
+def test_split_ratios_must_sum_to_one():
+    [line] = problem_lines(params_error({"data.split.train": 0.5}))
+    assert line.startswith("data.split: ")
+    total = 0.5 + 0.15 + 0.15
+    assert f"must sum to 1, got {total:g}" in line
+
+
+def test_unknown_optimizer_name_lists_the_valid_names():
+    [line] = problem_lines(params_error({"teacher.optimizer.name": "rmsprop"}))
+    assert line.startswith("teacher.optimizer: ")
+    assert "'rmsprop'" in line
+    assert "'sgd', 'adam'" in line
+
+
+def test_unknown_schedule_name_lists_the_valid_names():
+    [line] = problem_lines(params_error({"student.schedule.name": "linear"}))
+    assert line.startswith("student.schedule: ")
+    assert "'linear'" in line
+    assert "'constant', 'step', 'cosine'" in line
+
+
+def test_nesterov_without_momentum_is_rejected():
+    # The shipped teacher uses sgd with nesterov: true.
+    [line] = problem_lines(params_error({"teacher.optimizer.momentum": 0.0}))
+    assert line == "teacher.optimizer: nesterov: true needs momentum > 0"
+
+
+def test_errors_inside_distill_overrides_name_the_distill_key_path():
+    [line] = problem_lines(params_error({"distill.optimizer": {"name": "sgd", "lr": -1.0}}))
+    assert line.startswith("distill.optimizer.lr: ")
+
+
+def test_several_errors_are_all_reported_at_once():
+    lines = problem_lines(
+        params_error({"teacher.optimizer.lr": -1.0, "student.train.epochs": "x", "distill.alpha": 2.0})
+    )
+    assert len(lines) == 3
+    named = sorted(line.split(":")[0] for line in lines)
+    assert named == ["distill.alpha", "student.train.epochs", "teacher.optimizer.lr"]
+
+
+def test_missing_file_is_a_params_error(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ParamsError, match="file not found") as caught:
+        load_params(missing)
+    assert str(missing) in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("just text\n", "str"), ("", "NoneType")])
+def test_yaml_that_is_not_a_mapping_is_a_params_error(tmp_path, text, kind):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=f"expected a mapping of sections.*got {kind}"):
+        load_params(path)
+
+
+def test_invalid_yaml_syntax_is_a_params_error(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [0\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)
+
+
+# --- the command-line contract ---------------------------------------------------------------------
+
+
+def test_stage_cli_with_bad_params_exits_2_naming_the_key_and_writes_nothing(tmp_path):
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["teacher"]["train"]["epochs"] = "ten"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    root = tmp_path / "root"
+    existing = root / "data" / "prepared" / "train.parquet"
+    existing.parent.mkdir(parents=True)
+    old_bytes = b"an artifact of an earlier run"
+    existing.write_bytes(old_bytes)
+
+    result = run(
+        [sys.executable, "-m", "pipelines.prepare", "--params", str(bad), "--root", str(root)],
+        cwd=PROJECT_ROOT,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "teacher.train.epochs" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert existing.read_bytes() == old_bytes
+    assert sorted(path for path in root.rglob("*") if path.is_file()) == [existing]
+
+
+# --- the distilled student's settings --------------------------------------------------------------
+
+
+def test_distill_training_defaults_to_the_students_settings():
+    params = load_params(PARAMS)
+    assert params.distill.train is None and params.distill.optimizer is None and params.distill.schedule is None
+    assert params.distill_training() == params.student
+
+
+def test_distill_training_applies_distills_overrides_to_the_students_settings():
+    params = load_params(
+        PARAMS,
+        {
+            "distill.train": {"epochs": 3, "batch_size": 64},
+            "distill.optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.5},
+        },
+    )
+    training = params.distill_training()
+    assert training.train == TrainParams(epochs=3, batch_size=64)
+    assert training.optimizer == SGDParams(name="sgd", lr=0.2, momentum=0.5)
+    # Whatever distill leaves out stays the student's.
+    assert training.model == params.student.model
+    assert training.schedule == params.student.schedule
+    # The student's own settings are unchanged.
+    assert isinstance(params.student.optimizer, AdamParams)
+    assert params.student.train.epochs == yaml.safe_load(PARAMS.read_text())["student"]["train"]["epochs"]

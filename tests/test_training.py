@@ -1,0 +1,244 @@
+"""Training stages on tiny data: checkpoints, dvclive logs, determinism, teacher logits, distillation, factories."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import PROJECT_ROOT, TINY_OVERRIDES
+from pipelines.checkpoint import load_model
+from pipelines.config import AdamParams, ConstantSchedule, CosineSchedule, SGDParams, StepSchedule, load_params
+from pipelines.data import read_image_set
+from pipelines.distill import distill
+from pipelines.models import build_model, count_parameters, model_config
+from pipelines.optim import build_optimizer, build_schedule
+from pipelines.paths import Paths
+from pipelines.predict import predict_logits
+from pipelines.teacher_logits import teacher_logits
+from pipelines.train_teacher import train_teacher
+
+CPU = torch.device("cpu")
+DIGITS_CARD = {"image_shape": [1, 8, 8], "num_classes": 10, "pixel_mean": [0.3], "pixel_std": [0.4]}
+
+
+def copy_inputs(source: Paths, target: Paths) -> None:
+    """The prepared splits, card and transfer set of `source`, copied under `target` (no models, no logits)."""
+    shutil.copytree(source.prepared, target.prepared)
+    shutil.copytree(source.transfer.parent, target.transfer.parent)
+
+
+def read_tsv(path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file, delimiter="\t"))
+
+
+# --- train_teacher ---------------------------------------------------------------------------------
+
+
+def test_train_teacher_writes_a_weights_only_checkpoint_with_state_dict_config_and_metrics(trained_pipeline):
+    params, paths = trained_pipeline
+    checkpoint = torch.load(paths.model("teacher"), map_location="cpu", weights_only=True)
+    assert set(checkpoint) == {"state_dict", "model_config", "metrics"}
+    config = checkpoint["model_config"]
+    assert (config["width"], config["depth"]) == (params.teacher.model.width, params.teacher.model.depth)
+    assert config["num_classes"] == 10 and config["in_channels"] == 1 and config["image_size"] == [8, 8]
+    model = build_model(config)
+    model.load_state_dict(checkpoint["state_dict"])  # strict: every key and shape matches
+    assert checkpoint["metrics"]["epochs"] == params.teacher.train.epochs
+    assert {"train_loss", "val_loss", "val_accuracy"} <= set(checkpoint["metrics"])
+
+
+def test_checkpoint_metrics_describe_the_saved_weights(trained_pipeline):
+    _, paths = trained_pipeline
+    model, checkpoint = load_model(paths.model("teacher"))
+    val = read_image_set(paths.split("val"))
+    logits = predict_logits(model, val.images, 1024, CPU)
+    accuracy = float((logits.argmax(1) == val.labels).float().mean())
+    assert accuracy == pytest.approx(checkpoint["metrics"]["val_accuracy"], abs=1e-6)
+    loss = float(nn.functional.cross_entropy(logits, val.labels))
+    assert loss == pytest.approx(checkpoint["metrics"]["val_loss"], rel=1e-5)
+
+
+def test_training_log_is_a_dvclive_folder_with_one_plot_row_per_epoch(trained_pipeline):
+    params, paths = trained_pipeline
+    log_dir = paths.training_log("teacher")
+    assert log_dir == paths.root / "metrics" / "train" / "teacher"
+    summary = json.loads((log_dir / "metrics.json").read_text())
+    checkpoint = torch.load(paths.model("teacher"), weights_only=True)
+    for name in ("train_loss", "val_loss", "val_accuracy"):
+        assert summary[name] == pytest.approx(checkpoint["metrics"][name])
+    for name in ("val_accuracy", "train_loss", "lr"):
+        rows = read_tsv(log_dir / "plots" / "metrics" / f"{name}.tsv")
+        assert [int(row["step"]) for row in rows] == list(range(params.teacher.train.epochs))
+    first_lr = float(read_tsv(log_dir / "plots" / "metrics" / "lr.tsv")[0]["lr"])
+    assert first_lr == pytest.approx(params.teacher.optimizer.lr)
+
+
+def test_training_lowers_the_loss_over_three_epochs_on_the_cosine_schedule(trained_pipeline, tmp_path):
+    _, shared = trained_pipeline
+    paths = Paths(tmp_path)
+    copy_inputs(shared, paths)
+    params = load_params(PROJECT_ROOT / "params.yaml", {**TINY_OVERRIDES, "teacher.train.epochs": 3})
+    train_teacher(params, paths)
+    plots = paths.training_log("teacher") / "plots" / "metrics"
+    losses = [float(row["train_loss"]) for row in read_tsv(plots / "train_loss.tsv")]
+    assert len(losses) == 3
+    assert losses[-1] < losses[0]
+    # The logged learning rate of epoch k is the cosine schedule's: min + (lr - min) * (1 + cos(pi k / E)) / 2.
+    lr, min_lr = params.teacher.optimizer.lr, params.teacher.schedule.min_lr
+    expected = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * k / 3)) / 2 for k in range(3)]
+    assert [float(row["lr"]) for row in read_tsv(plots / "lr.tsv")] == pytest.approx(expected)
+
+
+def test_the_same_params_train_bit_identical_weights_and_metrics(trained_pipeline, tmp_path):
+    params, shared = trained_pipeline
+    paths = Paths(tmp_path)
+    copy_inputs(shared, paths)
+    metrics = train_teacher(params, paths)
+    first = torch.load(shared.model("teacher"), weights_only=True)
+    second = torch.load(paths.model("teacher"), weights_only=True)
+    assert second["metrics"] == first["metrics"] == metrics
+    assert first["state_dict"].keys() == second["state_dict"].keys()
+    for name, tensor in first["state_dict"].items():
+        assert torch.equal(tensor, second["state_dict"][name]), name
+    for name in ("train_loss", "val_accuracy", "lr"):
+        plot = f"plots/metrics/{name}.tsv"
+        assert (paths.training_log("teacher") / plot).read_text() == (shared.training_log("teacher") / plot).read_text()
+
+
+# --- teacher_logits and distill --------------------------------------------------------------------
+
+
+def test_teacher_logits_are_the_teachers_outputs_one_row_per_transfer_image(trained_pipeline):
+    _, paths = trained_pipeline
+    stored = np.load(paths.teacher_logits)
+    transfer = read_image_set(paths.transfer)
+    assert stored.dtype == np.float32
+    assert stored.shape == (len(transfer), 10)
+    teacher, _ = load_model(paths.model("teacher"))
+    expected = predict_logits(teacher, transfer.images, 256, CPU)
+    assert torch.allclose(torch.from_numpy(stored), expected, atol=1e-5)
+
+
+def test_teacher_logits_stage_returns_what_it_writes(trained_pipeline, tmp_path):
+    params, shared = trained_pipeline
+    paths = Paths(tmp_path)
+    copy_inputs(shared, paths)
+    paths.model("teacher").parent.mkdir(parents=True)
+    shutil.copy2(shared.model("teacher"), paths.model("teacher"))
+    returned = teacher_logits(params, paths)
+    assert np.array_equal(returned.numpy(), np.load(paths.teacher_logits))
+
+
+def test_distill_trains_the_student_from_the_stored_logits_not_the_labels(trained_pipeline, tmp_path):
+    _, shared = trained_pipeline
+    paths = Paths(tmp_path)
+    copy_inputs(shared, paths)
+    transfer_count = len(read_image_set(paths.transfer))
+    # Stored "teacher" logits that put every image in class 3, whatever its label.
+    fake = np.zeros((transfer_count, 10), np.float32)
+    fake[:, 3] = 20.0
+    paths.teacher_logits.parent.mkdir(parents=True)
+    np.save(paths.teacher_logits, fake)
+    params = load_params(
+        PROJECT_ROOT / "params.yaml",
+        {**TINY_OVERRIDES, "distill.alpha": 1.0, "distill.train": {"epochs": 3, "batch_size": 128}},
+    )
+
+    metrics = distill(params, paths)
+
+    student, checkpoint = load_model(paths.model("student_kd"))
+    assert checkpoint["metrics"] == metrics and metrics["epochs"] == 3
+    assert (checkpoint["model_config"]["width"], checkpoint["model_config"]["depth"]) == (
+        params.student.model.width, params.student.model.depth)
+    val = read_image_set(paths.split("val"))
+    predictions = predict_logits(student, val.images, 512, CPU).argmax(1)
+    assert float((val.labels == 3).float().mean()) < 0.2  # the labels say class 3 is one digit in ten
+    assert float((predictions == 3).float().mean()) > 0.9  # the student learned the stored logits instead
+
+
+def test_distill_refuses_logits_whose_row_count_does_not_match_the_transfer_set(trained_pipeline, tmp_path):
+    params, shared = trained_pipeline
+    paths = Paths(tmp_path)
+    copy_inputs(shared, paths)
+    stored = np.load(shared.teacher_logits)
+    paths.teacher_logits.parent.mkdir(parents=True)
+    np.save(paths.teacher_logits, stored[:-1])
+
+    with pytest.raises(ValueError, match=f"{len(stored) - 1} teacher logits for {len(stored)} training images"):
+        distill(params, paths)
+    assert not paths.model("student_kd").exists()
+    assert not paths.training_log("student_kd").exists()
+
+
+# --- model sizes -----------------------------------------------------------------------------------
+
+
+def test_shipped_student_has_at_most_a_tenth_of_the_teachers_parameters():
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    teacher = build_model(model_config(params.teacher.model, DIGITS_CARD))
+    student = build_model(model_config(params.student.model, DIGITS_CARD))
+    assert count_parameters(student) * 10 <= count_parameters(teacher)
+    for model in (teacher, student):
+        assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+# --- optimizer and schedule factories --------------------------------------------------------------
+
+
+def tiny_model() -> nn.Module:
+    return nn.Linear(3, 2)
+
+
+def test_sgd_optimizer_gets_lr_momentum_nesterov_and_weight_decay_from_params():
+    params = SGDParams(name="sgd", lr=0.07, momentum=0.8, nesterov=True, weight_decay=0.001)
+    optimizer = build_optimizer(tiny_model(), params)
+    assert type(optimizer) is torch.optim.SGD
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.07, 0.8, True, 0.001)
+
+
+def test_adam_optimizer_gets_lr_betas_eps_and_weight_decay_from_params():
+    params = AdamParams(name="adam", lr=0.003, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.01)
+    model = tiny_model()
+    optimizer = build_optimizer(model, params)
+    assert type(optimizer) is torch.optim.Adam
+    group = optimizer.param_groups[0]
+    assert (group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"]) == (0.003, (0.8, 0.95), 1e-6, 0.01)
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
+
+
+def learning_rates(schedule_params, lr: float, epochs: int) -> list[float]:
+    """The learning rate at the start of each epoch 0..epochs, stepping the schedule once per epoch."""
+    optimizer = build_optimizer(tiny_model(), SGDParams(name="sgd", lr=lr))
+    schedule = build_schedule(optimizer, schedule_params, epochs)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(epochs):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+def test_cosine_schedule_follows_the_half_cosine_from_lr_to_min_lr():
+    lr, min_lr, epochs = 0.1, 0.01, 6
+    expected = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * k / epochs)) / 2 for k in range(epochs + 1)]
+    assert learning_rates(CosineSchedule(name="cosine", min_lr=min_lr), lr, epochs) == pytest.approx(expected)
+
+
+def test_step_schedule_multiplies_by_gamma_every_step_size_epochs():
+    lr, gamma, step_size, epochs = 0.1, 0.5, 2, 7
+    expected = [lr * gamma ** (k // step_size) for k in range(epochs + 1)]
+    rates = learning_rates(StepSchedule(name="step", step_size=step_size, gamma=gamma), lr, epochs)
+    assert rates == pytest.approx(expected)
+
+
+def test_constant_schedule_keeps_the_learning_rate():
+    assert learning_rates(ConstantSchedule(name="constant"), 0.05, 4) == pytest.approx([0.05] * 5)
