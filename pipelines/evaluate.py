@@ -31,7 +31,7 @@ def evaluate(params: Params, paths: Paths = Paths()) -> dict[str, dict]:
     predictions = {}
     for name in MODELS:
         model, _ = load_model(paths.model(name))
-        logits = predict_logits(model, test.images, settings.batch_size, torch.device("cpu"))
+        logits = predict_logits(model, test.images, torch.device("cpu"), settings.batch_size)
         predictions[name] = logits.argmax(1)
         metrics = classification_metrics(logits, test.labels, test.class_names, settings.calibration_bins)
         metrics["agreement_with_teacher"] = float((predictions[name] == predictions["teacher"]).float().mean())

@@ -28,7 +28,7 @@ def teacher_logits(params: Params, paths: Paths = Paths()) -> torch.Tensor:
     runtime = init_runtime(params.device)
     teacher, _ = load_model(paths.model("teacher"))
     transfer = read_image_set(paths.transfer)
-    logits = predict_logits(teacher.to(runtime.device), transfer.images, params.evaluate.batch_size, runtime.device)
+    logits = predict_logits(teacher.to(runtime.device), transfer.images, runtime.device)
     with atomic_path(paths.teacher_logits) as tmp:
         with open(tmp, "wb") as file:
             np.save(file, logits.numpy().astype(np.float32))

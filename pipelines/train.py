@@ -57,15 +57,19 @@ def fit(
 
     device = runtime.device
     model.to(device)
-    network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if runtime.distributed else model
+    network = model
+    if runtime.distributed:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, training.optimizer)
     schedule = build_schedule(optimizer, training.schedule, training.train.epochs)
 
     images, labels = train_set.images.to(device), train_set.labels.to(device)
     soft_targets = teacher_logits.to(device) if teacher_logits is not None else None
     batch_size = training.train.batch_size
-    # Every rank draws the same permutation, then takes its own slice of each global batch.
+    # Every rank draws the same permutation, then takes its own slice of each global batch. A last batch
+    # too small to give every rank a row is dropped: all ranks must take part in every step.
     order = torch.Generator().manual_seed(seed)
+    batch_starts = range(0, len(images) - runtime.world_size + 1, batch_size)
 
     with atomic_path(log_dir) if (log_dir and runtime.is_main) else nullcontext() as live_dir:
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) if live_dir else None
@@ -76,14 +80,16 @@ def fit(
             loss_sum = torch.zeros((), device=device)
             seen = torch.zeros((), device=device)
             permutation = torch.randperm(len(images), generator=order).to(device)
-            for start in range(0, len(images), batch_size):
+            for start in batch_starts:
                 rows = permutation[start : start + batch_size][runtime.rank :: runtime.world_size]
                 x = images[rows].float().div_(255.0)
                 logits = network(x)
                 if soft_targets is None:
                     loss = F.cross_entropy(logits, labels[rows])
                 else:
-                    loss = hinton_kd_loss(logits, soft_targets[rows], labels[rows], distill.temperature, distill.alpha)
+                    loss = hinton_kd_loss(
+                        logits, soft_targets[rows], labels[rows], distill.temperature, distill.alpha
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -94,7 +100,8 @@ def fit(
             if runtime.distributed:
                 dist.all_reduce(loss_sum)
                 dist.all_reduce(seen)
-            val_logits = predict_logits(model, val_set.images, 1024, device)
+            # Every rank validates the same (identical) weights on the whole split: no gather needed.
+            val_logits = predict_logits(model, val_set.images, device)
             metrics = {
                 "train_loss": (loss_sum / seen).item(),
                 "val_loss": F.cross_entropy(val_logits, val_set.labels).item(),
@@ -106,13 +113,12 @@ def fit(
                 live.log_metric("lr", lr)
                 live.next_step()
             if runtime.is_main:
-                log.info("epoch %d/%d lr %.4g %s", epoch + 1, training.train.epochs, lr,
-                         " ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+                summary = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+                log.info("epoch %d/%d lr %.4g %s", epoch + 1, training.train.epochs, lr, summary)
         if live:
             live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
             live.end()
     return {"epochs": training.train.epochs, **metrics}
-
 
 
 def train_and_save(
@@ -130,10 +136,14 @@ def train_and_save(
     torch.manual_seed(params.seed)
     config = model_config(training.model, card)
     model = build_model(config)
-    log.info("%s: %d parameters, %d training images, device %s x %d",
-             name, count_parameters(model), len(transfer), runtime.device, runtime.world_size)
+    log.info(
+        "%s: %d parameters, %d training images, device %s x %d",
+        name, count_parameters(model), len(transfer), runtime.device, runtime.world_size,
+    )
     distill = params.distill if teacher_logits is not None else None
-    metrics = fit(model, transfer, val, training, runtime, params.seed, paths.training_log(name), teacher_logits, distill)
+    metrics = fit(
+        model, transfer, val, training, runtime, params.seed, paths.training_log(name), teacher_logits, distill
+    )
     if runtime.is_main:
         save_checkpoint(paths.model(name), model, config, metrics)
     shutdown(runtime)

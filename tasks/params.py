@@ -30,7 +30,10 @@ def apply_overrides(project_dir: Path, overrides: dict[str, Any]) -> dict[str, A
         before = read_raw_params(path)
         write_overrides(path, overrides)
         create_table_artifact(
-            [{"key": key, "before": repr(_lookup(before, key)), "after": repr(value)} for key, value in overrides.items()],
+            [
+                {"key": key, "before": repr(_lookup(before, key)), "after": repr(value)}
+                for key, value in overrides.items()
+            ],
             key="params-overrides",
             description=f"Overrides this flow run wrote into {path.name}",
         )

@@ -21,7 +21,9 @@ def publish_report(project_dir: Path) -> dict[str, dict]:
     paths = Paths(project_dir)
     results = json.loads(paths.eval_metrics.read_text())
     create_markdown_artifact(
-        markdown=paths.report.read_text(), key="distillation-report", description="Teacher vs. students on the test split"
+        markdown=paths.report.read_text(),
+        key="distillation-report",
+        description="Teacher vs. students on the test split",
     )
     rows = []
     for name, metrics in results.items():

@@ -31,7 +31,8 @@ TINY_OVERRIDES: dict[str, Any] = {
 
 # What a copy of the project needs to run the pipeline: code, stage and params definitions, DVC's config.
 PROJECT_FILES = (
-    "pipelines", "tasks", "flows", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
+    "pipelines", "tasks", "flows", "dvc.yaml", "params.yaml",
+    ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
 )
 
 

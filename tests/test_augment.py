@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import PROJECT_ROOT, TINY_OVERRIDES
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
 from pipelines.augment import augment, build_transfer_set
 from pipelines.config import AugmentParams, load_params
 from pipelines.data import ImageSet, read_image_set

@@ -132,7 +132,7 @@ def test_eval_metrics_are_those_of_the_checkpoints_on_the_test_split(evaluated, 
     params, paths, results = evaluated
     for name in MODELS:
         model, _ = load_model(paths.model(name))
-        logits = predict_logits(model, test_set.images, 64, torch.device("cpu"))
+        logits = predict_logits(model, test_set.images, torch.device("cpu"), batch_size=64)
         accuracy = float((logits.argmax(1) == test_set.labels).float().mean())
         assert results[name]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
         assert results[name]["params"] == count_parameters(model)

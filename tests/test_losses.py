@@ -77,7 +77,8 @@ def test_alpha_one_ignores_the_labels():
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
 def test_soft_gradient_is_temperature_times_probability_gap_over_batch(temperature):
     student = torch.tensor(STUDENT, dtype=torch.float64, requires_grad=True)
-    hinton_kd_loss(student, torch.tensor(TEACHER, dtype=torch.float64), torch.tensor(LABELS), temperature, 1.0).backward()
+    teacher = torch.tensor(TEACHER, dtype=torch.float64)
+    hinton_kd_loss(student, teacher, torch.tensor(LABELS), temperature, 1.0).backward()
     batch = len(STUDENT)
     expected = [
         [temperature * (ps - pt) / batch for ps, pt in zip(softmax(s, temperature), softmax(t, temperature))]

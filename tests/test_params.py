@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import PROJECT_ROOT, run
+from tests.conftest import PROJECT_ROOT, run
 from pipelines.config import AdamParams, ParamsError, SGDParams, TrainParams, apply_overrides, load_params
 
 PARAMS = PROJECT_ROOT / "params.yaml"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import PROJECT_ROOT, TINY_OVERRIDES
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
 from pipelines.checkpoint import load_model
 from pipelines.config import AdamParams, ConstantSchedule, CosineSchedule, SGDParams, StepSchedule, load_params
 from pipelines.data import read_image_set
@@ -59,7 +59,7 @@ def test_checkpoint_metrics_describe_the_saved_weights(trained_pipeline):
     _, paths = trained_pipeline
     model, checkpoint = load_model(paths.model("teacher"))
     val = read_image_set(paths.split("val"))
-    logits = predict_logits(model, val.images, 1024, CPU)
+    logits = predict_logits(model, val.images, CPU)
     accuracy = float((logits.argmax(1) == val.labels).float().mean())
     assert accuracy == pytest.approx(checkpoint["metrics"]["val_accuracy"], abs=1e-6)
     loss = float(nn.functional.cross_entropy(logits, val.labels))
@@ -123,7 +123,7 @@ def test_teacher_logits_are_the_teachers_outputs_one_row_per_transfer_image(trai
     assert stored.dtype == np.float32
     assert stored.shape == (len(transfer), 10)
     teacher, _ = load_model(paths.model("teacher"))
-    expected = predict_logits(teacher, transfer.images, 256, CPU)
+    expected = predict_logits(teacher, transfer.images, CPU, batch_size=256)
     assert torch.allclose(torch.from_numpy(stored), expected, atol=1e-5)
 
 
@@ -159,7 +159,7 @@ def test_distill_trains_the_student_from_the_stored_logits_not_the_labels(traine
     assert (checkpoint["model_config"]["width"], checkpoint["model_config"]["depth"]) == (
         params.student.model.width, params.student.model.depth)
     val = read_image_set(paths.split("val"))
-    predictions = predict_logits(student, val.images, 512, CPU).argmax(1)
+    predictions = predict_logits(student, val.images, CPU).argmax(1)
     assert float((val.labels == 3).float().mean()) < 0.2  # the labels say class 3 is one digit in ten
     assert float((predictions == 3).float().mean()) > 0.9  # the student learned the stored logits instead
 
