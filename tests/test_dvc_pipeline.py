@@ -41,6 +41,22 @@ def test_changing_a_distill_param_reruns_only_distill_and_evaluate(project: Path
     assert "temperature: 2.0" in (project / "params.yaml").read_text()
 
 
+@pytest.mark.slow
+def test_a_stage_failing_on_bad_params_keeps_the_last_good_artifacts(project: Path) -> None:
+    run(["dvc", "repro"], project)
+    teacher = (project / "models" / "teacher.pt").read_bytes()
+    good_params = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(good_params.replace("lr: 0.05", "lr: -0.05"))
+
+    failed = run(["dvc", "repro"], project, check=False)
+
+    assert failed.returncode != 0
+    assert "teacher.optimizer.lr: Input should be greater than 0" in failed.stdout + failed.stderr
+    assert (project / "models" / "teacher.pt").read_bytes() == teacher
+    (project / "params.yaml").write_text(good_params)
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
+
+
 @pytest.mark.parametrize("stage", list(stages()))
 def test_each_stage_lists_every_pipelines_module_it_runs_as_a_dependency(stage: str) -> None:
     definition = stages()[stage]

@@ -27,7 +27,7 @@ def test_flow_runs_the_stages_in_an_order_dvc_allows() -> None:
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
     order = [task.name for task in STAGES]
     assert sorted(order) == sorted(stages)
-    producer = {out: name for name, stage in stages.items() for out in stage.get("outs", [])}
+    producer = {next(iter(out)): name for name, stage in stages.items() for out in stage.get("outs", [])}
     for name, stage in stages.items():
         for dep in stage["deps"]:
             if dep in producer:
