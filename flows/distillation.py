@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from prefect import flow
 
-from pipelines.config import ParamsError
+from pipelines.config import PARAMS_FILE, ParamsError, load_params
 from pipelines.paths import Paths
 from tasks.params import apply_overrides
 from tasks.report import publish_report
@@ -53,10 +53,13 @@ def main() -> None:
     args = parser.parse_args()
     try:
         overrides = parse_overrides(args.overrides)
-        distillation(overrides=overrides, project_dir=args.project_dir)
+        # Fail fast on bad params, before a Prefect server starts; the flow validates again itself.
+        load_params(Path(args.project_dir) / PARAMS_FILE, overrides)
     except ParamsError as error:
         print(error, file=sys.stderr)
         sys.exit(2)
+    try:
+        distillation(overrides=overrides, project_dir=args.project_dir)
     except Exception as error:  # the flow's log already holds the traceback; end with the cause alone
         print(f"\nflow failed: {error}", file=sys.stderr)
         sys.exit(1)
