@@ -66,11 +66,18 @@ def test_flow_runs_end_to_end_records_the_override_and_leaves_dvc_nothing_to_do(
 
 
 @pytest.mark.slow
-def test_flow_after_dvc_repro_redoes_nothing(prefect_server, project: Path) -> None:
+def test_command_line_flow_after_dvc_repro_redoes_nothing_quietly_and_prints_the_report(project: Path) -> None:
     run(["dvc", "repro"], project)
     models = {path.name: path.stat().st_mtime_ns for path in (project / "models").glob("*.pt")}
-    distillation(project_dir=str(project))
+
+    result = run(["python", "-m", "flows.distillation"], project)
+
     assert {path.name: path.stat().st_mtime_ns for path in (project / "models").glob("*.pt")} == models
+    output = result.stdout + result.stderr
+    assert output.count("didn't change, skipping") == len(STAGES)
+    assert "| student_kd |" in result.stdout and "Artifacts:" in result.stdout
+    for noise in ("Traceback", "ERROR", "WARNING", "telemetry", "analytics"):
+        assert noise not in output
 
 
 @pytest.mark.slow
