@@ -7,6 +7,7 @@ stage entry points turn it into exit code 2 before anything is written.
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -94,7 +95,14 @@ class ModelParams(Section):
 
 class TrainParams(Section):
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    # An integer (mini-batch gradient descent) or "full" (batch gradient descent over the whole transfer set).
+    batch_size: Annotated[int, Field(ge=1)] | Literal["full"]
+
+
+# Optimizers: `name` picks the torch.optim class (pipelines/optim.py); the other keys are its options,
+# with torch's defaults. Weight decay is not among them: it lives in `regularization`, coupled or decoupled.
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class SGDParams(Section):
@@ -102,44 +110,216 @@ class SGDParams(Section):
     lr: float = Field(gt=0.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0.0)
+    dampening: float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> SGDParams:
-        if self.nesterov and self.momentum == 0.0:
-            raise ValueError("nesterov: true needs momentum > 0")
+        if self.nesterov and (self.momentum == 0.0 or self.dampening != 0.0):
+            raise ValueError("nesterov: true needs momentum > 0 and dampening 0")
         return self
 
 
-class AdamParams(Section):
-    name: Literal["adam"]
+class AdagradParams(Section):
+    name: Literal["adagrad"]
     lr: float = Field(gt=0.0)
-    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    lr_decay: float = Field(0.0, ge=0.0)
+    initial_accumulator_value: float = Field(0.0, ge=0.0)
+    eps: float = Field(1e-10, gt=0.0)
+
+
+class RMSpropParams(Section):
+    name: Literal["rmsprop"]
+    lr: float = Field(gt=0.0)
+    alpha: float = Field(0.99, gt=0.0, lt=1.0)
     eps: float = Field(1e-8, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    centered: bool = False
 
 
-OptimizerParams = Annotated[Union[SGDParams, AdamParams], Field(discriminator="name")]
+class AdamParams(Section):
+    """adam and adamw (Adam with decoupled weight decay) share their options."""
+
+    name: Literal["adam", "adamw"]
+    lr: float = Field(gt=0.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    amsgrad: bool = False
 
 
-class ConstantSchedule(Section):
+class NAdamParams(Section):
+    name: Literal["nadam"]
+    lr: float = Field(gt=0.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    momentum_decay: float = Field(0.004, ge=0.0)
+
+
+class RAdamParams(Section):
+    name: Literal["radam"]
+    lr: float = Field(gt=0.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+
+
+OptimizerParams = Annotated[
+    Union[SGDParams, AdagradParams, RMSpropParams, AdamParams, NAdamParams, RAdamParams],
+    Field(discriminator="name"),
+]
+
+
+# Learning-rate schedules: `name` picks a torch.optim.lr_scheduler class. Every length (step_size,
+# milestones, period, warmup) counts in the schedule's `interval`: epochs, or optimizer steps.
+
+
+class Schedule(Section):
+    """What every schedule states: its name, when it steps, and an optional linear warmup before it."""
+
+    name: str
+    interval: Literal["epoch", "step"] = "epoch"
+    warmup: int = Field(0, ge=0)  # intervals of linear warmup before the schedule starts
+    warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0)  # warmup starts at this fraction of lr
+
+
+TIMING_KEYS = ("interval", "warmup", "warmup_start_factor")
+
+
+class ConstantSchedule(Schedule):
     name: Literal["constant"]
 
 
-class StepSchedule(Section):
+class StepSchedule(Schedule):
     name: Literal["step"]
     step_size: int = Field(ge=1)
     gamma: float = Field(gt=0.0, le=1.0)
 
 
-class CosineSchedule(Section):
+class MultiStepSchedule(Schedule):
+    name: Literal["multistep"]
+    milestones: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    gamma: float = Field(gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> MultiStepSchedule:
+        _check_increasing(self.milestones)
+        return self
+
+
+class ExponentialSchedule(Schedule):
+    name: Literal["exponential"]
+    gamma: float = Field(gt=0.0, le=1.0)
+
+
+class CosineSchedule(Schedule):
     name: Literal["cosine"]
+    min_lr: float = Field(0.0, ge=0.0)
+    period: int | None = Field(None, ge=1)  # intervals from lr down to min_lr; default: the rest of training
+
+
+class CosineRestartsSchedule(Schedule):
+    name: Literal["cosine_restarts"]
+    period: int = Field(ge=1)  # length of the first cycle
+    period_mult: int = Field(1, ge=1)  # each cycle is this many times longer than the one before
     min_lr: float = Field(0.0, ge=0.0)
 
 
-ScheduleParams = Annotated[
-    Union[ConstantSchedule, StepSchedule, CosineSchedule], Field(discriminator="name")
+class OneCycleSchedule(Schedule):
+    name: Literal["onecycle"]
+    max_lr: float | None = Field(None, gt=0.0)  # default: the optimizer's lr
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    div_factor: float = Field(25.0, gt=0.0)
+    final_div_factor: float = Field(1e4, gt=0.0)
+    cycle_momentum: bool = False
+
+    @model_validator(mode="after")
+    def _no_warmup(self) -> OneCycleSchedule:
+        if self.warmup:
+            raise ValueError("onecycle has its own warmup (pct_start): use warmup: 0")
+        return self
+
+
+class PlateauSchedule(Schedule):
+    name: Literal["plateau"]
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(10, ge=0)
+    threshold: float = Field(1e-4, ge=0.0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _per_epoch(self) -> PlateauSchedule:
+        if self.interval != "epoch" or self.warmup:
+            raise ValueError("plateau steps once per epoch on its metric: use interval: epoch and warmup: 0")
+        return self
+
+
+SequencePart = Annotated[
+    Union[
+        ConstantSchedule, StepSchedule, MultiStepSchedule, ExponentialSchedule,
+        CosineSchedule, CosineRestartsSchedule,
+    ],
+    Field(discriminator="name"),
 ]
+
+
+class SequenceSchedule(Schedule):
+    """Schedules one after another: schedules[i + 1] takes over at milestones[i] (torch's SequentialLR)."""
+
+    name: Literal["sequence"]
+    schedules: list[SequencePart] = Field(min_length=2)
+    milestones: list[Annotated[int, Field(ge=1)]]
+
+    @model_validator(mode="after")
+    def _parts_fit(self) -> SequenceSchedule:
+        if len(self.milestones) != len(self.schedules) - 1:
+            raise ValueError(f"{len(self.schedules)} schedules need {len(self.schedules) - 1} milestones")
+        _check_increasing(self.milestones)
+        for index, part in enumerate(self.schedules):
+            timing = [key for key in TIMING_KEYS if getattr(part, key) != Schedule.model_fields[key].default]
+            if timing:
+                raise ValueError(f"schedules[{index}]: {', '.join(timing)} belong to the sequence itself")
+        return self
+
+
+ScheduleParams = Annotated[
+    Union[
+        ConstantSchedule, StepSchedule, MultiStepSchedule, ExponentialSchedule, CosineSchedule,
+        CosineRestartsSchedule, OneCycleSchedule, PlateauSchedule, SequenceSchedule,
+    ],
+    Field(discriminator="name"),
+]
+
+
+def _check_increasing(milestones: list[int]) -> None:
+    if milestones != sorted(set(milestones)):
+        raise ValueError(f"milestones must be strictly increasing, got {milestones}")
+
+
+# --- regularization ---------------------------------------------------------------------------------
+
+
+class GradClipParams(Section):
+    by: Literal["norm", "value"]  # clip the global L2 norm of all gradients, or each gradient element
+    max: float = Field(gt=0.0)
+
+
+class EarlyStoppingParams(Section):
+    metric: Literal["val_loss", "val_accuracy"]
+    patience: int = Field(ge=1)  # epochs without improvement before training stops
+    min_delta: float = Field(0.0, ge=0.0)  # smaller changes do not count as improvement
+
+
+class RegularizationParams(Section):
+    weight_decay: float = Field(ge=0.0)
+    # coupled: L2 added to the gradient (SGD-style); decoupled: weights shrink by lr * weight_decay each
+    # step outside the gradient (AdamW-style).
+    weight_decay_mode: Literal["coupled", "decoupled"]
+    decay_bias_and_norm: bool = False  # also decay biases and normalization parameters
+    l1: float = Field(0.0, ge=0.0)  # coefficient of an L1 penalty on the weights (not biases, not norms)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    grad_clip: GradClipParams | None = None
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # keep (and evaluate) an EMA of the weights
+    early_stopping: EarlyStoppingParams | None = None
 
 
 class TrainingParams(Section):
@@ -149,6 +329,14 @@ class TrainingParams(Section):
     train: TrainParams
     optimizer: OptimizerParams
     schedule: ScheduleParams
+    regularization: RegularizationParams
+
+    @model_validator(mode="after")
+    def _adamw_decays_decoupled(self) -> TrainingParams:
+        coupled = self.regularization.weight_decay_mode == "coupled" and self.regularization.weight_decay > 0
+        if self.optimizer.name == "adamw" and coupled:
+            raise ValueError("adamw decays weights decoupled: use weight_decay_mode: decoupled, or adam for coupled L2")
+        return self
 
 
 class DistillParams(Section):
@@ -158,6 +346,7 @@ class DistillParams(Section):
     train: TrainParams | None = None
     optimizer: OptimizerParams | None = None
     schedule: ScheduleParams | None = None
+    regularization: RegularizationParams | None = None
 
 
 class EvaluateParams(Section):
@@ -165,6 +354,32 @@ class EvaluateParams(Section):
     calibration_bins: int = Field(ge=1)
     latency_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
     latency_repeats: int = Field(ge=1)
+    near_zero_threshold: float = Field(gt=0.0)
+
+
+class StudySetting(Section):
+    """One named study setting: each section given here replaces that section of the base model's settings."""
+
+    model: ModelParams | None = None
+    train: TrainParams | None = None
+    optimizer: OptimizerParams | None = None
+    schedule: ScheduleParams | None = None
+    regularization: RegularizationParams | None = None
+
+
+class StudyGrid(Section):
+    """Every combination of a named optimizer, a named schedule and a batch size is one setting."""
+
+    optimizer: dict[str, OptimizerParams] = Field(min_length=1)
+    schedule: dict[str, ScheduleParams] = Field(min_length=1)
+    batch_size: list[Annotated[int, Field(ge=1)] | Literal["full"]] = Field(min_length=1)
+
+
+class StudyParams(Section):
+    model: Literal["teacher", "student"]  # whose section is the base of every setting
+    target_accuracy: float = Field(gt=0.0, le=1.0)  # report the optimizer steps needed to reach it on val
+    grid: StudyGrid
+    extra: dict[str, StudySetting] = {}
 
 
 class Params(Section):
@@ -178,15 +393,48 @@ class Params(Section):
     student: TrainingParams
     distill: DistillParams
     evaluate: EvaluateParams
+    study: StudyParams
 
     def distill_training(self) -> TrainingParams:
         """The distilled student's settings: the student's, with whatever `distill` overrides."""
         overrides = {
             key: getattr(self.distill, key)
-            for key in ("train", "optimizer", "schedule")
+            for key in ("train", "optimizer", "schedule", "regularization")
             if getattr(self.distill, key) is not None
         }
         return self.student.model_copy(update=overrides)
+
+    def study_settings(self) -> dict[str, TrainingParams]:
+        """Every setting of the study by name: the grid's combinations, then the extra settings."""
+        base: TrainingParams = getattr(self, self.study.model)
+        grid = self.study.grid
+        settings = {}
+        for (opt_name, optimizer), (schedule_name, schedule), batch_size in itertools.product(
+            grid.optimizer.items(), grid.schedule.items(), grid.batch_size
+        ):
+            train = base.train.model_copy(update={"batch_size": batch_size})
+            name = f"{opt_name}-{schedule_name}-batch_{batch_size}"
+            settings[name] = _replace_sections(name, base, optimizer=optimizer, schedule=schedule, train=train)
+        for name, setting in self.study.extra.items():
+            given = {key: getattr(setting, key) for key in StudySetting.model_fields}
+            replaced = {key: section for key, section in given.items() if section is not None}
+            settings[name] = _replace_sections(name, base, **replaced)
+        return settings
+
+    @model_validator(mode="after")
+    def _study_settings_valid(self) -> Params:
+        self.study_settings()
+        return self
+
+
+def _replace_sections(name: str, base: TrainingParams, **sections: BaseModel) -> TrainingParams:
+    """`base` with whole sections replaced, validated again (so cross-section rules still hold)."""
+    merged = base.model_dump() | {key: section.model_dump() for key, section in sections.items()}
+    try:
+        return TrainingParams.model_validate(merged)
+    except ValidationError as error:
+        problems = "; ".join(item["msg"].removeprefix("Value error, ") for item in error.errors())
+        raise ValueError(f"study setting {name}: invalid once merged into its base section: {problems}") from None
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -251,7 +499,14 @@ def _key_path(loc: tuple[Any, ...], raw: Any) -> str:
     for part in loc:
         if isinstance(node, dict) and node.get("name") == part and part not in node:
             continue  # the tag of a discriminated union (e.g. 'sgd'), not a key of the file
+        if node is not None and not isinstance(node, (dict, list)):
+            continue  # the tag of a plain union (e.g. 'constrained-int' of batch_size): a value has no keys
         parts.append(str(part))
-        node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]  # an item of a list (e.g. schedules.0), whose own keys may follow
+        else:
+            node = None
     return ".".join(parts)
 

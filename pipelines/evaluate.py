@@ -14,7 +14,7 @@ from pipelines.atomic import write_json, write_text
 from pipelines.checkpoint import load_model
 from pipelines.config import Params
 from pipelines.data import read_image_set
-from pipelines.metrics import classification_metrics, latency_ms
+from pipelines.metrics import classification_metrics, latency_ms, near_zero_fraction
 from pipelines.models import count_parameters
 from pipelines.paths import MODELS, Paths
 from pipelines.stage import run_stage
@@ -36,6 +36,7 @@ def evaluate(params: Params, paths: Paths = Paths()) -> dict[str, dict]:
         metrics = classification_metrics(logits, test.labels, test.class_names, settings.calibration_bins)
         metrics["agreement_with_teacher"] = float((predictions[name] == predictions["teacher"]).float().mean())
         metrics["params"] = count_parameters(model)
+        metrics["near_zero_weights"] = near_zero_fraction(model, settings.near_zero_threshold)
         metrics["checkpoint_bytes"] = paths.model(name).stat().st_size
         for batch_size in settings.latency_batch_sizes:
             metrics[f"latency_ms_batch_{batch_size}"] = latency_ms(

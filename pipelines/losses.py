@@ -12,15 +12,16 @@ def hinton_kd_loss(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Hinton et al. (2015): alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, labels).
 
     p^T = softmax(logits / T). The teacher's softened distribution is the target, as in the paper; the
     T^2 factor keeps the soft term's gradient on the same scale as the hard term's when T changes.
-    The KL term is averaged over the batch, like the cross-entropy.
+    The KL term is averaged over the batch, like the cross-entropy; label smoothing applies to the hard term.
     """
     student_log_probs = F.log_softmax(student_logits / temperature, dim=1)
     teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=1)
     soft = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="batchmean")
-    hard = F.cross_entropy(student_logits, labels)
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard

@@ -49,6 +49,13 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return float(gap.abs().sum() / len(labels))
 
 
+def near_zero_fraction(model: nn.Module, threshold: float) -> float:
+    """Share of weights (tensors with more than one dim) with |w| < threshold: how sparse L1 made them."""
+    weights = [parameter.detach().flatten() for parameter in model.parameters() if parameter.ndim > 1]
+    values = torch.cat(weights)
+    return float((values.abs() < threshold).float().mean())
+
+
 @torch.inference_mode()
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int) -> float:
     """Median wall time in milliseconds of one forward pass over a batch, on the CPU, after warm-up."""

@@ -49,3 +49,15 @@ class Paths:
     @property
     def report(self) -> Path:
         return self.root / "reports" / "report.md"
+
+    # The optimization study (flows/study.py): one folder per setting, then the summary beside them.
+    @property
+    def study(self) -> Path:
+        return self.root / "study"
+
+    def study_run(self, setting: str) -> Path:
+        """The dvclive folder of one study setting."""
+        return self.study / "runs" / setting
+
+    def study_result(self, setting: str) -> Path:
+        return self.study / "runs" / f"{setting}.json"

@@ -19,14 +19,16 @@ import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipelines.atomic import atomic_path
 from pipelines.checkpoint import save_checkpoint
-from pipelines.config import DistillParams, Params, TrainingParams
+from pipelines.config import DistillParams, GradClipParams, Params, TrainingParams
 from pipelines.data import ImageSet, read_image_set
+from pipelines.early_stopping import EarlyStopping
 from pipelines.losses import hinton_kd_loss
 from pipelines.models import build_model, count_parameters, model_config
-from pipelines.optim import build_optimizer, build_schedule
+from pipelines.optim import build_optimizer, build_schedule, l1_penalty, steps_per_epoch
 from pipelines.paths import Paths
 from pipelines.predict import predict_logits
 from pipelines.runtime import Runtime, init_runtime, shutdown
@@ -44,11 +46,12 @@ def fit(
     log_dir: Path | None = None,
     teacher_logits: torch.Tensor | None = None,
     distill: DistillParams | None = None,
-) -> dict[str, float]:
-    """Train `model` in place; with `teacher_logits` (one row per training image) use the KD loss of `distill`.
+) -> tuple[nn.Module, dict[str, float]]:
+    """Train `model`; with `teacher_logits` (one row per training image) use the KD loss of `distill`.
 
-    Logs train loss, validation loss and accuracy and the learning rate per epoch to dvclive in `log_dir`
-    (written atomically at the end) and returns the final epoch's metrics.
+    Returns the module to keep (the EMA of the weights when `ema_decay` is set, else `model`, restored to
+    its best epoch under early stopping) and its final metrics. Logs the learning rate every step, and
+    train loss, validation loss and accuracy every epoch, to dvclive in `log_dir` (written atomically).
     """
     if (teacher_logits is None) != (distill is None):
         raise ValueError("teacher_logits and distill go together")
@@ -60,65 +63,104 @@ def fit(
     network = model
     if runtime.distributed:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, training.optimizer)
-    schedule = build_schedule(optimizer, training.schedule, training.train.epochs)
+    regularization = training.regularization
+    epochs = training.train.epochs
+    batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
+    steps = steps_per_epoch(len(train_set), batch_size, runtime.world_size)
+    optimizer = build_optimizer(model, training.optimizer, regularization)
+    schedule = build_schedule(optimizer, training.schedule, epochs, steps)
+    ema = None
+    if regularization.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(regularization.ema_decay), use_buffers=True)
+    kept = ema.module if ema is not None else model  # the weights that are validated and saved
+    stopper = EarlyStopping(regularization.early_stopping) if regularization.early_stopping else None
 
     images, labels = train_set.images.to(device), train_set.labels.to(device)
     soft_targets = teacher_logits.to(device) if teacher_logits is not None else None
-    batch_size = training.train.batch_size
-    # Every rank draws the same permutation, then takes its own slice of each global batch. A last batch
-    # too small to give every rank a row is dropped: all ranks must take part in every step.
+    # Every rank draws the same permutation, then takes its own slice of each global batch.
     order = torch.Generator().manual_seed(seed)
-    batch_starts = range(0, len(images) - runtime.world_size + 1, batch_size)
 
     with atomic_path(log_dir) if (log_dir and runtime.is_main) else nullcontext() as live_dir:
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) if live_dir else None
         started = time.perf_counter()
-        for epoch in range(training.train.epochs):
+        step = 0
+        for epoch in range(epochs):
             model.train()
-            lr = optimizer.param_groups[0]["lr"]
             loss_sum = torch.zeros((), device=device)
             seen = torch.zeros((), device=device)
             permutation = torch.randperm(len(images), generator=order).to(device)
-            for start in batch_starts:
+            for start in range(0, steps * batch_size, batch_size):
                 rows = permutation[start : start + batch_size][runtime.rank :: runtime.world_size]
-                x = images[rows].float().div_(255.0)
-                logits = network(x)
+                logits = network(images[rows].float().div_(255.0))
                 if soft_targets is None:
-                    loss = F.cross_entropy(logits, labels[rows])
+                    loss = F.cross_entropy(logits, labels[rows], label_smoothing=regularization.label_smoothing)
                 else:
                     loss = hinton_kd_loss(
-                        logits, soft_targets[rows], labels[rows], distill.temperature, distill.alpha
+                        logits, soft_targets[rows], labels[rows], distill.temperature, distill.alpha,
+                        label_smoothing=regularization.label_smoothing,
                     )
+                objective = loss + regularization.l1 * l1_penalty(model) if regularization.l1 else loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward()
+                clip_gradients(model, regularization.grad_clip)
+                if live:
+                    live.step = step
+                    live.log_metric("lr", optimizer.param_groups[0]["lr"])
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                schedule.after_step()
                 loss_sum += loss.detach() * len(rows)
                 seen += len(rows)
-            schedule.step()
+                step += 1
 
             if runtime.distributed:
                 dist.all_reduce(loss_sum)
                 dist.all_reduce(seen)
             # Every rank validates the same (identical) weights on the whole split: no gather needed.
-            val_logits = predict_logits(model, val_set.images, device)
-            metrics = {
-                "train_loss": (loss_sum / seen).item(),
-                "val_loss": F.cross_entropy(val_logits, val_set.labels).item(),
-                "val_accuracy": (val_logits.argmax(1) == val_set.labels).float().mean().item(),
-            }
+            metrics = {"train_loss": (loss_sum / seen).item(), **validate(kept, val_set, device)}
+            schedule.after_epoch(metrics)
             if live:
+                live.step = step - 1  # epoch metrics sit at the epoch's last optimizer step
+                live.log_metric("epoch", epoch + 1)
                 for name, value in metrics.items():
                     live.log_metric(name, value)
-                live.log_metric("lr", lr)
-                live.next_step()
             if runtime.is_main:
                 summary = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
-                log.info("epoch %d/%d lr %.4g %s", epoch + 1, training.train.epochs, lr, summary)
+                log.info("epoch %d/%d step %d %s", epoch + 1, epochs, step, summary)
+            if stopper is not None and stopper.update(metrics[stopper.params.metric], kept):
+                log.info("early stopping after epoch %d: best %s %.4f at epoch %d", epoch + 1,
+                         stopper.params.metric, stopper.best_value, stopper.best_epoch + 1)
+                break
+
+        result = {"epochs": epoch + 1, "steps": step, **metrics}
+        if stopper is not None:
+            kept.load_state_dict(stopper.best_state)
+            result |= {"best_epoch": stopper.best_epoch + 1, **validate(kept, val_set, device)}
         if live:
+            live.summary.update(result)
             live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
             live.end()
-    return {"epochs": training.train.epochs, **metrics}
+    return kept, result
+
+
+def clip_gradients(model: nn.Module, clip: GradClipParams | None) -> None:
+    """Clip in place, after backward (and DDP's all-reduce) and before the step."""
+    if clip is None:
+        return
+    if clip.by == "norm":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip.max)
+    else:
+        torch.nn.utils.clip_grad_value_(model.parameters(), clip.max)
+
+
+def validate(model: nn.Module, val_set: ImageSet, device: torch.device) -> dict[str, float]:
+    """Validation loss and accuracy of `model` on the whole split."""
+    logits = predict_logits(model, val_set.images, device)
+    return {
+        "val_loss": F.cross_entropy(logits, val_set.labels).item(),
+        "val_accuracy": (logits.argmax(1) == val_set.labels).float().mean().item(),
+    }
 
 
 def train_and_save(
@@ -141,10 +183,10 @@ def train_and_save(
         name, count_parameters(model), len(transfer), runtime.device, runtime.world_size,
     )
     distill = params.distill if teacher_logits is not None else None
-    metrics = fit(
+    kept, metrics = fit(
         model, transfer, val, training, runtime, params.seed, paths.training_log(name), teacher_logits, distill
     )
     if runtime.is_main:
-        save_checkpoint(paths.model(name), model, config, metrics)
+        save_checkpoint(paths.model(name), kept, config, metrics)
     shutdown(runtime)
     return metrics

@@ -18,16 +18,20 @@ ERROR_TAIL_LINES = 25
 
 
 class StageFailed(RuntimeError):
-    """A pipeline stage exited non-zero; the message ends with the stage's own output."""
+    """A stage (or study run) exited non-zero; the message ends with its own output."""
 
 
 def run_dvc_stage(stage: str, project_dir: Path) -> None:
     """Reproduce one stage through DVC, streaming its output to the run's log."""
+    run_logged([sys.executable, "-m", "dvc", "repro", "--single-item", stage], project_dir, f"stage {stage}")
+
+
+def run_logged(command: list[str], project_dir: Path, what: str) -> None:
+    """Run `command` in the project, each output line to the run's log; raise StageFailed with its last lines."""
     logger = get_run_logger()
     env = dict(os.environ)
     # dvc.yaml's `python -m pipelines.<stage>` must find this interpreter (the project's venv) first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
     with subprocess.Popen(
         command, cwd=project_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -38,7 +42,7 @@ def run_dvc_stage(stage: str, project_dir: Path) -> None:
                 logger.info(line)
                 tail.append(line)
     if process.returncode != 0:
-        raise StageFailed(f"stage {stage} failed (exit code {process.returncode}):\n" + "\n".join(tail))
+        raise StageFailed(f"{what} failed (exit code {process.returncode}):\n" + "\n".join(tail))
 
 
 def stage_task(stage: str) -> Task:

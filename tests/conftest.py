@@ -36,6 +36,15 @@ PROJECT_FILES = (
 )
 
 
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real, temporary Prefect server (with its own database) for the flow runs of the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
 @pytest.fixture
 def tiny_params() -> Params:
     return load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)

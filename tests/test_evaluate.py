@@ -8,11 +8,12 @@ import shutil
 
 import pytest
 import torch
+from torch import nn
 
 from pipelines.checkpoint import load_model
 from pipelines.data import read_image_set
 from pipelines.evaluate import evaluate
-from pipelines.metrics import classification_metrics, expected_calibration_error
+from pipelines.metrics import classification_metrics, expected_calibration_error, near_zero_fraction
 from pipelines.models import count_parameters
 from pipelines.paths import MODELS, Paths
 from pipelines.predict import predict_logits
@@ -95,11 +96,26 @@ def test_a_class_never_predicted_gets_zero_precision_not_an_error():
     assert metrics["confusion_matrix"] == [[1, 0], [1, 0]]
 
 
+# --- sparsity ----------------------------------------------------------------------------------------
+
+
+def test_near_zero_fraction_counts_weights_below_the_threshold_and_ignores_biases_and_norms():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        # 8 weights: 0, 5e-4, -9e-4 and 1e-12 are below 1e-3; 1e-3 itself, -0.002, 0.5 and -3 are not.
+        model[0].weight.copy_(torch.tensor([[0.0, 5e-4, -9e-4], [1e-3, -0.002, 0.5]]))
+        model[2].weight.copy_(torch.tensor([[1e-12, -3.0]]))
+        model[0].bias.zero_()  # biases and BatchNorm's bias are zero, but they are not weights
+    assert near_zero_fraction(model, threshold=1e-3) == pytest.approx(4 / 8)
+    assert near_zero_fraction(model, threshold=1.0) == pytest.approx(7 / 8)
+    assert near_zero_fraction(model, threshold=1e-15) == pytest.approx(1 / 8)
+
+
 # --- the evaluate stage ----------------------------------------------------------------------------
 
 METRIC_KEYS = {
     "accuracy", "macro_f1", "per_class", "confusion_matrix", "ece", "nll", "agreement_with_teacher",
-    "params", "checkpoint_bytes", "latency_ms_batch_1", "latency_ms_batch_256",
+    "params", "near_zero_weights", "checkpoint_bytes", "latency_ms_batch_1", "latency_ms_batch_256",
 }
 
 
@@ -137,6 +153,9 @@ def test_eval_metrics_are_those_of_the_checkpoints_on_the_test_split(evaluated, 
         assert results[name]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
         assert results[name]["params"] == count_parameters(model)
         assert results[name]["checkpoint_bytes"] == paths.model(name).stat().st_size
+        assert 0.0 <= results[name]["near_zero_weights"] <= 1.0
+        threshold = params.evaluate.near_zero_threshold
+        assert results[name]["near_zero_weights"] == near_zero_fraction(model, threshold)
         matrix = results[name]["confusion_matrix"]
         assert len(matrix) == len(test_set.class_names) and sum(map(sum, matrix)) == len(test_set)
         assert set(results[name]["per_class"]) == set(test_set.class_names)

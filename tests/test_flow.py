@@ -9,18 +9,10 @@ import pytest
 import torch
 import yaml
 from prefect.artifacts import Artifact
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.distillation import STAGES, distillation, parse_overrides
 from pipelines.config import ParamsError
 from tests.conftest import PROJECT_ROOT, run
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    """A real, temporary Prefect server (with its own database) for this module's flow runs."""
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def test_flow_runs_the_stages_in_an_order_dvc_allows() -> None:

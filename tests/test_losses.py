@@ -86,3 +86,15 @@ def test_soft_gradient_is_temperature_times_probability_gap_over_batch(temperatu
     ]
     assert torch.allclose(student.grad, torch.tensor(expected, dtype=torch.float64), atol=1e-12)
 
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+def test_label_smoothing_applies_to_the_hard_term_only(smoothing):
+    student, teacher, labels = torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
+    # alpha = 1: the loss is the soft term alone, whatever the smoothing.
+    soft_only = hinton_kd_loss(student, teacher, labels, 2.0, 1.0, label_smoothing=smoothing)
+    assert torch.equal(soft_only, hinton_kd_loss(student, teacher, labels, 2.0, 1.0))
+    # alpha = 0.5: half of the soft term plus half of the smoothed cross-entropy.
+    mixed = hinton_kd_loss(student, teacher, labels, 2.0, 0.5, label_smoothing=smoothing)
+    expected = 0.5 * soft_only + 0.5 * F.cross_entropy(student, labels, label_smoothing=smoothing)
+    assert torch.allclose(mixed, expected)

@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT_ROOT, run
-from pipelines.config import AdamParams, ParamsError, SGDParams, TrainParams, apply_overrides, load_params
+from pipelines.config import (
+    AdamParams,
+    ParamsError,
+    RegularizationParams,
+    SGDParams,
+    TrainParams,
+    apply_overrides,
+    load_params,
+)
 
 PARAMS = PROJECT_ROOT / "params.yaml"
 
@@ -41,6 +49,9 @@ def test_shipped_params_yaml_loads_with_its_values():
     assert params.distill.temperature == raw["distill"]["temperature"]
     assert params.distill.alpha == raw["distill"]["alpha"]
     assert list(params.augment.scale) == raw["augment"]["scale"]
+    assert params.teacher.schedule.interval == raw["teacher"]["schedule"]["interval"]
+    assert params.teacher.regularization.weight_decay == raw["teacher"]["regularization"]["weight_decay"]
+    assert params.evaluate.near_zero_threshold == raw["evaluate"]["near_zero_threshold"]
 
 
 def test_dotted_overrides_set_nested_values_without_touching_the_input():
@@ -79,7 +90,7 @@ def test_unknown_key_inside_an_optimizer_names_the_optimizer_section_and_its_key
     [line] = problem_lines(params_error({"teacher.optimizer.betas": [0.9, 0.99]}))  # the teacher uses sgd
     assert line.startswith("teacher.optimizer: ")
     assert "betas" in line
-    assert "allowed keys here: name, lr, momentum, nesterov, weight_decay" in line
+    assert "allowed keys here: name, lr, momentum, nesterov, dampening" in line
 
 
 def test_wrong_type_names_the_key_and_the_value_given():
@@ -124,23 +135,110 @@ def test_split_ratios_must_sum_to_one():
 
 
 def test_unknown_optimizer_name_lists_the_valid_names():
-    [line] = problem_lines(params_error({"teacher.optimizer.name": "rmsprop"}))
+    [line] = problem_lines(params_error({"teacher.optimizer.name": "lbfgs"}))
     assert line.startswith("teacher.optimizer: ")
-    assert "'rmsprop'" in line
-    assert "'sgd', 'adam'" in line
+    assert "'lbfgs'" in line
+    assert "'sgd', 'adagrad', 'rmsprop', 'adam', 'adamw', 'nadam', 'radam'" in line
 
 
 def test_unknown_schedule_name_lists_the_valid_names():
     [line] = problem_lines(params_error({"student.schedule.name": "linear"}))
     assert line.startswith("student.schedule: ")
     assert "'linear'" in line
-    assert "'constant', 'step', 'cosine'" in line
+    valid = (
+        "'constant', 'step', 'multistep', 'exponential', 'cosine', 'cosine_restarts', 'onecycle', 'plateau', 'sequence'"
+    )
+    assert valid in line
 
 
 def test_nesterov_without_momentum_is_rejected():
     # The shipped teacher uses sgd with nesterov: true.
     [line] = problem_lines(params_error({"teacher.optimizer.momentum": 0.0}))
-    assert line == "teacher.optimizer: nesterov: true needs momentum > 0"
+    assert line == "teacher.optimizer: nesterov: true needs momentum > 0 and dampening 0"
+
+
+def test_nesterov_with_dampening_is_rejected():
+    [line] = problem_lines(params_error({"teacher.optimizer.dampening": 0.1}))
+    assert line == "teacher.optimizer: nesterov: true needs momentum > 0 and dampening 0"
+
+
+@pytest.mark.parametrize("batch_size", [0, "half"])
+def test_batch_size_must_be_a_positive_integer_or_full(batch_size):
+    lines = problem_lines(params_error({"teacher.train.batch_size": batch_size}))
+    # One line per allowed form, each naming the key itself (no pydantic union tags in the path).
+    assert {line.split(": ")[0] for line in lines} == {"teacher.train.batch_size"}
+    assert any("'full'" in line for line in lines)
+    assert all(repr(batch_size) in line for line in lines)
+
+
+def test_batch_size_full_is_accepted():
+    assert load_params(PARAMS, {"teacher.train.batch_size": "full"}).teacher.train.batch_size == "full"
+
+
+def test_plateau_with_interval_step_is_rejected():
+    [line] = problem_lines(params_error({"teacher.schedule": {"name": "plateau", "interval": "step"}}))
+    assert line == "teacher.schedule: plateau steps once per epoch on its metric: use interval: epoch and warmup: 0"
+
+
+def test_onecycle_with_a_warmup_is_rejected():
+    [line] = problem_lines(params_error({"teacher.schedule": {"name": "onecycle", "warmup": 2}}))
+    assert line == "teacher.schedule: onecycle has its own warmup (pct_start): use warmup: 0"
+
+
+SEQUENCE_PARTS = [{"name": "cosine"}, {"name": "exponential", "gamma": 0.9}, {"name": "constant"}]
+
+
+@pytest.mark.parametrize("milestones", [[5], [2, 5, 8]])
+def test_a_sequence_needs_one_milestone_fewer_than_its_schedules(milestones):
+    schedule = {"name": "sequence", "schedules": SEQUENCE_PARTS, "milestones": milestones}
+    [line] = problem_lines(params_error({"teacher.schedule": schedule}))
+    assert line == "teacher.schedule: 3 schedules need 2 milestones"
+
+
+def test_a_sequence_part_may_not_set_its_own_interval():
+    parts = [{"name": "cosine", "interval": "step"}, {"name": "constant"}]
+    schedule = {"name": "sequence", "schedules": parts, "milestones": [3]}
+    [line] = problem_lines(params_error({"teacher.schedule": schedule}))
+    assert line == "teacher.schedule: schedules[0]: interval belong to the sequence itself"
+
+
+def test_a_bad_value_inside_a_sequence_part_names_its_list_index():
+    parts = [{"name": "cosine", "min_lr": -1.0}, {"name": "constant"}]
+    schedule = {"name": "sequence", "schedules": parts, "milestones": [3]}
+    [line] = problem_lines(params_error({"teacher.schedule": schedule}))
+    assert line.startswith("teacher.schedule.schedules.0.min_lr: ")
+    assert "greater than or equal to 0" in line
+
+
+@pytest.mark.parametrize("milestones", [[5, 3], [3, 3]])
+def test_multistep_milestones_must_increase(milestones):
+    schedule = {"name": "multistep", "milestones": milestones, "gamma": 0.5}
+    [line] = problem_lines(params_error({"teacher.schedule": schedule}))
+    assert line == f"teacher.schedule: milestones must be strictly increasing, got {milestones}"
+
+
+def test_weight_decay_mode_lists_coupled_and_decoupled():
+    [line] = problem_lines(params_error({"teacher.regularization.weight_decay_mode": "l2"}))
+    assert line == "teacher.regularization.weight_decay_mode: Input should be 'coupled' or 'decoupled' (got 'l2')"
+
+
+def test_grad_clip_by_lists_norm_and_value():
+    [line] = problem_lines(params_error({"teacher.regularization.grad_clip": {"by": "l2", "max": 1.0}}))
+    assert line == "teacher.regularization.grad_clip.by: Input should be 'norm' or 'value' (got 'l2')"
+
+
+@pytest.mark.parametrize(("decay", "bound"), [(1.0, "less than 1"), (0.0, "greater than 0")])
+def test_ema_decay_must_be_strictly_between_zero_and_one(decay, bound):
+    [line] = problem_lines(params_error({"teacher.regularization.ema_decay": decay}))
+    assert line.startswith("teacher.regularization.ema_decay: ")
+    assert bound in line
+
+
+def test_early_stopping_patience_must_be_at_least_one():
+    early_stopping = {"metric": "val_accuracy", "patience": 0}
+    [line] = problem_lines(params_error({"teacher.regularization.early_stopping": early_stopping}))
+    assert line.startswith("teacher.regularization.early_stopping.patience: ")
+    assert "greater than or equal to 1" in line
 
 
 def test_errors_inside_distill_overrides_name_the_distill_key_path():
@@ -212,6 +310,7 @@ def test_stage_cli_with_bad_params_exits_2_naming_the_key_and_writes_nothing(tmp
 def test_distill_training_defaults_to_the_students_settings():
     params = load_params(PARAMS)
     assert params.distill.train is None and params.distill.optimizer is None and params.distill.schedule is None
+    assert params.distill.regularization is None
     assert params.distill_training() == params.student
 
 
@@ -232,3 +331,12 @@ def test_distill_training_applies_distills_overrides_to_the_students_settings():
     # The student's own settings are unchanged.
     assert isinstance(params.student.optimizer, AdamParams)
     assert params.student.train.epochs == yaml.safe_load(PARAMS.read_text())["student"]["train"]["epochs"]
+
+
+def test_distill_training_picks_up_a_regularization_override():
+    regularization = {"weight_decay": 0.01, "weight_decay_mode": "decoupled", "label_smoothing": 0.1}
+    params = load_params(PARAMS, {"distill.regularization": regularization})
+    training = params.distill_training()
+    assert training.regularization == RegularizationParams(**regularization)
+    assert training.optimizer == params.student.optimizer
+    assert params.student.regularization.label_smoothing == 0.0

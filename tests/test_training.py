@@ -1,4 +1,7 @@
-"""Training stages on tiny data: checkpoints, dvclive logs, determinism, teacher logits, distillation, factories."""
+"""Training stages on tiny data: checkpoints, dvclive logs, determinism, teacher logits, distillation.
+
+The optimizer and schedule factories are specified in test_optim.py, regularization in test_regularization.py.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,11 @@ from torch import nn
 
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
 from pipelines.checkpoint import load_model
-from pipelines.config import AdamParams, ConstantSchedule, CosineSchedule, SGDParams, StepSchedule, load_params
+from pipelines.config import load_params
 from pipelines.data import read_image_set
 from pipelines.distill import distill
 from pipelines.models import build_model, count_parameters, model_config
-from pipelines.optim import build_optimizer, build_schedule
+from pipelines.optim import steps_per_epoch
 from pipelines.paths import Paths
 from pipelines.predict import predict_logits
 from pipelines.teacher_logits import teacher_logits
@@ -66,7 +69,11 @@ def test_checkpoint_metrics_describe_the_saved_weights(trained_pipeline):
     assert loss == pytest.approx(checkpoint["metrics"]["val_loss"], rel=1e-5)
 
 
-def test_training_log_is_a_dvclive_folder_with_one_plot_row_per_epoch(trained_pipeline):
+def teacher_steps_per_epoch(params, paths: Paths) -> int:
+    return steps_per_epoch(len(read_image_set(paths.transfer)), params.teacher.train.batch_size, world_size=1)
+
+
+def test_training_log_is_a_dvclive_folder_with_an_lr_row_per_step_and_a_metric_row_per_epoch(trained_pipeline):
     params, paths = trained_pipeline
     log_dir = paths.training_log("teacher")
     assert log_dir == paths.root / "metrics" / "train" / "teacher"
@@ -74,11 +81,16 @@ def test_training_log_is_a_dvclive_folder_with_one_plot_row_per_epoch(trained_pi
     checkpoint = torch.load(paths.model("teacher"), weights_only=True)
     for name in ("train_loss", "val_loss", "val_accuracy"):
         assert summary[name] == pytest.approx(checkpoint["metrics"][name])
-    for name in ("val_accuracy", "train_loss", "lr"):
-        rows = read_tsv(log_dir / "plots" / "metrics" / f"{name}.tsv")
-        assert [int(row["step"]) for row in rows] == list(range(params.teacher.train.epochs))
-    first_lr = float(read_tsv(log_dir / "plots" / "metrics" / "lr.tsv")[0]["lr"])
-    assert first_lr == pytest.approx(params.teacher.optimizer.lr)
+    steps, epochs = teacher_steps_per_epoch(params, paths), params.teacher.train.epochs
+    assert steps > 1 and checkpoint["metrics"]["steps"] == epochs * steps
+    plots = log_dir / "plots" / "metrics"
+    # The learning rate of every optimizer step; epoch metrics at each epoch's last step.
+    lr_rows = read_tsv(plots / "lr.tsv")
+    assert [int(row["step"]) for row in lr_rows] == list(range(epochs * steps))
+    for name in ("val_accuracy", "train_loss"):
+        rows = read_tsv(plots / f"{name}.tsv")
+        assert [int(row["step"]) for row in rows] == [(epoch + 1) * steps - 1 for epoch in range(epochs)]
+    assert float(lr_rows[0]["lr"]) == pytest.approx(params.teacher.optimizer.lr)
 
 
 def test_training_lowers_the_loss_over_three_epochs_on_the_cosine_schedule(trained_pipeline, tmp_path):
@@ -91,9 +103,12 @@ def test_training_lowers_the_loss_over_three_epochs_on_the_cosine_schedule(train
     losses = [float(row["train_loss"]) for row in read_tsv(plots / "train_loss.tsv")]
     assert len(losses) == 3
     assert losses[-1] < losses[0]
-    # The logged learning rate of epoch k is the cosine schedule's: min + (lr - min) * (1 + cos(pi k / E)) / 2.
+    # The shipped teacher schedule is a per-epoch cosine: every step of epoch k logs
+    # min + (lr - min) * (1 + cos(pi k / E)) / 2.
+    assert params.teacher.schedule.interval == "epoch" and params.teacher.schedule.warmup == 0
+    steps = teacher_steps_per_epoch(params, paths)
     lr, min_lr = params.teacher.optimizer.lr, params.teacher.schedule.min_lr
-    expected = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * k / 3)) / 2 for k in range(3)]
+    expected = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * k / 3)) / 2 for k in range(3) for _ in range(steps)]
     assert [float(row["lr"]) for row in read_tsv(plots / "lr.tsv")] == pytest.approx(expected)
 
 
@@ -188,57 +203,3 @@ def test_shipped_student_has_at_most_a_tenth_of_the_teachers_parameters():
     assert count_parameters(student) * 10 <= count_parameters(teacher)
     for model in (teacher, student):
         assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
-
-
-# --- optimizer and schedule factories --------------------------------------------------------------
-
-
-def tiny_model() -> nn.Module:
-    return nn.Linear(3, 2)
-
-
-def test_sgd_optimizer_gets_lr_momentum_nesterov_and_weight_decay_from_params():
-    params = SGDParams(name="sgd", lr=0.07, momentum=0.8, nesterov=True, weight_decay=0.001)
-    optimizer = build_optimizer(tiny_model(), params)
-    assert type(optimizer) is torch.optim.SGD
-    group = optimizer.param_groups[0]
-    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.07, 0.8, True, 0.001)
-
-
-def test_adam_optimizer_gets_lr_betas_eps_and_weight_decay_from_params():
-    params = AdamParams(name="adam", lr=0.003, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.01)
-    model = tiny_model()
-    optimizer = build_optimizer(model, params)
-    assert type(optimizer) is torch.optim.Adam
-    group = optimizer.param_groups[0]
-    assert (group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"]) == (0.003, (0.8, 0.95), 1e-6, 0.01)
-    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
-
-
-def learning_rates(schedule_params, lr: float, epochs: int) -> list[float]:
-    """The learning rate at the start of each epoch 0..epochs, stepping the schedule once per epoch."""
-    optimizer = build_optimizer(tiny_model(), SGDParams(name="sgd", lr=lr))
-    schedule = build_schedule(optimizer, schedule_params, epochs)
-    rates = [optimizer.param_groups[0]["lr"]]
-    for _ in range(epochs):
-        optimizer.step()
-        schedule.step()
-        rates.append(optimizer.param_groups[0]["lr"])
-    return rates
-
-
-def test_cosine_schedule_follows_the_half_cosine_from_lr_to_min_lr():
-    lr, min_lr, epochs = 0.1, 0.01, 6
-    expected = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * k / epochs)) / 2 for k in range(epochs + 1)]
-    assert learning_rates(CosineSchedule(name="cosine", min_lr=min_lr), lr, epochs) == pytest.approx(expected)
-
-
-def test_step_schedule_multiplies_by_gamma_every_step_size_epochs():
-    lr, gamma, step_size, epochs = 0.1, 0.5, 2, 7
-    expected = [lr * gamma ** (k // step_size) for k in range(epochs + 1)]
-    rates = learning_rates(StepSchedule(name="step", step_size=step_size, gamma=gamma), lr, epochs)
-    assert rates == pytest.approx(expected)
-
-
-def test_constant_schedule_keeps_the_learning_rate():
-    assert learning_rates(ConstantSchedule(name="constant"), 0.05, 4) == pytest.approx([0.05] * 5)
