@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import resource
 import sys
 import time
@@ -146,7 +147,8 @@ def render_table(rows: list[dict], params: Params) -> str:
 
 def plot_convergence(paths: Paths, names: list[str], target: Path) -> None:
     """Training loss and validation accuracy against optimizer steps, one line per setting (log-scale steps)."""
-    figure = Figure(figsize=(15, 6), layout="tight")
+    columns = math.ceil(len(names) / 22)  # legend columns: about 22 settings each
+    figure = Figure(figsize=(12 + 3 * columns, 7), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     colors = colormaps["tab20"].resampled(max(len(names), 1))
     for index, name in enumerate(names):
@@ -159,7 +161,7 @@ def plot_convergence(paths: Paths, names: list[str], target: Path) -> None:
     accuracy_axes.set(xscale="log", xlabel="optimizer steps", ylabel="validation accuracy", ylim=(0.0, 1.0))
     for axes in (loss_axes, accuracy_axes):
         axes.grid(True, which="both", alpha=0.3)
-    accuracy_axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
+    figure.legend(*accuracy_axes.get_legend_handles_labels(), loc="outside right upper", ncols=columns, fontsize=7)
     with atomic_path(target) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
 
