@@ -134,7 +134,7 @@ def fit(
                 break
 
         result = {"epochs": epoch + 1, "steps": step, **metrics}
-        if stopper is not None:
+        if stopper is not None and stopper.best_state is not None:  # None: the metric was never a number
             kept.load_state_dict(stopper.best_state)
             result |= {"best_epoch": stopper.best_epoch + 1, **validate(kept, val_set, device)}
         if live:
