@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 from prefect import flow
 
-from pipelines.config import PARAMS_FILE, ParamsError, load_params
+from pipelines.config import PARAMS_FILE, ParamsError
 from pipelines.paths import Paths
+from pipelines.stage import params_or_exit
 from tasks.params import apply_overrides
 from tasks.report import publish_report
 from tasks.stages import augment, distill, evaluate, prepare, teacher_logits, train_student, train_teacher
@@ -53,11 +54,10 @@ def main() -> None:
     args = parser.parse_args()
     try:
         overrides = parse_overrides(args.overrides)
-        # Fail fast on bad params, before a Prefect server starts; the flow validates again itself.
-        load_params(Path(args.project_dir) / PARAMS_FILE, overrides)
     except ParamsError as error:
-        print(error, file=sys.stderr)
-        sys.exit(2)
+        parser.error(str(error))
+    # Fail fast on bad params, before a Prefect server starts; the flow validates again itself.
+    params_or_exit(Path(args.project_dir) / PARAMS_FILE, overrides)
     try:
         distillation(overrides=overrides, project_dir=args.project_dir)
     except Exception as error:  # the flow's log already holds the traceback; end with the cause alone

@@ -22,9 +22,13 @@ def run_stage(stage: Callable[[Params, Paths], Any]) -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/, ...")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stage(params_or_exit(args.params), Paths(args.root))
+
+
+def params_or_exit(path: Path, overrides: dict[str, Any] | None = None) -> Params:
+    """The validated params of a command line; if invalid, the problems on stderr and exit code 2."""
     try:
-        params = load_params(args.params)
+        return load_params(path, overrides)
     except ParamsError as error:
         print(error, file=sys.stderr)
         sys.exit(EXIT_BAD_PARAMS)
-    stage(params, Paths(args.root))

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -26,13 +25,13 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # the object API draws to files without a display backend
 
 from pipelines.atomic import atomic_path, write_json, write_text
-from pipelines.config import PARAMS_FILE, Params, ParamsError, load_params
+from pipelines.config import PARAMS_FILE, Params
 from pipelines.data import read_image_set
 from pipelines.models import build_model, model_config
 from pipelines.paths import Paths
 from pipelines.predict import predict_logits
 from pipelines.runtime import init_runtime, shutdown
-from pipelines.stage import EXIT_BAD_PARAMS
+from pipelines.stage import params_or_exit
 from pipelines.train import fit
 
 log = logging.getLogger(__name__)
@@ -52,11 +51,8 @@ TABLE_COLUMNS = {
 
 
 def run_setting(params: Params, paths: Paths, name: str) -> dict:
-    """Train the study's model under setting `name`; write and return its result row."""
-    settings = params.study_settings()
-    if name not in settings:
-        raise ParamsError(f"unknown study setting {name!r}; valid: {', '.join(settings)}")
-    training = settings[name]
+    """Train the study's model under setting `name` (one of params.study_settings()); write and return its row."""
+    training = params.study_settings()[name]
     runtime = init_runtime(params.device)
     card = json.loads(paths.card.read_text())
     transfer, val, test = (read_image_set(path) for path in (paths.transfer, paths.split("val"), paths.split("test")))
@@ -186,17 +182,17 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        params = load_params(args.params)
-        if args.command == "run":
-            if len(args.settings) != 1:
-                parser.error("run takes exactly one setting name")
-            run_setting(params, Paths(args.root), args.settings[0])
-        else:
-            summarize(params, Paths(args.root), args.settings or None)
-    except ParamsError as error:
-        print(error, file=sys.stderr)
-        sys.exit(EXIT_BAD_PARAMS)
+    params = params_or_exit(args.params)
+    available = params.study_settings()
+    unknown = [name for name in args.settings if name not in available]
+    if unknown:
+        parser.error(f"unknown study setting(s) {', '.join(unknown)}; valid: {', '.join(available)}")
+    if args.command == "run":
+        if len(args.settings) != 1:
+            parser.error("run takes exactly one setting name")
+        run_setting(params, Paths(args.root), args.settings[0])
+    else:
+        summarize(params, Paths(args.root), args.settings or None)
 
 
 if __name__ == "__main__":
