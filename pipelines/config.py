@@ -88,9 +88,11 @@ class AugmentParams(Section):
 
 
 class ModelParams(Section):
+    arch: Literal["cnn", "resnet"] = "cnn"
     width: int = Field(ge=1)
     depth: int = Field(ge=1, le=6)
     dropout: float = Field(ge=0.0, lt=1.0)
+    blocks_per_stage: int = Field(2, ge=1)  # resnet: basic blocks in each stage
 
 
 class TrainParams(Section):

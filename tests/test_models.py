@@ -1,0 +1,87 @@
+"""Model factory: a plain CNN and a small ResNet, shaped by the dataset card, rebuilt from their checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pipelines.checkpoint import load_model, save_checkpoint
+from pipelines.config import ModelParams, ParamsError, load_params
+from pipelines.models import build_model, count_parameters, model_config
+from pipelines.paths import Paths
+from pipelines.train_teacher import train_teacher
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
+
+GRAY_8 = {"image_shape": [1, 8, 8], "num_classes": 10, "pixel_mean": [0.3], "pixel_std": [0.4]}
+RGB_32 = {"image_shape": [3, 32, 32], "num_classes": 100, "pixel_mean": [0.5, 0.4, 0.3], "pixel_std": [0.2] * 3}
+
+
+def resnet(width: int = 4, depth: int = 3, blocks: int = 2) -> ModelParams:
+    return ModelParams(arch="resnet", width=width, depth=depth, dropout=0.0, blocks_per_stage=blocks)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet"])
+@pytest.mark.parametrize("card", [GRAY_8, RGB_32], ids=["gray-8x8", "rgb-32x32"])
+def test_each_architecture_adapts_to_the_card_s_channels_size_and_classes(arch: str, card: dict) -> None:
+    model = build_model(model_config(ModelParams(arch=arch, width=4, depth=3, dropout=0.1), card))
+    channels, height, width = card["image_shape"]
+    assert model(torch.rand(5, channels, height, width)).shape == (5, card["num_classes"])
+
+
+@pytest.mark.parametrize(("card", "expected_size"), [(GRAY_8, 2), (RGB_32, 8)], ids=["gray-8x8", "rgb-32x32"])
+def test_resnet_stages_double_the_channels_and_halve_the_resolution(card: dict, expected_size: int) -> None:
+    model = build_model(model_config(resnet(width=4, depth=3), card))
+    channels, height, width = card["image_shape"]
+    features = model.features(torch.rand(2, channels, height, width))
+    assert features.shape == (2, 4 * 2**2, expected_size, expected_size)
+
+
+def test_resnet_projects_the_shortcut_only_where_a_stage_changes_shape() -> None:
+    model = build_model(model_config(resnet(width=4, depth=3, blocks=2), GRAY_8))
+    projections = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert len(projections) == 2, "one 1x1 projection at the start of stages 2 and 3"
+
+
+def test_resnet_grows_with_width_depth_and_blocks_per_stage() -> None:
+    def size(params: ModelParams) -> int:
+        return count_parameters(build_model(model_config(params, GRAY_8)))
+
+    base = size(resnet(width=4, depth=2, blocks=1))
+    assert size(resnet(width=8, depth=2, blocks=1)) > base
+    assert size(resnet(width=4, depth=3, blocks=1)) > base
+    assert size(resnet(width=4, depth=2, blocks=2)) > base
+
+
+def test_a_resnet_checkpoint_rebuilds_the_same_model(tmp_path: Path) -> None:
+    config = model_config(resnet(), RGB_32)
+    model = build_model(config).eval()
+    save_checkpoint(tmp_path / "model.pt", model, config, {"val_accuracy": 0.5})
+    loaded, checkpoint = load_model(tmp_path / "model.pt")
+    images = torch.rand(3, 3, 32, 32)
+    assert checkpoint["model_config"]["arch"] == "resnet"
+    assert torch.equal(loaded(images), model(images))
+
+
+def test_an_unknown_arch_is_refused_with_the_valid_ones() -> None:
+    with pytest.raises(ParamsError, match=r"teacher\.model\.arch: Input should be 'cnn' or 'resnet'"):
+        load_params(PROJECT_ROOT / "params.yaml", {"teacher.model.arch": "vit"})
+
+
+def test_the_teacher_stage_trains_a_resnet_teacher(trained_pipeline, tmp_path: Path) -> None:
+    _, source = trained_pipeline
+    paths = Paths(tmp_path)
+    shutil.copytree(source.prepared, paths.prepared)
+    shutil.copytree(source.transfer.parent, paths.transfer.parent)
+    overrides = {**TINY_OVERRIDES, "teacher.model.arch": "resnet", "teacher.model.blocks_per_stage": 1}
+    params = load_params(PROJECT_ROOT / "params.yaml", overrides)
+
+    metrics = train_teacher(params, paths)
+
+    model, checkpoint = load_model(paths.model("teacher"))
+    assert checkpoint["model_config"]["arch"] == "resnet"
+    assert any(type(module).__name__ == "BasicBlock" for module in model.modules())
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
