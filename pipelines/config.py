@@ -62,6 +62,29 @@ class DataParams(Section):
     split: SplitParams
 
 
+class ColorJitterParams(Section):
+    """Each factor is drawn per image, uniform in [1 - x, 1 + x]; 0 leaves that property alone."""
+
+    brightness: float = Field(0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    saturation: float = Field(0.0, ge=0.0, lt=1.0)  # needs 3-channel (RGB) images
+
+
+class RandomResizedCropParams(Section):
+    """Crop a random region (a share `scale` of the area, width/height `ratio`) and resize it to the full image."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RandomResizedCropParams:
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"scale must be [low, high] with 0 < low <= high <= 1, got {list(self.scale)}")
+        if not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must be [low, high] with 0 < low <= high, got {list(self.ratio)}")
+        return self
+
+
 class AugmentParams(Section):
     copies: int = Field(ge=0)
     include_original: bool
@@ -72,6 +95,8 @@ class AugmentParams(Section):
     cutout_probability: Probability
     cutout_size: int = Field(ge=1)
     horizontal_flip: bool
+    color_jitter: ColorJitterParams = ColorJitterParams()
+    random_resized_crop: RandomResizedCropParams | None = None
     batch_size: int = Field(ge=1)
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Batched, seeded image augmentation: one random affine warp, noise and cutout per image, all as tensor ops.
+"""Batched, seeded image augmentation: one random affine warp (with an optional random resized crop),
+color jitter, noise and cutout per image, all as tensor ops on the whole batch.
 
 Every random draw comes from the caller's torch.Generator, so the same seed gives the same images.
 """
@@ -10,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pipelines.config import AugmentParams
+from pipelines.config import AugmentParams, ColorJitterParams, RandomResizedCropParams
 
 
 def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
@@ -18,7 +19,7 @@ def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.
     batch, _, height, width = images.shape
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(batch, generator=generator)
+        return _uniform(low, high, batch, generator)
 
     # Rotation, scale, translation and flip as one affine matrix per image. affine_grid maps each
     # output pixel to an input location in [-1, 1] coordinates, so the matrix is the inverse warp.
@@ -33,9 +34,12 @@ def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, shift_x], dim=1), torch.stack([sin * flip, cos, shift_y], dim=1)], dim=1
     )
+    if params.random_resized_crop is not None:
+        theta = random_crop(params.random_resized_crop, batch, generator) @ _homogeneous(theta)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
+    out = color_jitter(out, params.color_jitter, generator)
     out = out + params.noise_std * torch.randn(out.shape, generator=generator)
 
     # Cutout: erase one square (clipped at the border) in a random subset of the images.
@@ -48,3 +52,57 @@ def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.
     out = out.masked_fill((square & erase.view(batch, 1, 1)).unsqueeze(1), 0.0)
 
     return out.clamp_(0.0, 1.0)
+
+
+def random_crop(params: RandomResizedCropParams, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, 2, 3] maps from a full output image to a random crop of the input (a share of its area, an
+    aspect ratio, anywhere it fits): sampling through it resizes the crop to the whole image."""
+    area = _uniform(*params.scale, batch, generator)
+    ratio = torch.exp(_uniform(math.log(params.ratio[0]), math.log(params.ratio[1]), batch, generator))
+    crop_width = torch.sqrt(area * ratio).clamp(max=1.0)  # as fractions of the image's width and height
+    crop_height = torch.sqrt(area / ratio).clamp(max=1.0)
+    center_x = _uniform(-1.0, 1.0, batch, generator) * (1.0 - crop_width)
+    center_y = _uniform(-1.0, 1.0, batch, generator) * (1.0 - crop_height)
+    zero = torch.zeros(batch)
+    return torch.stack(
+        [torch.stack([crop_width, zero, center_x], dim=1), torch.stack([zero, crop_height, center_y], dim=1)], dim=1
+    )
+
+
+def color_jitter(images: torch.Tensor, params: ColorJitterParams, generator: torch.Generator) -> torch.Tensor:
+    """Brightness scales the pixels, contrast their spread around the image's mean gray, saturation the
+    colors' spread around each pixel's gray (RGB only); one factor per image each, drawn only when enabled."""
+    batch, channels = images.shape[:2]
+    if params.saturation and channels != 3:
+        raise ValueError(f"augment.color_jitter.saturation needs 3-channel (RGB) images; these have {channels}")
+
+    def factor(strength: float) -> torch.Tensor:
+        return _uniform(1.0 - strength, 1.0 + strength, batch, generator).view(batch, 1, 1, 1)
+
+    if params.brightness:
+        images = images * factor(params.brightness)
+    if params.contrast:
+        mean_gray = _gray(images).mean(dim=(1, 2, 3), keepdim=True)
+        images = (images - mean_gray) * factor(params.contrast) + mean_gray
+    if params.saturation:
+        gray = _gray(images)
+        images = (images - gray) * factor(params.saturation) + gray
+    return images
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    """Luma [B, 1, H, W] (ITU-R 601 weights) of RGB images; a 1-channel image is its own gray."""
+    if images.shape[1] == 1:
+        return images
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def _homogeneous(theta: torch.Tensor) -> torch.Tensor:
+    """[B, 2, 3] affine matrices as [B, 3, 3], so that they compose by matrix product."""
+    last_row = torch.tensor([0.0, 0.0, 1.0]).expand(theta.shape[0], 1, 3)
+    return torch.cat([theta, last_row], dim=1)
+
+
+def _uniform(low: float, high: float, batch: int, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(batch, generator=generator)

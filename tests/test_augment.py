@@ -202,3 +202,57 @@ def test_augment_stage_is_deterministic(tmp_path):
         augment(params, paths)
         tables.append(pq.read_table(paths.transfer))
     assert tables[0].equals(tables[1], check_metadata=True)
+
+
+# --- color jitter and random resized crop ----------------------------------------------------------
+
+
+def jitter(shipped: AugmentParams, **factors: float) -> AugmentParams:
+    return settings(shipped, **IDENTITY, color_jitter={"brightness": 0.0, "contrast": 0.0, "saturation": 0.0} | factors)
+
+
+def test_brightness_scales_each_image_by_one_factor_within_its_range(shipped):
+    images = 0.1 + 0.4 * random_images(32, shape=(3, 8, 8))  # in [0.1, 0.5]: a factor <= 1.3 never clips
+    out = augment_batch(images, jitter(shipped, brightness=0.3), torch.Generator().manual_seed(0))
+    ratios = (out / images).flatten(1)
+    assert torch.allclose(ratios, ratios[:, :1].expand_as(ratios), atol=1e-5)
+    assert ((ratios[:, 0] >= 0.7 - 1e-6) & (ratios[:, 0] <= 1.3 + 1e-6)).all()
+    assert ratios[:, 0].std() > 0.01, "each image draws its own factor"
+
+
+def test_contrast_keeps_each_image_s_mean_gray(shipped):
+    images = 0.3 + 0.4 * random_images(16, shape=(1, 8, 8))  # in [0.3, 0.7]: contrast 0.2 never clips
+    out = augment_batch(images, jitter(shipped, contrast=0.2), torch.Generator().manual_seed(0))
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)), atol=1e-5)
+    assert not torch.allclose(out, images)
+
+
+def test_saturation_keeps_each_pixel_s_luma_and_changes_its_color(shipped):
+    images = 0.3 + 0.4 * random_images(16, shape=(3, 8, 8))
+    out = augment_batch(images, jitter(shipped, saturation=0.5), torch.Generator().manual_seed(0))
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert torch.allclose((out * luma).sum(1), (images * luma).sum(1), atol=1e-5)
+    assert not torch.allclose(out, images)
+
+
+def test_saturation_on_grayscale_images_is_refused(shipped):
+    with pytest.raises(ValueError, match=r"augment\.color_jitter\.saturation needs 3-channel"):
+        augment_batch(random_images(4), jitter(shipped, saturation=0.2), torch.Generator().manual_seed(0))
+
+
+def test_random_resized_crop_of_the_whole_image_is_the_identity(shipped):
+    images = random_images(8, shape=(3, 16, 16))
+    params = settings(shipped, **IDENTITY, random_resized_crop={"scale": [1.0, 1.0], "ratio": [1.0, 1.0]})
+    out = augment_batch(images, params, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, images, atol=1e-5)
+
+
+def test_random_resized_crop_of_a_quarter_of_the_area_zooms_in_two_times(shipped):
+    # A horizontal ramp: after cropping half the width and resizing it back, the ramp is half as steep.
+    ramp = 0.25 + 0.5 * torch.arange(16.0) / 15
+    images = ramp.expand(4, 1, 16, 16).clone()
+    params = settings(shipped, **IDENTITY, random_resized_crop={"scale": [0.25, 0.25], "ratio": [1.0, 1.0]})
+    out = augment_batch(images, params, torch.Generator().manual_seed(0))
+    middle = slice(4, 12)  # columns that sample inside the input, whatever the crop's position
+    steps = out[..., middle].diff(dim=-1)
+    assert torch.allclose(steps, torch.full_like(steps, 0.5 * 0.5 / 15), atol=1e-5)
