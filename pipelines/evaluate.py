@@ -59,7 +59,8 @@ def evaluate(params: Params, paths: Paths = Paths()) -> dict[str, dict]:
 def render_report(results: dict[str, dict], params: Params, test_count: int) -> str:
     """The markdown report: one table comparing the models, the distillation gain, per-class F1."""
     latency_columns = [f"latency_ms_batch_{size}" for size in params.evaluate.latency_batch_sizes]
-    header = ["model", "params", "checkpoint KB", "accuracy", "macro-F1", "NLL", "ECE", "agreement w/ teacher"]
+    header = ["model", "params", "checkpoint KB", "near-zero weights", "accuracy", "macro-F1", "NLL", "ECE",
+              "agreement w/ teacher"]
     header += [f"CPU ms @ batch {size}" for size in params.evaluate.latency_batch_sizes]
     lines = [
         "# Distillation report",
@@ -75,6 +76,7 @@ def render_report(results: dict[str, dict], params: Params, test_count: int) -> 
             name,
             f"{metrics['params']:,}",
             f"{metrics['checkpoint_bytes'] / 1024:.1f}",
+            f"{metrics['near_zero_weights']:.1%}",
             f"{metrics['accuracy']:.2%}",
             f"{metrics['macro_f1']:.4f}",
             f"{metrics['nll']:.4f}",

@@ -12,7 +12,9 @@ from prefect.cache_policies import NO_CACHE
 from pipelines.paths import Paths
 
 # Scalar metrics shown in the table artifact, in this order.
-TABLE_COLUMNS = ("accuracy", "macro_f1", "nll", "ece", "agreement_with_teacher", "params", "checkpoint_bytes")
+TABLE_COLUMNS = (
+    "accuracy", "macro_f1", "nll", "ece", "agreement_with_teacher", "params", "near_zero_weights", "checkpoint_bytes",
+)
 
 
 @task(name="publish_report", cache_policy=NO_CACHE)

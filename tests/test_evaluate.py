@@ -203,5 +203,6 @@ def test_report_has_a_table_row_per_model(evaluated, test_set):
         [row] = [line for line in table if line.startswith(f"| {name} |")]
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[1] == f"{results[name]['params']:,}"
-        assert cells[3] == f"{results[name]['accuracy']:.2%}"
-        assert len(cells) == 8 + len(params.evaluate.latency_batch_sizes)
+        assert cells[3] == f"{results[name]['near_zero_weights']:.1%}"
+        assert cells[4] == f"{results[name]['accuracy']:.2%}"
+        assert len(cells) == 9 + len(params.evaluate.latency_batch_sizes)
