@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -57,9 +57,27 @@ class SplitParams(Section):
         return self
 
 
+SOURCE_FORMS = ("digits", "imagefolder:<dir>", "npz:<file>")
+
+
+class NpzKeys(Section):
+    x: str = "x"  # images: [N, H, W], [N, H, W, C] or [N, C, H, W] with C 1 or 3; uint8, or floats in [0, 1]
+    y: str = "y"  # integer labels [N]
+
+
 class DataParams(Section):
-    source: Literal["digits"]
-    split: SplitParams
+    source: str
+    split: SplitParams  # ignored when the source fixes the split (imagefolder with train/ val/ test/)
+    resize: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # [height, width]
+    npz_keys: NpzKeys = NpzKeys()
+
+    @field_validator("source")
+    @classmethod
+    def _known_form(cls, source: str) -> str:
+        kind, _, location = source.partition(":")
+        if source == "digits" or (kind in ("imagefolder", "npz") and location):
+            return source
+        raise ValueError(f"unknown data source {source!r}; valid forms: {', '.join(SOURCE_FORMS)}")
 
 
 class ColorJitterParams(Section):

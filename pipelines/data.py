@@ -15,11 +15,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipelines.atomic import atomic_path
 from pipelines.config import SplitParams
+
+
+class DataError(ValueError):
+    """Data that cannot be read as asked; the message names the file and what to change."""
 
 
 @dataclass(frozen=True)
@@ -44,20 +47,6 @@ class ImageSet:
         digest.update(self.images.contiguous().numpy().tobytes())
         digest.update(self.labels.numpy().astype("<i8").tobytes())
         return digest.hexdigest()
-
-
-def load_source(source: str) -> ImageSet:
-    """The whole dataset named by `data.source`."""
-    if source == "digits":
-        digits = load_digits()
-        # Pixels are intensities 0..16: rescale to the full uint8 range.
-        pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
-        return ImageSet(
-            images=torch.from_numpy(pixels),
-            labels=torch.from_numpy(digits.target.astype(np.int64)),
-            class_names=[str(name) for name in digits.target_names],
-        )
-    raise ValueError(f"unknown data source {source!r}; valid: digits")
 
 
 def stratified_split(labels: torch.Tensor, split: SplitParams, seed: int) -> dict[str, torch.Tensor]:

@@ -6,8 +6,9 @@ import logging
 
 from pipelines.atomic import write_json
 from pipelines.config import Params
-from pipelines.data import dataset_card, load_source, stratified_split, subset, to_table, write_parquet
+from pipelines.data import dataset_card, stratified_split, subset, to_table, write_parquet
 from pipelines.paths import SPLITS, Paths
+from pipelines.sources import load_source
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -15,8 +16,9 @@ log = logging.getLogger(__name__)
 
 def prepare(params: Params, paths: Paths = Paths()) -> dict:
     """Write the three splits and the card; return the card."""
-    data = load_source(params.data.source)
-    rows = stratified_split(data.labels, params.data.split, params.seed)
+    source = load_source(params.data)
+    data = source.data
+    rows = source.split_rows or stratified_split(data.labels, params.data.split, params.seed)
     splits = {name: subset(data, rows[name]) for name in SPLITS}
     for name, part in splits.items():
         write_parquet(paths.split(name), to_table(part))

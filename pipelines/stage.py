@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import PARAMS_FILE, Params, ParamsError, load_params
+from pipelines.data import DataError
 from pipelines.paths import Paths
 
 EXIT_BAD_PARAMS = 2
+EXIT_BAD_DATA = 1
 
 
 def run_stage(stage: Callable[[Params, Paths], Any]) -> None:
@@ -22,7 +24,12 @@ def run_stage(stage: Callable[[Params, Paths], Any]) -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/, ...")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stage(params_or_exit(args.params), Paths(args.root))
+    params = params_or_exit(args.params)
+    try:
+        stage(params, Paths(args.root))
+    except DataError as error:  # the user's data, not a bug: the message says what to fix, no traceback
+        print(error, file=sys.stderr)
+        sys.exit(EXIT_BAD_DATA)
 
 
 def params_or_exit(path: Path, overrides: dict[str, Any] | None = None) -> Params:

@@ -31,7 +31,7 @@ TINY_OVERRIDES: dict[str, Any] = {
 
 # What a copy of the project needs to run the pipeline: code, stage and params definitions, DVC's config.
 PROJECT_FILES = (
-    "pipelines", "tasks", "flows", "dvc.yaml", "params.yaml",
+    "pipelines", "tasks", "flows", "dvc.yaml", "params.yaml", "data/raw",
     ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
 )
 

@@ -14,9 +14,10 @@ import torch
 
 from tests.conftest import PROJECT_ROOT
 from pipelines.config import Params, load_params
-from pipelines.data import ImageSet, load_source, read_image_set, stratified_split, subset, to_table, write_parquet
+from pipelines.data import ImageSet, read_image_set, stratified_split, subset, to_table, write_parquet
 from pipelines.paths import SPLITS, Paths
 from pipelines.prepare import prepare
+from pipelines.sources import load_source
 
 DIGITS_COUNT = 1797  # scikit-learn's digits: 1797 images of 8x8 pixels, 10 classes
 
@@ -35,7 +36,7 @@ def prepared(params, tmp_path_factory) -> Paths:
 
 @pytest.fixture(scope="module")
 def digits() -> ImageSet:
-    return load_source("digits")
+    return load_source(load_params(PROJECT_ROOT / "params.yaml").data).data
 
 
 def file_sha256(path: Path) -> str:

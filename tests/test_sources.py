@@ -1,0 +1,158 @@
+"""Bring your own data: image folders and NumPy archives, grayscale or RGB, through prepare and one epoch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.augment import augment
+from pipelines.checkpoint import load_model
+from pipelines.config import ParamsError, load_params
+from pipelines.data import DataError, read_image_set
+from pipelines.paths import SPLITS, Paths
+from pipelines.prepare import prepare
+from pipelines.sources import load_source
+from pipelines.train_teacher import train_teacher
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def write_image(path: Path, size: tuple[int, int], rgb: bool, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (*size, 3) if rgb else size, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def image_folder(root: Path, rgb: bool, size: tuple[int, int] = (12, 10), per_class: int = 10) -> Path:
+    for label, name in enumerate(CLASSES):
+        for index in range(per_class):
+            write_image(root / name / f"{index}.png", size, rgb, seed=label * 100 + index)
+    return root
+
+
+def params_for(source: str, **overrides):
+    return load_params(PROJECT_ROOT / "params.yaml", {**TINY_OVERRIDES, "data.source": source, **overrides})
+
+
+@pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
+def test_an_image_folder_gives_one_class_per_sub_folder_with_channels_from_the_images(tmp_path: Path, rgb: bool):
+    root = image_folder(tmp_path / "images", rgb)
+    data = load_source(params_for(f"imagefolder:{root}").data).data
+    assert data.class_names == CLASSES
+    assert data.images.shape == (30, 3 if rgb else 1, 12, 10) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == [0] * 10 + [1] * 10 + [2] * 10
+    first = np.array(Image.open(root / "cat" / "0.png"))
+    expected = torch.from_numpy(first).permute(2, 0, 1) if rgb else torch.from_numpy(first)[None]
+    assert torch.equal(data.images[0], expected)
+
+
+def test_train_val_test_folders_fix_the_split(tmp_path: Path):
+    root = tmp_path / "images"
+    for split, count in zip(SPLITS, (6, 2, 3)):
+        image_folder(root / split, rgb=True, per_class=count)
+    paths = Paths(tmp_path / "project")
+    prepare(params_for(f"imagefolder:{root}"), paths)
+    counts = {split: len(read_image_set(paths.split(split))) for split in SPLITS}
+    assert counts == {"train": 18, "val": 6, "test": 9}
+
+
+@pytest.mark.parametrize(
+    ("x", "expected_shape"),
+    [
+        (np.zeros((20, 9, 7), np.uint8), (20, 1, 9, 7)),
+        (np.zeros((20, 9, 7, 3), np.uint8), (20, 3, 9, 7)),
+        (np.zeros((20, 3, 9, 7), np.uint8), (20, 3, 9, 7)),
+        (np.full((20, 9, 7), 0.5, np.float32), (20, 1, 9, 7)),
+    ],
+    ids=["NHW", "NHWC", "NCHW", "float"],
+)
+def test_an_npz_archive_gives_uint8_nchw_images_and_labels_as_classes(tmp_path: Path, x, expected_shape):
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=np.repeat([7, 3], 10))
+    data = load_source(params_for(f"npz:{path}").data).data
+    assert data.images.shape == expected_shape and data.images.dtype == torch.uint8
+    assert data.class_names == ["3", "7"] and data.labels.tolist() == [1] * 10 + [0] * 10
+    if x.dtype == np.float32:
+        assert (data.images == 128).all()
+
+
+def test_resize_brings_every_image_to_the_asked_size(tmp_path: Path):
+    root = image_folder(tmp_path / "images", rgb=True)
+    write_image(root / "cat" / "big.png", (20, 16), rgb=True, seed=7)
+    data = load_source(params_for(f"imagefolder:{root}", **{"data.resize": [8, 8]}).data).data
+    assert data.images.shape == (31, 3, 8, 8)
+
+
+@pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
+def test_a_generated_image_folder_runs_through_prepare_augment_and_one_teacher_epoch(tmp_path: Path, rgb: bool):
+    root = image_folder(tmp_path / "images", rgb, size=(16, 16), per_class=20)
+    params = params_for(f"imagefolder:{root}")
+    paths = Paths(tmp_path / "project")
+    card = prepare(params, paths)
+    augment(params, paths)
+    metrics = train_teacher(params, paths)
+    assert card["image_shape"] == [3 if rgb else 1, 16, 16] and card["class_names"] == CLASSES
+    model, checkpoint = load_model(paths.model("teacher"))
+    assert checkpoint["model_config"]["in_channels"] == (3 if rgb else 1)
+    assert checkpoint["model_config"]["num_classes"] == 3
+    assert metrics["epochs"] == 1
+
+
+# --- bad data: a clear error naming the file and the fix ------------------------------------------
+
+
+def test_a_corrupt_image_file_is_named(tmp_path: Path):
+    root = image_folder(tmp_path / "images", rgb=False)
+    (root / "dog" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"broken\.png: not a readable PNG or JPEG image"):
+        load_source(params_for(f"imagefolder:{root}").data)
+
+
+def test_a_class_folder_without_images_is_named(tmp_path: Path):
+    root = image_folder(tmp_path / "images", rgb=False)
+    (root / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: class folder with no PNG or JPEG images"):
+        load_source(params_for(f"imagefolder:{root}").data)
+
+
+def test_mixed_image_sizes_without_resize_ask_for_data_resize(tmp_path: Path):
+    root = image_folder(tmp_path / "images", rgb=True)
+    write_image(root / "fox" / "odd.png", (20, 16), rgb=True, seed=1)
+    with pytest.raises(DataError, match=r"images of different sizes .*set data\.resize"):
+        load_source(params_for(f"imagefolder:{root}").data)
+
+
+def test_a_missing_npz_array_lists_the_arrays_it_has(tmp_path: Path):
+    path = tmp_path / "data.npz"
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8), y=np.arange(4))
+    with pytest.raises(DataError, match=r"no array x \(it has images, y\); set data\.npz_keys"):
+        load_source(params_for(f"npz:{path}").data)
+
+
+def test_an_unknown_source_form_lists_the_valid_forms():
+    with pytest.raises(ParamsError, match=r"data\.source: .*valid forms: digits, imagefolder:<dir>, npz:<file>"):
+        params_for("csv:images.csv")
+
+
+def test_the_prepare_command_exits_1_with_the_message_and_no_traceback(tmp_path: Path):
+    root = image_folder(tmp_path / "images", rgb=False)
+    (root / "dog" / "broken.png").write_bytes(b"not an image")
+    params_file = tmp_path / "params.yaml"
+    shipped = (PROJECT_ROOT / "params.yaml").read_text()
+    params_file.write_text(shipped.replace("source: digits", f"source: imagefolder:{root}"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.prepare", "--params", str(params_file), "--root", str(tmp_path / "out")],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert "broken.png: not a readable PNG or JPEG image" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "data").exists()
