@@ -57,7 +57,13 @@ class SplitParams(Section):
         return self
 
 
-SOURCE_FORMS = ("digits", "imagefolder:<dir>", "npz:<file>")
+SOURCE_FORMS = ("digits", "imagefolder:<dir>", "npz:<file>", "parquet:<file>")
+
+
+class ParquetColumns(Section):
+    image: str = "image"  # encoded PNG/JPEG bytes, or the pixels as a list (uint8) with a shape
+    label: str = "label"  # integer or string labels
+    shape: str = "shape"  # per-row [C, H, W] of list images (else the file's image_shape metadata)
 
 
 class NpzKeys(Section):
@@ -70,12 +76,13 @@ class DataParams(Section):
     split: SplitParams  # ignored when the source fixes the split (imagefolder with train/ val/ test/)
     resize: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # [height, width]
     npz_keys: NpzKeys = NpzKeys()
+    parquet_columns: ParquetColumns = ParquetColumns()
 
     @field_validator("source")
     @classmethod
     def _known_form(cls, source: str) -> str:
         kind, _, location = source.partition(":")
-        if source == "digits" or (kind in ("imagefolder", "npz") and location):
+        if source == "digits" or (kind in ("imagefolder", "npz", "parquet") and location):
             return source
         raise ValueError(f"unknown data source {source!r}; valid forms: {', '.join(SOURCE_FORMS)}")
 

@@ -4,6 +4,8 @@
     imagefolder:<dir>    one sub-folder of PNG/JPEG files per class, or train/ val/ test/ folders of
                          those, which then fix the split
     npz:<file>           arrays `x` (images) and `y` (integer labels); names in data.npz_keys
+    parquet:<file>       an image column (encoded PNG/JPEG bytes, or pixels as a list with a shape) and
+                         a label column; names in data.parquet_columns
 
 Channels and size come from the data (1 channel when every image is grayscale, else RGB); images of
 different sizes need `data.resize`. A source that cannot be read raises DataError naming the file.
@@ -11,16 +13,20 @@ different sizes need `data.resize`. A source that cannot be read raises DataErro
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from sklearn.datasets import load_digits
 
-from pipelines.config import DataParams
+from pipelines.config import DataParams, ParquetColumns
 from pipelines.data import DataError, ImageSet
 from pipelines.paths import SPLITS
 
@@ -40,8 +46,10 @@ def load_source(params: DataParams) -> Source:
         source = Source(_digits())
     elif kind == "imagefolder":
         source = _imagefolder(Path(location), params.resize)
-    else:
+    elif kind == "npz":
         source = Source(_npz(Path(location), params.npz_keys.x, params.npz_keys.y))
+    else:
+        source = Source(_parquet(Path(location), params.parquet_columns, params.resize))
     # imagefolder resizes while it reads; the array sources come out at their stored size.
     if params.resize is not None and tuple(source.data.images.shape[2:]) != tuple(params.resize):
         data = source.data
@@ -87,7 +95,26 @@ def _imagefolder(root: Path, size: tuple[int, int] | None) -> Source:
             labels += [label] * len(images)
             split_of += [split_index] * len(images)
 
-    decoded = [_read_image(path) for path in files]
+    images = _stack([_read_image(path) for path in files], size, root)
+    data = ImageSet(images, torch.tensor(labels, dtype=torch.int64), class_names)
+    split_rows = None
+    if fixed:
+        split_index = torch.tensor(split_of)
+        split_rows = {split: torch.nonzero(split_index == i).flatten() for i, split in enumerate(SPLITS)}
+    return Source(data, split_rows)
+
+
+def _read_image(path: Path | io.BytesIO, name: str | None = None) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"{name or path}: not a readable PNG or JPEG image ({error})") from None
+
+
+def _stack(decoded: list[Image.Image], size: tuple[int, int] | None, where: Path) -> torch.Tensor:
+    """Decoded images as one uint8 [N, C, H, W]: RGB if any image has color, else grayscale; resized to `size`."""
     color = any(image.mode not in ("L", "1", "I", "I;16") for image in decoded)
     tensors = [_to_chw(torch.from_numpy(np.array(image.convert("RGB" if color else "L")))) for image in decoded]
     if size is not None:  # resized one by one: images of different sizes cannot be stacked first
@@ -96,23 +123,9 @@ def _imagefolder(root: Path, size: tuple[int, int] | None) -> Source:
     if len(sizes) > 1:
         (h1, w1), (h2, w2) = sizes[:2]
         raise DataError(
-            f"{root}: images of different sizes ({h1}x{w1}, {h2}x{w2}, ...): set data.resize: [height, width]"
+            f"{where}: images of different sizes ({h1}x{w1}, {h2}x{w2}, ...): set data.resize: [height, width]"
         )
-    data = ImageSet(torch.stack(tensors), torch.tensor(labels, dtype=torch.int64), class_names)
-    split_rows = None
-    if fixed:
-        split_index = torch.tensor(split_of)
-        split_rows = {split: torch.nonzero(split_index == i).flatten() for i, split in enumerate(SPLITS)}
-    return Source(data, split_rows)
-
-
-def _read_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path}: not a readable PNG or JPEG image ({error})") from None
+    return torch.stack(tensors)
 
 
 def _to_chw(image: torch.Tensor) -> torch.Tensor:
@@ -147,3 +160,47 @@ def _npz(path: Path, x_key: str, y_key: str) -> ImageSet:
         raise DataError(f"{path}: images must be [N, H, W], [N, H, W, C] or [N, C, H, W] with C 1 or 3")
     values, labels = np.unique(y, return_inverse=True)
     return ImageSet(images.contiguous(), torch.from_numpy(labels.astype(np.int64)), [str(v) for v in values])
+
+
+def _parquet(path: Path, columns: ParquetColumns, size: tuple[int, int] | None) -> ImageSet:
+    if not path.is_file():
+        raise DataError(f"data.source parquet:{path}: no such file")
+    table = pq.read_table(path)
+    missing = [column for column in (columns.image, columns.label) if column not in table.column_names]
+    if missing:
+        raise DataError(
+            f"{path}: no column {', '.join(missing)} (it has {', '.join(table.column_names)}); "
+            "set data.parquet_columns"
+        )
+    image_column = table.column(columns.image)
+    if pa.types.is_binary(image_column.type) or pa.types.is_large_binary(image_column.type):
+        encoded = image_column.to_pylist()
+        decoded = [_read_image(io.BytesIO(data), f"{path} row {row}") for row, data in enumerate(encoded)]
+        images = _stack(decoded, size, path)
+    else:
+        images = _pixel_lists(path, table, columns)
+    raw_labels = np.asarray(table.column(columns.label).to_pylist())
+    # Files written by this pipeline carry their class names; integer labels index them.
+    names = json.loads((table.schema.metadata or {}).get(b"class_names", b"null"))
+    integer = np.issubdtype(raw_labels.dtype, np.integer)
+    if names and integer and raw_labels.min() >= 0 and raw_labels.max() < len(names):
+        return ImageSet(images.contiguous(), torch.from_numpy(raw_labels.astype(np.int64)), names)
+    values, labels = np.unique(raw_labels, return_inverse=True)
+    return ImageSet(images.contiguous(), torch.from_numpy(labels.astype(np.int64)), [str(value) for value in values])
+
+
+def _pixel_lists(path: Path, table: pa.Table, columns: ParquetColumns) -> torch.Tensor:
+    """Pixels stored as lists: reshaped by the per-row shape column, or by the file's image_shape metadata."""
+    if columns.shape in table.column_names:
+        shapes = {tuple(shape) for shape in table.column(columns.shape).to_pylist()}
+        if len(shapes) > 1:
+            raise DataError(f"{path}: images of different shapes {sorted(shapes)[:2]}: convert them to one size first")
+        [shape] = shapes
+    elif b"image_shape" in (table.schema.metadata or {}):
+        shape = tuple(json.loads(table.schema.metadata[b"image_shape"]))
+    else:
+        raise DataError(f"{path}: list images need a {columns.shape!r} column or image_shape metadata ([C, H, W])")
+    flat = np.asarray(table.column(columns.image).combine_chunks().flatten().to_numpy(zero_copy_only=False))
+    if len(shape) != 3 or shape[0] not in (1, 3) or flat.size != len(table) * int(np.prod(shape)):
+        raise DataError(f"{path}: image shape {list(shape)} does not fit the pixels (expected [C, H, W], C 1 or 3)")
+    return torch.from_numpy(flat.astype(np.uint8).reshape(len(table), *shape))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -156,3 +160,44 @@ def test_the_prepare_command_exits_1_with_the_message_and_no_traceback(tmp_path:
     assert result.returncode == 1
     assert "broken.png: not a readable PNG or JPEG image" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "data").exists()
+
+
+# --- Parquet ---------------------------------------------------------------------------------------
+
+
+def encoded_png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_parquet_file_of_encoded_images_and_string_labels(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (10, 12, 3), dtype=np.uint8) for _ in range(6)]
+    path = tmp_path / "photos.parquet"
+    pq.write_table(pa.table({"png": [encoded_png(p) for p in pixels], "kind": ["b", "a"] * 3}), path)
+    params = params_for(f"parquet:{path}", **{"data.parquet_columns": {"image": "png", "label": "kind"}})
+    data = load_source(params.data).data
+    assert data.images.shape == (6, 3, 10, 12) and data.class_names == ["a", "b"]
+    assert data.labels.tolist() == [1, 0] * 3
+    assert torch.equal(data.images[0], torch.from_numpy(pixels[0]).permute(2, 0, 1))
+
+
+def test_a_parquet_file_written_by_this_pipeline_is_a_source_with_its_class_names(tmp_path: Path):
+    paths = Paths(tmp_path / "first")
+    prepare(params_for("digits"), paths)
+    table = pq.read_table(paths.split("test"))
+    names = [f"digit {index}" for index in range(10)]
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"class_names": json.dumps(names)}),
+                   paths.split("test"))
+    data = load_source(params_for(f"parquet:{paths.split('test')}").data).data
+    original = read_image_set(paths.split("test"))
+    assert torch.equal(data.images, original.images)
+    assert data.class_names == names and torch.equal(data.labels, original.labels)
+
+
+def test_a_missing_label_column_lists_the_columns_it_has(tmp_path: Path):
+    path = tmp_path / "photos.parquet"
+    pq.write_table(pa.table({"image": [encoded_png(np.zeros((4, 4), np.uint8))], "target": [1]}), path)
+    with pytest.raises(DataError, match=r"no column label \(it has image, target\); set data\.parquet_columns"):
+        load_source(params_for(f"parquet:{path}").data)
