@@ -36,6 +36,12 @@ def write_image(path: Path, size: tuple[int, int], rgb: bool, seed: int) -> np.n
     return pixels
 
 
+def encoded_png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def image_folder(root: Path, rgb: bool, size: tuple[int, int] = (12, 10), per_class: int = 10) -> Path:
     for label, name in enumerate(CLASSES):
         for index in range(per_class):
@@ -96,15 +102,33 @@ def test_resize_brings_every_image_to_the_asked_size(tmp_path: Path):
     assert data.images.shape == (31, 3, 8, 8)
 
 
+def generated_source(kind: str, folder: Path, rgb: bool, size: tuple[int, int], per_class: int = 20) -> str:
+    """The same kind of small random dataset written as an image folder, an npz archive or a Parquet file."""
+    if kind == "imagefolder":
+        return f"imagefolder:{image_folder(folder / 'images', rgb, size, per_class)}"
+    rng = np.random.default_rng(0)
+    count = per_class * len(CLASSES)
+    pixels = rng.integers(0, 256, (count, *size, 3) if rgb else (count, *size), dtype=np.uint8)
+    labels = np.repeat(np.arange(len(CLASSES)), per_class)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "npz":
+        np.savez(folder / "data.npz", x=pixels, y=labels)
+        return f"npz:{folder / 'data.npz'}"
+    table = pa.table({"image": [encoded_png(image) for image in pixels], "label": labels})
+    pq.write_table(table, folder / "data.parquet")
+    return f"parquet:{folder / 'data.parquet'}"
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "npz", "parquet"])
 @pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
-def test_a_generated_image_folder_runs_through_prepare_augment_and_one_teacher_epoch(tmp_path: Path, rgb: bool):
-    root = image_folder(tmp_path / "images", rgb, size=(16, 16), per_class=20)
-    params = params_for(f"imagefolder:{root}")
+@pytest.mark.parametrize("size", [(8, 8), (20, 16)], ids=["8x8", "20x16"])
+def test_each_format_runs_through_prepare_augment_and_one_teacher_epoch(tmp_path: Path, kind, rgb, size):
+    params = params_for(generated_source(kind, tmp_path / "raw", rgb, size))
     paths = Paths(tmp_path / "project")
     card = prepare(params, paths)
     augment(params, paths)
     metrics = train_teacher(params, paths)
-    assert card["image_shape"] == [3 if rgb else 1, 16, 16] and card["class_names"] == CLASSES
+    assert card["image_shape"] == [3 if rgb else 1, *size] and card["num_classes"] == 3
     model, checkpoint = load_model(paths.model("teacher"))
     assert checkpoint["model_config"]["in_channels"] == (3 if rgb else 1)
     assert checkpoint["model_config"]["num_classes"] == 3
@@ -163,12 +187,6 @@ def test_the_prepare_command_exits_1_with_the_message_and_no_traceback(tmp_path:
 
 
 # --- Parquet ---------------------------------------------------------------------------------------
-
-
-def encoded_png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_a_parquet_file_of_encoded_images_and_string_labels(tmp_path: Path):
