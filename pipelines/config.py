@@ -71,12 +71,26 @@ class NpzKeys(Section):
     y: str = "y"  # integer labels [N]
 
 
+class NormalizeParams(Section):
+    """Per-channel input normalization of every model; null computes it from the training split."""
+
+    mean: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = None  # on the [0, 1] pixel scale
+    std: list[Annotated[float, Field(gt=0.0)]] | None = None
+
+    @model_validator(mode="after")
+    def _together(self) -> NormalizeParams:
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
+            raise ValueError("mean and std go together, one value per channel each")
+        return self
+
+
 class DataParams(Section):
     source: str
     split: SplitParams  # ignored when the source fixes the split (imagefolder with train/ val/ test/)
     resize: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # [height, width]
     npz_keys: NpzKeys = NpzKeys()
     parquet_columns: ParquetColumns = ParquetColumns()
+    normalize: NormalizeParams = NormalizeParams()
 
     @field_validator("source")
     @classmethod

@@ -18,7 +18,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from pipelines.atomic import atomic_path
-from pipelines.config import SplitParams
+from pipelines.config import NormalizeParams, SplitParams
 
 
 class DataError(ValueError):
@@ -99,18 +99,26 @@ def read_image_set(path: Path) -> ImageSet:
     return ImageSet(images, labels, json.loads(metadata[b"class_names"]))
 
 
-def dataset_card(splits: dict[str, ImageSet], source: str) -> dict:
-    """A small JSON summary: counts per class and split, image shape, pixel statistics and checksums."""
+def dataset_card(splits: dict[str, ImageSet], source: str, normalize: NormalizeParams | None = None) -> dict:
+    """A small JSON summary: counts per class and split, image shape, normalization and checksums.
+
+    The models normalize their input with the card's per-channel mean and std: `normalize`'s when set,
+    else the training split's own statistics."""
     train = splits["train"]
     pixels = train.images.float() / 255.0
+    mean, std = pixels.mean(dim=(0, 2, 3)).tolist(), pixels.std(dim=(0, 2, 3)).tolist()
+    if normalize is not None and normalize.mean is not None:
+        if len(normalize.mean) != len(mean):
+            raise DataError(f"data.normalize has {len(normalize.mean)} values per statistic; the images have "
+                            f"{len(mean)} channel(s)")
+        mean, std = normalize.mean, normalize.std
     return {
         "source": source,
         "class_names": train.class_names,
         "image_shape": list(train.image_shape),
         "num_classes": len(train.class_names),
-        # Per-channel statistics of the training split: the models normalize their input with them.
-        "pixel_mean": pixels.mean(dim=(0, 2, 3)).tolist(),
-        "pixel_std": pixels.std(dim=(0, 2, 3)).tolist(),
+        "pixel_mean": mean,
+        "pixel_std": std,
         "splits": {
             name: {
                 "count": len(part),

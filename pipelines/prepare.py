@@ -22,7 +22,7 @@ def prepare(params: Params, paths: Paths = Paths()) -> dict:
     splits = {name: subset(data, rows[name]) for name in SPLITS}
     for name, part in splits.items():
         write_parquet(paths.split(name), to_table(part))
-    card = dataset_card(splits, params.data.source)
+    card = dataset_card(splits, params.data.source, params.data.normalize)
     write_json(paths.card, card)
     log.info("prepared %s: %s", params.data.source, {name: len(part) for name, part in splits.items()})
     return card

@@ -219,3 +219,41 @@ def test_a_missing_label_column_lists_the_columns_it_has(tmp_path: Path):
     pq.write_table(pa.table({"image": [encoded_png(np.zeros((4, 4), np.uint8))], "target": [1]}), path)
     with pytest.raises(DataError, match=r"no column label \(it has image, target\); set data\.parquet_columns"):
         load_source(params_for(f"parquet:{path}").data)
+
+
+# --- normalization ---------------------------------------------------------------------------------
+
+
+def test_by_default_the_card_holds_the_training_split_s_own_statistics(tmp_path: Path):
+    params = params_for(generated_source("npz", tmp_path / "raw", rgb=True, size=(8, 8)))
+    paths = Paths(tmp_path / "project")
+    card = prepare(params, paths)
+    train = read_image_set(paths.split("train")).images.float() / 255.0
+    assert card["pixel_mean"] == pytest.approx(train.mean(dim=(0, 2, 3)).tolist())
+    assert card["pixel_std"] == pytest.approx(train.std(dim=(0, 2, 3)).tolist())
+
+
+def test_given_normalization_reaches_the_card_and_the_model(tmp_path: Path):
+    normalize = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    source = generated_source("npz", tmp_path / "raw", rgb=True, size=(8, 8))
+    params = params_for(source, **{"data.normalize": normalize})
+    paths = Paths(tmp_path / "project")
+    card = prepare(params, paths)
+    augment(params, paths)
+    train_teacher(params, paths)
+    assert (card["pixel_mean"], card["pixel_std"]) == (normalize["mean"], normalize["std"])
+    model, _ = load_model(paths.model("teacher"))
+    assert model.mean.flatten().tolist() == pytest.approx(normalize["mean"])
+    assert model.std.flatten().tolist() == pytest.approx(normalize["std"])
+
+
+def test_normalization_for_another_channel_count_is_refused(tmp_path: Path):
+    params = params_for(generated_source("npz", tmp_path / "raw", rgb=False, size=(8, 8)),
+                        **{"data.normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}})
+    with pytest.raises(DataError, match=r"data\.normalize has 3 values per statistic; the images have 1 channel"):
+        prepare(params, Paths(tmp_path / "project"))
+
+
+def test_a_mean_without_a_std_is_a_params_error():
+    with pytest.raises(ParamsError, match=r"data\.normalize: mean and std go together"):
+        params_for("digits", **{"data.normalize": {"mean": [0.5]}})
