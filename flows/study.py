@@ -11,12 +11,13 @@ time: wall times are comparable only without a neighbour on the same cores.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from prefect import flow
 
 from pipelines.config import PARAMS_FILE, ParamsError, load_params
+from pipelines.stage import params_or_exit
+from pipelines.study import chosen_settings
 from tasks.stages import augment, prepare
 from tasks.study import run_study_setting, summarize_study
 
@@ -25,11 +26,7 @@ from tasks.study import run_study_setting, summarize_study
 def optimization_study(project_dir: str = ".", settings: list[str] | None = None) -> list[dict]:
     """Run the named settings (default: all), then write and publish the comparison."""
     root = Path(project_dir).resolve()
-    available = list(load_params(root / PARAMS_FILE).study_settings())
-    unknown = sorted(set(settings or []) - set(available))
-    if unknown:
-        raise ParamsError(f"unknown study setting(s) {', '.join(unknown)}; valid: {', '.join(available)}")
-    chosen = settings or available
+    chosen = chosen_settings(load_params(root / PARAMS_FILE), settings)
     prepare(root)
     augment(root)
     rows = [run_study_setting(root, name) for name in chosen]
@@ -43,12 +40,12 @@ def main() -> None:
                         help="run only this setting (repeatable); default: every setting")
     parser.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
     args = parser.parse_args()
+    params = params_or_exit(Path(args.project_dir) / PARAMS_FILE)  # bad params: exit 2 before Prefect starts
     try:
-        load_params(Path(args.project_dir) / PARAMS_FILE)  # bad params: exit 2 before Prefect starts
-        optimization_study(project_dir=args.project_dir, settings=args.settings)
+        chosen_settings(params, args.settings)
     except ParamsError as error:
-        print(error, file=sys.stderr)
-        sys.exit(2)
+        parser.error(str(error))
+    optimization_study(project_dir=args.project_dir, settings=args.settings)
 
 
 if __name__ == "__main__":

@@ -92,11 +92,15 @@ def read_image_set(path: Path) -> ImageSet:
     metadata = table.schema.metadata or {}
     if b"image_shape" not in metadata or b"class_names" not in metadata:
         raise ValueError(f"{path}: not an image table of this pipeline (no image_shape/class_names metadata)")
-    shape = json.loads(metadata[b"image_shape"])
-    flat = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    images = torch.from_numpy(flat.reshape(len(table), *shape).copy())
+    images = pixels_from_lists(table.column("image"), json.loads(metadata[b"image_shape"]))
     labels = torch.from_numpy(table.column("label").to_numpy().copy())
     return ImageSet(images, labels, json.loads(metadata[b"class_names"]))
+
+
+def pixels_from_lists(column: pa.ChunkedArray, shape: list[int]) -> torch.Tensor:
+    """uint8 images [N, *shape] from an Arrow column holding each image's pixels as one list."""
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return torch.from_numpy(np.array(flat, dtype=np.uint8).reshape(len(column), *shape))  # a writable copy
 
 
 def dataset_card(splits: dict[str, ImageSet], source: str, normalize: NormalizeParams | None = None) -> dict:

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.datasets import load_digits
 
 from pipelines.config import DataParams, ParquetColumns
-from pipelines.data import DataError, ImageSet
+from pipelines.data import DataError, ImageSet, pixels_from_lists
 from pipelines.paths import SPLITS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -50,7 +50,7 @@ def load_source(params: DataParams) -> Source:
         source = Source(_npz(Path(location), params.npz_keys.x, params.npz_keys.y))
     else:
         source = Source(_parquet(Path(location), params.parquet_columns, params.resize))
-    # imagefolder resizes while it reads; the array sources come out at their stored size.
+    # Decoded images (image folders, encoded Parquet) are resized as they are read; arrays are resized here.
     if params.resize is not None and tuple(source.data.images.shape[2:]) != tuple(params.resize):
         data = source.data
         source = Source(ImageSet(resize(data.images, params.resize), data.labels, data.class_names), source.split_rows)
@@ -158,8 +158,7 @@ def _npz(path: Path, x_key: str, y_key: str) -> ImageSet:
         images = images.permute(0, 3, 1, 2)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise DataError(f"{path}: images must be [N, H, W], [N, H, W, C] or [N, C, H, W] with C 1 or 3")
-    values, labels = np.unique(y, return_inverse=True)
-    return ImageSet(images.contiguous(), torch.from_numpy(labels.astype(np.int64)), [str(v) for v in values])
+    return _with_classes_from_labels(images, y)
 
 
 def _parquet(path: Path, columns: ParquetColumns, size: tuple[int, int] | None) -> ImageSet:
@@ -185,6 +184,11 @@ def _parquet(path: Path, columns: ParquetColumns, size: tuple[int, int] | None) 
     integer = np.issubdtype(raw_labels.dtype, np.integer)
     if names and integer and raw_labels.min() >= 0 and raw_labels.max() < len(names):
         return ImageSet(images.contiguous(), torch.from_numpy(raw_labels.astype(np.int64)), names)
+    return _with_classes_from_labels(images, raw_labels)
+
+
+def _with_classes_from_labels(images: torch.Tensor, raw_labels: np.ndarray) -> ImageSet:
+    """The distinct label values, sorted, are the classes; each label becomes its class index."""
     values, labels = np.unique(raw_labels, return_inverse=True)
     return ImageSet(images.contiguous(), torch.from_numpy(labels.astype(np.int64)), [str(value) for value in values])
 
@@ -200,7 +204,8 @@ def _pixel_lists(path: Path, table: pa.Table, columns: ParquetColumns) -> torch.
         shape = tuple(json.loads(table.schema.metadata[b"image_shape"]))
     else:
         raise DataError(f"{path}: list images need a {columns.shape!r} column or image_shape metadata ([C, H, W])")
-    flat = np.asarray(table.column(columns.image).combine_chunks().flatten().to_numpy(zero_copy_only=False))
-    if len(shape) != 3 or shape[0] not in (1, 3) or flat.size != len(table) * int(np.prod(shape)):
+    column = table.column(columns.image)
+    pixel_count = sum(len(chunk.flatten()) for chunk in column.chunks)
+    if len(shape) != 3 or shape[0] not in (1, 3) or pixel_count != len(table) * int(np.prod(shape)):
         raise DataError(f"{path}: image shape {list(shape)} does not fit the pixels (expected [C, H, W], C 1 or 3)")
-    return torch.from_numpy(flat.astype(np.uint8).reshape(len(table), *shape))
+    return pixels_from_lists(column, list(shape))

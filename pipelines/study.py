@@ -25,7 +25,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # the object API draws to files without a display backend
 
 from pipelines.atomic import atomic_path, write_json, write_text
-from pipelines.config import PARAMS_FILE, Params
+from pipelines.config import PARAMS_FILE, Params, ParamsError
 from pipelines.data import read_image_set
 from pipelines.models import build_model, model_config
 from pipelines.paths import Paths
@@ -48,6 +48,15 @@ TABLE_COLUMNS = {
     "wall_seconds": "wall s",
     "peak_rss_mb": "peak RSS MB",
 }
+
+
+def chosen_settings(params: Params, names: list[str] | None) -> list[str]:
+    """`names`, or every setting when none are given; ParamsError, listing the valid ones, for an unknown name."""
+    available = list(params.study_settings())
+    unknown = [name for name in names or [] if name not in available]
+    if unknown:
+        raise ParamsError(f"unknown study setting(s) {', '.join(unknown)}; valid: {', '.join(available)}")
+    return names or available
 
 
 def run_setting(params: Params, paths: Paths, name: str) -> dict:
@@ -183,10 +192,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = params_or_exit(args.params)
-    available = params.study_settings()
-    unknown = [name for name in args.settings if name not in available]
-    if unknown:
-        parser.error(f"unknown study setting(s) {', '.join(unknown)}; valid: {', '.join(available)}")
+    try:
+        chosen_settings(params, args.settings)
+    except ParamsError as error:
+        parser.error(str(error))
     if args.command == "run":
         if len(args.settings) != 1:
             parser.error("run takes exactly one setting name")
