@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,21 @@ class ImageSet:
         digest.update(self.images.contiguous().numpy().tobytes())
         digest.update(self.labels.numpy().astype("<i8").tobytes())
         return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset as `prepare` streams it: labels and image shape known up front, pixels read batch by batch.
+
+    `batches(n)` yields uint8 arrays [B, C, H, W] (B <= n) of every row in order, so memory holds one batch
+    of pixels at a time; `fixed_splits` holds the sorted rows of each split the source itself fixes (for
+    example an official test set), and prepare splits the remaining rows."""
+
+    labels: np.ndarray  # int64 class index of every row
+    class_names: list[str]
+    image_shape: tuple[int, int, int]  # (C, H, W) of every batch `batches` yields
+    batches: Callable[[int], Iterator[np.ndarray]]
+    fixed_splits: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def stratified_split(labels: torch.Tensor, split: SplitParams, seed: int) -> dict[str, torch.Tensor]:
