@@ -57,7 +57,11 @@ class SplitParams(Section):
         return self
 
 
-SOURCE_FORMS = ("digits", "imagefolder:<dir>", "npz:<file>", "parquet:<file>")
+SOURCE_FORMS = (
+    "digits", "imagefolder:<dir>", "npz:<file>", "parquet:<file or s3://bucket/key>",
+    "torchvision:<MNIST|FashionMNIST|CIFAR10|CIFAR100>",
+)
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 
 
 class ParquetColumns(Section):
@@ -86,7 +90,9 @@ class NormalizeParams(Section):
 
 class DataParams(Section):
     source: str
-    split: SplitParams  # ignored when the source fixes the split (imagefolder with train/ val/ test/)
+    split: SplitParams  # for the splits the source does not fix (split folders, an official test set)
+    batch_size: int = Field(1024, ge=1)  # images prepare reads, converts and writes at a time: bounds its memory
+    download_dir: str = "~/.cache/distill-pipeline"  # where torchvision:<Name> finds or downloads its files
     resize: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # [height, width]
     npz_keys: NpzKeys = NpzKeys()
     parquet_columns: ParquetColumns = ParquetColumns()
@@ -97,6 +103,8 @@ class DataParams(Section):
     def _known_form(cls, source: str) -> str:
         kind, _, location = source.partition(":")
         if source == "digits" or (kind in ("imagefolder", "npz", "parquet") and location):
+            return source
+        if kind == "torchvision" and location in TORCHVISION_DATASETS:
             return source
         raise ValueError(f"unknown data source {source!r}; valid forms: {', '.join(SOURCE_FORMS)}")
 
@@ -124,6 +132,20 @@ class RandomResizedCropParams(Section):
         return self
 
 
+class MixParams(Section):
+    """Mixup and CutMix on the augmented copies: an image is blended with (mixup) or gets a box pasted from
+    (cutmix) another image of its batch, and keeps both labels, weighted by each image's share of the pixels."""
+
+    mixup_alpha: float = Field(0.0, ge=0.0)  # the mixing share is drawn from Beta(alpha, alpha); 0 is off
+    cutmix_alpha: float = Field(0.0, ge=0.0)  # the share outside the pasted box, likewise; 0 is off
+    probability: Probability = 1.0  # share of the augmented images that are mixed
+    switch_probability: Probability = 0.5  # with both on: the chance that an image gets cutmix, else mixup
+
+    @property
+    def enabled(self) -> bool:
+        return self.probability > 0.0 and (self.mixup_alpha > 0.0 or self.cutmix_alpha > 0.0)
+
+
 class AugmentParams(Section):
     copies: int = Field(ge=0)
     include_original: bool
@@ -136,6 +158,7 @@ class AugmentParams(Section):
     horizontal_flip: bool
     color_jitter: ColorJitterParams = ColorJitterParams()
     random_resized_crop: RandomResizedCropParams | None = None
+    mix: MixParams = MixParams()
     batch_size: int = Field(ge=1)
 
     @model_validator(mode="after")

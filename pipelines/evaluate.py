@@ -13,7 +13,7 @@ import torch
 from pipelines.atomic import write_json, write_text
 from pipelines.checkpoint import load_model
 from pipelines.config import Params
-from pipelines.data import read_image_set
+from pipelines.data import open_image_set
 from pipelines.metrics import classification_metrics, latency_ms, near_zero_fraction
 from pipelines.models import count_parameters
 from pipelines.paths import MODELS, Paths
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def evaluate(params: Params, paths: Paths = Paths()) -> dict[str, dict]:
     """Evaluate the three models on the CPU; return what eval.json holds."""
-    test = read_image_set(paths.split("test"))
+    test = open_image_set(paths.split("test"), paths.arrow_cache)
     settings = params.evaluate
     results: dict[str, dict] = {}
     predictions = {}

@@ -21,6 +21,11 @@ class Paths:
         return self.prepared / f"{name}.parquet"
 
     @property
+    def arrow_cache(self) -> Path:
+        """Memory-mappable Arrow copies of the Parquet files that stages read (see data.open_image_set)."""
+        return self.root / ".cache" / "arrow"
+
+    @property
     def card(self) -> Path:
         return self.prepared / "card.json"
 

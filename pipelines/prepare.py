@@ -1,12 +1,19 @@
-"""Stage `prepare`: the data source -> stratified, seeded train/val/test Parquet splits and a dataset card."""
+"""Stage `prepare`: the data source -> stratified, seeded train/val/test Parquet splits and a dataset card.
+
+The source is streamed `data.batch_size` images at a time into the three split files, so prepare's
+memory stays bounded however large the dataset is.
+"""
 
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
+
+import numpy as np
 
 from pipelines.atomic import write_json
 from pipelines.config import Params
-from pipelines.data import dataset_card, stratified_split, subset, to_table, write_parquet
+from pipelines.data import DataError, PixelStats, assign_splits, check_normalize, dataset_card, write_images
 from pipelines.paths import SPLITS, Paths
 from pipelines.sources import load_source
 from pipelines.stage import run_stage
@@ -16,15 +23,35 @@ log = logging.getLogger(__name__)
 
 def prepare(params: Params, paths: Paths = Paths()) -> dict:
     """Write the three splits and the card; return the card."""
-    source = load_source(params.data)
-    data = source.data
-    rows = source.split_rows or stratified_split(data.labels, params.data.split, params.seed)
-    splits = {name: subset(data, rows[name]) for name in SPLITS}
-    for name, part in splits.items():
-        write_parquet(paths.split(name), to_table(part))
-    card = dataset_card(splits, params.data.source, params.data.normalize)
+    data = params.data
+    source = load_source(data)
+    check_normalize(data.normalize, source.image_shape[0])
+    rows = assign_splits(source.labels, source.fixed_splits, data.split, params.seed)
+    split_of = np.empty(len(source.labels), np.int8)  # the split index of every row
+    for index, name in enumerate(SPLITS):
+        split_of[rows[name]] = index
+
+    stats = PixelStats(source.image_shape[0])  # of the training split: the default normalization
+    with ExitStack() as files:
+        writers = [files.enter_context(write_images(paths.split(name), source.image_shape, source.class_names))
+                   for name in SPLITS]
+        start = 0
+        for batch in source.batches(data.batch_size):
+            split = split_of[start : start + len(batch)]
+            labels = source.labels[start : start + len(batch)]
+            for index, writer in enumerate(writers):
+                writer.write(batch[split == index], labels[split == index])
+            stats.add(batch[split == 0])
+            start += len(batch)
+        if start != len(source.labels):
+            raise DataError(f"{data.source}: {start} images but {len(source.labels)} labels")
+        checksums = {name: writer.checksum() for name, writer in zip(SPLITS, writers)}
+
+    mean_std = (data.normalize.mean, data.normalize.std) if data.normalize.mean is not None else stats.mean_std()
+    split_labels = {name: source.labels[rows[name]] for name in SPLITS}
+    card = dataset_card(data.source, source.class_names, source.image_shape, split_labels, checksums, mean_std)
     write_json(paths.card, card)
-    log.info("prepared %s: %s", params.data.source, {name: len(part) for name, part in splits.items()})
+    log.info("prepared %s: %s", data.source, {name: len(labels) for name, labels in split_labels.items()})
     return card
 
 

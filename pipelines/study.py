@@ -26,7 +26,7 @@ from matplotlib.figure import Figure  # the object API draws to files without a 
 
 from pipelines.atomic import atomic_path, write_json, write_text
 from pipelines.config import PARAMS_FILE, Params, ParamsError
-from pipelines.data import read_image_set
+from pipelines.data import open_image_set
 from pipelines.models import build_model, model_config
 from pipelines.paths import Paths
 from pipelines.predict import predict_logits
@@ -64,7 +64,7 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
     training = params.study_settings()[name]
     runtime = init_runtime(params.device)
     card = json.loads(paths.card.read_text())
-    transfer, val, test = (read_image_set(path) for path in (paths.transfer, paths.split("val"), paths.split("test")))
+    transfer, val, test = (open_image_set(path, paths.arrow_cache) for path in (paths.transfer, paths.split("val"), paths.split("test")))
     torch.manual_seed(params.seed)
     model = build_model(model_config(training.model, card))
     # The first optimizer of a process imports torch._dynamo (about a second): do that outside the timing.

@@ -14,7 +14,7 @@ import torch
 from pipelines.atomic import atomic_path
 from pipelines.checkpoint import load_model
 from pipelines.config import Params
-from pipelines.data import read_image_set
+from pipelines.data import open_image_set
 from pipelines.paths import Paths
 from pipelines.runtime import init_runtime
 from pipelines.stage import run_stage
@@ -27,7 +27,7 @@ def teacher_logits(params: Params, paths: Paths = Paths()) -> torch.Tensor:
     """Write the logits [transfer images, classes] as float32 .npy, rows aligned with transfer.parquet."""
     runtime = init_runtime(params.device)
     teacher, _ = load_model(paths.model("teacher"))
-    transfer = read_image_set(paths.transfer)
+    transfer = open_image_set(paths.transfer, paths.arrow_cache)
     logits = predict_logits(teacher.to(runtime.device), transfer.images, runtime.device)
     with atomic_path(paths.teacher_logits) as tmp:
         with open(tmp, "wb") as file:

@@ -1,8 +1,9 @@
 """The training loop shared by the teacher, the baseline student and the distilled student.
 
-Data stays as tensors on the device: an epoch is a seeded permutation of row indices, and a batch is a
-slice of it, so there is no per-sample Python work. Under torchrun each rank takes its share of every
-global batch and DDP averages the gradients; only the main rank logs and writes.
+An epoch is a seeded permutation of row indices and a batch is a slice of it: the batch's images are
+gathered from the (memory-mapped) set and moved to the device, so there is no per-sample Python work and
+the dataset need not fit in memory. Under torchrun each rank gathers only its share of every global
+batch and DDP averages the gradients; only the main rank logs and writes.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from pipelines.atomic import atomic_path
 from pipelines.checkpoint import save_checkpoint
 from pipelines.config import DistillParams, GradClipParams, Params, TrainingParams
-from pipelines.data import ImageSet, read_image_set
+from pipelines.data import ImageSet, open_image_set
 from pipelines.early_stopping import EarlyStopping
-from pipelines.losses import hinton_kd_loss
+from pipelines.losses import cross_entropy, hinton_kd_loss
 from pipelines.models import build_model, count_parameters, model_config
 from pipelines.optim import build_optimizer, build_schedule, l1_penalty, steps_per_epoch
 from pipelines.paths import Paths
@@ -75,8 +76,7 @@ def fit(
     kept = ema.module if ema is not None else model  # the weights that are validated and saved
     stopper = EarlyStopping(regularization.early_stopping) if regularization.early_stopping else None
 
-    images, labels = train_set.images.to(device), train_set.labels.to(device)
-    soft_targets = teacher_logits.to(device) if teacher_logits is not None else None
+    mix_labels, mix_weights = train_set.columns.get("mix_label"), train_set.columns.get("mix_weight")
     # Every rank draws the same permutation, then takes its own slice of each global batch.
     order = torch.Generator().manual_seed(seed)
 
@@ -88,16 +88,20 @@ def fit(
             model.train()
             loss_sum = torch.zeros((), device=device)
             seen = torch.zeros((), device=device)
-            permutation = torch.randperm(len(images), generator=order).to(device)
+            permutation = torch.randperm(len(train_set), generator=order)
             for start in range(0, steps * batch_size, batch_size):
                 rows = permutation[start : start + batch_size][runtime.rank :: runtime.world_size]
-                logits = network(images[rows].float().div_(255.0))
-                if soft_targets is None:
-                    loss = F.cross_entropy(logits, labels[rows], label_smoothing=regularization.label_smoothing)
+                logits = network(train_set.images[rows].to(device).float().div_(255.0))
+                labels = train_set.labels[rows].to(device)
+                mixed = {}
+                if mix_labels is not None:
+                    mixed = {"mix_labels": mix_labels[rows].to(device), "mix_weights": mix_weights[rows].to(device)}
+                if teacher_logits is None:
+                    loss = cross_entropy(logits, labels, regularization.label_smoothing, **mixed)
                 else:
                     loss = hinton_kd_loss(
-                        logits, soft_targets[rows], labels[rows], distill.temperature, distill.alpha,
-                        label_smoothing=regularization.label_smoothing,
+                        logits, teacher_logits[rows].to(device), labels, distill.temperature, distill.alpha,
+                        regularization.label_smoothing, **mixed,
                     )
                 objective = loss + regularization.l1 * l1_penalty(model) if regularization.l1 else loss
                 optimizer.zero_grad(set_to_none=True)
@@ -173,8 +177,8 @@ def train_and_save(
     """A training stage: build model `name` for the prepared data, fit it on the transfer set, save it."""
     runtime = init_runtime(params.device)
     card = json.loads(paths.card.read_text())
-    transfer = read_image_set(paths.transfer)
-    val = read_image_set(paths.split("val"))
+    transfer = open_image_set(paths.transfer, paths.arrow_cache)
+    val = open_image_set(paths.split("val"), paths.arrow_cache)
     torch.manual_seed(params.seed)
     config = model_config(training.model, card)
     model = build_model(config)

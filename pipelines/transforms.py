@@ -1,5 +1,6 @@
 """Batched, seeded image augmentation: one random affine warp (with an optional random resized crop),
-color jitter, noise and cutout per image, all as tensor ops on the whole batch.
+color jitter, noise and cutout per image, then optionally mixup or cutmix with another image of the
+batch, all as tensor ops on the whole batch.
 
 Every random draw comes from the caller's torch.Generator, so the same seed gives the same images.
 """
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.config import AugmentParams, ColorJitterParams, RandomResizedCropParams
+from pipelines.config import AugmentParams, ColorJitterParams, MixParams, RandomResizedCropParams
 
 
 def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
@@ -52,6 +54,46 @@ def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.
     out = out.masked_fill((square & erase.view(batch, 1, 1)).unsqueeze(1), 0.0)
 
     return out.clamp_(0.0, 1.0)
+
+
+def mix_batch(
+    images: torch.Tensor, labels: torch.Tensor, params: MixParams, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup or cutmix of float images [B, C, H, W], each with the next image of the batch (the last with the
+    first), as timm does. Returns (images, mix_labels, mix_weights): each image's second label and the share
+    of its own label, 1 where it was left alone (`mix_labels` then repeats its label)."""
+    batch, _, height, width = images.shape
+    # Beta draws need numpy; its generator is seeded from the caller's, so the same seed gives the same mix.
+    beta = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    mixed = torch.rand(batch, generator=generator) < params.probability
+    use_cutmix = torch.rand(batch, generator=generator) < params.switch_probability
+    if params.mixup_alpha == 0.0 or params.cutmix_alpha == 0.0:
+        use_cutmix = torch.full((batch,), params.cutmix_alpha > 0.0)
+    alpha = torch.where(use_cutmix, params.cutmix_alpha, params.mixup_alpha).numpy()
+    share = torch.from_numpy(beta.beta(np.maximum(alpha, 1e-6), np.maximum(alpha, 1e-6))).float()
+    share = torch.where(mixed, share, 1.0)
+    partner = torch.roll(torch.arange(batch), -1)
+
+    # Cutmix: a box of (1 - share) of the area at a random center, clipped at the border; the share
+    # becomes the area actually kept.
+    side = torch.sqrt(1.0 - share)
+    center_y = torch.rand(batch, generator=generator) * height
+    center_x = torch.rand(batch, generator=generator) * width
+    top, bottom = (center_y - side * height / 2).round().clamp(0, height), (center_y + side * height / 2).round().clamp(0, height)
+    left, right = (center_x - side * width / 2).round().clamp(0, width), (center_x + side * width / 2).round().clamp(0, width)
+    rows = torch.arange(height).view(1, height, 1)
+    cols = torch.arange(width).view(1, 1, width)
+    box = ((rows >= top.view(-1, 1, 1)) & (rows < bottom.view(-1, 1, 1))
+           & (cols >= left.view(-1, 1, 1)) & (cols < right.view(-1, 1, 1)))
+    box &= (use_cutmix & mixed).view(-1, 1, 1)
+    box_share = 1.0 - box.float().mean(dim=(1, 2))
+
+    blended = share.view(-1, 1, 1, 1) * images + (1.0 - share.view(-1, 1, 1, 1)) * images[partner]
+    pasted = torch.where(box.unsqueeze(1), images[partner], images)
+    out = torch.where(use_cutmix.view(-1, 1, 1, 1), pasted, blended)
+    weights = torch.where(use_cutmix, box_share, share)
+    mix_labels = torch.where(weights < 1.0, labels[partner], labels)
+    return out, mix_labels, weights
 
 
 def random_crop(params: RandomResizedCropParams, batch: int, generator: torch.Generator) -> torch.Tensor:

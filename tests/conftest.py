@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -9,10 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 import tasks  # noqa: F401  (quiet offline Prefect/DVC defaults for every test)
-from pipelines.config import Params, load_params
+from pipelines.config import DataParams, Params, load_params
+from pipelines.data import ImageSet, pixels_from_lists
+from pipelines.sources import load_source
+
+pytest_plugins = ["tests.s3_server"]  # s3_server, s3_env: a real S3 API (moto) on loopback
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +43,38 @@ PROJECT_FILES = (
     "pipelines", "tasks", "flows", "dvc.yaml", "params.yaml", "data/raw",
     ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
 )
+
+
+def read_image_set(path: Path) -> ImageSet:
+    """A Parquet image file of the pipeline, whole in memory as tensors (test files are small)."""
+    table = pq.read_table(path)
+    metadata = table.schema.metadata
+    columns = {
+        name: torch.from_numpy(table.column(name).to_numpy().copy())
+        for name in table.column_names
+        if name not in ("image", "shape", "label")
+    }
+    return ImageSet(
+        images=pixels_from_lists(table.column("image"), json.loads(metadata[b"image_shape"])),
+        labels=torch.from_numpy(table.column("label").to_numpy().copy()),
+        class_names=json.loads(metadata[b"class_names"]),
+        columns=columns,
+    )
+
+
+def read_source(data: DataParams, batch_size: int = 7) -> ImageSet:
+    """Every image of `data.source`, read batch by batch (an odd batch size, so batches cross class borders)."""
+    source = load_source(data)
+    images = torch.from_numpy(np.concatenate(list(source.batches(batch_size))))
+    assert images.shape[1:] == source.image_shape
+    return ImageSet(images, torch.from_numpy(source.labels), source.class_names)
+
+
+def checksum(data: ImageSet) -> str:
+    """The card's sha256 of a split: all pixels, then all labels."""
+    digest = hashlib.sha256(data.images.contiguous().numpy().tobytes())
+    digest.update(data.labels.numpy().astype("<i8").tobytes())
+    return digest.hexdigest()
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
-from pipelines.augment import augment, build_transfer_set
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set
+from pipelines.augment import augment, transfer_batches
 from pipelines.config import AugmentParams, load_params
-from pipelines.data import ImageSet, read_image_set
+from pipelines.data import ImageSet
 from pipelines.paths import Paths
 from pipelines.prepare import prepare
 from pipelines.transforms import augment_batch
@@ -49,6 +49,14 @@ def small_train_set(count: int = 10) -> ImageSet:
     images = torch.randint(0, 256, (count, 1, 8, 8), generator=generator(1), dtype=torch.uint8)
     labels = torch.arange(count) % 3
     return ImageSet(images, labels, ["a", "b", "c"])
+
+
+def build_transfer_set(train: ImageSet, params: AugmentParams, seed: int) -> tuple[ImageSet, dict[str, torch.Tensor]]:
+    """The whole transfer set in memory, and its per-row columns."""
+    batches = list(transfer_batches(train, params, seed))
+    columns = {name: torch.cat([batch.columns[name] for batch in batches]) for name in batches[0].columns}
+    images, labels = torch.cat([batch.images for batch in batches]), torch.cat([batch.labels for batch in batches])
+    return ImageSet(images, labels, train.class_names), columns
 
 
 # --- augment_batch ---------------------------------------------------------------------------------

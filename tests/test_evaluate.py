@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from pipelines.checkpoint import load_model
-from pipelines.data import read_image_set
 from pipelines.evaluate import evaluate
 from pipelines.metrics import classification_metrics, expected_calibration_error, near_zero_fraction
 from pipelines.models import count_parameters
 from pipelines.paths import MODELS, Paths
 from pipelines.predict import predict_logits
+from tests.conftest import read_image_set
 
 # --- expected calibration error --------------------------------------------------------------------
 

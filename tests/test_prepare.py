@@ -12,12 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, checksum, read_image_set, read_source
 from pipelines.config import Params, load_params
-from pipelines.data import ImageSet, read_image_set, stratified_split, subset, to_table, write_parquet
+from pipelines.data import ImageSet, assign_splits, open_image_set, write_images
 from pipelines.paths import SPLITS, Paths
 from pipelines.prepare import prepare
-from pipelines.sources import load_source
 
 DIGITS_COUNT = 1797  # scikit-learn's digits: 1797 images of 8x8 pixels, 10 classes
 
@@ -36,7 +35,7 @@ def prepared(params, tmp_path_factory) -> Paths:
 
 @pytest.fixture(scope="module")
 def digits() -> ImageSet:
-    return load_source(load_params(PROJECT_ROOT / "params.yaml").data).data
+    return read_source(load_params(PROJECT_ROOT / "params.yaml").data)
 
 
 def file_sha256(path: Path) -> str:
@@ -98,10 +97,10 @@ def test_parquet_schema_is_fixed_size_uint8_images_with_shape_label_and_metadata
 
 
 def test_read_image_set_returns_exactly_the_source_images_of_the_split(prepared, params, digits):
-    rows = stratified_split(digits.labels, params.data.split, params.seed)
+    rows = assign_splits(digits.labels.numpy(), {}, params.data.split, params.seed)
     for name in SPLITS:
         loaded = read_image_set(prepared.split(name))
-        expected = subset(digits, rows[name])
+        expected = ImageSet(digits.images[rows[name]], digits.labels[rows[name]], digits.class_names)
         assert loaded.images.dtype == torch.uint8 and loaded.labels.dtype == torch.int64
         assert loaded.images.shape == (len(rows[name]), 1, 8, 8)
         assert torch.equal(loaded.images, expected.images)
@@ -113,11 +112,55 @@ def test_parquet_round_trip_keeps_multichannel_non_square_images_exactly(tmp_pat
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (5, 3, 4, 6), generator=generator, dtype=torch.uint8)
     original = ImageSet(images, torch.tensor([2, 0, 1, 1, 2]), ["a", "b", "c"])
-    write_parquet(tmp_path / "set.parquet", to_table(original))
+    with write_images(tmp_path / "set.parquet", (3, 4, 6), original.class_names) as writer:
+        writer.write(images[:2], original.labels[:2])
+        writer.write(images[2:], original.labels[2:])
     loaded = read_image_set(tmp_path / "set.parquet")
     assert torch.equal(loaded.images, original.images)
     assert torch.equal(loaded.labels, original.labels)
     assert loaded.class_names == original.class_names
+
+
+def test_open_image_set_maps_the_file_and_gathers_exactly_the_rows_asked_for(prepared, tmp_path):
+    expected = read_image_set(prepared.split("train"))
+    mapped = open_image_set(prepared.split("train"), tmp_path / "cache")
+    assert len(mapped) == len(expected) and mapped.image_shape == (1, 8, 8)
+    assert torch.equal(mapped.labels, expected.labels) and mapped.class_names == expected.class_names
+    rows = torch.randperm(len(expected), generator=torch.Generator().manual_seed(0))[:50]
+    assert torch.equal(mapped.images[rows], expected.images[rows])
+    assert torch.equal(mapped.images[10:20], expected.images[10:20])
+    assert [path.suffix for path in (tmp_path / "cache").glob("*.arrow")] == [".arrow"]
+
+
+def test_a_rewritten_file_gets_a_fresh_arrow_copy_and_the_old_one_is_removed(tmp_path):
+    path, cache = tmp_path / "set.parquet", tmp_path / "cache"
+    for value in (1, 2):
+        with write_images(path, (1, 2, 2), ["a"]) as writer:
+            writer.write(torch.full((3, 1, 2, 2), value, dtype=torch.uint8), torch.zeros(3))
+        assert torch.equal(open_image_set(path, cache).images[:], torch.full((3, 1, 2, 2), value, dtype=torch.uint8))
+    assert len(list(cache.glob("*.arrow"))) == 1
+
+
+def test_a_failed_write_leaves_the_previous_file_untouched(tmp_path):
+    path = tmp_path / "set.parquet"
+    with write_images(path, (1, 2, 2), ["a"]) as writer:
+        writer.write(torch.ones((3, 1, 2, 2), dtype=torch.uint8), torch.zeros(3))
+    before = file_sha256(path)
+    with pytest.raises(RuntimeError):
+        with write_images(path, (1, 2, 2), ["a"]) as writer:
+            writer.write(torch.zeros((3, 1, 2, 2), dtype=torch.uint8), torch.zeros(3))
+            raise RuntimeError("crash mid-stream")
+    assert file_sha256(path) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["set.parquet"]
+
+
+def test_prepare_streams_in_batches_without_changing_any_split_or_the_card(prepared, params, tmp_path):
+    small = Paths(tmp_path)
+    prepare(params.model_copy(update={"data": params.data.model_copy(update={"batch_size": 7})}), small)
+    assert json.loads(small.card.read_text()) == json.loads(prepared.card.read_text())
+    for name in SPLITS:
+        assert pq.read_metadata(small.split(name)).num_row_groups > pq.read_metadata(prepared.split(name)).num_row_groups
+        assert torch.equal(read_image_set(small.split(name)).images, read_image_set(prepared.split(name)).images)
 
 
 def test_card_counts_and_checksums_match_the_files(prepared):
@@ -133,7 +176,7 @@ def test_card_counts_and_checksums_match_the_files(prepared):
             class_name: int((part.labels == index).sum()) for index, class_name in enumerate(part.class_names)
         }
         assert sum(entry["per_class"].values()) == len(part)
-        assert entry["sha256"] == part.checksum()
+        assert entry["sha256"] == checksum(part)
 
 
 def test_card_pixel_statistics_are_those_of_the_training_split(prepared):

@@ -18,12 +18,13 @@ from PIL import Image
 from pipelines.augment import augment
 from pipelines.checkpoint import load_model
 from pipelines.config import ParamsError, load_params
-from pipelines.data import DataError, read_image_set
+from pipelines.data import DataError
 from pipelines.paths import SPLITS, Paths
 from pipelines.prepare import prepare
 from pipelines.sources import load_source
 from pipelines.train_teacher import train_teacher
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, read_source
+from tests.test_torchvision_data import TEST, write_cifar10, write_mnist
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -56,7 +57,7 @@ def params_for(source: str, **overrides):
 @pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
 def test_an_image_folder_gives_one_class_per_sub_folder_with_channels_from_the_images(tmp_path: Path, rgb: bool):
     root = image_folder(tmp_path / "images", rgb)
-    data = load_source(params_for(f"imagefolder:{root}").data).data
+    data = read_source(params_for(f"imagefolder:{root}").data)
     assert data.class_names == CLASSES
     assert data.images.shape == (30, 3 if rgb else 1, 12, 10) and data.images.dtype == torch.uint8
     assert data.labels.tolist() == [0] * 10 + [1] * 10 + [2] * 10
@@ -88,7 +89,7 @@ def test_train_val_test_folders_fix_the_split(tmp_path: Path):
 def test_an_npz_archive_gives_uint8_nchw_images_and_labels_as_classes(tmp_path: Path, x, expected_shape):
     path = tmp_path / "data.npz"
     np.savez(path, x=x, y=np.repeat([7, 3], 10))
-    data = load_source(params_for(f"npz:{path}").data).data
+    data = read_source(params_for(f"npz:{path}").data)
     assert data.images.shape == expected_shape and data.images.dtype == torch.uint8
     assert data.class_names == ["3", "7"] and data.labels.tolist() == [1] * 10 + [0] * 10
     if x.dtype == np.float32:
@@ -98,7 +99,7 @@ def test_an_npz_archive_gives_uint8_nchw_images_and_labels_as_classes(tmp_path: 
 def test_resize_brings_every_image_to_the_asked_size(tmp_path: Path):
     root = image_folder(tmp_path / "images", rgb=True)
     write_image(root / "cat" / "big.png", (20, 16), rgb=True, seed=7)
-    data = load_source(params_for(f"imagefolder:{root}", **{"data.resize": [8, 8]}).data).data
+    data = read_source(params_for(f"imagefolder:{root}", **{"data.resize": [8, 8]}).data)
     assert data.images.shape == (31, 3, 8, 8)
 
 
@@ -133,6 +134,56 @@ def test_each_format_runs_through_prepare_augment_and_one_teacher_epoch(tmp_path
     assert checkpoint["model_config"]["in_channels"] == (3 if rgb else 1)
     assert checkpoint["model_config"]["num_classes"] == 3
     assert metrics["epochs"] == 1
+
+
+@pytest.mark.parametrize("name", ["MNIST", "CIFAR10"])
+def test_a_torchvision_dataset_keeps_its_official_test_set_and_runs_one_teacher_epoch(tmp_path: Path, name):
+    downloads = tmp_path / "downloads"
+    if name == "MNIST":
+        images, labels = write_mnist(downloads / "MNIST" / "raw", compressed=True)
+    else:
+        images, labels = write_cifar10(downloads / "cifar-10-batches-py")
+    params = params_for(f"torchvision:{name}", **{"data.download_dir": str(downloads)})
+    paths = Paths(tmp_path / "project")
+    card = prepare(params, paths)
+    augment(params, paths)
+    train_teacher(params, paths)
+    official_test = len(images) - TEST
+    test = read_image_set(paths.split("test"))
+    assert torch.equal(test.images, torch.from_numpy(images[official_test:]))
+    assert card["splits"]["train"]["count"] + card["splits"]["val"]["count"] == official_test
+    assert card["image_shape"] == list(images.shape[1:]) and card["num_classes"] == 10
+    assert load_model(paths.model("teacher"))[1]["model_config"]["in_channels"] == images.shape[1]
+
+
+def test_train_and_test_folders_fix_the_test_split_and_val_comes_from_train(tmp_path: Path):
+    root = tmp_path / "images"
+    image_folder(root / "train", rgb=False, per_class=10)
+    image_folder(root / "test", rgb=False, per_class=2)
+    paths = Paths(tmp_path / "project")
+    card = prepare(params_for(f"imagefolder:{root}"), paths)
+    assert card["splits"]["test"]["count"] == 6
+    assert card["splits"]["train"]["count"] + card["splits"]["val"]["count"] == 30
+    assert all(count > 0 for count in card["splits"]["val"]["per_class"].values())
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "npz", "parquet"])
+def test_every_batch_size_reads_the_same_images(tmp_path: Path, kind):
+    params = params_for(generated_source(kind, tmp_path / "raw", rgb=True, size=(8, 8), per_class=7))
+    whole = read_source(params.data, batch_size=1000)
+    for batch_size in (1, 4, 20):
+        part = read_source(params.data, batch_size=batch_size)
+        assert torch.equal(part.images, whole.images) and torch.equal(part.labels, whole.labels)
+
+
+def test_a_compressed_npz_archive_is_streamed_like_a_plain_one(tmp_path: Path):
+    pixels = np.random.default_rng(0).integers(0, 256, (25, 6, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "plain.npz", x=pixels, y=np.arange(25) % 2)
+    np.savez_compressed(tmp_path / "small.npz", x=pixels, y=np.arange(25) % 2)
+    plain = read_source(params_for(f"npz:{tmp_path / 'plain.npz'}").data, batch_size=4)
+    compressed = read_source(params_for(f"npz:{tmp_path / 'small.npz'}").data, batch_size=4)
+    assert torch.equal(plain.images, compressed.images)
+    assert torch.equal(plain.images, torch.from_numpy(pixels).permute(0, 3, 1, 2))
 
 
 # --- bad data: a clear error naming the file and the fix ------------------------------------------
@@ -195,7 +246,7 @@ def test_a_parquet_file_of_encoded_images_and_string_labels(tmp_path: Path):
     path = tmp_path / "photos.parquet"
     pq.write_table(pa.table({"png": [encoded_png(p) for p in pixels], "kind": ["b", "a"] * 3}), path)
     params = params_for(f"parquet:{path}", **{"data.parquet_columns": {"image": "png", "label": "kind"}})
-    data = load_source(params.data).data
+    data = read_source(params.data)
     assert data.images.shape == (6, 3, 10, 12) and data.class_names == ["a", "b"]
     assert data.labels.tolist() == [1, 0] * 3
     assert torch.equal(data.images[0], torch.from_numpy(pixels[0]).permute(2, 0, 1))
@@ -208,7 +259,7 @@ def test_a_parquet_file_written_by_this_pipeline_is_a_source_with_its_class_name
     names = [f"digit {index}" for index in range(10)]
     pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"class_names": json.dumps(names)}),
                    paths.split("test"))
-    data = load_source(params_for(f"parquet:{paths.split('test')}").data).data
+    data = read_source(params_for(f"parquet:{paths.split('test')}").data)
     original = read_image_set(paths.split("test"))
     assert torch.equal(data.images, original.images)
     assert data.class_names == names and torch.equal(data.labels, original.labels)

@@ -15,10 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set
 from pipelines.checkpoint import load_model
 from pipelines.config import load_params
-from pipelines.data import read_image_set
 from pipelines.distill import distill
 from pipelines.models import build_model, count_parameters, model_config
 from pipelines.optim import steps_per_epoch

@@ -1,0 +1,344 @@
+"""torchvision's MNIST, FashionMNIST, CIFAR10 and CIFAR100, read from the files torchvision downloads.
+
+The files sit where torchvision keeps them, so `download_dir` may be an existing torchvision root:
+
+    MNIST, FashionMNIST   <dir>/<Name>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
+                          (the .gz files, or the uncompressed idx files torchvision extracts beside them)
+    CIFAR10               <dir>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta},
+                          or the archive <dir>/cifar-10-python.tar.gz (extracted there)
+    CIFAR100              <dir>/cifar-100-python/{train,test,meta}, or <dir>/cifar-100-python.tar.gz
+
+Missing files are downloaded from torchvision's mirrors and checked against its md5 sums; offline, the
+DataError says which files to fetch, from where, and into which folder. Rows are the official training set,
+then the official test set, which is the source's fixed "test" split. Pixels are streamed: memory holds
+one batch (plus, for CIFAR, the one pickle file being read), never the whole dataset.
+
+torchvision itself is not imported: its wheels are built against one exact torch build and do not import
+beside the CPU torch wheel this project installs, and reading these formats takes only numpy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import math
+import pickle
+import shutil
+import struct
+import tarfile
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from pipelines.atomic import atomic_path
+from pipelines.config import TORCHVISION_DATASETS
+from pipelines.data import DataError, Source
+
+log = logging.getLogger(__name__)
+
+# Where each dataset's files are downloaded from: a file's URL is a mirror followed by its name.
+MIRRORS: dict[str, tuple[str, ...]] = {
+    "MNIST": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    "FashionMNIST": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    "CIFAR10": ("https://www.cs.toronto.edu/~kriz/",),
+    "CIFAR100": ("https://www.cs.toronto.edu/~kriz/",),
+}
+
+# The files each dataset downloads, with torchvision's md5 sums of them.
+DOWNLOADS: dict[str, dict[str, str]] = {
+    "MNIST": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "FashionMNIST": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "CIFAR10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+    "CIFAR100": {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
+}
+
+TIMEOUT_S = 15  # seconds a download waits for the network before it counts as failed
+
+MNIST_CLASSES: dict[str, list[str]] = {
+    "MNIST": [str(digit) for digit in range(10)],
+    "FashionMNIST": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
+MNIST_PARTS = ("train", "t10k")  # the official training set, then the official test set
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    folder: str  # the folder the archive extracts to
+    archive: str
+    train: tuple[str, ...]  # pickle files of the official training set, in order
+    test: tuple[str, ...]
+    meta: str  # the pickle file holding the class names ...
+    names_key: str  # ... under this key
+    labels_key: str  # the key of the labels in each data file
+
+
+CIFAR: dict[str, CifarLayout] = {
+    "CIFAR10": CifarLayout("cifar-10-batches-py", "cifar-10-python.tar.gz",
+                           tuple(f"data_batch_{index}" for index in range(1, 6)), ("test_batch",),
+                           "batches.meta", "label_names", "labels"),
+    "CIFAR100": CifarLayout("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",),
+                            "meta", "fine_label_names", "fine_labels"),
+}
+CIFAR_SHAPE = (3, 32, 32)
+
+
+def open_torchvision(name: str, download_dir: Path) -> Source:
+    """The dataset `name` from its torchvision files under `download_dir`, downloading those missing."""
+    if name in MNIST_CLASSES:
+        return _mnist(name, download_dir)
+    if name in CIFAR:
+        return _cifar(name, download_dir)
+    raise DataError(f"unknown torchvision dataset {name!r}; valid names: {', '.join(TORCHVISION_DATASETS)}")
+
+
+# --- MNIST and FashionMNIST: idx files ------------------------------------------------------------
+
+
+def _mnist(name: str, root: Path) -> Source:
+    raw = root / name / "raw"
+    missing = [file for file in DOWNLOADS[name] if _idx_file(raw, file.removesuffix(".gz")) is None]
+    _fetch_missing(name, root, raw, missing,
+                   "the .gz files, or the uncompressed idx files torchvision extracts from them")
+    images = [_idx_file(raw, f"{part}-images-idx3-ubyte") for part in MNIST_PARTS]
+    labels = [_idx_labels(_idx_file(raw, f"{part}-labels-idx1-ubyte")) for part in MNIST_PARTS]
+    shapes = [_idx_image_header(path) for path in images]
+    for path, (count, _, _), part_labels in zip(images, shapes, labels):
+        if count != len(part_labels):
+            raise DataError(f"{path}: {count} images but {len(part_labels)} labels in its labels file")
+    if shapes[0][1:] != shapes[1][1:]:
+        raise DataError(f"{raw}: training images are {shapes[0][1:]} pixels but test images {shapes[1][1:]}")
+    _, height, width = shapes[0]
+    return _source(labels, MNIST_CLASSES[name], (1, height, width),
+                   [partial(_idx_image_batches, path) for path in images], raw)
+
+
+def _idx_file(raw: Path, name: str) -> Path | None:
+    """The uncompressed idx file if torchvision extracted it, else the downloaded .gz; None if neither is there."""
+    return next((path for path in (raw / name, raw / f"{name}.gz") if path.is_file()), None)
+
+
+def _idx_labels(path: Path) -> np.ndarray:
+    with _reading(path) as stream:
+        (count,) = _idx_header(stream, path, "labels", ndim=1)
+        return np.frombuffer(_read_exact(stream, count, path), np.uint8).astype(np.int64)
+
+
+def _idx_image_header(path: Path) -> tuple[int, int, int]:
+    with _reading(path) as stream:
+        return _idx_header(stream, path, "images", ndim=3)
+
+
+def _idx_image_batches(path: Path, size: int) -> Iterator[np.ndarray]:
+    with _reading(path) as stream:
+        count, height, width = _idx_header(stream, path, "images", ndim=3)
+        for start in range(0, count, size):
+            batch = np.empty((min(size, count - start), 1, height, width), np.uint8)
+            _read_into(stream, batch, path)
+            yield batch
+
+
+def _idx_header(stream: BinaryIO, path: Path, what: str, ndim: int) -> tuple[int, ...]:
+    """The dimensions in an idx header: 0x00 0x00, type 0x08 (uint8), ndim, then ndim big-endian uint32."""
+    magic = _read_exact(stream, 4, path)
+    if magic != bytes([0, 0, 0x08, ndim]):
+        raise DataError(f"{path}: not an idx file of uint8 {what} (header {magic.hex()}, expected 000008{ndim:02x})")
+    return struct.unpack(f">{ndim}I", _read_exact(stream, 4 * ndim, path))
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[BinaryIO]:
+    """`path` opened for reading, gunzipped if it ends in .gz; a damaged file is a DataError naming it."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as stream:
+            yield stream
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: unreadable ({error}); delete it to download it again") from None
+
+
+def _read_exact(stream: BinaryIO, count: int, path: Path) -> bytes:
+    data = stream.read(count)
+    if len(data) != count:
+        raise DataError(f"{path}: the file ends early (truncated?); delete it to download it again")
+    return data
+
+
+def _read_into(stream: BinaryIO, out: np.ndarray, path: Path) -> None:
+    """Fill the contiguous array `out` from `stream`."""
+    view = memoryview(out.reshape(-1))
+    filled = 0
+    while filled < len(view):
+        got = stream.readinto(view[filled:])
+        if not got:
+            raise DataError(f"{path}: the file ends early (truncated?); delete it to download it again")
+        filled += got
+
+
+# --- CIFAR10 and CIFAR100: pickled batches -------------------------------------------------------
+
+
+def _cifar(name: str, root: Path) -> Source:
+    layout = CIFAR[name]
+    folder = root / layout.folder
+    files = [*layout.train, *layout.test, layout.meta]
+    if not all((folder / file).is_file() for file in files):
+        archive = root / layout.archive
+        if not archive.is_file():
+            _fetch_missing(name, root, root, [layout.archive],
+                           f"or its extracted folder {layout.folder}/ holding {', '.join(files)}")
+        _extract(archive, folder, files)
+    class_names = [str(class_name) for class_name in _pickled(folder / layout.meta, layout.names_key)]
+    data_files = [folder / file for file in (*layout.train, *layout.test)]
+    labels = [np.asarray(_pickled(path, layout.labels_key), np.int64) for path in data_files]
+    readers = [partial(_cifar_batches, path, len(file_labels)) for path, file_labels in zip(data_files, labels)]
+    return _source(labels, class_names, CIFAR_SHAPE, readers, folder, test_parts=len(layout.test))
+
+
+def _cifar_batches(path: Path, count: int, size: int) -> Iterator[np.ndarray]:
+    data = _pickled(path, "data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (count, math.prod(CIFAR_SHAPE)):
+        found = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: 'data' should be uint8 [{count}, 3072] (one row of 3x32x32 pixels per label), "
+                        f"found {found}")
+    images = data.reshape(count, *CIFAR_SHAPE)
+    for start in range(0, count, size):
+        yield images[start : start + size]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain values and numpy arrays only: a pickle naming anything else (code to run) is refused."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR file")
+        return super().find_class(module, name)
+
+
+def _pickled(path: Path, key: str) -> Any:
+    """The value under `key` in the pickled dict of a CIFAR file (Python 2 pickles: strings are latin-1)."""
+    try:
+        with path.open("rb") as file:
+            entry = _ArrayUnpickler(file, encoding="latin1").load()
+    except Exception as error:  # unpickling damaged data can raise almost anything
+        raise DataError(f"{path}: not a readable CIFAR pickle file ({error}); delete it to download it again") from None
+    if not isinstance(entry, dict) or key not in entry:
+        keys = ", ".join(map(str, entry)) if isinstance(entry, dict) else type(entry).__name__
+        raise DataError(f"{path}: no {key!r} in this CIFAR file (it has {keys})")
+    return entry[key]
+
+
+def _extract(archive: Path, folder: Path, files: list[str]) -> None:
+    """Extract `files` of the archive's `folder.name`/ into `folder`.
+
+    Only those regular files are written, under their bare names, so a crafted archive cannot place
+    anything elsewhere (no absolute paths, no `..`, no links); they go to a temporary folder first, which
+    replaces `folder` only once every file is there."""
+    wanted = {f"{folder.name}/{file}": file for file in files}
+    log.info("extracting %s", archive)
+    try:
+        with atomic_path(folder) as tmp, tarfile.open(archive, "r:gz") as tar:
+            tmp.mkdir()
+            for member in tar:
+                file = wanted.get(member.name.removeprefix("./"))
+                if file is not None and member.isfile():
+                    with tar.extractfile(member) as source, (tmp / file).open("wb") as target:
+                        shutil.copyfileobj(source, target)
+            missing = [file for file in files if not (tmp / file).is_file()]
+            if missing:
+                raise DataError(f"{archive}: no {', '.join(missing)} under {folder.name}/ in this archive; "
+                                "delete it to download it again")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(
+            f"{archive}: not a readable .tar.gz archive ({error}); delete it to download it again"
+        ) from None
+
+
+# --- shared: the Source, downloads -----------------------------------------------------------------
+
+
+def _source(labels: list[np.ndarray], class_names: list[str], image_shape: tuple[int, int, int],
+            parts: list[Callable[[int], Iterator[np.ndarray]]], where: Path, test_parts: int = 1) -> Source:
+    """A Source of the parts in order (one labels array and one batch reader per file); the last
+    `test_parts` are the official test set."""
+    all_labels = np.concatenate(labels)
+    if len(all_labels) and (all_labels.min() < 0 or all_labels.max() >= len(class_names)):
+        raise DataError(f"{where}: labels {all_labels.min()}..{all_labels.max()} do not index the "
+                        f"{len(class_names)} classes")
+    test_rows = sum(len(part) for part in labels[len(labels) - test_parts:])
+
+    def batches(size: int) -> Iterator[np.ndarray]:
+        if size < 1:
+            raise ValueError(f"batch size must be at least 1, got {size}")
+        for part in parts:
+            yield from part(size)
+
+    return Source(all_labels, class_names, image_shape, batches,
+                  {"test": np.arange(len(all_labels) - test_rows, len(all_labels))})
+
+
+def _fetch_missing(name: str, root: Path, folder: Path, files: list[str], alternative: str) -> None:
+    """Download each of `files` into `folder`; if one cannot be, a DataError saying how to get the rest."""
+    for index, file in enumerate(files):
+        failures = []
+        for url in _urls(name, file):
+            try:
+                _download(url, folder / file, DOWNLOADS[name][file])
+                break
+            except (OSError, HTTPException, ValueError) as error:  # URLError, timeouts, md5 mismatch
+                failures.append(f"{url}: {error}")
+        else:
+            raise _missing(name, root, folder, files[index:], failures, alternative)
+
+
+def _download(url: str, target: Path, md5: str) -> None:
+    """`url` saved as `target`: written to a temporary file beside it, renamed once its md5 matches."""
+    log.info("downloading %s to %s", url, target.parent)
+    digest = hashlib.md5(usedforsecurity=False)
+    request = urllib.request.Request(url, headers={"User-Agent": "distill-pipeline"})
+    with atomic_path(target) as tmp:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, tmp.open("wb") as out:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != md5:
+            raise ValueError(f"md5 {digest.hexdigest()}, expected {md5} (a damaged or changed download)")
+
+
+def _urls(name: str, file: str) -> list[str]:
+    return [f"{mirror}{file}" for mirror in MIRRORS[name]]
+
+
+def _missing(name: str, root: Path, folder: Path, files: list[str], failures: list[str], alternative: str) -> DataError:
+    lines = [f"{name}: {', '.join(files)} not in {folder}, and downloading failed:"]
+    lines += [f"  {failure}" for failure in failures]
+    lines.append(f"Download {'them' if len(files) > 1 else 'it'} and put {'them' if len(files) > 1 else 'it'} "
+                 f"in {folder} ({alternative}):")
+    lines += [f"  {' or '.join(_urls(name, file))}" for file in files]
+    lines.append(f"or set data.download_dir (now {root}) to a folder that already holds {name}, "
+                 "such as an existing torchvision dataset root.")
+    return DataError("\n".join(lines))
