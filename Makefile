@@ -40,4 +40,4 @@ bench: setup
 	$(BIN)/python -m benchmarks.kd_vs_baseline
 
 clean:
-	rm -rf $(VENV) .prefect .pytest_cache
+	rm -rf $(VENV) .prefect .pytest_cache .cache

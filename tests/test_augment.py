@@ -10,11 +10,11 @@ import torch
 
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set
 from pipelines.augment import augment, transfer_batches
-from pipelines.config import AugmentParams, load_params
+from pipelines.config import AugmentParams, MixParams, load_params
 from pipelines.data import ImageSet
 from pipelines.paths import Paths
 from pipelines.prepare import prepare
-from pipelines.transforms import augment_batch
+from pipelines.transforms import augment_batch, mix_batch
 
 # Every magnitude zero: augment_batch must then be the identity.
 IDENTITY = {
@@ -264,3 +264,82 @@ def test_random_resized_crop_of_a_quarter_of_the_area_zooms_in_two_times(shipped
     middle = slice(4, 12)  # columns that sample inside the input, whatever the crop's position
     steps = out[..., middle].diff(dim=-1)
     assert torch.allclose(steps, torch.full_like(steps, 0.5 * 0.5 / 15), atol=1e-5)
+
+
+# --- mixup and cutmix ------------------------------------------------------------------------------
+
+
+def mix(**changes: float) -> MixParams:
+    return MixParams(**changes)
+
+
+def test_mixup_blends_each_image_with_the_next_one_and_keeps_both_labels_by_share():
+    images, labels = random_images(16, shape=(3, 8, 8)), torch.arange(16) % 4
+    out, mix_labels, weights = mix_batch(images, labels, mix(mixup_alpha=0.4), generator(0))
+    partner = torch.roll(torch.arange(16), -1)
+    expected = weights.view(-1, 1, 1, 1) * images + (1 - weights.view(-1, 1, 1, 1)) * images[partner]
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert ((weights > 0) & (weights < 1)).all() and weights.std() > 0.05, "one Beta draw per image"
+    assert torch.equal(mix_labels, labels[partner])
+
+
+def test_cutmix_pastes_one_box_from_the_next_image_and_weights_labels_by_the_pixels_kept():
+    images = torch.arange(16.0).view(16, 1, 1, 1).expand(16, 1, 12, 12).clone()  # image i is all i
+    labels = torch.arange(16)
+    out, mix_labels, weights = mix_batch(images, labels, mix(cutmix_alpha=1.0), generator(0))
+    for index in range(16):
+        own = out[index] == index
+        pasted = out[index] == (index + 1) % 16
+        assert (own | pasted).all(), "every pixel is the image's own or its partner's"
+        assert float(own.float().mean()) == pytest.approx(float(weights[index]), abs=1e-6)
+        if weights[index] < 1:  # the pasted pixels form one rectangle
+            rows, cols = pasted[0].any(1).nonzero().flatten(), pasted[0].any(0).nonzero().flatten()
+            assert int(pasted.sum()) == len(rows) * len(cols)
+            assert mix_labels[index] == (index + 1) % 16
+        else:
+            assert mix_labels[index] == index
+
+
+def test_with_both_on_the_switch_probability_chooses_cutmix_or_mixup_per_image():
+    images = torch.arange(64.0).view(64, 1, 1, 1).expand(64, 1, 8, 8).clone()
+    out, _, weights = mix_batch(images, torch.arange(64), mix(mixup_alpha=1.0, cutmix_alpha=1.0), generator(0))
+    partner = torch.roll(torch.arange(64.0), -1).view(64, 1, 1, 1)
+    pasted = ((out == images) | (out == partner)).flatten(1).all(1)  # cutmix: only the two images' values
+    blended = torch.isclose(out, weights.view(-1, 1, 1, 1) * images + (1 - weights.view(-1, 1, 1, 1)) * partner)
+    assert pasted.any() and (~pasted).any()
+    assert blended.flatten(1).all(1)[~pasted].all()
+
+
+def test_mix_probability_leaves_the_other_images_alone():
+    images, labels = random_images(200), torch.arange(200) % 5
+    out, mix_labels, weights = mix_batch(images, labels, mix(mixup_alpha=0.4, probability=0.3), generator(0))
+    untouched = weights == 1.0
+    assert 0.55 < float(untouched.float().mean()) < 0.85
+    assert torch.equal(out[untouched], images[untouched]) and torch.equal(mix_labels[untouched], labels[untouched])
+
+
+def test_the_same_seed_mixes_the_same_way():
+    images, labels = random_images(32), torch.arange(32) % 3
+    first = mix_batch(images, labels, mix(mixup_alpha=0.4, cutmix_alpha=1.0), generator(5))
+    second = mix_batch(images, labels, mix(mixup_alpha=0.4, cutmix_alpha=1.0), generator(5))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_the_transfer_set_of_a_mixing_run_carries_mixed_labels_and_originals_stay_unmixed(tmp_path):
+    params = load_params(PROJECT_ROOT / "params.yaml", {**TINY_OVERRIDES, "augment.mix.cutmix_alpha": 1.0})
+    paths = Paths(tmp_path)
+    prepare(params, paths)
+    augment(params, paths)
+    transfer = read_image_set(paths.transfer)
+    copy, weights = transfer.columns["copy"], transfer.columns["mix_weight"]
+    assert (weights[copy == 0] == 1.0).all()
+    assert torch.equal(transfer.columns["mix_label"][copy == 0], transfer.labels[copy == 0])
+    assert (weights[copy > 0] < 1.0).float().mean() > 0.5
+
+
+def test_without_mixing_the_transfer_set_has_no_mix_columns(tmp_path):
+    params = load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    paths = Paths(tmp_path)
+    prepare(params, paths)
+    augment(params, paths)
+    assert set(pq.read_schema(paths.transfer).names) == {"image", "shape", "label", "source_index", "copy"}

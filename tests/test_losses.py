@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.losses import hinton_kd_loss
+from pipelines.losses import cross_entropy, hinton_kd_loss
 
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 TEACHER = [[2.0, 1.0, 0.0], [1.0, 1.0, 2.0]]
@@ -98,3 +98,32 @@ def test_label_smoothing_applies_to_the_hard_term_only(smoothing):
     mixed = hinton_kd_loss(student, teacher, labels, 2.0, 0.5, label_smoothing=smoothing)
     expected = 0.5 * soft_only + 0.5 * F.cross_entropy(student, labels, label_smoothing=smoothing)
     assert torch.allclose(mixed, expected)
+
+
+# --- mixed labels (mixup / cutmix) -------------------------------------------------------------------
+
+
+def test_mixed_cross_entropy_weights_each_label_s_loss_by_its_share():
+    logits = torch.tensor(STUDENT)
+    labels, mix_labels, weights = torch.tensor(LABELS), torch.tensor([2, 2]), torch.tensor([0.7, 0.25])
+    per_image = [
+        w * -math.log(softmax(row)[a]) + (1 - w) * -math.log(softmax(row)[b])
+        for row, a, b, w in zip(STUDENT, LABELS, [2, 2], [0.7, 0.25])
+    ]
+    loss = cross_entropy(logits, labels, mix_labels=mix_labels, mix_weights=weights)
+    assert loss.item() == pytest.approx(sum(per_image) / 2, rel=1e-6)
+
+
+def test_an_unmixed_image_s_loss_is_the_plain_cross_entropy():
+    logits, labels = torch.tensor(STUDENT), torch.tensor(LABELS)
+    mixed = cross_entropy(logits, labels, 0.1, mix_labels=torch.tensor([0, 2]), mix_weights=torch.ones(2))
+    assert mixed.item() == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item(), rel=1e-6)
+
+
+def test_the_kd_loss_uses_the_mixed_labels_for_its_hard_term():
+    student, teacher, labels = torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
+    mixed = {"mix_labels": torch.tensor([2, 2]), "mix_weights": torch.tensor([0.5, 0.5])}
+    soft_only = hinton_kd_loss(student, teacher, labels, 2.0, 1.0, **mixed)
+    assert soft_only.item() == pytest.approx(hinton_kd_loss(student, teacher, labels, 2.0, 1.0).item())
+    hard_only = hinton_kd_loss(student, teacher, labels, 2.0, 0.0, **mixed)
+    assert hard_only.item() == pytest.approx(cross_entropy(student, labels, **mixed).item())

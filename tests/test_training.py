@@ -16,14 +16,19 @@ import torch
 from torch import nn
 
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set
+from pipelines.augment import augment
 from pipelines.checkpoint import load_model
 from pipelines.config import load_params
+from pipelines.data import ImageSet, open_image_set
 from pipelines.distill import distill
 from pipelines.models import build_model, count_parameters, model_config
 from pipelines.optim import steps_per_epoch
 from pipelines.paths import Paths
 from pipelines.predict import predict_logits
+from pipelines.prepare import prepare
+from pipelines.runtime import Runtime
 from pipelines.teacher_logits import teacher_logits
+from pipelines.train import fit
 from pipelines.train_teacher import train_teacher
 
 CPU = torch.device("cpu")
@@ -202,3 +207,48 @@ def test_shipped_student_has_at_most_a_tenth_of_the_teachers_parameters():
     assert count_parameters(student) * 10 <= count_parameters(teacher)
     for model in (teacher, student):
         assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+# --- memory-mapped data and mixed labels -------------------------------------------------------------
+
+
+def fit_linear(train_set: ImageSet, val_set: ImageSet) -> dict[str, torch.Tensor]:
+    """The weights of a small linear model after two epochs of the shipped student settings on `train_set`."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    training = load_params(PROJECT_ROOT / "params.yaml", {"student.train.epochs": 2}).student
+    kept, _ = fit(model, train_set, val_set, training, Runtime(CPU, 0, 1), seed=0)
+    return kept.state_dict()
+
+
+def test_training_from_the_memory_mapped_files_equals_training_from_tensors(trained_pipeline, tmp_path):
+    _, paths = trained_pipeline
+    mapped = fit_linear(open_image_set(paths.transfer, tmp_path), open_image_set(paths.split("val"), tmp_path))
+    in_memory = fit_linear(read_image_set(paths.transfer), read_image_set(paths.split("val")))
+    assert all(torch.equal(mapped[name], in_memory[name]) for name in mapped)
+
+
+def test_a_row_mixed_wholly_with_another_label_trains_as_if_it_had_that_label(trained_pipeline):
+    _, paths = trained_pipeline
+    transfer, val = read_image_set(paths.transfer), read_image_set(paths.split("val"))
+    other = (transfer.labels + 1) % 10
+    relabelled = ImageSet(transfer.images, other, transfer.class_names)
+    mixed = ImageSet(transfer.images, transfer.labels, transfer.class_names,
+                     {"mix_label": other, "mix_weight": torch.zeros(len(transfer))})
+    half = ImageSet(transfer.images, transfer.labels, transfer.class_names,
+                    {"mix_label": other, "mix_weight": torch.full((len(transfer),), 0.5)})
+    by_mix, by_label, by_half = fit_linear(mixed, val), fit_linear(relabelled, val), fit_linear(half, val)
+    assert all(torch.allclose(by_mix[name], by_label[name], atol=1e-6) for name in by_mix)
+    assert not torch.allclose(by_half["1.weight"], by_label["1.weight"], atol=1e-3)
+
+
+def test_teacher_and_distilled_student_train_on_a_cutmix_transfer_set(tmp_path):
+    params = load_params(PROJECT_ROOT / "params.yaml", {**TINY_OVERRIDES, "augment.mix.cutmix_alpha": 1.0})
+    paths = Paths(tmp_path)
+    for stage in (prepare, augment, train_teacher, teacher_logits, distill):
+        stage(params, paths)
+    logits = np.load(paths.teacher_logits)
+    transfer = read_image_set(paths.transfer)
+    assert len(logits) == len(transfer) and (transfer.columns["mix_weight"] < 1).any()
+    _, checkpoint = load_model(paths.model("student_kd"))
+    assert math.isfinite(checkpoint["metrics"]["train_loss"])
