@@ -7,6 +7,7 @@ stage entry points turn it into exit code 2 before anything is written.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -174,12 +175,32 @@ class AugmentParams(Section):
 # --- models and their training --------------------------------------------------------------------
 
 
+ARCHS = ("cnn", "resnet", "timm:<model-name>")
+
+
 class ModelParams(Section):
-    arch: Literal["cnn", "resnet"] = "cnn"
-    width: int = Field(ge=1)
+    arch: str = "cnn"  # cnn | resnet | timm:<model-name> (needs the optional timm package)
+    width: int = Field(ge=1)  # cnn and resnet only, like depth and blocks_per_stage
     depth: int = Field(ge=1, le=6)
     dropout: float = Field(ge=0.0, lt=1.0)
     blocks_per_stage: int = Field(2, ge=1)  # resnet: basic blocks in each stage
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        kind, _, name = arch.partition(":")
+        if arch in ("cnn", "resnet"):
+            return arch
+        if kind != "timm" or not name:
+            raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        # Checked here, before any stage runs, rather than when training reaches the model.
+        if importlib.util.find_spec("timm") is None:
+            raise ValueError(f"{arch} needs timm, which is not installed: pip install 'timm>=1.0' (it needs torchvision)")
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(f"timm has no model {name!r}; timm.list_models() lists them")
+        return arch
 
 
 class TrainParams(Section):

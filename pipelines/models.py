@@ -1,5 +1,5 @@
-"""Model factory: a plain CNN or a small ResNet, sized by width, depth and dropout, built from a
-checkpointable config.
+"""Model factory: a plain CNN or a small ResNet, sized by width, depth and dropout, or any timm model,
+built from a checkpointable config.
 
 The config is a dict of plain values (saved inside each checkpoint), so a model is rebuilt from its
 file alone: `build_model(checkpoint["model_config"])`. Channels, image size and classes come from the
@@ -117,14 +117,34 @@ class ResNet(ImageClassifier):
         super().__init__(config, nn.Sequential(*layers), channels)
 
 
-# params `model.arch` -> model class.
-ARCHITECTURES: dict[str, type[ImageClassifier]] = {"cnn": ConvNet, "resnet": ResNet}
+class TimmModel(nn.Module):
+    """`timm.create_model(name)` (randomly initialized) sized for the data's channels and classes, behind
+    the same input normalization as the other architectures; width and depth do not apply."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import timm  # optional: model.arch validation already checked that it is installed
+
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(config["pixel_mean"]).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(config["pixel_std"]).clamp_min(1e-6).view(1, -1, 1, 1))
+        self.network = timm.create_model(
+            config["arch"].removeprefix("timm:"), pretrained=False,
+            num_classes=config["num_classes"], in_chans=config["in_channels"], drop_rate=config["dropout"],
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.network((pixels - self.mean) / self.std)
+
+
+# params `model.arch` -> model class ("timm:<name>" -> TimmModel).
+ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": ConvNet, "resnet": ResNet, "timm": TimmModel}
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    if config["arch"] not in ARCHITECTURES:
-        raise ValueError(f"unknown model arch {config['arch']!r}; valid: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[config["arch"]](config)
+    kind = config["arch"].partition(":")[0]
+    if kind not in ARCHITECTURES:
+        raise ValueError(f"unknown model arch {config['arch']!r}; valid: cnn, resnet, timm:<model-name>")
+    return ARCHITECTURES[kind](config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def test_a_resnet_checkpoint_rebuilds_the_same_model(tmp_path: Path) -> None:
 
 
 def test_an_unknown_arch_is_refused_with_the_valid_ones() -> None:
-    with pytest.raises(ParamsError, match=r"teacher\.model\.arch: Input should be 'cnn' or 'resnet'"):
+    with pytest.raises(ParamsError, match=r"teacher\.model\.arch: .*unknown arch 'vit'; valid: cnn, resnet, timm:<model-name>"):
         load_params(PROJECT_ROOT / "params.yaml", {"teacher.model.arch": "vit"})
 
 
@@ -85,3 +86,25 @@ def test_the_teacher_stage_trains_a_resnet_teacher(trained_pipeline, tmp_path: P
     assert checkpoint["model_config"]["arch"] == "resnet"
     assert any(type(module).__name__ == "BasicBlock" for module in model.modules())
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed here")
+def test_a_timm_arch_without_timm_installed_is_refused_with_how_to_install_it() -> None:
+    with pytest.raises(ParamsError, match=r"student\.model\.arch: .*timm:resnet18 needs timm, which is not installed: pip install"):
+        load_params(PROJECT_ROOT / "params.yaml", {"student.model.arch": "timm:resnet18"})
+
+
+@pytest.mark.parametrize("card", [GRAY_8, RGB_32], ids=["gray-8x8", "rgb-32x32"])
+def test_timm_models_are_built_for_the_card_s_channels_and_classes(card: dict) -> None:
+    pytest.importorskip("timm", reason="timm is an optional extra (it needs a torchvision that imports beside torch)")
+    params = ModelParams(arch="timm:resnet18", width=1, depth=1, dropout=0.0)
+    model = build_model(model_config(params, card))
+    channels, height, width = card["image_shape"]
+    logits = model(torch.rand(2, channels, height, width))
+    assert logits.shape == (2, card["num_classes"])
+
+
+def test_an_unknown_timm_model_is_refused() -> None:
+    pytest.importorskip("timm", reason="timm is an optional extra (it needs a torchvision that imports beside torch)")
+    with pytest.raises(ParamsError, match=r"timm has no model 'no_such_net'"):
+        load_params(PROJECT_ROOT / "params.yaml", {"student.model.arch": "timm:no_such_net"})
