@@ -51,23 +51,34 @@ class Source:
 
 
 class MappedImages:
-    """The image column of a memory-mapped Arrow file. Indexing with a slice or row indices reads only
-    those rows and returns them as a uint8 tensor [n, C, H, W], so training gathers batch by batch."""
+    """The image column of a memory-mapped Arrow file, as numpy views of the mapped record batches.
+
+    Indexing with a slice or row indices copies only those rows out of the map into a uint8 tensor
+    [n, C, H, W], so training gathers batch by batch and the rest of the file stays on disk."""
 
     def __init__(self, column: pa.ChunkedArray, image_shape: tuple[int, int, int]):
-        self.column = column
         self.image_shape = image_shape
+        # flatten() of a fixed-size list array is a zero-copy view of its pixels, and so is to_numpy().
+        self._chunks = [
+            chunk.flatten().to_numpy(zero_copy_only=True).reshape(len(chunk), *image_shape) for chunk in column.chunks
+        ]
+        self._starts = np.cumsum([0] + [len(chunk) for chunk in self._chunks])
 
     def __len__(self) -> int:
-        return len(self.column)
+        return int(self._starts[-1])
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self), *self.image_shape)
 
     def __getitem__(self, rows: slice | torch.Tensor | np.ndarray) -> torch.Tensor:
-        part = self.column[rows] if isinstance(rows, slice) else self.column.take(pa.array(np.asarray(rows)))
-        return pixels_from_lists(part, list(self.image_shape))
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        out = np.empty((len(rows), *self.image_shape), np.uint8)
+        chunk_of = np.searchsorted(self._starts, rows, side="right") - 1
+        for chunk in np.unique(chunk_of):
+            here = chunk_of == chunk
+            out[here] = self._chunks[chunk][rows[here] - self._starts[chunk]]
+        return torch.from_numpy(out)
 
 
 @dataclass(frozen=True)

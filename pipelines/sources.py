@@ -304,8 +304,8 @@ def _open_parquet(location: str) -> pq.ParquetFile:
     and AWS_ENDPOINT_URL for S3-compatible servers)."""
     if location.startswith("s3://"):
         try:
-            filesystem, key = pafs.FileSystem.from_uri(location)
-            return pq.ParquetFile(filesystem.open_input_file(key))
+            filesystem, key = pafs.FileSystem.from_uri(location)  # reads the AWS_* variables
+            return pq.ParquetFile(key, filesystem=filesystem)
         except (OSError, pa.ArrowException) as error:
             raise DataError(f"data.source parquet:{location}: cannot read it ({error})") from None
     if not Path(location).is_file():

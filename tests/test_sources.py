@@ -186,6 +186,24 @@ def test_a_compressed_npz_archive_is_streamed_like_a_plain_one(tmp_path: Path):
     assert torch.equal(plain.images, torch.from_numpy(pixels).permute(0, 3, 1, 2))
 
 
+def test_a_parquet_object_on_s3_is_streamed_through_prepare(tmp_path: Path, s3_env):
+    local = generated_source("parquet", tmp_path / "raw", rgb=True, size=(8, 8)).removeprefix("parquet:")
+    bucket = s3_env.make_bucket()
+    s3_env.client().upload_file(local, bucket, "datasets/animals.parquet")
+    paths = Paths(tmp_path / "project")
+    card = prepare(params_for(f"parquet:s3://{bucket}/datasets/animals.parquet"), paths)
+    assert card["class_names"] == ["0", "1", "2"] and card["image_shape"] == [3, 8, 8]
+    from_s3 = read_image_set(paths.split("train"))
+    prepare(params_for(f"parquet:{local}"), local_paths := Paths(tmp_path / "local"))
+    assert torch.equal(from_s3.images, read_image_set(local_paths.split("train")).images)
+
+
+def test_a_missing_s3_object_is_a_clear_error(s3_env):
+    bucket = s3_env.make_bucket()
+    with pytest.raises(DataError, match=rf"data\.source parquet:s3://{bucket}/missing\.parquet: cannot read it"):
+        load_source(params_for(f"parquet:s3://{bucket}/missing.parquet").data)
+
+
 # --- bad data: a clear error naming the file and the fix ------------------------------------------
 
 
