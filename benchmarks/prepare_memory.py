@@ -3,8 +3,9 @@ of 4x, 16x and 64x its batch, streamed (data.batch_size rows at a time) and, sid
 
     python -m benchmarks.prepare_memory [--batch-size 1024] [--multiples 4 16 64] [--format npz|parquet]
 
-Each run is a fresh process, so its peak resident memory (ru_maxrss) is prepare's alone, on top of the
-Python + torch baseline that the process holds before prepare starts. It then reads the training split
+Each run is a fresh process, so its peak resident memory (VmHWM; not ru_maxrss, which Linux carries over
+from the parent across fork and exec) is prepare's alone, on top of the Python + torch baseline that the
+process holds before prepare starts. It then reads the training split
 back through the memory-mapped Arrow copy in shuffled training batches and reports the anonymous
 memory that this adds: the pixels stay in the page cache, not in the process. Runs in a temporary folder.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,12 +42,13 @@ def generate(path: Path, count: int, form: str) -> str:
     return f"parquet:{path.with_suffix('.parquet')}"
 
 
-def anonymous_mb() -> float:
-    """This process's resident anonymous memory (heap, not file-backed pages such as a memory map)."""
+def status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status: VmHWM (peak resident), RssAnon (heap, not
+    file-backed pages such as a memory map)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(source: str, batch_size: int, root: Path) -> None:
@@ -61,20 +62,20 @@ def child(source: str, batch_size: int, root: Path) -> None:
 
     params = load_params(Path("params.yaml"), {"data.source": source, "data.batch_size": batch_size})
     paths = Paths(root)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = status_mb("VmHWM")
     prepare(params, paths)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mb("VmHWM")
 
     train = open_image_set(paths.split("train"), paths.arrow_cache)
     gc.collect()
     pa.default_memory_pool().release_unused()  # what prepare freed should not count against the reads
-    before_reads = anonymous_mb()
+    before_reads = status_mb("RssAnon")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     for start in range(0, len(train), 128):
         train.images[order[start : start + 128]]
     print(json.dumps({
         "baseline_mb": baseline, "peak_mb": peak, "train_images": len(train),
-        "read_growth_mb": anonymous_mb() - before_reads,
+        "read_growth_mb": status_mb("RssAnon") - before_reads,
     }))
 
 

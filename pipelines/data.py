@@ -238,7 +238,7 @@ def _arrow_copy(path: Path, cache_dir: Path, image_shape: tuple[int, int, int]) 
         if not target.exists():
             for stale in cache_dir.glob(f"{path.stem}-{file_key}-*.arrow"):
                 stale.unlink()
-            parquet = pq.ParquetFile(path)
+            parquet = pq.ParquetFile(path, pre_buffer=False)  # else it keeps every row group it read
             rows_per_batch = max(1, ARROW_BATCH_BYTES // int(np.prod(image_shape)))
             with atomic_path(target) as tmp, pa.OSFile(str(tmp), "wb") as sink:
                 with pa.ipc.new_file(sink, parquet.schema_arrow) as writer:

@@ -305,12 +305,13 @@ def _open_parquet(location: str) -> pq.ParquetFile:
     if location.startswith("s3://"):
         try:
             filesystem, key = pafs.FileSystem.from_uri(location)  # reads the AWS_* variables
-            return pq.ParquetFile(key, filesystem=filesystem)
+            return pq.ParquetFile(key, filesystem=filesystem, pre_buffer=False)
         except (OSError, pa.ArrowException) as error:
             raise DataError(f"data.source parquet:{location}: cannot read it ({error})") from None
     if not Path(location).is_file():
         raise DataError(f"data.source parquet:{location}: no such file")
-    return pq.ParquetFile(location)
+    # Without pre_buffer=False, iterating a file keeps every row group it has read: memory grows with the file.
+    return pq.ParquetFile(location, pre_buffer=False)
 
 
 def _encoded_parquet(location, image_chunks, labels, class_names, size) -> Source:

@@ -19,9 +19,13 @@ from pipelines.augment import augment
 from pipelines.checkpoint import load_model
 from pipelines.config import ParamsError, load_params
 from pipelines.data import DataError
-from pipelines.paths import SPLITS, Paths
+from pipelines.paths import MODELS, SPLITS, Paths
 from pipelines.prepare import prepare
 from pipelines.sources import load_source
+from pipelines.distill import distill
+from pipelines.evaluate import evaluate
+from pipelines.teacher_logits import teacher_logits
+from pipelines.train_student import train_student
 from pipelines.train_teacher import train_teacher
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, read_source
 from tests.test_torchvision_data import TEST, write_cifar10, write_mnist
@@ -123,17 +127,23 @@ def generated_source(kind: str, folder: Path, rgb: bool, size: tuple[int, int], 
 @pytest.mark.parametrize("kind", ["imagefolder", "npz", "parquet"])
 @pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
 @pytest.mark.parametrize("size", [(8, 8), (20, 16)], ids=["8x8", "20x16"])
-def test_each_format_runs_through_prepare_augment_and_one_teacher_epoch(tmp_path: Path, kind, rgb, size):
+def test_each_format_runs_through_the_whole_one_epoch_pipeline(tmp_path: Path, kind, rgb, size):
     params = params_for(generated_source(kind, tmp_path / "raw", rgb, size))
     paths = Paths(tmp_path / "project")
     card = prepare(params, paths)
-    augment(params, paths)
-    metrics = train_teacher(params, paths)
+    for stage in (augment, train_teacher, train_student, teacher_logits, distill):
+        stage(params, paths)
+    results = evaluate(params, paths)
     assert card["image_shape"] == [3 if rgb else 1, *size] and card["num_classes"] == 3
-    model, checkpoint = load_model(paths.model("teacher"))
-    assert checkpoint["model_config"]["in_channels"] == (3 if rgb else 1)
-    assert checkpoint["model_config"]["num_classes"] == 3
-    assert metrics["epochs"] == 1
+    for name in MODELS:
+        _, checkpoint = load_model(paths.model(name))
+        assert checkpoint["model_config"]["in_channels"] == (3 if rgb else 1)
+        assert checkpoint["model_config"]["num_classes"] == 3
+        assert checkpoint["metrics"]["epochs"] == 1
+    # Class names reach the metrics and the report (npz and Parquet labels here are 0, 1, 2).
+    names = CLASSES if kind == "imagefolder" else ["0", "1", "2"]
+    assert list(results["student_kd"]["per_class"]) == names
+    assert all(f"| {name} |" in paths.report.read_text() for name in names)
 
 
 @pytest.mark.parametrize("name", ["MNIST", "CIFAR10"])
