@@ -19,9 +19,10 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -222,7 +223,7 @@ def _npz(path: Path, x_key: str, y_key: str) -> Source:
     return Source(labels, class_names, image_shape, batches)
 
 
-def _npy_rows(path: Path, key: str):
+def _npy_rows(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype, Callable[[int], Iterator[np.ndarray]]]:
     """(shape, dtype, read_rows) of array `key` in an .npz: read_rows(n) streams it n rows at a time
     from the (possibly compressed) zip member, never holding the whole array."""
     member = f"{key}.npy"
@@ -250,7 +251,7 @@ def _npy_rows(path: Path, key: str):
     return shape, dtype, read_rows
 
 
-def _npy_header(file) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran_order, dtype) from the header of an .npy stream, which is left at the first byte of data."""
     version = np.lib.format.read_magic(file)
     if version == (1, 0):
@@ -314,7 +315,13 @@ def _open_parquet(location: str) -> pq.ParquetFile:
     return pq.ParquetFile(location, pre_buffer=False)
 
 
-def _encoded_parquet(location, image_chunks, labels, class_names, size) -> Source:
+def _encoded_parquet(
+    location: str,
+    image_chunks: Callable[[int], Iterator[pa.Array]],
+    labels: np.ndarray,
+    class_names: list[str],
+    size: tuple[int, int] | None,
+) -> Source:
     """PNG/JPEG bytes per row: a first pass reads each image's header (mode, size), the second decodes."""
     headers = []
     row = 0
@@ -327,7 +334,9 @@ def _encoded_parquet(location, image_chunks, labels, class_names, size) -> Sourc
     def batches(n: int) -> Iterator[np.ndarray]:
         row = 0
         for chunk in image_chunks(n):
-            decoded = [_read_image(io.BytesIO(data), f"{location} row {row + i}") for i, data in enumerate(chunk.to_pylist())]
+            decoded = [
+                _read_image(io.BytesIO(data), f"{location} row {row + i}") for i, data in enumerate(chunk.to_pylist())
+            ]
             row += len(decoded)
             yield _decode(decoded, mode, image_size)
 
@@ -339,12 +348,16 @@ def _list_image_shape(location: str, file: pq.ParquetFile, columns: ParquetColum
     if columns.shape in file.schema_arrow.names:
         shapes = {tuple(shape) for shape in file.read(columns=[columns.shape]).column(0).to_pylist()}
         if len(shapes) > 1:
-            raise DataError(f"{location}: images of different shapes {sorted(shapes)[:2]}: convert them to one size first")
+            raise DataError(
+                f"{location}: images of different shapes {sorted(shapes)[:2]}: convert them to one size first"
+            )
         [shape] = shapes
     elif b"image_shape" in metadata:
         shape = tuple(json.loads(metadata[b"image_shape"]))
     else:
-        raise DataError(f"{location}: list images need a {columns.shape!r} column or image_shape metadata ([C, H, W])")
+        raise DataError(
+            f"{location}: list images need a {columns.shape!r} column or image_shape metadata ([C, H, W])"
+        )
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise DataError(f"{location}: image shape {list(shape)} is not [C, H, W] with C 1 or 3")
     return tuple(int(side) for side in shape)

@@ -79,8 +79,8 @@ def mix_batch(
     side = torch.sqrt(1.0 - share)
     center_y = torch.rand(batch, generator=generator) * height
     center_x = torch.rand(batch, generator=generator) * width
-    top, bottom = (center_y - side * height / 2).round().clamp(0, height), (center_y + side * height / 2).round().clamp(0, height)
-    left, right = (center_x - side * width / 2).round().clamp(0, width), (center_x + side * width / 2).round().clamp(0, width)
+    top, bottom = _span(center_y, side * height, height)
+    left, right = _span(center_x, side * width, width)
     rows = torch.arange(height).view(1, height, 1)
     cols = torch.arange(width).view(1, 1, width)
     box = ((rows >= top.view(-1, 1, 1)) & (rows < bottom.view(-1, 1, 1))
@@ -138,6 +138,11 @@ def _gray(images: torch.Tensor) -> torch.Tensor:
         return images
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
     return (images * weights).sum(dim=1, keepdim=True)
+
+
+def _span(center: torch.Tensor, length: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel range [start, end) of `length` around `center`, clipped to [0, limit]."""
+    return (center - length / 2).round().clamp(0, limit), (center + length / 2).round().clamp(0, limit)
 
 
 def _homogeneous(theta: torch.Tensor) -> torch.Tensor:
