@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import os
 import pickle
@@ -11,6 +12,10 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -179,16 +184,39 @@ def test_a_batch_size_below_one_is_refused(tmp_path: Path):
 # --- downloads ---------------------------------------------------------------------------------------
 
 
-def serve_from(monkeypatch: pytest.MonkeyPatch, name: str, folder: Path, md5s: dict[str, str] | None) -> None:
-    """Point `name`'s mirror at files in `folder` (a file:// URL) and, if given, expect these md5 sums."""
-    monkeypatch.setitem(torchvision_data.MIRRORS, name, (folder.as_uri() + "/",))
-    if md5s is not None:
-        monkeypatch.setitem(torchvision_data.DOWNLOADS, name, md5s)
+@contextmanager
+def http_server(folder: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving `folder`; yields its base URL."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
-def test_missing_mnist_files_are_downloaded_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture
+def serve_from(monkeypatch: pytest.MonkeyPatch):
+    """serve_from(name, folder, md5s): point `name`'s mirrors at an HTTP server on loopback that serves
+    `folder` (after a first mirror that answers 404 for everything) and, if given, expect these md5 sums."""
+    with ExitStack() as servers:
+        def serve(name: str, folder: Path, md5s: dict[str, str] | None) -> None:
+            empty = folder.parent / f"{folder.name}-empty"
+            empty.mkdir(exist_ok=True)
+            mirrors = (servers.enter_context(http_server(empty)), servers.enter_context(http_server(folder)))
+            monkeypatch.setitem(torchvision_data.MIRRORS, name, mirrors)
+            if md5s is not None:
+                monkeypatch.setitem(torchvision_data.DOWNLOADS, name, md5s)
+
+        yield serve
+
+
+def test_missing_mnist_files_are_downloaded_from_the_first_mirror_that_has_them(tmp_path: Path, serve_from):
     images, labels = write_mnist(tmp_path / "mirror", compressed=True)
-    serve_from(monkeypatch, "MNIST", tmp_path / "mirror", {f"{file}.gz": md5(tmp_path / "mirror" / f"{file}.gz")
+    serve_from("MNIST", tmp_path / "mirror", {f"{file}.gz": md5(tmp_path / "mirror" / f"{file}.gz")
                                                           for file in MNIST_FILES})
     source = open_torchvision("MNIST", tmp_path / "data")
     assert np.array_equal(source.labels, labels) and np.array_equal(read_all(source, 16), images)
@@ -196,20 +224,20 @@ def test_missing_mnist_files_are_downloaded_and_checked(tmp_path: Path, monkeypa
         f"{file}.gz" for file in MNIST_FILES)
 
 
-def test_a_missing_cifar_archive_is_downloaded_and_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_missing_cifar_archive_is_downloaded_and_extracted(tmp_path: Path, serve_from):
     images, labels = write_cifar10(tmp_path / "staging" / "cifar-10-batches-py")
     (tmp_path / "mirror").mkdir()
     archive = tmp_path / "mirror" / "cifar-10-python.tar.gz"
     tar_gz(archive, tmp_path / "staging" / "cifar-10-batches-py")
-    serve_from(monkeypatch, "CIFAR10", tmp_path / "mirror", {archive.name: md5(archive)})
+    serve_from("CIFAR10", tmp_path / "mirror", {archive.name: md5(archive)})
     source = open_torchvision("CIFAR10", tmp_path / "data")
     assert np.array_equal(source.labels, labels) and np.array_equal(read_all(source, 10), images)
     assert (tmp_path / "data" / "cifar-10-python.tar.gz").is_file()
 
 
-def test_a_download_with_the_wrong_md5_is_an_error_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_download_with_the_wrong_md5_is_an_error_and_leaves_no_file(tmp_path: Path, serve_from):
     write_mnist(tmp_path / "mirror", compressed=True)
-    serve_from(monkeypatch, "MNIST", tmp_path / "mirror", md5s=None)  # torchvision's md5s: these files differ
+    serve_from("MNIST", tmp_path / "mirror", md5s=None)  # torchvision's md5s: these files differ
     with pytest.raises(DataError, match=r"md5 [0-9a-f]{32}, expected f68b3c2dcbeaaa9fbdd348bbdeb94873"):
         open_torchvision("MNIST", tmp_path / "data")
     assert list((tmp_path / "data" / "MNIST" / "raw").iterdir()) == []
