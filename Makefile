@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast test-timm bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,9 +35,19 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
+# The timm:<model-name> tests. timm imports torchvision, and a torchvision wheel only imports beside the
+# torch build it was made for: none matches the CPU wheel above, so these run in a venv of their own with
+# torch's CUDA build and its torchvision (they run on a CPU too). Not part of `make test`.
+TIMM_TORCH ?= torch==2.14.1 torchvision==0.29.1
+test-timm:
+	$(PYTHON) -m venv .venv-timm
+	.venv-timm/bin/pip install --quiet --disable-pip-version-check $(TIMM_TORCH) "timm>=1.0" uv
+	.venv-timm/bin/uv pip install --python .venv-timm/bin/python --compile-bytecode --quiet -r requirements.lock
+	PATH=$(CURDIR)/.venv-timm/bin:$$PATH .venv-timm/bin/python -m pytest tests/test_models.py -k timm
+
 # Distilled vs. baseline student over 3 seeds (see README): minutes, not part of the tests.
 bench: setup
 	$(BIN)/python -m benchmarks.kd_vs_baseline
 
 clean:
-	rm -rf $(VENV) .prefect .pytest_cache .cache
+	rm -rf $(VENV) .venv-timm .prefect .pytest_cache .cache

@@ -14,9 +14,16 @@ from pipelines.checkpoint import load_model, save_checkpoint
 from pipelines.config import ModelParams, ParamsError, load_params
 from pipelines.models import build_model, count_parameters, model_config
 from pipelines.paths import Paths
+from pipelines.augment import augment
+from pipelines.distill import distill
+from pipelines.evaluate import evaluate
+from pipelines.prepare import prepare
+from pipelines.teacher_logits import teacher_logits
+from pipelines.train_student import train_student
 from pipelines.train_teacher import train_teacher
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
 
+WITHOUT_TIMM = "timm is an optional extra: `make test-timm` runs these tests in a venv that has it"
 GRAY_8 = {"image_shape": [1, 8, 8], "num_classes": 10, "pixel_mean": [0.3], "pixel_std": [0.4]}
 RGB_32 = {"image_shape": [3, 32, 32], "num_classes": 100, "pixel_mean": [0.5, 0.4, 0.3], "pixel_std": [0.2] * 3}
 
@@ -96,7 +103,7 @@ def test_a_timm_arch_without_timm_installed_is_refused_with_how_to_install_it() 
 
 @pytest.mark.parametrize("card", [GRAY_8, RGB_32], ids=["gray-8x8", "rgb-32x32"])
 def test_timm_models_are_built_for_the_card_s_channels_and_classes(card: dict) -> None:
-    pytest.importorskip("timm", reason="timm is an optional extra (it needs a torchvision that imports beside torch)")
+    pytest.importorskip("timm", reason=WITHOUT_TIMM)
     params = ModelParams(arch="timm:resnet18", width=1, depth=1, dropout=0.0)
     model = build_model(model_config(params, card))
     channels, height, width = card["image_shape"]
@@ -105,6 +112,19 @@ def test_timm_models_are_built_for_the_card_s_channels_and_classes(card: dict) -
 
 
 def test_an_unknown_timm_model_is_refused() -> None:
-    pytest.importorskip("timm", reason="timm is an optional extra (it needs a torchvision that imports beside torch)")
+    pytest.importorskip("timm", reason=WITHOUT_TIMM)
     with pytest.raises(ParamsError, match=r"timm has no model 'no_such_net'"):
         load_params(PROJECT_ROOT / "params.yaml", {"student.model.arch": "timm:no_such_net"})
+
+
+def test_a_timm_teacher_and_a_timm_student_run_through_the_one_epoch_pipeline(tmp_path: Path) -> None:
+    pytest.importorskip("timm", reason=WITHOUT_TIMM)
+    overrides = {**TINY_OVERRIDES, "teacher.model.arch": "timm:resnet18", "student.model.arch": "timm:mobilenetv3_small_050"}
+    params = load_params(PROJECT_ROOT / "params.yaml", overrides)
+    paths = Paths(tmp_path)
+    for stage in (prepare, augment, train_teacher, train_student, teacher_logits, distill):
+        stage(params, paths)
+    results = evaluate(params, paths)
+    teacher, checkpoint = load_model(paths.model("teacher"))
+    assert type(teacher).__name__ == "TimmModel" and checkpoint["model_config"]["arch"] == "timm:resnet18"
+    assert results["teacher"]["params"] > 10 * results["student_kd"]["params"]
