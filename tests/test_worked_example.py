@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from pipelines.checkpoint import load_model
-from tasks.params import write_overrides
 from tests.conftest import run
 
 CLASSES = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
@@ -35,12 +34,11 @@ def test_from_a_folder_of_images_to_a_published_distilled_student(project: Path,
     photo_folder(project / "data" / "raw" / "colors")
     run(["dvc", "add", "data/raw/colors"], project)
 
-    # 2. params.yaml points at them, at one size.
-    write_overrides(project / "params.yaml", {"data.source": "imagefolder:data/raw/colors", "data.resize": [16, 16]})
-
-    # 3. The pipeline.
-    run(["dvc", "repro"], project)
+    # 2.-3. The pipeline, pointed at them, at one size, with a ResNet teacher.
+    run(["dvc", "exp", "run", "-S", "data.source=imagefolder:data/raw/colors", "-S", "data.resize=[16,16]",
+         "-S", "teacher.model.arch=resnet"], project)
     assert "| student_kd |" in (project / "reports" / "report.md").read_text()
+    assert load_model(project / "models" / "teacher.pt")[1]["model_config"]["arch"] == "resnet"
 
     # 4. Publish: an S3 remote, the pipeline's state in git, every artifact pushed.
     bucket = s3_env.make_bucket()
