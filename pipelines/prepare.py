@@ -42,6 +42,8 @@ def prepare(params: Params, paths: Paths = Paths()) -> dict:
             for index, writer in enumerate(writers):
                 writer.write(batch[split == index], labels[split == index])
             stats.add(batch[split == 0])
+            if (start + len(batch)) * 10 // len(source.labels) > start * 10 // len(source.labels):
+                log.info("prepare: %d of %d images", start + len(batch), len(source.labels))  # every 10%
             start += len(batch)
         if start != len(source.labels):
             raise DataError(f"{data.source}: {start} images but {len(source.labels)} labels")

@@ -18,8 +18,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
@@ -124,7 +126,7 @@ def _imagefolder(root: Path, size: tuple[int, int] | None) -> Source:
 
     def batches(n: int) -> Iterator[np.ndarray]:
         for start in range(0, len(files), n):
-            yield _decode([_read_image(path, str(path)) for path in files[start : start + n]], mode, image_size)
+            yield _decode([(path, str(path)) for path in files[start : start + n]], mode, image_size)
 
     fixed = {}
     if by_split:
@@ -161,25 +163,24 @@ def _common_format(
     return mode, sizes[0]
 
 
-def _read_image(path: Path | io.BytesIO, name: str) -> Image.Image:
+def _decode(images: list[tuple[Path | io.BytesIO, str]], mode: str, size: tuple[int, int]) -> np.ndarray:
+    """Encoded images (each a file or bytes, with a name for errors) as one uint8 [B, C, H, W] in `mode`,
+    each resized to `size` where it differs. Decoding runs on a thread per core: PIL releases the GIL."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        return torch.stack(list(pool.map(lambda image: _pixels(*image, mode, size), images))).numpy()
+
+
+def _pixels(file: Path | io.BytesIO, name: str, mode: str, size: tuple[int, int]) -> torch.Tensor:
+    """One image decoded as uint8 [C, H, W] in `mode` and at `size`."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        with Image.open(file) as image:
+            pixels = torch.from_numpy(np.array(image.convert(mode)))
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"{name}: not a readable PNG or JPEG image ({error})") from None
-
-
-def _decode(decoded: list[Image.Image], mode: str, size: tuple[int, int]) -> np.ndarray:
-    """Decoded images as one uint8 [B, C, H, W] in `mode`, each resized to `size` where it differs."""
-    tensors = []
-    for image in decoded:
-        pixels = torch.from_numpy(np.array(image.convert(mode)))
-        pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
-        if tuple(pixels.shape[1:]) != tuple(size):
-            pixels = resize(pixels[None], size)[0]
-        tensors.append(pixels)
-    return torch.stack(tensors).numpy()
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+    if tuple(pixels.shape[1:]) != tuple(size):
+        pixels = resize(pixels[None], size)[0]
+    return pixels
 
 
 # --- NumPy archives -----------------------------------------------------------------------------
@@ -334,11 +335,9 @@ def _encoded_parquet(
     def batches(n: int) -> Iterator[np.ndarray]:
         row = 0
         for chunk in image_chunks(n):
-            decoded = [
-                _read_image(io.BytesIO(data), f"{location} row {row + i}") for i, data in enumerate(chunk.to_pylist())
-            ]
-            row += len(decoded)
-            yield _decode(decoded, mode, image_size)
+            encoded = [(io.BytesIO(data), f"{location} row {row + i}") for i, data in enumerate(chunk.to_pylist())]
+            row += len(encoded)
+            yield _decode(encoded, mode, image_size)
 
     return Source(labels, class_names, (3 if mode == "RGB" else 1, *image_size), batches)
 
