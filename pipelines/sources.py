@@ -76,22 +76,16 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
-def in_memory(images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Source:
-    """A Source over arrays already in memory (small built-in datasets)."""
-    channels, height, width = images.shape[1:]
-    return Source(
-        labels=labels.astype(np.int64),
-        class_names=class_names,
-        image_shape=(channels, height, width),
-        batches=lambda n: (images[start : start + n] for start in range(0, len(images), n)),
-    )
-
-
 def _digits() -> Source:
     digits = load_digits()
     # Pixels are intensities 0..16: rescale to the full uint8 range.
     pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
-    return in_memory(pixels, digits.target, [str(name) for name in digits.target_names])
+    return Source(
+        labels=digits.target.astype(np.int64),
+        class_names=[str(name) for name in digits.target_names],
+        image_shape=(1, 8, 8),
+        batches=lambda n: (pixels[start : start + n] for start in range(0, len(pixels), n)),
+    )
 
 
 # --- image folders ------------------------------------------------------------------------------
