@@ -72,7 +72,7 @@ class MappedImages:
         return (len(self), *self.image_shape)
 
     def __getitem__(self, rows: slice | torch.Tensor | np.ndarray) -> torch.Tensor:
-        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        rows = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else np.asarray(rows)
         out = np.empty((len(rows), *self.image_shape), np.uint8)
         chunk_of = np.searchsorted(self._starts, rows, side="right") - 1
         for chunk in np.unique(chunk_of):
@@ -256,29 +256,25 @@ def pixels_from_lists(column: pa.Array | pa.ChunkedArray, shape: list[int]) -> t
 
 
 class PixelStats:
-    """Per-channel mean and standard deviation of images on the [0, 1] scale, accumulated batch by batch.
-
-    The sums are exact integers, so the result does not depend on how the images were batched."""
+    """Per-channel mean and standard deviation of uint8 images on the [0, 1] scale, from a histogram of each
+    channel's values kept batch by batch: exact integers, so the result does not depend on the batching."""
 
     def __init__(self, channels: int):
-        self.count = 0
-        self.sums = [0] * channels
-        self.sums_of_squares = [0] * channels
+        self.histograms = np.zeros((channels, 256), np.int64)
 
     def add(self, images: np.ndarray) -> None:
-        pixels = images.transpose(1, 0, 2, 3).reshape(images.shape[1], -1).astype(np.int64)
-        self.count += pixels.shape[1]
-        for channel, values in enumerate(pixels):
-            self.sums[channel] += int(values.sum())
-            self.sums_of_squares[channel] += int((values * values).sum())
+        for channel in range(images.shape[1]):
+            self.histograms[channel] += np.bincount(images[:, channel].reshape(-1), minlength=256)
 
     def mean_std(self) -> tuple[list[float], list[float]]:
-        n = self.count
-        mean = [total / n / 255.0 for total in self.sums]
-        # Unbiased variance from exact integers: (n * sum(x^2) - sum(x)^2) / (n (n - 1)).
-        variance = [(n * squares - total * total) / (n * max(n - 1, 1)) / 255.0**2
-                    for total, squares in zip(self.sums, self.sums_of_squares)]
-        return mean, [float(np.sqrt(value)) for value in variance]
+        means, stds = [], []
+        values = np.arange(256, dtype=object)  # Python integers: the sums cannot overflow
+        for histogram in self.histograms.astype(object):
+            n, total, squares = histogram.sum(), (histogram * values).sum(), (histogram * values * values).sum()
+            means.append(total / n / 255.0)
+            # Unbiased variance from exact integers: (n * sum(x^2) - sum(x)^2) / (n (n - 1)).
+            stds.append(float(np.sqrt((n * squares - total * total) / (n * max(n - 1, 1)))) / 255.0)
+        return means, stds
 
 
 def dataset_card(
