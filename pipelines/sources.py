@@ -212,7 +212,11 @@ def _npz(path: Path, x_key: str, y_key: str) -> Source:
                     raise DataError(f"{path}: float images must be in [0, 1], got [{x.min():g}, {x.max():g}]")
                 x = np.rint(x * 255.0)
             x = x.astype(np.uint8)
-            yield x[:, None] if layout == "NHW" else x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
+            if layout == "NHW":
+                x = x[:, None]
+            elif layout == "NHWC":
+                x = x.transpose(0, 3, 1, 2)
+            yield x
 
     labels, class_names = classes_from_labels(raw_labels)
     return Source(labels, class_names, image_shape, batches)
