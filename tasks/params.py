@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from pipelines.atomic import atomic_path
 from pipelines.config import PARAMS_FILE, load_params, read_raw_params
@@ -44,16 +45,33 @@ def apply_overrides(project_dir: Path, overrides: dict[str, Any]) -> dict[str, A
 def write_overrides(path: Path, overrides: dict[str, Any]) -> None:
     """Set each dotted key in the YAML file, keeping its comments and layout; an atomic rewrite."""
     yaml = YAML()  # round-trip mode: comments and key order survive
+    yaml.width = 4096  # never wrap a long line of the file
+    # Keep the file's spelling: `null` rather than an empty value, and new lists and maps inline ([16, 16]).
+    yaml.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     document = yaml.load(path)
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = document
         for key in parents:
             node = node.setdefault(key, {})
-        node[leaf] = value
+        node[leaf] = _inline(value)
     with atomic_path(path) as tmp:
         with open(tmp, "w") as file:
             yaml.dump(document, file)
+
+
+def _inline(value: Any) -> Any:
+    """Lists and maps as ruamel nodes in flow style, so that they are written on one line like the file's own."""
+    if isinstance(value, list):
+        node = CommentedSeq(_inline(item) for item in value)
+    elif isinstance(value, dict):
+        node = CommentedMap((key, _inline(item)) for key, item in value.items())
+    else:
+        return value
+    node.fa.set_flow_style()
+    return node
 
 
 def _lookup(raw: dict[str, Any], dotted: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import yaml
 from prefect.artifacts import Artifact
 
 from flows.distillation import STAGES, distillation, parse_overrides
-from pipelines.config import ParamsError
+from pipelines.config import ParamsError, load_params
+from tasks.params import write_overrides
 from tests.conftest import PROJECT_ROOT, run
 
 
@@ -34,6 +36,18 @@ def test_overrides_parse_values_as_yaml() -> None:
     }
     with pytest.raises(ParamsError, match="key.path=value"):
         parse_overrides(["teacher.train.epochs"])
+
+
+def test_written_overrides_change_only_their_own_lines_in_the_file_s_style(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    shutil.copy(PROJECT_ROOT / "params.yaml", path)
+    write_overrides(path, {"data.resize": [16, 16], "teacher.regularization.grad_clip": {"by": "norm", "max": 1.0}})
+    before, after = (PROJECT_ROOT / "params.yaml").read_text().splitlines(), path.read_text().splitlines()
+    assert len(after) == len(before)
+    changed = [line.split("#")[0].strip() for old, line in zip(before, after) if old != line]
+    assert changed == ["resize: [16, 16]", "grad_clip: {by: norm, max: 1.0}"]
+    params = load_params(path)
+    assert params.data.resize == (16, 16) and params.teacher.regularization.grad_clip.max == 1.0
 
 
 @pytest.mark.slow
