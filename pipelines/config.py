@@ -66,7 +66,7 @@ TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 
 
 class ParquetColumns(Section):
-    image: str = "image"  # encoded PNG/JPEG bytes, or the pixels as a list (uint8) with a shape
+    image: str = "image"  # encoded PNG/JPEG bytes, Arrow fixed-shape tensors, or pixel lists (uint8) with a shape
     label: str = "label"  # integer or string labels
     shape: str = "shape"  # per-row [C, H, W] of list images (else the file's image_shape metadata)
 

@@ -4,8 +4,8 @@
     imagefolder:<dir>      one sub-folder of PNG/JPEG files per class; or train/ plus val/ and/or test/
                            folders of those, which fix those splits
     npz:<file>             arrays `x` (images) and `y` (integer labels); names in data.npz_keys
-    parquet:<file or s3>   an image column (encoded PNG/JPEG bytes, or pixels as a list with a shape) and
-                           a label column; names in data.parquet_columns
+    parquet:<file or s3>   an image column (encoded PNG/JPEG bytes, Arrow fixed-shape tensors, or pixels
+                           as a list with a shape) and a label column; names in data.parquet_columns
     torchvision:<Name>     CIFAR10, CIFAR100, MNIST or FashionMNIST (see pipelines/torchvision_data.py)
 
 Labels, channels and size are read up front (1 channel when every image is grayscale, else RGB); pixels
@@ -193,33 +193,42 @@ def _npz(path: Path, x_key: str, y_key: str) -> Source:
     shape, dtype, read_rows = _npy_rows(path, x_key)
     if shape[0] != len(raw_labels):
         raise DataError(f"{path}: {shape[0]} images but {len(raw_labels)} labels")
-    if not (np.issubdtype(dtype, np.floating) or dtype == np.uint8):
-        raise DataError(f"{path}: images must be uint8 or floats in [0, 1], got {dtype}")
-    # [N, H, W] is grayscale; [N, C, H, W] or [N, H, W, C] with C 1 or 3.
-    if len(shape) == 3:
-        layout, image_shape = "NHW", (1, *shape[1:])
-    elif len(shape) == 4 and shape[1] in (1, 3):
-        layout, image_shape = "NCHW", tuple(shape[1:])
-    elif len(shape) == 4 and shape[3] in (1, 3):
-        layout, image_shape = "NHWC", (shape[3], shape[1], shape[2])
-    else:
-        raise DataError(f"{path}: images must be [N, H, W], [N, H, W, C] or [N, C, H, W] with C 1 or 3")
+    layout, image_shape = _array_layout(shape[1:], dtype, str(path))
 
     def batches(n: int) -> Iterator[np.ndarray]:
         for x in read_rows(n):
-            if np.issubdtype(x.dtype, np.floating):
-                if x.min() < 0.0 or x.max() > 1.0:
-                    raise DataError(f"{path}: float images must be in [0, 1], got [{x.min():g}, {x.max():g}]")
-                x = np.rint(x * 255.0)
-            x = x.astype(np.uint8)
-            if layout == "NHW":
-                x = x[:, None]
-            elif layout == "NHWC":
-                x = x.transpose(0, 3, 1, 2)
-            yield x
+            yield _as_uint8_nchw(x, layout, str(path))
 
     labels, class_names = classes_from_labels(raw_labels)
     return Source(labels, class_names, image_shape, batches)
+
+
+def _array_layout(shape: tuple[int, ...], dtype: np.dtype, where: str) -> tuple[str, tuple[int, int, int]]:
+    """How an array of images of `shape` each is laid out: [H, W] is grayscale, [C, H, W] or [H, W, C]
+    has C 1 or 3; uint8, or floats in [0, 1]. Returns the layout and the (C, H, W) shape."""
+    if not (np.issubdtype(dtype, np.floating) or dtype == np.uint8):
+        raise DataError(f"{where}: images must be uint8 or floats in [0, 1], got {dtype}")
+    if len(shape) == 2:
+        return "HW", (1, *shape)
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return "CHW", tuple(shape)
+    if len(shape) == 3 and shape[2] in (1, 3):
+        return "HWC", (shape[2], shape[0], shape[1])
+    raise DataError(f"{where}: images must be [H, W], [H, W, C] or [C, H, W] with C 1 or 3, got {list(shape)}")
+
+
+def _as_uint8_nchw(x: np.ndarray, layout: str, where: str) -> np.ndarray:
+    """A batch [N, ...] in `layout` (see _array_layout) as uint8 [N, C, H, W]."""
+    if np.issubdtype(x.dtype, np.floating):
+        if x.min() < 0.0 or x.max() > 1.0:
+            raise DataError(f"{where}: float images must be in [0, 1], got [{x.min():g}, {x.max():g}]")
+        x = np.rint(x * 255.0)
+    x = x.astype(np.uint8)
+    if layout == "HW":
+        return x[:, None]
+    if layout == "HWC":
+        return x.transpose(0, 3, 1, 2)
+    return x
 
 
 def _npy_rows(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype, Callable[[int], Iterator[np.ndarray]]]:
@@ -286,6 +295,15 @@ def _parquet(location: str, columns: ParquetColumns, size: tuple[int, int] | Non
     image_type = file.schema_arrow.field(columns.image).type
     if pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type):
         return _encoded_parquet(location, image_chunks, labels, class_names, size)
+    if isinstance(image_type, pa.FixedShapeTensorType):  # Arrow's tensor type: the column knows the shape
+        dtype = np.dtype(image_type.value_type.to_pandas_dtype())
+        layout, tensor_shape = _array_layout(tuple(image_type.shape), dtype, location)
+
+        def tensors(n: int) -> Iterator[np.ndarray]:
+            for chunk in image_chunks(n):
+                yield _as_uint8_nchw(chunk.to_numpy_ndarray(), layout, location)
+
+        return Source(labels, class_names, tensor_shape, tensors)
     shape = _list_image_shape(location, file, columns, metadata)
 
     def batches(n: int) -> Iterator[np.ndarray]:

@@ -186,6 +186,17 @@ def test_every_batch_size_reads_the_same_images(tmp_path: Path, kind):
         assert torch.equal(part.images, whole.images) and torch.equal(part.labels, whole.labels)
 
 
+@pytest.mark.parametrize(("layout", "dtype"), [("HWC", np.uint8), ("CHW", np.uint8), ("HW", np.float32)])
+def test_a_parquet_column_of_arrow_fixed_shape_tensors_gives_its_images(tmp_path: Path, layout, dtype):
+    rng = np.random.default_rng(0)
+    nchw = rng.integers(0, 256, (12, 1 if layout == "HW" else 3, 6, 5), dtype=np.uint8)
+    stored = {"HWC": nchw.transpose(0, 2, 3, 1), "CHW": nchw, "HW": nchw[:, 0] / np.float32(255.0)}[layout]
+    column = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(stored.astype(dtype)))
+    pq.write_table(pa.table({"image": column, "label": np.arange(12) % 2}), tmp_path / "tensors.parquet")
+    data = read_source(params_for(f"parquet:{tmp_path / 'tensors.parquet'}").data, batch_size=5)
+    assert torch.equal(data.images, torch.from_numpy(nchw)) and data.class_names == ["0", "1"]
+
+
 def test_a_compressed_npz_archive_is_streamed_like_a_plain_one(tmp_path: Path):
     pixels = np.random.default_rng(0).integers(0, 256, (25, 6, 5, 3), dtype=np.uint8)
     np.savez(tmp_path / "plain.npz", x=pixels, y=np.arange(25) % 2)
