@@ -22,6 +22,7 @@ import os
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
@@ -132,13 +133,20 @@ def _imagefolder(root: Path, size: tuple[int, int] | None) -> Source:
     return Source(np.array(labels, np.int64), class_names, (channels, *image_size), batches, fixed)
 
 
-def _header(path: Path | io.BytesIO, name: str) -> tuple[str, tuple[int, int]]:
-    """(mode, (height, width)) from an image file's header, without decoding its pixels."""
+@contextmanager
+def _open_image(file: Path | io.BytesIO, name: str) -> Iterator[Image.Image]:
+    """The image in `file`; an unreadable or damaged one, found on opening or decoding, is a DataError naming it."""
     try:
-        with Image.open(path) as image:
-            return image.mode, (image.height, image.width)
+        with Image.open(file) as image:
+            yield image
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"{name}: not a readable PNG or JPEG image ({error})") from None
+
+
+def _header(file: Path | io.BytesIO, name: str) -> tuple[str, tuple[int, int]]:
+    """(mode, (height, width)) from an image file's header, without decoding its pixels."""
+    with _open_image(file, name) as image:
+        return image.mode, (image.height, image.width)
 
 
 def _common_format(
@@ -166,11 +174,8 @@ def _decode(images: list[tuple[Path | io.BytesIO, str]], mode: str, size: tuple[
 
 def _pixels(file: Path | io.BytesIO, name: str, mode: str, size: tuple[int, int]) -> torch.Tensor:
     """One image decoded as uint8 [C, H, W] in `mode` and at `size`."""
-    try:
-        with Image.open(file) as image:
-            pixels = torch.from_numpy(np.array(image.convert(mode)))
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{name}: not a readable PNG or JPEG image ({error})") from None
+    with _open_image(file, name) as image:
+        pixels = torch.from_numpy(np.array(image.convert(mode)))
     pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
     if tuple(pixels.shape[1:]) != tuple(size):
         pixels = resize(pixels[None], size)[0]
