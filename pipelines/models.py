@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines.config import ModelParams
+from pipelines.config import ARCHS, ModelParams
 
 
 def model_config(params: ModelParams, card: dict[str, Any]) -> dict[str, Any]:
@@ -33,26 +33,32 @@ def model_config(params: ModelParams, card: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class ImageClassifier(nn.Module):
-    """What every architecture shares: input normalization, a feature extractor, global pooling and a
-    dropout + linear head. Subclasses build `self.features` and say how many channels it ends with.
+class NormalizedInput(nn.Module):
+    """A model that takes pixels in [0, 1] and normalizes them itself with the training set's per-channel
+    statistics (buffers `mean` and `std`), so an exported model needs no separate preprocessing."""
 
-    Input is pixels scaled to [0, 1]; the model normalizes them itself with the training-set statistics,
-    so an exported model needs no separate preprocessing.
-    """
-
-    def __init__(self, config: dict[str, Any], features: nn.Module, channels: int) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(config["pixel_mean"]).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(config["pixel_std"]).clamp_min(1e-6).view(1, -1, 1, 1))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean) / self.std
+
+
+class ImageClassifier(NormalizedInput):
+    """What the built-in architectures share: input normalization, a feature extractor, global pooling and a
+    dropout + linear head. Subclasses build `self.features` and say how many channels it ends with."""
+
+    def __init__(self, config: dict[str, Any], features: nn.Module, channels: int) -> None:
+        super().__init__(config)
         self.features = features
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config["dropout"])
         self.classifier = nn.Linear(channels, config["num_classes"])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = (pixels - self.mean) / self.std
-        x = self.pool(self.features(x)).flatten(1)
+        x = self.pool(self.features(self.normalize(pixels))).flatten(1)
         return self.classifier(self.dropout(x))
 
 
@@ -117,23 +123,21 @@ class ResNet(ImageClassifier):
         super().__init__(config, nn.Sequential(*layers), channels)
 
 
-class TimmModel(nn.Module):
+class TimmModel(NormalizedInput):
     """`timm.create_model(name)` (randomly initialized) sized for the data's channels and classes, behind
     the same input normalization as the other architectures; width and depth do not apply."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         import timm  # optional: model.arch validation already checked that it is installed
 
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(config["pixel_mean"]).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(config["pixel_std"]).clamp_min(1e-6).view(1, -1, 1, 1))
+        super().__init__(config)
         self.network = timm.create_model(
             config["arch"].removeprefix("timm:"), pretrained=False,
             num_classes=config["num_classes"], in_chans=config["in_channels"], drop_rate=config["dropout"],
         )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.network((pixels - self.mean) / self.std)
+        return self.network(self.normalize(pixels))
 
 
 # params `model.arch` -> model class ("timm:<name>" -> TimmModel).
@@ -143,7 +147,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": ConvNet, "resnet": ResNet, "
 def build_model(config: dict[str, Any]) -> nn.Module:
     kind = config["arch"].partition(":")[0]
     if kind not in ARCHITECTURES:
-        raise ValueError(f"unknown model arch {config['arch']!r}; valid: cnn, resnet, timm:<model-name>")
+        raise ValueError(f"unknown model arch {config['arch']!r}; valid: {', '.join(ARCHS)}")
     return ARCHITECTURES[kind](config)
 
 
