@@ -58,11 +58,11 @@ class SplitParams(Section):
         return self
 
 
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SOURCE_FORMS = (
     "digits", "imagefolder:<dir>", "npz:<file>", "parquet:<file or s3://bucket/key>",
-    "torchvision:<MNIST|FashionMNIST|CIFAR10|CIFAR100>",
+    f"torchvision:<{'|'.join(TORCHVISION_DATASETS)}>",
 )
-TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 
 
 class ParquetColumns(Section):

@@ -247,6 +247,12 @@ def _arrow_copy(path: Path, cache_dir: Path, image_shape: tuple[int, int, int]) 
     return target
 
 
+def open_logits(path: Path) -> torch.Tensor:
+    """Stored logits (.npy) as a memory-mapped tensor: each batch reads its own rows. Copy-on-write ("c")
+    gives the writable array torch wants without ever writing to the file."""
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
 def pixels_from_lists(column: pa.Array | pa.ChunkedArray, shape: list[int]) -> torch.Tensor:
     """uint8 images [N, *shape] from an Arrow column holding each image's pixels as one list."""
     if isinstance(column, pa.ChunkedArray):

@@ -39,9 +39,11 @@ def prepare(params: Params, paths: Paths = Paths()) -> dict:
         for batch in source.batches(data.batch_size):
             split = split_of[start : start + len(batch)]
             labels = source.labels[start : start + len(batch)]
-            for index, writer in enumerate(writers):
-                writer.write(batch[split == index], labels[split == index])
-            stats.add(batch[split == 0])
+            for index, (name, writer) in enumerate(zip(SPLITS, writers)):
+                in_split = split == index
+                writer.write(batch[in_split], labels[in_split])
+                if name == "train":
+                    stats.add(batch[in_split])
             if (start + len(batch)) * 10 // len(source.labels) > start * 10 // len(source.labels):
                 log.info("prepare: %d of %d images", start + len(batch), len(source.labels))  # every 10%
             start += len(batch)

@@ -15,7 +15,7 @@ import torch
 from pipelines.atomic import atomic_path
 from pipelines.checkpoint import load_model
 from pipelines.config import Params
-from pipelines.data import open_image_set
+from pipelines.data import open_image_set, open_logits
 from pipelines.paths import Paths
 from pipelines.predict import iter_logits
 from pipelines.runtime import init_runtime
@@ -43,7 +43,7 @@ def teacher_logits(params: Params, paths: Paths = Paths()) -> torch.Tensor:
         del stored  # close the map before the file is renamed into place
     log.info("teacher logits for %d transfer images (teacher accuracy on them %.4f)", len(transfer),
              agree / len(transfer))
-    return torch.from_numpy(np.load(paths.teacher_logits, mmap_mode="c"))
+    return open_logits(paths.teacher_logits)
 
 
 if __name__ == "__main__":
