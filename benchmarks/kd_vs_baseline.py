@@ -18,7 +18,7 @@ from pipelines.augment import augment
 from pipelines.config import load_params
 from pipelines.distill import distill
 from pipelines.evaluate import evaluate
-from pipelines.paths import MODELS, Paths
+from pipelines.core.paths import Paths
 from pipelines.prepare import prepare
 from pipelines.teacher_logits import teacher_logits
 from pipelines.train_student import train_student

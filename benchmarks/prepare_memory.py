@@ -56,8 +56,8 @@ def child(source: str, batch_size: int, root: Path) -> None:
     import torch
 
     from pipelines.config import load_params
-    from pipelines.data import open_image_set
-    from pipelines.paths import Paths
+    from pipelines.data.images import open_image_set
+    from pipelines.core.paths import Paths
     from pipelines.prepare import prepare
 
     params = load_params(Path("params.yaml"), {"data.source": source, "data.batch_size": batch_size})

@@ -1,3 +1,2 @@
-"""Prefect flows that chain the pipeline's stage tasks."""
-
-import tasks  # noqa: F401  (sets Prefect's and DVC's quiet offline defaults before Prefect is imported)
+"""Prefect flows that chain the pipeline's stage tasks: distillation.py (the pipeline), study.py (the
+optimization study)."""

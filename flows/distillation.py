@@ -1,7 +1,10 @@
 """The distillation flow: every dvc.yaml stage as its own Prefect task, in DAG order, then the report.
 
     python -m flows.distillation                                  # the pipeline as params.yaml says
-    python -m flows.distillation --set teacher.train.epochs=5 --set distill.temperature=2
+    python -m flows.distillation --set teacher.train.epochs=5 --set distill.student_kd.temperature=2
+
+The stages are read from dvc.yaml after the overrides are written, so a student added to params.yaml's
+`distill` section (stage distill@<name>) runs too.
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ import yaml
 from prefect import flow
 
 from pipelines.config import PARAMS_FILE, ParamsError
-from pipelines.paths import Paths
-from pipelines.stage import params_or_exit
+from pipelines.core.paths import Paths
+from pipelines.core.stage import EXIT_BAD_PARAMS, params_or_exit
+from pipelines.kd import check_students
+from tasks.environment import quiet_offline
 from tasks.params import apply_overrides
 from tasks.report import publish_report
-from tasks.stages import augment, distill, evaluate, prepare, teacher_logits, train_student, train_teacher
-
-# DAG order of dvc.yaml (tests/test_flow.py checks it against DVC's own graph).
-STAGES = (prepare, augment, train_teacher, train_student, teacher_logits, distill, evaluate)
+from tasks.stages import pipeline_stages, stage_task
 
 
 @flow(name="distillation")
@@ -30,8 +32,8 @@ def distillation(overrides: dict[str, Any] | None = None, project_dir: str = "."
     """Validate params (with overrides), reproduce each stage through DVC, publish the evaluation."""
     root = Path(project_dir).resolve()
     apply_overrides(root, overrides or {})
-    for stage in STAGES:
-        stage(root)
+    for stage in pipeline_stages(root):
+        stage_task(stage)(root)
     return publish_report(root)
 
 
@@ -57,17 +59,23 @@ def main() -> None:
     except ParamsError as error:
         parser.error(str(error))
     # Fail fast on bad params, before a Prefect server starts; the flow validates again itself.
-    params_or_exit(Path(args.project_dir) / PARAMS_FILE, overrides)
+    params_file = Path(args.project_dir) / PARAMS_FILE
     try:
-        distillation(overrides=overrides, project_dir=args.project_dir)
+        check_students(params_or_exit(params_file, overrides), str(params_file))
+    except ParamsError as error:
+        print(error, file=sys.stderr)
+        sys.exit(EXIT_BAD_PARAMS)
+    try:
+        with quiet_offline():
+            distillation(overrides=overrides, project_dir=args.project_dir)
     except Exception as error:  # the flow's log already holds the traceback; end with the cause alone
         print(f"\nflow failed: {error}", file=sys.stderr)
         sys.exit(1)
     paths = Paths(Path(args.project_dir))
     print("\n" + paths.report.read_text())
-    print(f"Artifacts: data/ (splits, transfer set, teacher logits), models/ (teacher.pt, student_baseline.pt, "
-          f"student_kd.pt), metrics/eval.json, {paths.report}; Prefect artifacts distillation-report and "
-          f"model-comparison. Versioned by DVC: see `dvc status`, `dvc metrics show`, `dvc plots show`.")
+    print(f"Artifacts: data/ (splits, transfer set, teacher logits), models/ (the teacher and each student), "
+          f"metrics/eval.json, {paths.report}; Prefect artifacts distillation-report and model-comparison. "
+          f"Versioned by DVC: see `dvc status`, `dvc metrics show`, `dvc plots show`.")
 
 
 if __name__ == "__main__":

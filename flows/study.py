@@ -16,9 +16,10 @@ from pathlib import Path
 from prefect import flow
 
 from pipelines.config import PARAMS_FILE, ParamsError, load_params
-from pipelines.stage import params_or_exit
+from pipelines.core.stage import params_or_exit
 from pipelines.study import chosen_settings
-from tasks.stages import augment, prepare
+from tasks.environment import quiet_offline
+from tasks.stages import stage_task
 from tasks.study import run_study_setting, summarize_study
 
 
@@ -27,8 +28,8 @@ def optimization_study(project_dir: str = ".", settings: list[str] | None = None
     """Run the named settings (default: all), then write and publish the comparison."""
     root = Path(project_dir).resolve()
     chosen = chosen_settings(load_params(root / PARAMS_FILE), settings)
-    prepare(root)
-    augment(root)
+    for stage in ("prepare", "augment"):
+        stage_task(stage)(root)
     rows = [run_study_setting(root, name) for name in chosen]
     print(summarize_study(root, chosen))
     return rows
@@ -45,7 +46,8 @@ def main() -> None:
         chosen_settings(params, args.settings)
     except ParamsError as error:
         parser.error(str(error))
-    optimization_study(project_dir=args.project_dir, settings=args.settings)
+    with quiet_offline():
+        optimization_study(project_dir=args.project_dir, settings=args.settings)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,39 @@
-"""Stage `distill`: the student trained with Hinton's knowledge distillation on the stored teacher logits."""
+"""Stage `distill`: a distilled student of params.yaml's `distill` section, trained with its method
+(pipelines/kd). dvc.yaml runs it once per student, as stage `distill@<name>` (`--student <name>`).
+
+    python -m pipelines.distill                      # every student, one after another
+    python -m pipelines.distill --student student_kd
+"""
 
 from __future__ import annotations
 
-from pipelines.config import Params
-from pipelines.data import open_logits
-from pipelines.paths import Paths
-from pipelines.stage import run_stage
-from pipelines.train import train_and_save
+import argparse
+
+from pipelines.config import Params, ParamsError
+from pipelines.core.paths import Paths
+from pipelines.core.stage import run_stage
 
 
-def distill(params: Params, paths: Paths = Paths()) -> dict[str, float]:
-    """Write models/student_kd.pt and its per-epoch training log."""
-    teacher_logits = open_logits(paths.teacher_logits)
-    return train_and_save("student_kd", params.distill_training(), params, paths, teacher_logits)
+def distill(params: Params, paths: Paths = Paths(), student: str | None = None) -> dict[str, dict[str, float]]:
+    """Write models/<student>.pt and its training log for `student` (default: every student); return the
+    final metrics of each, by name."""
+    from pipelines.engine.training import train_and_save
+    from pipelines.kd import build_objective, check_students
+
+    check_students(params)
+    if student is not None and student not in params.distill:
+        raise ParamsError(f"no student {student!r} in params.yaml's distill section; students: {', '.join(params.distill)}")
+    results = {}
+    for name in [student] if student else list(params.distill):
+        training = params.student_training(name)
+        objective = build_objective(params.distill[name], training.regularization.label_smoothing, paths)
+        results[name] = train_and_save(name, training, objective, params, paths)
+    return results
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--student", help="the student to train (default: every student of the distill section)")
 
 
 if __name__ == "__main__":
-    run_stage(distill)
+    run_stage(distill, _arguments)

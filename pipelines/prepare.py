@@ -9,20 +9,23 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 
-import numpy as np
-
-from pipelines.atomic import write_json
 from pipelines.config import Params
-from pipelines.data import DataError, PixelStats, assign_splits, check_normalize, dataset_card, write_images
-from pipelines.paths import SPLITS, Paths
-from pipelines.sources import load_source
-from pipelines.stage import run_stage
+from pipelines.core.paths import SPLITS, Paths
+from pipelines.core.stage import run_stage
 
 log = logging.getLogger(__name__)
 
 
-def prepare(params: Params, paths: Paths = Paths()) -> dict:
-    """Write the three splits and the card; return the card."""
+def prepare(params: Params, paths: Paths = Paths()):
+    """Write the three splits and the card; return the card (a DatasetCard)."""
+    import numpy as np
+
+    from pipelines.core.errors import DataError
+    from pipelines.data.card import DatasetCard, PixelStats, check_normalize, write_card
+    from pipelines.data.sources import load_source
+    from pipelines.data.split import assign_splits
+    from pipelines.data.writer import write_images
+
     data = params.data
     source = load_source(data)
     check_normalize(data.normalize, source.image_shape[0])
@@ -53,8 +56,8 @@ def prepare(params: Params, paths: Paths = Paths()) -> dict:
 
     mean_std = (data.normalize.mean, data.normalize.std) if data.normalize.mean is not None else stats.mean_std()
     split_labels = {name: source.labels[rows[name]] for name in SPLITS}
-    card = dataset_card(data.source, source.class_names, source.image_shape, split_labels, checksums, mean_std)
-    write_json(paths.card, card)
+    card = DatasetCard.build(data.source, source.class_names, source.image_shape, split_labels, checksums, mean_std)
+    write_card(paths.card, card)
     log.info("prepared %s: %s", data.source, {name: len(labels) for name, labels in split_labels.items()})
     return card
 

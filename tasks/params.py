@@ -15,18 +15,22 @@ from prefect.cache_policies import NO_CACHE
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from pipelines.atomic import atomic_path
-from pipelines.config import PARAMS_FILE, load_params, read_raw_params
+from pipelines.config import PARAMS_FILE, load_params
+from pipelines.config.params import read_raw_params
+from pipelines.core.atomic import atomic_path
+from pipelines.kd import check_students
 
 
 @task(name="apply_overrides", cache_policy=NO_CACHE)
 def apply_overrides(project_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """Validate params.yaml with `overrides` applied; if there are any, write them into the file.
 
-    Invalid values raise ParamsError before anything is written, so no stage runs.
+    Invalid values (a distillation method's options included) raise ParamsError before anything is
+    written, so no stage runs.
     """
     path = project_dir / PARAMS_FILE
     params = load_params(path, overrides)
+    check_students(params, str(path))
     if overrides:
         before = read_raw_params(path)
         write_overrides(path, overrides)

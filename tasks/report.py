@@ -1,4 +1,4 @@
-"""Publish the evaluation as Prefect artifacts: the markdown report and the three-model metrics table."""
+"""Publish the evaluation as Prefect artifacts: the markdown report and the table of every model's metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.paths import Paths
+from pipelines.core.paths import Paths
 
 # Scalar metrics shown in the table artifact, in this order.
 TABLE_COLUMNS = (

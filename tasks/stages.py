@@ -1,5 +1,6 @@
-"""One Prefect task per dvc.yaml stage. Each runs `dvc repro --single-item <stage>`, so a flow run and
-`dvc repro` share one cache and one dvc.lock: a stage whose inputs did not change is skipped by DVC.
+"""One Prefect task per dvc.yaml stage, in the order DVC's graph allows. Each runs
+`dvc repro --single-item <stage>`, so a flow run and `dvc repro` share one cache and one dvc.lock: a stage
+whose inputs did not change is skipped by DVC.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ ERROR_TAIL_LINES = 25
 
 class StageFailed(RuntimeError):
     """A stage (or study run) exited non-zero; the message ends with its own output."""
+
+
+def pipeline_stages(project_dir: Path) -> list[str]:
+    """dvc.yaml's stages, `foreach` expanded (distill@student_kd, ...), each after the stages it depends on
+    and otherwise in file order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(project_dir)) as repo:
+        position = {stage: index for index, stage in enumerate(repo.index.stages)}
+        # DVC's graph points from each stage to the stages it depends on.
+        order = nx.lexicographical_topological_sort(repo.index.graph.reverse(copy=False), key=position.get)
+        return [stage.addressing for stage in order]
 
 
 def run_dvc_stage(stage: str, project_dir: Path) -> None:
@@ -53,12 +67,3 @@ def stage_task(stage: str) -> Task:
 
     return task(reproduce, name=stage, task_run_name=stage, cache_policy=NO_CACHE,
                 description=f"dvc repro --single-item {stage}")
-
-
-prepare = stage_task("prepare")
-augment = stage_task("augment")
-train_teacher = stage_task("train_teacher")
-train_student = stage_task("train_student")
-teacher_logits = stage_task("teacher_logits")
-distill = stage_task("distill")
-evaluate = stage_task("evaluate")

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.paths import Paths
+from pipelines.core.paths import Paths
 from tasks.stages import run_logged
 
 

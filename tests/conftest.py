@@ -8,22 +8,42 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow.parquet as pq
-import pytest
-import torch
+from tasks.environment import DEFAULTS
 
-import tasks  # noqa: F401  (quiet offline Prefect/DVC defaults for every test)
-from pipelines.config import DataParams, Params, load_params
-from pipelines.data import ImageSet, pixels_from_lists
-from pipelines.sources import load_source
+# Quiet, offline Prefect and DVC for every test, set before anything imports Prefect (a variable already set wins).
+for _name, _value in DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pipelines.config import Params, load_params  # noqa: E402
+from pipelines.config.data import DataParams  # noqa: E402
+from pipelines.data.images import ImageSet, pixels_from_lists  # noqa: E402
+from pipelines.data.sources import load_source  # noqa: E402
 
 pytest_plugins = ["tests.s3_server"]  # s3_server, s3_env: a real S3 API (moto) on loopback
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shipped_params() -> Path:
+    """A copy of params.yaml as committed (git's HEAD): the tests run on the shipped defaults, whatever the
+    working file holds (a user's own data.source, or what a failed `dvc exp run` left). Outside a git
+    checkout, the file itself."""
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    path = Path(tempfile.mkdtemp(prefix="shipped-params-")) / "params.yaml"
+    path.write_text(committed.stdout if committed.returncode == 0 else (PROJECT_ROOT / "params.yaml").read_text())
+    return path
+
+
+SHIPPED_PARAMS = _shipped_params()
 
 # Overrides that shrink the real params.yaml to a run of a few seconds: one augmented copy,
 # narrow models, one epoch. Everything else (data source, split, schedules) is the shipped file.
@@ -40,7 +60,7 @@ TINY_OVERRIDES: dict[str, Any] = {
 
 # What a copy of the project needs to run the pipeline: code, stage and params definitions, DVC's config.
 PROJECT_FILES = (
-    "pipelines", "tasks", "flows", "dvc.yaml", "params.yaml", "data/raw",
+    "pipelines", "tasks", "flows", "dvc.yaml", "data/raw", "models/.gitignore",
     ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
 )
 
@@ -88,7 +108,7 @@ def prefect_server():
 
 @pytest.fixture
 def tiny_params() -> Params:
-    return load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    return load_params(SHIPPED_PARAMS, TINY_OVERRIDES)
 
 
 def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -113,6 +133,7 @@ def project(tmp_path: Path) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
+    shutil.copy2(SHIPPED_PARAMS, root / "params.yaml")
     from tasks.params import write_overrides
 
     write_overrides(root / "params.yaml", TINY_OVERRIDES)
@@ -134,13 +155,13 @@ def trained_pipeline(tmp_path_factory: pytest.TempPathFactory):
     """
     from pipelines.augment import augment
     from pipelines.distill import distill
-    from pipelines.paths import Paths
+    from pipelines.core.paths import Paths
     from pipelines.prepare import prepare
     from pipelines.teacher_logits import teacher_logits
     from pipelines.train_student import train_student
     from pipelines.train_teacher import train_teacher
 
-    params = load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    params = load_params(SHIPPED_PARAMS, TINY_OVERRIDES)
     paths = Paths(tmp_path_factory.mktemp("trained_pipeline"))
     for stage in (prepare, augment, train_teacher, train_student, teacher_logits, distill):
         stage(params, paths)

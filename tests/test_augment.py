@@ -8,13 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set
-from pipelines.augment import augment, transfer_batches
-from pipelines.config import AugmentParams, MixParams, load_params
-from pipelines.data import ImageSet
-from pipelines.paths import Paths
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, SHIPPED_PARAMS
+from pipelines.augment import augment
+from pipelines.data.transfer import transfer_batches
+from pipelines.config import load_params
+from pipelines.config.data import AugmentParams, MixParams
+from pipelines.data.images import ImageSet
+from pipelines.core.paths import Paths
 from pipelines.prepare import prepare
-from pipelines.transforms import augment_batch, mix_batch
+from pipelines.data.transforms import augment_batch, mix_batch
 
 # Every magnitude zero: augment_batch must then be the identity.
 IDENTITY = {
@@ -29,7 +31,7 @@ IDENTITY = {
 
 @pytest.fixture(scope="module")
 def shipped() -> AugmentParams:
-    return load_params(PROJECT_ROOT / "params.yaml").augment
+    return load_params(SHIPPED_PARAMS).augment
 
 
 def settings(base: AugmentParams, **changes: Any) -> AugmentParams:
@@ -187,7 +189,7 @@ def test_transfer_labels_follow_source_index(shipped):
 
 
 def test_augment_stage_writes_the_transfer_set_with_provenance_columns(tmp_path):
-    params = load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    params = load_params(SHIPPED_PARAMS, TINY_OVERRIDES)
     paths = Paths(tmp_path)
     prepare(params, paths)
     augment(params, paths)
@@ -202,7 +204,7 @@ def test_augment_stage_writes_the_transfer_set_with_provenance_columns(tmp_path)
 
 
 def test_augment_stage_is_deterministic(tmp_path):
-    params = load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    params = load_params(SHIPPED_PARAMS, TINY_OVERRIDES)
     tables = []
     for run_name in ("first", "second"):
         paths = Paths(tmp_path / run_name)
@@ -326,7 +328,7 @@ def test_the_same_seed_mixes_the_same_way():
 
 
 def test_the_transfer_set_of_a_mixing_run_carries_mixed_labels_and_originals_stay_unmixed(tmp_path):
-    params = load_params(PROJECT_ROOT / "params.yaml", {**TINY_OVERRIDES, "augment.mix.cutmix_alpha": 1.0})
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "augment.mix.cutmix_alpha": 1.0})
     paths = Paths(tmp_path)
     prepare(params, paths)
     augment(params, paths)
@@ -338,7 +340,7 @@ def test_the_transfer_set_of_a_mixing_run_carries_mixed_labels_and_originals_sta
 
 
 def test_without_mixing_the_transfer_set_has_no_mix_columns(tmp_path):
-    params = load_params(PROJECT_ROOT / "params.yaml", TINY_OVERRIDES)
+    params = load_params(SHIPPED_PARAMS, TINY_OVERRIDES)
     paths = Paths(tmp_path)
     prepare(params, paths)
     augment(params, paths)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from pipelines.augment import augment
-from pipelines.checkpoint import load_checkpoint
+from pipelines.engine.checkpoint import load_checkpoint
 from pipelines.config import Params
-from pipelines.paths import Paths
+from pipelines.core.paths import Paths
 from pipelines.prepare import prepare
 from tasks.params import write_overrides
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, run
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, run, SHIPPED_PARAMS
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_torchrun_with_two_processes_trains_and_writes_one_checkpoint(tmp_path: 
     prepare(tiny_params, paths)
     augment(tiny_params, paths)
     params_file = tmp_path / "params.yaml"
-    shutil.copy(PROJECT_ROOT / "params.yaml", params_file)
+    shutil.copy(SHIPPED_PARAMS, params_file)
     write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu"})
 
     result = run(

@@ -85,7 +85,7 @@ def imported_pipeline_files(module: str) -> set[str]:
 
 
 def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
-    from pipelines.paths import MODELS, SPLITS, Paths
+    from pipelines.core.paths import SPLITS, Paths
 
     paths = Paths(Path("."))
     written = {

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.checkpoint import load_model
+from pipelines.engine.checkpoint import load_model
 from pipelines.evaluate import evaluate
-from pipelines.metrics import classification_metrics, expected_calibration_error, near_zero_fraction
+from pipelines.evaluation.metrics import classification_metrics, expected_calibration_error, near_zero_fraction
 from pipelines.models import count_parameters
-from pipelines.paths import MODELS, Paths
-from pipelines.predict import predict_logits
+from pipelines.core.paths import Paths
+from pipelines.engine.inference import predict_logits
 from tests.conftest import read_image_set
 
 # --- expected calibration error --------------------------------------------------------------------

@@ -14,7 +14,7 @@ from prefect.artifacts import Artifact
 from flows.distillation import STAGES, distillation, parse_overrides
 from pipelines.config import ParamsError, load_params
 from tasks.params import write_overrides
-from tests.conftest import PROJECT_ROOT, run
+from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
 
 
 def test_flow_runs_the_stages_in_an_order_dvc_allows() -> None:
@@ -40,9 +40,9 @@ def test_overrides_parse_values_as_yaml() -> None:
 
 def test_written_overrides_change_only_their_own_lines_in_the_file_s_style(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    shutil.copy(PROJECT_ROOT / "params.yaml", path)
+    shutil.copy(SHIPPED_PARAMS, path)
     write_overrides(path, {"data.resize": [16, 16], "teacher.regularization.grad_clip": {"by": "norm", "max": 1.0}})
-    before, after = (PROJECT_ROOT / "params.yaml").read_text().splitlines(), path.read_text().splitlines()
+    before, after = (SHIPPED_PARAMS).read_text().splitlines(), path.read_text().splitlines()
     assert len(after) == len(before)
     changed = [line.split("#")[0].strip() for old, line in zip(before, after) if old != line]
     assert changed == ["resize: [16, 16]", "grad_clip: {by: norm, max: 1.0}"]

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.checkpoint import load_model, save_checkpoint
-from pipelines.config import ModelParams, ParamsError, load_params
+from pipelines.engine.checkpoint import load_model, save_checkpoint
+from pipelines.config import ParamsError, load_params
+from pipelines.config.training import ModelParams
 from pipelines.models import build_model, count_parameters, model_config
-from pipelines.paths import Paths
+from pipelines.core.paths import Paths
 from pipelines.augment import augment
 from pipelines.distill import distill
 from pipelines.evaluate import evaluate
@@ -21,7 +22,7 @@ from pipelines.prepare import prepare
 from pipelines.teacher_logits import teacher_logits
 from pipelines.train_student import train_student
 from pipelines.train_teacher import train_teacher
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, SHIPPED_PARAMS
 
 WITHOUT_TIMM = "timm is an optional extra: `make test-timm` runs these tests in a venv that has it"
 GRAY_8 = {"image_shape": [1, 8, 8], "num_classes": 10, "pixel_mean": [0.3], "pixel_std": [0.4]}
@@ -76,7 +77,7 @@ def test_a_resnet_checkpoint_rebuilds_the_same_model(tmp_path: Path) -> None:
 
 def test_an_unknown_arch_is_refused_with_the_valid_ones() -> None:
     with pytest.raises(ParamsError, match=r"teacher\.model\.arch: .*unknown arch 'vit'; valid: cnn, resnet, timm:<model-name>"):
-        load_params(PROJECT_ROOT / "params.yaml", {"teacher.model.arch": "vit"})
+        load_params(SHIPPED_PARAMS, {"teacher.model.arch": "vit"})
 
 
 def test_the_teacher_stage_trains_a_resnet_teacher(trained_pipeline, tmp_path: Path) -> None:
@@ -85,7 +86,7 @@ def test_the_teacher_stage_trains_a_resnet_teacher(trained_pipeline, tmp_path: P
     shutil.copytree(source.prepared, paths.prepared)
     shutil.copytree(source.transfer.parent, paths.transfer.parent)
     overrides = {**TINY_OVERRIDES, "teacher.model.arch": "resnet", "teacher.model.blocks_per_stage": 1}
-    params = load_params(PROJECT_ROOT / "params.yaml", overrides)
+    params = load_params(SHIPPED_PARAMS, overrides)
 
     metrics = train_teacher(params, paths)
 
@@ -98,7 +99,7 @@ def test_the_teacher_stage_trains_a_resnet_teacher(trained_pipeline, tmp_path: P
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed here")
 def test_a_timm_arch_without_timm_installed_is_refused_with_how_to_install_it() -> None:
     with pytest.raises(ParamsError, match=r"student\.model\.arch: .*timm:resnet18 needs timm, which is not installed: pip install"):
-        load_params(PROJECT_ROOT / "params.yaml", {"student.model.arch": "timm:resnet18"})
+        load_params(SHIPPED_PARAMS, {"student.model.arch": "timm:resnet18"})
 
 
 @pytest.mark.parametrize("card", [GRAY_8, RGB_32], ids=["gray-8x8", "rgb-32x32"])
@@ -114,13 +115,13 @@ def test_timm_models_are_built_for_the_card_s_channels_and_classes(card: dict) -
 def test_an_unknown_timm_model_is_refused() -> None:
     pytest.importorskip("timm", reason=WITHOUT_TIMM)
     with pytest.raises(ParamsError, match=r"timm has no model 'no_such_net'"):
-        load_params(PROJECT_ROOT / "params.yaml", {"student.model.arch": "timm:no_such_net"})
+        load_params(SHIPPED_PARAMS, {"student.model.arch": "timm:no_such_net"})
 
 
 def test_a_timm_teacher_and_a_timm_student_run_through_the_one_epoch_pipeline(tmp_path: Path) -> None:
     pytest.importorskip("timm", reason=WITHOUT_TIMM)
     overrides = {**TINY_OVERRIDES, "teacher.model.arch": "timm:resnet18", "student.model.arch": "timm:mobilenetv3_small_050"}
-    params = load_params(PROJECT_ROOT / "params.yaml", overrides)
+    params = load_params(SHIPPED_PARAMS, overrides)
     paths = Paths(tmp_path)
     for stage in (prepare, augment, train_teacher, train_student, teacher_logits, distill):
         stage(params, paths)

@@ -13,36 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import PROJECT_ROOT
-from pipelines.config import (
-    AdagradParams,
-    AdamParams,
-    ConstantSchedule,
-    CosineRestartsSchedule,
-    CosineSchedule,
-    ExponentialSchedule,
-    ModelParams,
-    MultiStepSchedule,
-    NAdamParams,
-    OneCycleSchedule,
-    ParamsError,
-    PlateauSchedule,
-    RAdamParams,
-    RegularizationParams,
-    RMSpropParams,
-    SequenceSchedule,
-    SGDParams,
-    StepSchedule,
-    TrainingParams,
-    TrainParams,
-    load_params,
-)
-from pipelines.data import ImageSet
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
+from pipelines.config import ParamsError, load_params
+from pipelines.config.optim import AdagradParams, AdamParams, NAdamParams, RAdamParams, RMSpropParams, SGDParams
+from pipelines.config.schedules import ConstantSchedule, CosineRestartsSchedule, CosineSchedule, ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, PlateauSchedule, SequenceSchedule, StepSchedule
+from pipelines.config.training import ModelParams, RegularizationParams, TrainParams, TrainingParams
+from pipelines.data.images import ImageSet
 from pipelines.optim import OPTIMIZERS, build_optimizer, build_schedule, steps_per_epoch
-from pipelines.runtime import Runtime
-from pipelines.train import fit
+from pipelines.engine.runtime import Runtime
+from pipelines.engine.loop import fit
 
-PARAMS = PROJECT_ROOT / "params.yaml"
+PARAMS = SHIPPED_PARAMS
 NO_DECAY = RegularizationParams(weight_decay=0.0, weight_decay_mode="coupled")
 LR = 0.1
 

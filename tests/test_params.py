@@ -8,18 +8,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, run
-from pipelines.config import (
-    AdamParams,
-    ParamsError,
-    RegularizationParams,
-    SGDParams,
-    TrainParams,
-    apply_overrides,
-    load_params,
-)
+from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
+from pipelines.config import ParamsError, load_params
+from pipelines.config.optim import AdamParams, SGDParams
+from pipelines.config.params import apply_overrides
+from pipelines.config.training import RegularizationParams, TrainParams
 
-PARAMS = PROJECT_ROOT / "params.yaml"
+PARAMS = SHIPPED_PARAMS
 
 
 def params_error(overrides: dict[str, Any]) -> str:

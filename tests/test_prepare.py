@@ -12,10 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import PROJECT_ROOT, checksum, read_image_set, read_source
+from tests.conftest import PROJECT_ROOT, checksum, read_image_set, read_source, SHIPPED_PARAMS
 from pipelines.config import Params, load_params
-from pipelines.data import ImageSet, assign_splits, open_image_set, write_images
-from pipelines.paths import SPLITS, Paths
+from pipelines.data.images import ImageSet, open_image_set
+from pipelines.data.split import assign_splits
+from pipelines.data.writer import write_images
+from pipelines.core.paths import SPLITS, Paths
 from pipelines.prepare import prepare
 
 DIGITS_COUNT = 1797  # scikit-learn's digits: 1797 images of 8x8 pixels, 10 classes
@@ -23,7 +25,7 @@ DIGITS_COUNT = 1797  # scikit-learn's digits: 1797 images of 8x8 pixels, 10 clas
 
 @pytest.fixture(scope="module")
 def params() -> Params:
-    return load_params(PROJECT_ROOT / "params.yaml")
+    return load_params(SHIPPED_PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def prepared(params, tmp_path_factory) -> Paths:
 
 @pytest.fixture(scope="module")
 def digits() -> ImageSet:
-    return read_source(load_params(PROJECT_ROOT / "params.yaml").data)
+    return read_source(load_params(SHIPPED_PARAMS).data)
 
 
 def file_sha256(path: Path) -> str:

@@ -14,25 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.config import (
-    AdagradParams,
-    AdamParams,
-    ConstantSchedule,
-    EarlyStoppingParams,
-    GradClipParams,
-    ModelParams,
-    RegularizationParams,
-    RMSpropParams,
-    SGDParams,
-    TrainingParams,
-    TrainParams,
-)
-from pipelines.data import ImageSet
-from pipelines.early_stopping import EarlyStopping
+from pipelines.config.optim import AdagradParams, AdamParams, RMSpropParams, SGDParams
+from pipelines.config.schedules import ConstantSchedule
+from pipelines.config.training import EarlyStoppingParams, GradClipParams, ModelParams, RegularizationParams, TrainParams, TrainingParams
+from pipelines.data.images import ImageSet
+from pipelines.engine.early_stopping import EarlyStopping
 from pipelines.losses import hinton_kd_loss
 from pipelines.optim import build_optimizer, l1_penalty
-from pipelines.runtime import Runtime
-from pipelines.train import clip_gradients, fit, validate
+from pipelines.engine.runtime import Runtime
+from pipelines.engine.loop import clip_gradients, fit, validate
 
 CPU = torch.device("cpu")
 LR, WD = 0.1, 0.5

@@ -16,18 +16,18 @@ import torch
 from PIL import Image
 
 from pipelines.augment import augment
-from pipelines.checkpoint import load_model
+from pipelines.engine.checkpoint import load_model
 from pipelines.config import ParamsError, load_params
-from pipelines.data import DataError
-from pipelines.paths import MODELS, SPLITS, Paths
+from pipelines.core.errors import DataError
+from pipelines.core.paths import SPLITS, Paths
 from pipelines.prepare import prepare
-from pipelines.sources import load_source
+from pipelines.data.sources import load_source
 from pipelines.distill import distill
 from pipelines.evaluate import evaluate
 from pipelines.teacher_logits import teacher_logits
 from pipelines.train_student import train_student
 from pipelines.train_teacher import train_teacher
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, read_source
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, read_source, SHIPPED_PARAMS
 from tests.test_torchvision_data import TEST, write_cifar10, write_mnist
 
 CLASSES = ["cat", "dog", "fox"]
@@ -55,7 +55,7 @@ def image_folder(root: Path, rgb: bool, size: tuple[int, int] = (12, 10), per_cl
 
 
 def params_for(source: str, **overrides):
-    return load_params(PROJECT_ROOT / "params.yaml", {**TINY_OVERRIDES, "data.source": source, **overrides})
+    return load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "data.source": source, **overrides})
 
 
 @pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
@@ -265,7 +265,7 @@ def test_the_prepare_command_exits_1_with_the_message_and_no_traceback(tmp_path:
     root = image_folder(tmp_path / "images", rgb=False)
     (root / "dog" / "broken.png").write_bytes(b"not an image")
     params_file = tmp_path / "params.yaml"
-    shipped = (PROJECT_ROOT / "params.yaml").read_text()
+    shipped = (SHIPPED_PARAMS).read_text()
     params_file.write_text(shipped.replace("source: digits", f"source: imagefolder:{root}"))
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.prepare", "--params", str(params_file), "--root", str(tmp_path / "out")],

@@ -11,9 +11,9 @@ from prefect.artifacts import Artifact
 
 from flows.study import optimization_study
 from pipelines.config import ParamsError, load_params
-from pipelines.study import read_curve
+from pipelines.evaluation.study import read_curve
 from tasks.params import write_overrides
-from tests.conftest import run
+from tests.conftest import run, SHIPPED_PARAMS
 
 # Two optimizers x one schedule x two batch sizes, one epoch each: four settings in a few seconds each.
 TINY_STUDY = {
@@ -26,7 +26,7 @@ SETTINGS = ["sgd-constant-batch_full", "sgd-constant-batch_64", "adam-constant-b
 
 
 def test_the_grid_is_every_optimizer_schedule_and_batch_combination_plus_the_extra_settings() -> None:
-    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    params = load_params(SHIPPED_PARAMS)
     settings = params.study_settings()
     grid = params.study.grid
     assert len(settings) == len(grid.optimizer) * len(grid.schedule) * len(grid.batch_size) + len(params.study.extra)
@@ -40,7 +40,7 @@ def test_the_grid_is_every_optimizer_schedule_and_batch_combination_plus_the_ext
 
 def test_an_extra_setting_that_breaks_a_cross_section_rule_is_refused_by_name(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    path.write_text((SHIPPED_PARAMS).read_text())
     bad = {
         "optimizer": {"name": "adamw", "lr": 0.001},
         "regularization": {"weight_decay": 0.01, "weight_decay_mode": "coupled"},

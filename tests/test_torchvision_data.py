@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import torchvision_data
-from pipelines.data import DataError, Source
-from pipelines.torchvision_data import open_torchvision
+from pipelines.data.sources import torchvision as torchvision_data
+from pipelines.core.errors import DataError
+from pipelines.data.sources.base import Source
+from pipelines.data.sources.torchvision import open_torchvision
 from tests.conftest import PROJECT_ROOT
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -15,20 +15,20 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, SHIPPED_PARAMS
 from pipelines.augment import augment
-from pipelines.checkpoint import load_model
+from pipelines.engine.checkpoint import load_model
 from pipelines.config import load_params
-from pipelines.data import ImageSet, open_image_set
+from pipelines.data.images import ImageSet, open_image_set
 from pipelines.distill import distill
 from pipelines.models import build_model, count_parameters, model_config
-from pipelines.optim import steps_per_epoch
-from pipelines.paths import Paths
-from pipelines.predict import predict_logits
+from pipelines.engine.schedules import steps_per_epoch
+from pipelines.core.paths import Paths
+from pipelines.engine.inference import predict_logits
 from pipelines.prepare import prepare
-from pipelines.runtime import Runtime
+from pipelines.engine.runtime import Runtime
 from pipelines.teacher_logits import teacher_logits
-from pipelines.train import fit
+from pipelines.engine.loop import fit
 from pipelines.train_teacher import train_teacher
 
 CPU = torch.device("cpu")
@@ -101,7 +101,7 @@ def test_training_lowers_the_loss_over_three_epochs_on_the_cosine_schedule(train
     _, shared = trained_pipeline
     paths = Paths(tmp_path)
     copy_inputs(shared, paths)
-    params = load_params(PROJECT_ROOT / "params.yaml", {**TINY_OVERRIDES, "teacher.train.epochs": 3})
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "teacher.train.epochs": 3})
     train_teacher(params, paths)
     plots = paths.training_log("teacher") / "plots" / "metrics"
     losses = [float(row["train_loss"]) for row in read_tsv(plots / "train_loss.tsv")]
@@ -167,7 +167,7 @@ def test_distill_trains_the_student_from_the_stored_logits_not_the_labels(traine
     paths.teacher_logits.parent.mkdir(parents=True)
     np.save(paths.teacher_logits, fake)
     params = load_params(
-        PROJECT_ROOT / "params.yaml",
+        SHIPPED_PARAMS,
         {**TINY_OVERRIDES, "distill.alpha": 1.0, "distill.train": {"epochs": 3, "batch_size": 128}},
     )
 
@@ -201,7 +201,7 @@ def test_distill_refuses_logits_whose_row_count_does_not_match_the_transfer_set(
 
 
 def test_shipped_student_has_at_most_a_tenth_of_the_teachers_parameters():
-    params = load_params(PROJECT_ROOT / "params.yaml")
+    params = load_params(SHIPPED_PARAMS)
     teacher = build_model(model_config(params.teacher.model, DIGITS_CARD))
     student = build_model(model_config(params.student.model, DIGITS_CARD))
     assert count_parameters(student) * 10 <= count_parameters(teacher)
@@ -216,7 +216,7 @@ def fit_linear(train_set: ImageSet, val_set: ImageSet) -> dict[str, torch.Tensor
     """The weights of a small linear model after two epochs of the shipped student settings on `train_set`."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    training = load_params(PROJECT_ROOT / "params.yaml", {"student.train.epochs": 2}).student
+    training = load_params(SHIPPED_PARAMS, {"student.train.epochs": 2}).student
     kept, _ = fit(model, train_set, val_set, training, Runtime(CPU, 0, 1), seed=0)
     return kept.state_dict()
 
@@ -243,7 +243,7 @@ def test_a_row_mixed_wholly_with_another_label_trains_as_if_it_had_that_label(tr
 
 
 def test_teacher_and_distilled_student_train_on_a_cutmix_transfer_set(tmp_path):
-    params = load_params(PROJECT_ROOT / "params.yaml", {**TINY_OVERRIDES, "augment.mix.cutmix_alpha": 1.0})
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "augment.mix.cutmix_alpha": 1.0})
     paths = Paths(tmp_path)
     for stage in (prepare, augment, train_teacher, teacher_logits, distill):
         stage(params, paths)

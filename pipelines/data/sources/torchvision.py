@@ -39,9 +39,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from pipelines.atomic import atomic_path
-from pipelines.config import TORCHVISION_DATASETS
-from pipelines.data import DataError, Source
+from pipelines.config.data import TORCHVISION_DATASETS, DataParams
+from pipelines.core.atomic import atomic_path
+from pipelines.core.errors import DataError
+from pipelines.data.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ CIFAR: dict[str, CifarLayout] = {
                             "meta", "fine_label_names", "fine_labels"),
 }
 CIFAR_SHAPE = (3, 32, 32)
+
+
+def read_torchvision(location: str, params: DataParams) -> Source:
+    """`torchvision:<Name>`: the dataset from its torchvision files under `data.download_dir`."""
+    return open_torchvision(location, Path(params.download_dir).expanduser())
 
 
 def open_torchvision(name: str, download_dir: Path) -> Source:

@@ -1,4 +1,8 @@
-"""The shared entry point of `python -m pipelines.<stage>`: validate params first, then run the stage."""
+"""The shared entry point of `python -m pipelines.<stage>`: validate params first, then run the stage.
+
+Stage modules import only this runner and the config at the top and the rest (torch, the data and training
+code) inside the stage function, so `--help` and a params error answer at once.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +14,32 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import PARAMS_FILE, Params, ParamsError, load_params
-from pipelines.data import DataError
-from pipelines.paths import Paths
+from pipelines.core.errors import DataError
+from pipelines.core.paths import Paths
 
 EXIT_BAD_PARAMS = 2
 EXIT_BAD_DATA = 1
 
 
-def run_stage(stage: Callable[[Params, Paths], Any]) -> None:
-    """Run one stage from the command line; invalid params exit 2 before anything is read or written."""
+def run_stage(
+    stage: Callable[..., Any], add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+) -> None:
+    """Run one stage from the command line: `stage(params, paths, **options)`, where options are the
+    arguments `add_arguments` declares. Invalid params exit 2 before anything is read or written."""
     parser = argparse.ArgumentParser(description=stage.__doc__)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
     parser.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/, ...")
-    args = parser.parse_args()
+    if add_arguments is not None:
+        add_arguments(parser)
+    options = vars(parser.parse_args())
+    params_file, root = options.pop("params"), options.pop("root")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    params = params_or_exit(args.params)
+    params = params_or_exit(params_file)
     try:
-        stage(params, Paths(args.root))
+        stage(params, Paths(root), **options)
+    except ParamsError as error:  # found by the stage itself (a distillation method's options)
+        print(error, file=sys.stderr)
+        sys.exit(EXIT_BAD_PARAMS)
     except DataError as error:  # the user's data, not a bug: the message says what to fix, no traceback
         print(error, file=sys.stderr)
         sys.exit(EXIT_BAD_DATA)

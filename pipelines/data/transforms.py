@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.config import AugmentParams, ColorJitterParams, MixParams, RandomResizedCropParams
+from pipelines.config.data import AugmentParams, ColorJitterParams, MixParams, RandomResizedCropParams
 
 
 def augment_batch(images: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:

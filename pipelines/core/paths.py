@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
-MODELS = ("teacher", "student_baseline", "student_kd")
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class Paths:
 
     @property
     def arrow_cache(self) -> Path:
-        """Memory-mappable Arrow copies of the Parquet files that stages read (see data.open_image_set)."""
+        """Memory-mappable Arrow copies of the Parquet files that stages read (see pipelines.data.images)."""
         return self.root / ".cache" / "arrow"
 
     @property
@@ -38,6 +37,7 @@ class Paths:
         return self.root / "data" / "teacher_logits" / "transfer_logits.npy"
 
     def model(self, name: str) -> Path:
+        """The checkpoint of model `name` (teacher, student_baseline, or a distilled student's name)."""
         return self.root / "models" / f"{name}.pt"
 
     def training_log(self, name: str) -> Path:

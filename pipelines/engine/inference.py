@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from pipelines.data import MappedImages
+from pipelines.data.images import MappedImages
 
 # Images per forward pass when no batch size is given: memory only, inference has no batch statistics.
 INFERENCE_BATCH_SIZE = 1024

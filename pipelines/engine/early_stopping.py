@@ -6,7 +6,7 @@ import copy
 
 from torch import nn
 
-from pipelines.config import EarlyStoppingParams
+from pipelines.config.training import EarlyStoppingParams
 
 
 class EarlyStopping:

@@ -1,0 +1,57 @@
+"""The `distill` section: the distilled students, by name. Each is its own DVC stage (`distill@<name>`),
+model file (models/<name>.pt) and training log, and a row of the report.
+
+A student names its distillation method and gives that method's options; the methods and their options
+are defined by pipelines.kd (one module each), which checks them. Any section of the `student` settings
+(model, train, optimizer, schedule, regularization) may be replaced for one student, so students can
+differ in size as well as in method."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ConfigDict
+
+from pipelines.config.base import Section
+from pipelines.config.optim import OptimizerParams
+from pipelines.config.schedules import ScheduleParams
+from pipelines.config.training import ModelParams, RegularizationParams, TrainParams
+
+# Model names the pipeline itself uses; a student cannot take one.
+RESERVED_NAMES = ("teacher", "student_baseline")
+STUDENT_NAME = re.compile(r"[A-Za-z0-9_-]+")  # it names a DVC stage and a file
+
+
+class StudentParams(Section):
+    """One distilled student. Keys besides these are the method's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str
+    model: ModelParams | None = None
+    train: TrainParams | None = None
+    optimizer: OptimizerParams | None = None
+    schedule: ScheduleParams | None = None
+    regularization: RegularizationParams | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The method's own options, as written in params.yaml."""
+        return dict(self.model_extra or {})
+
+    @property
+    def overrides(self) -> dict[str, Section]:
+        """The `student` sections this student replaces."""
+        return {key: value for key in ("model", "train", "optimizer", "schedule", "regularization")
+                if (value := getattr(self, key)) is not None}
+
+
+def check_student_names(students: dict[str, StudentParams]) -> None:
+    if not students:
+        raise ValueError("no student: name at least one, e.g. student_kd: {method: hinton, temperature: 4.0, alpha: 0.9}")
+    for name in students:
+        if not STUDENT_NAME.fullmatch(name) or name in RESERVED_NAMES:
+            raise ValueError(
+                f"student name {name!r}: use letters, digits, '_' and '-', and none of {', '.join(RESERVED_NAMES)}"
+            )

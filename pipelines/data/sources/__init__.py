@@ -1,0 +1,44 @@
+"""Data sources: what `data.source` names, opened as a stream of uint8 image batches [B, C, H, W].
+
+    digits                 scikit-learn's built-in 8x8 digits                      digits.py
+    imagefolder:<dir>      one sub-folder of PNG/JPEG files per class, or split folders  imagefolder.py
+    npz:<file>             arrays of images and labels                             npz.py
+    parquet:<file or s3>   an image column and a label column                      parquet.py
+    torchvision:<Name>     CIFAR10, CIFAR100, MNIST or FashionMNIST                torchvision.py
+
+The table of sources is pipelines.config.data.SOURCES: it names the reader of each kind, imported here
+under that name. Labels, channels and size are read up front (1 channel when every image is grayscale, else
+RGB); pixels are decoded batch by batch as prepare writes them, so a dataset need not fit in memory.
+Images of different sizes need `data.resize`. A source that cannot be read raises DataError naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from pipelines.config.data import SOURCES, DataParams
+from pipelines.data.sources.base import Source, resize
+from pipelines.data.sources.digits import read_digits
+from pipelines.data.sources.imagefolder import read_imagefolder
+from pipelines.data.sources.npz import read_npz
+from pipelines.data.sources.parquet import read_parquet
+from pipelines.data.sources.torchvision import read_torchvision
+
+__all__ = ["Source", "load_source", "read_digits", "read_imagefolder", "read_npz", "read_parquet", "read_torchvision"]
+
+
+def load_source(params: DataParams) -> Source:
+    """The dataset that `data.source` names, its batches resized to `data.resize` if set."""
+    kind, _, location = params.source.partition(":")
+    source = globals()[SOURCES[kind].reader](location, params)  # one of the readers imported above
+    # Decoded images (image folders, encoded Parquet) are resized as they are read; arrays are resized here.
+    if params.resize is None or source.image_shape[1:] == tuple(params.resize):
+        return source
+    size = tuple(params.resize)
+    return replace(
+        source,
+        image_shape=(source.image_shape[0], *size),
+        batches=lambda n: (resize(torch.from_numpy(batch), size).numpy() for batch in source.batches(n)),
+    )

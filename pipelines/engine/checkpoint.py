@@ -1,0 +1,43 @@
+"""Model checkpoints: state dict, model config and final metrics in one file, written atomically.
+
+Everything in the file is tensors or plain values, so it loads with `torch.load(weights_only=True)`:
+reading a checkpoint never runs pickled code. Checkpoint is its typed form; checkpoints written before it
+existed have the same layout and load unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipelines.core.atomic import atomic_path
+from pipelines.models import ModelConfig, build_model
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    model_config: ModelConfig
+    metrics: dict[str, float]  # the training run's final metrics (validation loss and accuracy, epochs, ...)
+
+
+def save_checkpoint(path: Path, model: nn.Module, config: ModelConfig, metrics: dict[str, float]) -> None:
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "model_config": config.to_dict(), "metrics": metrics}, tmp)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    return Checkpoint(stored["state_dict"], ModelConfig.from_dict(stored["model_config"]), stored["metrics"])
+
+
+def load_model(path: Path) -> tuple[nn.Module, Checkpoint]:
+    """The model in eval mode on the CPU, and its checkpoint (config and metrics)."""
+    checkpoint = load_checkpoint(path)
+    model = build_model(checkpoint.model_config)
+    model.load_state_dict(checkpoint.state_dict)
+    return model.eval(), checkpoint

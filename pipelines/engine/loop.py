@@ -1,0 +1,178 @@
+"""The training loop shared by the teacher, the baseline student, every distilled student and the study.
+
+`fit` trains a model under an Objective (pipelines/engine/objective.py), which turns each batch into the
+loss: the loop itself knows nothing of labels, teachers or distillation. An epoch is a seeded permutation
+of row indices and a batch is a slice of it: the batch's images are gathered from the (memory-mapped) set
+and moved to the device, so there is no per-sample Python work and the dataset need not fit in memory.
+Under torchrun each rank gathers only its share of every global batch and DDP averages the gradients of the
+model and the objective's own parameters; only the main rank logs and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from itertools import chain
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from dvclive import Live
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from pipelines.config.training import GradClipParams, TrainingParams
+from pipelines.core.atomic import atomic_path
+from pipelines.data.images import ImageSet
+from pipelines.engine.early_stopping import EarlyStopping
+from pipelines.engine.inference import predict_logits
+from pipelines.engine.objective import Batch, Objective
+from pipelines.engine.optim import build_optimizer, l1_penalty
+from pipelines.engine.runtime import Runtime
+from pipelines.engine.schedules import build_schedule, steps_per_epoch
+
+log = logging.getLogger(__name__)
+
+
+def fit(
+    model: nn.Module,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    objective: Objective,
+    training: TrainingParams,
+    runtime: Runtime,
+    seed: int,
+    log_dir: Path | None = None,
+) -> tuple[nn.Module, dict[str, float]]:
+    """Train `model` to minimize `objective` on `train_set`, validating on `val_set` every epoch.
+
+    Returns the module to keep (the EMA of the weights when `ema_decay` is set, else `model`, restored to
+    its best epoch under early stopping) and its final metrics. Logs the learning rate every step, and the
+    train loss (with the objective's terms), validation loss and accuracy every epoch, to dvclive in
+    `log_dir` (written atomically).
+    """
+    device = runtime.device
+    model.to(device)
+    objective.setup(model, train_set)
+    objective.to(device)
+    step_loss = objective
+    if runtime.distributed:  # model and objective in one module, so DDP also averages the objective's gradients
+        trainee = DistributedDataParallel(
+            _Trainee(model, objective), device_ids=[device.index] if device.type == "cuda" else None
+        )
+        step_loss = lambda _, batch: trainee(batch)  # noqa: E731
+    regularization = training.regularization
+    epochs = training.train.epochs
+    batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
+    steps = steps_per_epoch(len(train_set), batch_size, runtime.world_size)
+    trained = list(chain(model.parameters(), objective.parameters()))
+    optimizer = build_optimizer(trained, training.optimizer, regularization)
+    schedule = build_schedule(optimizer, training.schedule, epochs, steps)
+    ema = None
+    if regularization.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(regularization.ema_decay), use_buffers=True)
+    kept = ema.module if ema is not None else model  # the weights that are validated and saved
+    stopper = EarlyStopping(regularization.early_stopping) if regularization.early_stopping else None
+
+    mix_labels, mix_weights = train_set.columns.get("mix_label"), train_set.columns.get("mix_weight")
+    # Every rank draws the same permutation, then takes its own slice of each global batch.
+    order = torch.Generator().manual_seed(seed)
+
+    with atomic_path(log_dir) if (log_dir and runtime.is_main) else nullcontext() as live_dir:
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) if live_dir else None
+        started = time.perf_counter()
+        step = 0
+        for epoch in range(epochs):
+            model.train()
+            objective.train()
+            sums: dict[str, torch.Tensor] = {}  # per loss term: sum over the epoch's images, then its count
+            permutation = torch.randperm(len(train_set), generator=order)
+            for start in range(0, steps * batch_size, batch_size):
+                rows = permutation[start : start + batch_size][runtime.rank :: runtime.world_size]
+                batch = Batch(
+                    images=train_set.images[rows].to(device).float().div_(255.0),
+                    labels=train_set.labels[rows].to(device),
+                    rows=rows,
+                    mix_labels=None if mix_labels is None else mix_labels[rows].to(device),
+                    mix_weights=None if mix_weights is None else mix_weights[rows].to(device),
+                )
+                loss, terms = step_loss(model, batch)
+                total = loss + regularization.l1 * l1_penalty(model) if regularization.l1 else loss
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                clip_gradients(trained, regularization.grad_clip)
+                if live:
+                    live.step = step
+                    live.log_metric("lr", optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                schedule.after_step()
+                for name, value in {"loss": loss, **terms}.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach() * len(rows)
+                sums["count"] = sums.get("count", 0.0) + len(rows)
+                step += 1
+
+            totals = torch.stack([torch.as_tensor(value, device=device, dtype=torch.float32) for value in sums.values()])
+            if runtime.distributed:
+                dist.all_reduce(totals)
+            means = dict(zip(sums, (totals[:-1] / totals[-1]).tolist()))
+            # Every rank validates the same (identical) weights on the whole split: no gather needed.
+            metrics = {f"train_{name}": value for name, value in means.items()}
+            metrics |= validate(kept, val_set, device)
+            schedule.after_epoch(metrics)
+            if live:
+                live.step = step - 1  # epoch metrics sit at the epoch's last optimizer step
+                live.log_metric("epoch", epoch + 1)
+                for name, value in metrics.items():
+                    live.log_metric(name, value)
+            if runtime.is_main:
+                summary = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+                log.info("epoch %d/%d step %d %s", epoch + 1, epochs, step, summary)
+            if stopper is not None and stopper.update(metrics[stopper.params.metric], kept):
+                log.info("early stopping after epoch %d: best %s %.4f at epoch %d", epoch + 1,
+                         stopper.params.metric, stopper.best_value, stopper.best_epoch + 1)
+                break
+
+        result = {"epochs": epoch + 1, "steps": step, **metrics}
+        if stopper is not None and stopper.best_state is not None:  # None: the metric was never a number
+            kept.load_state_dict(stopper.best_state)
+            result |= {"best_epoch": stopper.best_epoch + 1, **validate(kept, val_set, device)}
+        if live:
+            live.summary.update(result)
+            live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
+            live.end()
+    return kept, result
+
+
+class _Trainee(nn.Module):
+    """The model and its objective as one module: DDP's forward runs the objective (and so the model)."""
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.objective(self.model, batch)
+
+
+def clip_gradients(parameters: list[nn.Parameter], clip: GradClipParams | None) -> None:
+    """Clip in place, after backward (and DDP's all-reduce) and before the step."""
+    if clip is None:
+        return
+    if clip.by == "norm":
+        torch.nn.utils.clip_grad_norm_(parameters, clip.max)
+    else:
+        torch.nn.utils.clip_grad_value_(parameters, clip.max)
+
+
+def validate(model: nn.Module, val_set: ImageSet, device: torch.device) -> dict[str, float]:
+    """Validation loss and accuracy of `model` on the whole split."""
+    logits = predict_logits(model, val_set.images, device)
+    return {
+        "val_loss": F.cross_entropy(logits, val_set.labels).item(),
+        "val_accuracy": (logits.argmax(1) == val_set.labels).float().mean().item(),
+    }

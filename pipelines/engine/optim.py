@@ -1,0 +1,70 @@
+"""The optimizer of a training run: the torch.optim class that pipelines.config.optim.OPTIMIZERS names for
+`optimizer.name`, its options as given, and weight decay as `regularization` states (coupled or decoupled,
+biases and normalization parameters excluded unless asked)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from pipelines.config.optim import Optimizer as OptimizerParams
+from pipelines.config.training import RegularizationParams
+
+# How each optimizer decays weights when `weight_decay_mode: decoupled`: torch's own AdamW rule
+# (`weight_decay` of AdamW; a flag on Adam, NAdam, RAdam); SGD, Adagrad and RMSprop have no such option,
+# so a step pre-hook applies the same rule, p <- p * (1 - lr * weight_decay), before each step.
+DECOUPLED_NATIVELY = {"adamw"}
+DECOUPLED_BY_FLAG = {"adam", "nadam", "radam"}
+
+
+def parameter_groups(
+    parameters: Iterable[nn.Parameter], weight_decay: float, decay_bias_and_norm: bool
+) -> list[dict[str, Any]]:
+    """Two groups: weights that decay, and biases/normalization parameters (1-d tensors) that do not, unless asked."""
+    decay, no_decay = [], []
+    for parameter in parameters:
+        (decay if parameter.ndim > 1 or decay_bias_and_norm else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(
+    parameters: Iterable[nn.Parameter], params: OptimizerParams, regularization: RegularizationParams
+) -> Optimizer:
+    """The torch optimizer named in params over `parameters`, with weight decay applied as `regularization` states."""
+    groups = parameter_groups(parameters, regularization.weight_decay, regularization.decay_bias_and_norm)
+    options = params.model_dump(exclude={"name"})
+    # Each group carries its own weight_decay, which torch applies coupled (added to the gradient),
+    # except AdamW's (decoupled); the schema refuses coupled decay for adamw.
+    decoupled = regularization.weight_decay_mode == "decoupled"
+    if decoupled and params.name in DECOUPLED_BY_FLAG:
+        options["decoupled_weight_decay"] = True
+    hooked = decoupled and params.name not in DECOUPLED_NATIVELY | DECOUPLED_BY_FLAG
+    if hooked:
+        for group in groups:
+            group["decoupled_weight_decay"] = group.pop("weight_decay")
+    optimizer = getattr(torch.optim, params.torch_class)(groups, **options)
+    if hooked:
+        optimizer.register_step_pre_hook(_decay_decoupled)
+    return optimizer
+
+
+@torch.no_grad()
+def _decay_decoupled(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    """AdamW's decoupled decay for optimizers without it: shrink the weights, leave the gradients alone."""
+    for group in optimizer.param_groups:
+        factor = 1.0 - group["lr"] * group["decoupled_weight_decay"]
+        if factor != 1.0:
+            torch._foreach_mul_([p for p in group["params"] if p.grad is not None], factor)
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over the weights (tensors with more than one dim: not biases or normalization parameters)."""
+    return sum(parameter.abs().sum() for parameter in model.parameters() if parameter.ndim > 1)
+

@@ -1,0 +1,54 @@
+"""A training stage from start to end: open the prepared data, build the model, fit it under an objective,
+save the checkpoint (the teacher, the baseline student and each distilled student run this)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pipelines.config import Params
+from pipelines.config.training import ModelParams, TrainingParams
+from pipelines.core.paths import Paths
+from pipelines.data.card import DatasetCard, read_card
+from pipelines.data.images import open_image_set
+from pipelines.engine.checkpoint import save_checkpoint
+from pipelines.engine.loop import fit
+from pipelines.engine.objective import Objective
+from pipelines.engine.runtime import init_runtime, shutdown
+from pipelines.models import ModelConfig, build_model, count_parameters
+
+log = logging.getLogger(__name__)
+
+
+def model_config(params: ModelParams, card: DatasetCard) -> ModelConfig:
+    """The model of `params` sized for the prepared data: its channels, image size, classes and statistics."""
+    channels, height, width = card.image_shape
+    return ModelConfig(
+        arch=params.arch, width=params.width, depth=params.depth, blocks_per_stage=params.blocks_per_stage,
+        dropout=params.dropout, in_channels=channels, image_size=(height, width), num_classes=card.num_classes,
+        pixel_mean=tuple(card.pixel_mean), pixel_std=tuple(card.pixel_std),
+    )
+
+
+def train_and_save(
+    name: str, training: TrainingParams, objective: Objective, params: Params, paths: Paths
+) -> dict[str, float]:
+    """Build model `name` for the prepared data, fit it on the transfer set under `objective`, save it to
+    models/<name>.pt with its training log in metrics/train/<name>/; return its final metrics."""
+    runtime = init_runtime(params.device)
+    card = read_card(paths.card)
+    transfer = open_image_set(paths.transfer, paths.arrow_cache)
+    val = open_image_set(paths.split("val"), paths.arrow_cache)
+    torch.manual_seed(params.seed)
+    config = model_config(training.model, card)
+    model = build_model(config)
+    log.info(
+        "%s: %d parameters, %d training images, device %s x %d",
+        name, count_parameters(model), len(transfer), runtime.device, runtime.world_size,
+    )
+    kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name))
+    if runtime.is_main:
+        save_checkpoint(paths.model(name), kept, config, metrics)
+    shutdown(runtime)
+    return metrics

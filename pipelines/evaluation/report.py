@@ -1,0 +1,70 @@
+"""The markdown report (reports/report.md): the models' test metrics side by side, each distilled student's
+gain over the baseline, and per-class F1. It only renders metrics/eval.json, so rewording it never reruns
+the measurements."""
+
+from __future__ import annotations
+
+from pipelines.config import Params
+
+TEACHER, BASELINE = "teacher", "student_baseline"
+
+
+def render_report(results: dict[str, dict], params: Params) -> str:
+    """The report of `results` (metrics/eval.json: model name -> metrics), described with `params`."""
+    latency_columns = [key for key in results[TEACHER] if key.startswith("latency_ms_batch_")]
+    header = ["model", "params", "checkpoint KB", "near-zero weights", "accuracy", "macro-F1", "NLL", "ECE",
+              "agreement w/ teacher"]
+    header += [f"CPU ms @ batch {column.removeprefix('latency_ms_batch_')}" for column in latency_columns]
+    test_count = sum(scores["support"] for scores in results[TEACHER]["per_class"].values())
+    lines = [
+        "# Distillation report",
+        "",
+        f"Dataset `{params.data.source}`, {test_count} test images. Distilled students: "
+        + "; ".join(f"{name} ({describe(params, name)})" for name in params.distill) + ".",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for name, metrics in results.items():
+        cells = [
+            name,
+            f"{metrics['params']:,}",
+            f"{metrics['checkpoint_bytes'] / 1024:.1f}",
+            f"{metrics['near_zero_weights']:.1%}",
+            f"{metrics['accuracy']:.2%}",
+            f"{metrics['macro_f1']:.4f}",
+            f"{metrics['nll']:.4f}",
+            f"{metrics['ece']:.4f}",
+            f"{metrics['agreement_with_teacher']:.2%}",
+        ] + [f"{metrics[column]:.3f}" for column in latency_columns]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    teacher, baseline = results[TEACHER], results[BASELINE]
+    lines.append("")
+    for name in params.distill:
+        student = results[name]
+        gain = (student["accuracy"] - baseline["accuracy"]) * 100
+        lines.append(
+            f"Distillation ({name}) changes the student's test accuracy by {gain:+.2f} points "
+            f"({baseline['accuracy']:.2%} -> {student['accuracy']:.2%}); the student has "
+            f"1/{teacher['params'] / student['params']:.1f} of the teacher's parameters."
+        )
+    lines += [
+        "",
+        "Per-class F1:",
+        "",
+        "| class | " + " | ".join(results) + " |",
+        "|" + "---|" * (len(results) + 1),
+    ]
+    for class_name in teacher["per_class"]:
+        cells = [f"{results[name]['per_class'][class_name]['f1']:.3f}" for name in results]
+        lines.append(f"| {class_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(params: Params, student: str) -> str:
+    """`hinton, temperature 4, alpha 0.9`: a student's method and options, as params.yaml gives them."""
+    spec = params.distill[student]
+    options = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                        for key, value in spec.options.items())
+    return f"{spec.method}, {options}" if options else spec.method
