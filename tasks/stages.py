@@ -32,7 +32,7 @@ def pipeline_stages(project_dir: Path) -> list[str]:
         position = {stage: index for index, stage in enumerate(repo.index.stages)}
         # DVC's graph points from each stage to the stages it depends on.
         order = nx.lexicographical_topological_sort(repo.index.graph.reverse(copy=False), key=position.get)
-        return [stage.addressing for stage in order]
+        return [stage.name for stage in order]  # names in the project's one dvc.yaml (addressing is relative to the cwd)
 
 
 def run_dvc_stage(stage: str, project_dir: Path) -> None:

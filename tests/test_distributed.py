@@ -34,8 +34,8 @@ def test_torchrun_with_two_processes_trains_and_writes_one_checkpoint(tmp_path: 
 
     assert "device cpu x 2" in result.stderr
     checkpoint = load_checkpoint(paths.model("teacher"))
-    assert checkpoint["metrics"]["epochs"] == 1
-    assert 0.0 <= checkpoint["metrics"]["val_accuracy"] <= 1.0
+    assert checkpoint.metrics["epochs"] == 1
+    assert 0.0 <= checkpoint.metrics["val_accuracy"] <= 1.0
     assert (paths.training_log("teacher") / "metrics.json").exists()
     leftovers = [path.name for path in tmp_path.rglob(".*tmp-*")]
     assert leftovers == [], "no temporary files left behind by either rank"

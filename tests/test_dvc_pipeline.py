@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.core.paths import SPLITS, Paths
 from tests.conftest import PROJECT_ROOT, run
 
 
@@ -36,7 +37,7 @@ def test_dvc_repro_runs_every_stage_then_finds_nothing_to_redo(project: Path) ->
 @pytest.mark.slow
 def test_changing_a_distill_param_reruns_only_distill_and_evaluate(project: Path) -> None:
     run(["dvc", "repro"], project)
-    experiment = run(["dvc", "exp", "run", "--set-param", "distill.temperature=2.0"], project)
+    experiment = run(["dvc", "exp", "run", "--set-param", "distill.student_kd.temperature=2.0"], project)
     assert ran_stages(experiment.stdout) == ["distill", "evaluate"]
     assert "temperature: 2.0" in (project / "params.yaml").read_text()
 
@@ -57,52 +58,113 @@ def test_a_stage_failing_on_bad_params_keeps_the_last_good_artifacts(project: Pa
     assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
 
 
+def resolved_stages() -> dict[str, dict]:
+    """dvc.yaml's stages with `foreach` expanded for the shipped params (distill@student_kd), as DVC sees them."""
+    from dvc.repo import Repo
+
+    with Repo(str(PROJECT_ROOT)) as repo:
+        return {stage.name: stage for stage in repo.index.stages}
+
+
 @pytest.mark.parametrize("stage", list(stages()))
-def test_each_stage_lists_every_pipelines_module_it_runs_as_a_dependency(stage: str) -> None:
-    definition = stages()[stage]
+def test_each_stage_lists_exactly_the_pipelines_code_it_runs_as_dependencies(stage: str) -> None:
+    definition = stages()[stage].get("do", stages()[stage])
     module = definition["cmd"].split("-m ")[1].split()[0]
-    declared = {dep for dep in definition["deps"] if dep.startswith("pipelines/")}
-    assert imported_pipeline_files(module) == declared
+    declared = [dep for dep in definition["deps"] if dep.startswith("pipelines/")]
+    listed = set()
+    for dep in declared:  # a package folder stands for every module in it
+        path = PROJECT_ROOT / dep
+        listed |= {str(file.relative_to(PROJECT_ROOT)) for file in path.rglob("*.py")} if path.is_dir() else {dep}
+    used = imported_pipeline_files(module)
+    assert used <= listed, f"{stage} runs code it does not depend on: {sorted(used - listed)}"
+    unused = {file for file in listed - used if not file.endswith("__init__.py")}
+    assert not unused, f"{stage} depends on code it never runs: {sorted(unused)}"
 
 
 def imported_pipeline_files(module: str) -> set[str]:
-    """The pipelines/*.py files that `module` imports, directly or through other pipelines modules."""
+    """The pipelines/ files that `module` imports, directly or through other pipelines modules (imports inside
+    functions included: stages import their heavy modules there)."""
     seen: set[str] = set()
     pending = [module]
     while pending:
         name = pending.pop()
-        path = name.replace(".", "/") + ".py"
+        path = module_file(name)
         if path in seen:
             continue
         seen.add(path)
-        tree = ast.parse((PROJECT_ROOT / path).read_text())
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse((PROJECT_ROOT / path).read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipelines."):
                 pending.append(node.module)
+                # `from pipelines.data.sources import torchvision` imports a module too
+                pending += [f"{node.module}.{alias.name}" for alias in node.names
+                            if (PROJECT_ROOT / module_file(f"{node.module}.{alias.name}")).exists()]
             elif isinstance(node, ast.Import):
                 pending += [alias.name for alias in node.names if alias.name.startswith("pipelines.")]
     return seen
 
 
-def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
-    from pipelines.core.paths import SPLITS, Paths
+def module_file(module: str) -> str:
+    path = module.replace(".", "/")
+    return f"{path}/__init__.py" if (PROJECT_ROOT / path).is_dir() else f"{path}.py"
 
+
+def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
     paths = Paths(Path("."))
+    models = ("teacher", "student_baseline", "student_kd")  # those of the shipped params.yaml
     written = {
         *(str(paths.split(name)) for name in SPLITS),
         str(paths.card),
         str(paths.transfer),
         str(paths.teacher_logits),
-        *(str(paths.model(name)) for name in MODELS),
-        *(str(paths.training_log(name) / "metrics.json") for name in MODELS),
-        *(str(paths.training_log(name) / "plots") for name in MODELS),
+        *(str(paths.model(name)) for name in models),
+        *(str(paths.training_log(name) / "metrics.json") for name in models),
+        *(str(paths.training_log(name) / "plots") for name in models),
         str(paths.eval_metrics),
         str(paths.confusion_plot("x").parent),
         str(paths.report),
     }
-    declared = set()
-    for definition in stages().values():
-        for kind in ("outs", "metrics", "plots"):
-            for entry in definition.get(kind, []):
-                declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    declared = {str(out) for stage in resolved_stages().values() for out in stage.outs}
     assert declared == written
+
+
+def test_a_distilled_student_is_one_dvc_stage_per_name_in_params() -> None:
+    distill = {name: stage for name, stage in resolved_stages().items() if name.startswith("distill@")}
+    assert list(distill) == ["distill@student_kd"]
+    stage = distill["distill@student_kd"]
+    assert stage.cmd == "python -m pipelines.distill --student student_kd"
+    assert [str(out) for out in stage.outs] == [
+        "models/student_kd.pt", "metrics/train/student_kd/metrics.json", "metrics/train/student_kd/plots"]
+
+
+LAYERS = {  # each library package, and the packages it may import
+    "config": set(),
+    "core": {"config"},
+    "data": {"config", "core"},
+    "models": {"config", "core"},
+    "engine": {"config", "core", "data", "models"},
+    "kd": {"config", "core", "data", "models", "engine"},
+    "evaluation": {"config", "core", "data", "models", "engine"},
+}
+
+
+@pytest.mark.parametrize("package", list(LAYERS))
+def test_imports_point_one_way_from_the_stages_down_to_core_and_config(package: str) -> None:
+    for file in (PROJECT_ROOT / "pipelines" / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                top = name.split(".")
+                assert top[0] not in ("tasks", "flows", "prefect"), f"{file}: imports {name}"
+                if top[0] == "pipelines":
+                    assert len(top) > 1 and top[1] in LAYERS, f"{file}: imports the stage {name}"
+                    assert top[1] in LAYERS[package] | {package}, f"{file}: {package} imports {name}"
+
+
+def test_the_top_of_pipelines_holds_only_stage_entry_points() -> None:
+    modules = {path.stem for path in (PROJECT_ROOT / "pipelines").glob("*.py")} - {"__init__"}
+    stage_modules = {definition.get("do", definition)["cmd"].split("-m ")[1].split()[0].split(".")[1]
+                     for definition in stages().values()}
+    assert modules == stage_modules | {"study"}  # study: python -m pipelines.study (flows/study.py runs it)
+    for module in modules:
+        assert 'if __name__ == "__main__":' in (PROJECT_ROOT / "pipelines" / f"{module}.py").read_text()

@@ -12,6 +12,7 @@ from torch import nn
 
 from pipelines.engine.checkpoint import load_model
 from pipelines.evaluate import evaluate
+from pipelines.report import report
 from pipelines.evaluation.metrics import classification_metrics, expected_calibration_error, near_zero_fraction
 from pipelines.models import count_parameters
 from pipelines.core.paths import Paths
@@ -113,6 +114,8 @@ def test_near_zero_fraction_counts_weights_below_the_threshold_and_ignores_biase
 
 # --- the evaluate stage ----------------------------------------------------------------------------
 
+MODELS = ("teacher", "student_baseline", "student_kd")  # those of the shipped params.yaml
+
 METRIC_KEYS = {
     "accuracy", "macro_f1", "per_class", "confusion_matrix", "ece", "nll", "agreement_with_teacher",
     "params", "near_zero_weights", "checkpoint_bytes", "latency_ms_batch_1", "latency_ms_batch_256",
@@ -126,6 +129,7 @@ def evaluated(trained_pipeline, tmp_path_factory):
     paths = Paths(tmp_path_factory.mktemp("evaluated") / "root")
     shutil.copytree(shared.root, paths.root)
     results = evaluate(params, paths)
+    report(params, paths)
     return params, paths, results
 
 
@@ -206,3 +210,19 @@ def test_report_has_a_table_row_per_model(evaluated, test_set):
         assert cells[3] == f"{results[name]['near_zero_weights']:.1%}"
         assert cells[4] == f"{results[name]['accuracy']:.2%}"
         assert len(cells) == 9 + len(params.evaluate.latency_batch_sizes)
+
+
+def test_the_report_is_rendered_from_eval_json_alone(evaluated, tmp_path):
+    params, paths, _ = evaluated
+    only_metrics = Paths(tmp_path)
+    only_metrics.eval_metrics.parent.mkdir(parents=True)
+    shutil.copy(paths.eval_metrics, only_metrics.eval_metrics)
+    assert report(params, only_metrics) == paths.report.read_text()
+
+
+def test_the_report_names_each_student_s_method_and_its_gain_over_the_baseline(evaluated):
+    _, paths, results = evaluated
+    text = paths.report.read_text()
+    assert "Distilled students: student_kd (hinton, temperature 4, alpha 0.9)." in text
+    gain = (results["student_kd"]["accuracy"] - results["student_baseline"]["accuracy"]) * 100
+    assert f"Distillation (student_kd) changes the student's test accuracy by {gain:+.2f} points" in text

@@ -11,21 +11,26 @@ import torch
 import yaml
 from prefect.artifacts import Artifact
 
-from flows.distillation import STAGES, distillation, parse_overrides
+from flows.distillation import distillation, parse_overrides
 from pipelines.config import ParamsError, load_params
 from tasks.params import write_overrides
+from tasks.stages import pipeline_stages
 from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
 
 
-def test_flow_runs_the_stages_in_an_order_dvc_allows() -> None:
+def test_flow_runs_every_dvc_stage_each_after_those_it_depends_on() -> None:
+    order = pipeline_stages(PROJECT_ROOT)
+    assert order == ["prepare", "augment", "train_teacher", "train_student", "teacher_logits",
+                     "distill@student_kd", "evaluate", "report"]
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    order = [task.name for task in STAGES]
-    assert sorted(order) == sorted(stages)
-    producer = {next(iter(out)): name for name, stage in stages.items() for out in stage.get("outs", [])}
-    for name, stage in stages.items():
-        for dep in stage["deps"]:
-            if dep in producer:
-                assert order.index(producer[dep]) < order.index(name), f"{name} runs before {producer[dep]}"
+    assert {name.partition("@")[0] for name in order} == set(stages)
+
+
+def test_a_student_added_to_params_yaml_becomes_a_stage_of_the_flow(project: Path) -> None:
+    write_overrides(project / "params.yaml", {"distill.small_t2": {"method": "hinton", "temperature": 2.0, "alpha": 0.5}})
+    order = pipeline_stages(project)
+    assert order.index("teacher_logits") < order.index("distill@small_t2") < order.index("evaluate")
+    assert order.index("distill@student_kd") < order.index("evaluate")
 
 
 def test_overrides_parse_values_as_yaml() -> None:
@@ -80,7 +85,7 @@ def test_command_line_flow_after_dvc_repro_redoes_nothing_quietly_and_prints_the
 
     assert {path.name: path.stat().st_mtime_ns for path in (project / "models").glob("*.pt")} == models
     output = result.stdout + result.stderr
-    assert output.count("didn't change, skipping") == len(STAGES)
+    assert output.count("didn't change, skipping") == len(pipeline_stages(project))
     assert "| student_kd |" in result.stdout and "Artifacts:" in result.stdout
     for noise in ("Traceback", "ERROR", "WARNING", "telemetry", "analytics"):
         assert noise not in output
@@ -89,8 +94,8 @@ def test_command_line_flow_after_dvc_repro_redoes_nothing_quietly_and_prints_the
 @pytest.mark.slow
 def test_invalid_override_fails_before_any_stage_and_leaves_params_untouched(prefect_server, project: Path) -> None:
     before = (project / "params.yaml").read_bytes()
-    with pytest.raises(ParamsError, match=r"distill\.alpha"):
-        distillation(overrides={"distill.alpha": 1.5}, project_dir=str(project))
+    with pytest.raises(ParamsError, match=r"distill\.student_kd\.alpha"):
+        distillation(overrides={"distill.student_kd.alpha": 1.5}, project_dir=str(project))
     assert (project / "params.yaml").read_bytes() == before
     assert not (project / "data" / "prepared" / "train.parquet").exists()
 

@@ -13,7 +13,9 @@ from torch import nn
 from pipelines.engine.checkpoint import load_model, save_checkpoint
 from pipelines.config import ParamsError, load_params
 from pipelines.config.training import ModelParams
-from pipelines.models import build_model, count_parameters, model_config
+from pipelines.data.card import DatasetCard
+from pipelines.engine.training import model_config
+from pipelines.models import ModelConfig, build_model, count_parameters
 from pipelines.core.paths import Paths
 from pipelines.augment import augment
 from pipelines.distill import distill
@@ -25,8 +27,15 @@ from pipelines.train_teacher import train_teacher
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, SHIPPED_PARAMS
 
 WITHOUT_TIMM = "timm is an optional extra: `make test-timm` runs these tests in a venv that has it"
-GRAY_8 = {"image_shape": [1, 8, 8], "num_classes": 10, "pixel_mean": [0.3], "pixel_std": [0.4]}
-RGB_32 = {"image_shape": [3, 32, 32], "num_classes": 100, "pixel_mean": [0.5, 0.4, 0.3], "pixel_std": [0.2] * 3}
+
+
+def card(image_shape: tuple[int, int, int], num_classes: int, mean: list[float], std: list[float]) -> DatasetCard:
+    """The card of a prepared dataset, as far as the models read it."""
+    return DatasetCard("test", [str(index) for index in range(num_classes)], image_shape, num_classes, mean, std, {})
+
+
+GRAY_8 = card((1, 8, 8), 10, [0.3], [0.4])
+RGB_32 = card((3, 32, 32), 100, [0.5, 0.4, 0.3], [0.2] * 3)
 
 
 def resnet(width: int = 4, depth: int = 3, blocks: int = 2) -> ModelParams:
@@ -35,16 +44,16 @@ def resnet(width: int = 4, depth: int = 3, blocks: int = 2) -> ModelParams:
 
 @pytest.mark.parametrize("arch", ["cnn", "resnet"])
 @pytest.mark.parametrize("card", [GRAY_8, RGB_32], ids=["gray-8x8", "rgb-32x32"])
-def test_each_architecture_adapts_to_the_card_s_channels_size_and_classes(arch: str, card: dict) -> None:
+def test_each_architecture_adapts_to_the_card_s_channels_size_and_classes(arch: str, card: DatasetCard) -> None:
     model = build_model(model_config(ModelParams(arch=arch, width=4, depth=3, dropout=0.1), card))
-    channels, height, width = card["image_shape"]
-    assert model(torch.rand(5, channels, height, width)).shape == (5, card["num_classes"])
+    channels, height, width = card.image_shape
+    assert model(torch.rand(5, channels, height, width)).shape == (5, card.num_classes)
 
 
 @pytest.mark.parametrize(("card", "expected_size"), [(GRAY_8, 2), (RGB_32, 8)], ids=["gray-8x8", "rgb-32x32"])
-def test_resnet_stages_double_the_channels_and_halve_the_resolution(card: dict, expected_size: int) -> None:
+def test_resnet_stages_double_the_channels_and_halve_the_resolution(card: DatasetCard, expected_size: int) -> None:
     model = build_model(model_config(resnet(width=4, depth=3), card))
-    channels, height, width = card["image_shape"]
+    channels, height, width = card.image_shape
     features = model.features(torch.rand(2, channels, height, width))
     assert features.shape == (2, 4 * 2**2, expected_size, expected_size)
 
@@ -71,7 +80,7 @@ def test_a_resnet_checkpoint_rebuilds_the_same_model(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "model.pt", model, config, {"val_accuracy": 0.5})
     loaded, checkpoint = load_model(tmp_path / "model.pt")
     images = torch.rand(3, 3, 32, 32)
-    assert checkpoint["model_config"]["arch"] == "resnet"
+    assert checkpoint.model_config.arch == "resnet"
     assert torch.equal(loaded(images), model(images))
 
 
@@ -91,7 +100,7 @@ def test_the_teacher_stage_trains_a_resnet_teacher(trained_pipeline, tmp_path: P
     metrics = train_teacher(params, paths)
 
     model, checkpoint = load_model(paths.model("teacher"))
-    assert checkpoint["model_config"]["arch"] == "resnet"
+    assert checkpoint.model_config.arch == "resnet"
     assert any(type(module).__name__ == "BasicBlock" for module in model.modules())
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
 
@@ -103,13 +112,13 @@ def test_a_timm_arch_without_timm_installed_is_refused_with_how_to_install_it() 
 
 
 @pytest.mark.parametrize("card", [GRAY_8, RGB_32], ids=["gray-8x8", "rgb-32x32"])
-def test_timm_models_are_built_for_the_card_s_channels_and_classes(card: dict) -> None:
+def test_timm_models_are_built_for_the_card_s_channels_and_classes(card: DatasetCard) -> None:
     pytest.importorskip("timm", reason=WITHOUT_TIMM)
     params = ModelParams(arch="timm:resnet18", width=1, depth=1, dropout=0.0)
     model = build_model(model_config(params, card))
-    channels, height, width = card["image_shape"]
+    channels, height, width = card.image_shape
     logits = model(torch.rand(2, channels, height, width))
-    assert logits.shape == (2, card["num_classes"])
+    assert logits.shape == (2, card.num_classes)
 
 
 def test_an_unknown_timm_model_is_refused() -> None:
@@ -127,5 +136,5 @@ def test_a_timm_teacher_and_a_timm_student_run_through_the_one_epoch_pipeline(tm
         stage(params, paths)
     results = evaluate(params, paths)
     teacher, checkpoint = load_model(paths.model("teacher"))
-    assert type(teacher).__name__ == "TimmModel" and checkpoint["model_config"]["arch"] == "timm:resnet18"
+    assert type(teacher).__name__ == "TimmModel" and checkpoint.model_config.arch == "timm:resnet18"
     assert results["teacher"]["params"] > 10 * results["student_kd"]["params"]

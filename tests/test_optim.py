@@ -15,11 +15,14 @@ from torch import nn
 
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
 from pipelines.config import ParamsError, load_params
-from pipelines.config.optim import AdagradParams, AdamParams, NAdamParams, RAdamParams, RMSpropParams, SGDParams
+from pipelines.config.optim import AdagradParams, AdamParams, AdamWParams, NAdamParams, RAdamParams, RMSpropParams, SGDParams
 from pipelines.config.schedules import ConstantSchedule, CosineRestartsSchedule, CosineSchedule, ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, PlateauSchedule, SequenceSchedule, StepSchedule
 from pipelines.config.training import ModelParams, RegularizationParams, TrainParams, TrainingParams
 from pipelines.data.images import ImageSet
-from pipelines.optim import OPTIMIZERS, build_optimizer, build_schedule, steps_per_epoch
+from pipelines.config.optim import OPTIMIZERS
+from pipelines.engine.objective import CrossEntropy
+from pipelines.engine.optim import build_optimizer
+from pipelines.engine.schedules import build_schedule, steps_per_epoch
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.loop import fit
 
@@ -68,7 +71,7 @@ OPTIMIZER_CASES = [
         {"lr": 0.003, "betas": (0.8, 0.95), "eps": 1e-6, "amsgrad": True},
     ),
     (
-        AdamParams(name="adamw", lr=0.002, betas=(0.85, 0.99), eps=1e-7),
+        AdamWParams(name="adamw", lr=0.002, betas=(0.85, 0.99), eps=1e-7),
         torch.optim.AdamW,
         {"lr": 0.002, "betas": (0.85, 0.99), "eps": 1e-7, "amsgrad": False},
     ),
@@ -100,7 +103,7 @@ def test_optimizer_is_its_torch_class_with_two_groups_decaying_only_the_weights(
     model = small_net()
     # adamw only decays decoupled (the schema refuses coupled decay for it); the others here are coupled.
     mode = "decoupled" if params.name == "adamw" else "coupled"
-    optimizer = build_optimizer(model, params, RegularizationParams(weight_decay=0.01, weight_decay_mode=mode))
+    optimizer = build_optimizer(model.parameters(), params, RegularizationParams(weight_decay=0.01, weight_decay_mode=mode))
 
     assert type(optimizer) is torch_class
     decayed, not_decayed = optimizer.param_groups
@@ -117,7 +120,7 @@ def test_decay_bias_and_norm_puts_every_parameter_in_one_decayed_group(params, t
     model = small_net()
     mode = "decoupled" if params.name == "adamw" else "coupled"
     regularization = RegularizationParams(weight_decay=0.03, weight_decay_mode=mode, decay_bias_and_norm=True)
-    optimizer = build_optimizer(model, params, regularization)
+    optimizer = build_optimizer(model.parameters(), params, regularization)
     [group] = optimizer.param_groups
     assert ids(group["params"]) == ids(model.parameters())
     assert group["weight_decay"] == 0.03
@@ -126,7 +129,7 @@ def test_decay_bias_and_norm_puts_every_parameter_in_one_decayed_group(params, t
 
 def test_a_model_without_biases_or_norms_gets_a_single_group():
     model = nn.Linear(3, 2, bias=False)
-    optimizer = build_optimizer(model, SGDParams(name="sgd", lr=LR), NO_DECAY)
+    optimizer = build_optimizer(model.parameters(), SGDParams(name="sgd", lr=LR), NO_DECAY)
     assert [ids(group["params"]) for group in optimizer.param_groups] == [[id(model.weight)]]
 
 
@@ -134,18 +137,18 @@ def test_a_model_without_biases_or_norms_gets_a_single_group():
 def test_decoupled_decay_sets_the_torch_flag_on_adam_nadam_and_radam(name):
     params = {"adam": AdamParams, "nadam": NAdamParams, "radam": RAdamParams}[name](name=name, lr=0.01)
     regularization = RegularizationParams(weight_decay=0.05, weight_decay_mode="decoupled")
-    decoupled = build_optimizer(small_net(), params, regularization)
+    decoupled = build_optimizer(small_net().parameters(), params, regularization)
     assert [group["decoupled_weight_decay"] for group in decoupled.param_groups] == [True, True]
     assert [group["weight_decay"] for group in decoupled.param_groups] == [0.05, 0.0]
     regularization = RegularizationParams(weight_decay=0.05, weight_decay_mode="coupled")
-    coupled = build_optimizer(small_net(), params, regularization)
+    coupled = build_optimizer(small_net().parameters(), params, regularization)
     assert [group["decoupled_weight_decay"] for group in coupled.param_groups] == [False, False]
     assert [group["weight_decay"] for group in coupled.param_groups] == [0.05, 0.0]
 
 
 def test_decoupled_decay_on_adamw_is_adamws_own_weight_decay():
     regularization = RegularizationParams(weight_decay=0.05, weight_decay_mode="decoupled")
-    optimizer = build_optimizer(small_net(), AdamParams(name="adamw", lr=0.01), regularization)
+    optimizer = build_optimizer(small_net().parameters(), AdamWParams(name="adamw", lr=0.01), regularization)
     assert type(optimizer) is torch.optim.AdamW
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.05, 0.0]
 
@@ -159,7 +162,7 @@ def test_decoupled_decay_without_a_torch_option_turns_off_torchs_coupled_decay(p
     # torch's own weight_decay (coupled) is 0; the step pre-hook shrinks the weights instead (see
     # test_regularization.py for the arithmetic).
     regularization = RegularizationParams(weight_decay=0.05, weight_decay_mode="decoupled")
-    optimizer = build_optimizer(small_net(), params, regularization)
+    optimizer = build_optimizer(small_net().parameters(), params, regularization)
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0, 0]
     assert [group["decoupled_weight_decay"] for group in optimizer.param_groups] == [0.05, 0.0]
 
@@ -218,7 +221,7 @@ def lr_per_step(
     schedule, epochs: int, steps: int = 1, lr: float = LR, metrics: list[dict] | None = None
 ) -> list[float]:
     """The learning rate of every optimizer step of a run of `epochs` x `steps`, calling the schedule as fit does."""
-    optimizer = build_optimizer(nn.Linear(2, 1), SGDParams(name="sgd", lr=lr), NO_DECAY)
+    optimizer = build_optimizer(nn.Linear(2, 1).parameters(), SGDParams(name="sgd", lr=lr), NO_DECAY)
     lr_schedule = build_schedule(optimizer, schedule, epochs, steps)
     rates = []
     for epoch in range(epochs):
@@ -394,7 +397,7 @@ def test_sequence_with_a_warmup_counts_its_milestones_from_the_end_of_the_warmup
     ids=["step", "exponential", "cosine"],
 )
 def test_an_interval_step_schedule_moves_on_after_step_and_ignores_after_epoch(schedule):
-    optimizer = build_optimizer(nn.Linear(2, 1), SGDParams(name="sgd", lr=LR), NO_DECAY)
+    optimizer = build_optimizer(nn.Linear(2, 1).parameters(), SGDParams(name="sgd", lr=LR), NO_DECAY)
     lr_schedule = build_schedule(optimizer, schedule, epochs=1, steps_per_epoch=2)  # a cosine over 2 steps
     lr_schedule.after_epoch({"val_loss": 1.0, "val_accuracy": 0.5})
     assert optimizer.param_groups[0]["lr"] == LR
@@ -413,7 +416,7 @@ def test_an_interval_step_schedule_moves_on_after_step_and_ignores_after_epoch(s
     ids=["step", "exponential", "cosine"],
 )
 def test_an_interval_epoch_schedule_moves_on_after_epoch_and_ignores_after_step(schedule):
-    optimizer = build_optimizer(nn.Linear(2, 1), SGDParams(name="sgd", lr=LR), NO_DECAY)
+    optimizer = build_optimizer(nn.Linear(2, 1).parameters(), SGDParams(name="sgd", lr=LR), NO_DECAY)
     lr_schedule = build_schedule(optimizer, schedule, epochs=2, steps_per_epoch=5)  # a cosine over 2 epochs
     for _ in range(5):
         optimizer.step()
@@ -460,5 +463,6 @@ def test_fit_takes_steps_per_epoch_optimizer_steps_and_full_batch_takes_one(batc
     )
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    _, metrics = fit(model, data, data, training, Runtime(torch.device("cpu")), seed=0)
+    objective = CrossEntropy(training.regularization.label_smoothing)
+    _, metrics = fit(model, data, data, objective, training, Runtime(torch.device("cpu")), seed=0)
     assert (metrics["epochs"], metrics["steps"]) == (3, 3 * steps)

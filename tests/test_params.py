@@ -11,8 +11,9 @@ import yaml
 from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
 from pipelines.config import ParamsError, load_params
 from pipelines.config.optim import AdamParams, SGDParams
-from pipelines.config.params import apply_overrides
-from pipelines.config.training import RegularizationParams, TrainParams
+from pipelines.config.params import apply_overrides, validate_params
+from pipelines.config.training import ModelParams, RegularizationParams, TrainParams
+from pipelines.kd import check_students
 
 PARAMS = SHIPPED_PARAMS
 
@@ -41,8 +42,8 @@ def test_shipped_params_yaml_loads_with_its_values():
     assert params.teacher.train.epochs == raw["teacher"]["train"]["epochs"]
     assert params.teacher.optimizer.name == raw["teacher"]["optimizer"]["name"]
     assert params.student.optimizer.lr == raw["student"]["optimizer"]["lr"]
-    assert params.distill.temperature == raw["distill"]["temperature"]
-    assert params.distill.alpha == raw["distill"]["alpha"]
+    assert params.distill["student_kd"].method == raw["distill"]["student_kd"]["method"]
+    assert params.distill["student_kd"].options == {"temperature": 4.0, "alpha": 0.9}
     assert list(params.augment.scale) == raw["augment"]["scale"]
     assert params.teacher.schedule.interval == raw["teacher"]["schedule"]["interval"]
     assert params.teacher.regularization.weight_decay == raw["teacher"]["regularization"]["weight_decay"]
@@ -52,9 +53,9 @@ def test_shipped_params_yaml_loads_with_its_values():
 def test_dotted_overrides_set_nested_values_without_touching_the_input():
     raw = yaml.safe_load(PARAMS.read_text())
     before = yaml.safe_dump(raw)
-    changed = apply_overrides(raw, {"teacher.train.epochs": 3, "distill.optimizer": {"name": "adam", "lr": 0.1}})
+    changed = apply_overrides(raw, {"teacher.train.epochs": 3, "distill.student_kd.optimizer": {"name": "adam", "lr": 0.1}})
     assert changed["teacher"]["train"]["epochs"] == 3
-    assert changed["distill"]["optimizer"] == {"name": "adam", "lr": 0.1}
+    assert changed["distill"]["student_kd"]["optimizer"] == {"name": "adam", "lr": 0.1}
     assert yaml.safe_dump(raw) == before
     assert load_params(PARAMS, {"teacher.train.epochs": 3}).teacher.train.epochs == 3
 
@@ -103,23 +104,50 @@ def test_negative_learning_rate_is_rejected(section):
     assert "-0.01" in line
 
 
+def method_error(overrides: dict[str, Any]) -> str:
+    """The message of the ParamsError that pipelines.kd raises for the shipped students with `overrides`."""
+    with pytest.raises(ParamsError) as caught:
+        check_students(load_params(PARAMS, overrides), str(PARAMS))
+    return str(caught.value)
+
+
 @pytest.mark.parametrize(("alpha", "bound"), [(1.5, "less than or equal to 1"), (-0.1, "greater than or equal to 0")])
 def test_alpha_outside_zero_one_is_rejected(alpha, bound):
-    [line] = problem_lines(params_error({"distill.alpha": alpha}))
-    assert line.startswith("distill.alpha: ")
+    [line] = problem_lines(method_error({"distill.student_kd.alpha": alpha}))
+    assert line.startswith("distill.student_kd.alpha: ")
     assert bound in line
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_alpha_at_either_end_of_the_range_is_accepted(alpha):
-    assert load_params(PARAMS, {"distill.alpha": alpha}).distill.alpha == alpha
+    params = load_params(PARAMS, {"distill.student_kd.alpha": alpha})
+    check_students(params)
+    assert params.distill["student_kd"].options["alpha"] == alpha
 
 
 @pytest.mark.parametrize("temperature", [0, -2.0])
 def test_temperature_must_be_positive(temperature):
-    [line] = problem_lines(params_error({"distill.temperature": temperature}))
-    assert line.startswith("distill.temperature: ")
+    [line] = problem_lines(method_error({"distill.student_kd.temperature": temperature}))
+    assert line.startswith("distill.student_kd.temperature: ")
     assert "greater than 0" in line
+
+
+def test_an_unknown_method_lists_the_methods():
+    [line] = problem_lines(method_error({"distill.student_kd.method": "fitnet2"}))
+    assert line == "distill.student_kd.method: unknown method 'fitnet2'; valid: hinton"
+
+
+def test_an_option_the_method_does_not_take_is_named_with_the_ones_it_takes():
+    [line] = problem_lines(method_error({"distill.student_kd.temprature": 2.0}))
+    assert line.startswith("distill.student_kd: unknown key(s) temprature; allowed keys here: temperature, alpha")
+
+
+@pytest.mark.parametrize("name", ["teacher", "student_baseline", "my student", "kd/1"])
+def test_a_student_name_must_be_a_file_and_stage_name_of_its_own(name):
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["distill"] = {name: raw["distill"]["student_kd"]}
+    with pytest.raises(ParamsError, match="use letters, digits"):
+        validate_params(raw)
 
 
 def test_split_ratios_must_sum_to_one():
@@ -236,18 +264,18 @@ def test_early_stopping_patience_must_be_at_least_one():
     assert "greater than or equal to 1" in line
 
 
-def test_errors_inside_distill_overrides_name_the_distill_key_path():
-    [line] = problem_lines(params_error({"distill.optimizer": {"name": "sgd", "lr": -1.0}}))
-    assert line.startswith("distill.optimizer.lr: ")
+def test_errors_inside_a_student_s_overrides_name_the_student_s_key_path():
+    [line] = problem_lines(params_error({"distill.student_kd.optimizer": {"name": "sgd", "lr": -1.0}}))
+    assert line.startswith("distill.student_kd.optimizer.lr: ")
 
 
 def test_several_errors_are_all_reported_at_once():
     lines = problem_lines(
-        params_error({"teacher.optimizer.lr": -1.0, "student.train.epochs": "x", "distill.alpha": 2.0})
+        params_error({"teacher.optimizer.lr": -1.0, "student.train.epochs": "x", "distill.student_kd.train": {"epochs": 0, "batch_size": 32}})
     )
     assert len(lines) == 3
     named = sorted(line.split(":")[0] for line in lines)
-    assert named == ["distill.alpha", "student.train.epochs", "teacher.optimizer.lr"]
+    assert named == ["distill.student_kd.train.epochs", "student.train.epochs", "teacher.optimizer.lr"]
 
 
 def test_missing_file_is_a_params_error(tmp_path):
@@ -302,25 +330,24 @@ def test_stage_cli_with_bad_params_exits_2_naming_the_key_and_writes_nothing(tmp
 # --- the distilled student's settings --------------------------------------------------------------
 
 
-def test_distill_training_defaults_to_the_students_settings():
+def test_a_student_s_training_defaults_to_the_student_section():
     params = load_params(PARAMS)
-    assert params.distill.train is None and params.distill.optimizer is None and params.distill.schedule is None
-    assert params.distill.regularization is None
-    assert params.distill_training() == params.student
+    assert params.distill["student_kd"].overrides == {}
+    assert params.student_training("student_kd") == params.student
 
 
-def test_distill_training_applies_distills_overrides_to_the_students_settings():
+def test_a_student_s_overrides_replace_those_sections_of_the_student_settings():
     params = load_params(
         PARAMS,
         {
-            "distill.train": {"epochs": 3, "batch_size": 64},
-            "distill.optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.5},
+            "distill.student_kd.train": {"epochs": 3, "batch_size": 64},
+            "distill.student_kd.optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.5},
         },
     )
-    training = params.distill_training()
+    training = params.student_training("student_kd")
     assert training.train == TrainParams(epochs=3, batch_size=64)
     assert training.optimizer == SGDParams(name="sgd", lr=0.2, momentum=0.5)
-    # Whatever distill leaves out stays the student's.
+    # Whatever the student leaves out stays the student section's.
     assert training.model == params.student.model
     assert training.schedule == params.student.schedule
     # The student's own settings are unchanged.
@@ -328,10 +355,12 @@ def test_distill_training_applies_distills_overrides_to_the_students_settings():
     assert params.student.train.epochs == yaml.safe_load(PARAMS.read_text())["student"]["train"]["epochs"]
 
 
-def test_distill_training_picks_up_a_regularization_override():
+def test_a_student_may_override_its_model_and_regularization():
     regularization = {"weight_decay": 0.01, "weight_decay_mode": "decoupled", "label_smoothing": 0.1}
-    params = load_params(PARAMS, {"distill.regularization": regularization})
-    training = params.distill_training()
+    model = {"arch": "cnn", "width": 4, "depth": 1, "dropout": 0.0}
+    params = load_params(PARAMS, {"distill.student_kd.regularization": regularization, "distill.student_kd.model": model})
+    training = params.student_training("student_kd")
+    assert training.model == ModelParams(**model)
     assert training.regularization == RegularizationParams(**regularization)
     assert training.optimizer == params.student.optimizer
     assert params.student.regularization.label_smoothing == 0.0

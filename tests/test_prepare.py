@@ -201,7 +201,7 @@ def test_different_seed_gives_a_different_split(prepared, params, tmp_path):
     card = prepare(params.model_copy(update={"seed": params.seed + 1}), other)
     first = json.loads(prepared.card.read_text())
     for name in SPLITS:
-        assert card["splits"][name]["count"] == first["splits"][name]["count"]
-        assert card["splits"][name]["sha256"] != first["splits"][name]["sha256"]
+        assert card.splits[name].count == first["splits"][name]["count"]
+        assert card.splits[name].sha256 != first["splits"][name]["sha256"]
     other_test = pixel_rows(read_image_set(other.split("test")))
     assert set(other_test) != set(pixel_rows(read_image_set(prepared.split("test"))))

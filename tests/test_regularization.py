@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.config.optim import AdagradParams, AdamParams, RMSpropParams, SGDParams
+from pipelines.config.optim import AdagradParams, AdamParams, AdamWParams, RMSpropParams, SGDParams
 from pipelines.config.schedules import ConstantSchedule
 from pipelines.config.training import EarlyStoppingParams, GradClipParams, ModelParams, RegularizationParams, TrainParams, TrainingParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.early_stopping import EarlyStopping
-from pipelines.losses import hinton_kd_loss
-from pipelines.optim import build_optimizer, l1_penalty
+from pipelines.engine.objective import Batch, CrossEntropy
+from pipelines.engine.optim import build_optimizer, l1_penalty
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.loop import clip_gradients, fit, validate
 
@@ -62,7 +62,7 @@ def decay(mode: str, weight_decay: float = WD) -> RegularizationParams:
 def test_coupled_decay_with_plain_sgd_adds_wd_times_p_to_the_gradient_of_the_weights_only():
     linear = layer()
     w, g, b, gb = tensors()
-    build_optimizer(linear, SGDParams(name="sgd", lr=LR), decay("coupled")).step()
+    build_optimizer(linear.parameters(), SGDParams(name="sgd", lr=LR), decay("coupled")).step()
     assert torch.allclose(linear.weight, w - LR * (g + WD * w), rtol=0, atol=1e-15)
     assert torch.allclose(linear.bias, b - LR * gb, rtol=0, atol=1e-15)  # biases are not decayed
 
@@ -71,7 +71,7 @@ def test_coupled_decay_of_biases_too_when_decay_bias_and_norm():
     linear = layer()
     w, g, b, gb = tensors()
     regularization = RegularizationParams(weight_decay=WD, weight_decay_mode="coupled", decay_bias_and_norm=True)
-    build_optimizer(linear, SGDParams(name="sgd", lr=LR), regularization).step()
+    build_optimizer(linear.parameters(), SGDParams(name="sgd", lr=LR), regularization).step()
     assert torch.allclose(linear.weight, w - LR * (g + WD * w), rtol=0, atol=1e-15)
     assert torch.allclose(linear.bias, b - LR * (gb + WD * b), rtol=0, atol=1e-15)
 
@@ -79,7 +79,7 @@ def test_coupled_decay_of_biases_too_when_decay_bias_and_norm():
 def test_decoupled_decay_with_sgd_shrinks_the_weights_outside_the_gradient():
     linear = layer()
     w, g, b, gb = tensors()
-    build_optimizer(linear, SGDParams(name="sgd", lr=LR), decay("decoupled")).step()
+    build_optimizer(linear.parameters(), SGDParams(name="sgd", lr=LR), decay("decoupled")).step()
     assert torch.allclose(linear.weight, w * (1 - LR * WD) - LR * g, rtol=0, atol=1e-15)
     assert torch.allclose(linear.bias, b - LR * gb, rtol=0, atol=1e-15)
     # The decay never touched the gradient.
@@ -90,7 +90,7 @@ def test_decoupled_decay_with_sgd_shrinks_the_weights_outside_the_gradient():
 def test_decoupled_decay_uses_the_lr_of_each_step():
     linear = layer()
     w, g, _, _ = tensors()
-    optimizer = build_optimizer(linear, SGDParams(name="sgd", lr=LR), decay("decoupled"))
+    optimizer = build_optimizer(linear.parameters(), SGDParams(name="sgd", lr=LR), decay("decoupled"))
     for group in optimizer.param_groups:
         group["lr"] = 0.01  # as a schedule would set it
     optimizer.step()
@@ -110,12 +110,12 @@ def test_decoupled_decay_is_the_undecayed_step_taken_from_the_shrunk_weights(par
     # For optimizers without torch's own decoupled decay, each step first does p <- p * (1 - lr * wd),
     # then the usual update from the (unchanged) gradient.
     decayed = layer()
-    build_optimizer(decayed, params, decay("decoupled")).step()
+    build_optimizer(decayed.parameters(), params, decay("decoupled")).step()
 
     reference = layer()
     with torch.no_grad():
         reference.weight.mul_(1 - LR * WD)
-    build_optimizer(reference, params, decay("coupled", 0.0)).step()
+    build_optimizer(reference.parameters(), params, decay("coupled", 0.0)).step()
 
     assert torch.allclose(decayed.weight, reference.weight, rtol=0, atol=1e-15)
     assert torch.allclose(decayed.bias, reference.bias, rtol=0, atol=1e-15)
@@ -129,15 +129,15 @@ def adam_first_step(p: torch.Tensor, g: torch.Tensor, eps: float = 1e-8) -> torc
 def test_decoupled_decay_with_adam_shrinks_the_weights_and_steps_on_the_raw_gradient():
     linear = layer()
     w, g, b, gb = tensors()
-    build_optimizer(linear, AdamParams(name="adam", lr=LR), decay("decoupled")).step()
+    build_optimizer(linear.parameters(), AdamParams(name="adam", lr=LR), decay("decoupled")).step()
     assert torch.allclose(linear.weight, adam_first_step(w * (1 - LR * WD), g), rtol=0, atol=1e-12)
     assert torch.allclose(linear.bias, adam_first_step(b, gb), rtol=0, atol=1e-12)
 
 
 def test_adamw_decoupled_is_the_same_step_as_adam_decoupled():
     adam, adamw = layer(), layer()
-    build_optimizer(adam, AdamParams(name="adam", lr=LR), decay("decoupled")).step()
-    build_optimizer(adamw, AdamParams(name="adamw", lr=LR), decay("decoupled")).step()
+    build_optimizer(adam.parameters(), AdamParams(name="adam", lr=LR), decay("decoupled")).step()
+    build_optimizer(adamw.parameters(), AdamWParams(name="adamw", lr=LR), decay("decoupled")).step()
     assert torch.allclose(adam.weight, adamw.weight, rtol=0, atol=1e-15)
     assert torch.allclose(adam.bias, adamw.bias, rtol=0, atol=1e-15)
 
@@ -145,8 +145,8 @@ def test_adamw_decoupled_is_the_same_step_as_adam_decoupled():
 def test_coupled_decay_with_adam_enters_the_gradient_and_so_is_normalized_away():
     coupled, decoupled = layer(), layer()
     w, g, _, _ = tensors()
-    build_optimizer(coupled, AdamParams(name="adam", lr=LR), decay("coupled")).step()
-    build_optimizer(decoupled, AdamParams(name="adam", lr=LR), decay("decoupled")).step()
+    build_optimizer(coupled.parameters(), AdamParams(name="adam", lr=LR), decay("coupled")).step()
+    build_optimizer(decoupled.parameters(), AdamParams(name="adam", lr=LR), decay("decoupled")).step()
     # Coupled: Adam normalizes g + wd * p as a whole.
     assert torch.allclose(coupled.weight, adam_first_step(w, g + WD * w), rtol=0, atol=1e-12)
     # Weight [1, 0] has gradient -0.01: with coupled decay its effective gradient -0.01 + 0.5 * 0.5 = 0.24
@@ -202,7 +202,7 @@ def total_norm(linear: nn.Linear) -> float:
 
 def test_clipping_by_norm_scales_all_gradients_to_the_max_global_norm():
     linear = clip_layer([[3.0, 4.0]], [12.0])  # global norm sqrt(9 + 16 + 144) = 13
-    clip_gradients(linear, GradClipParams(by="norm", max=1.0))
+    clip_gradients(linear.parameters(), GradClipParams(by="norm", max=1.0))
     assert total_norm(linear) <= 1.0
     assert total_norm(linear) == pytest.approx(1.0, abs=1e-6)
     assert linear.weight.grad.flatten().tolist() == pytest.approx([3 / 13, 4 / 13], abs=1e-6)
@@ -211,13 +211,13 @@ def test_clipping_by_norm_scales_all_gradients_to_the_max_global_norm():
 
 def test_clipping_by_norm_leaves_gradients_within_the_max_alone():
     linear = clip_layer([[0.3, 0.4]], [0.0])  # norm 0.5
-    clip_gradients(linear, GradClipParams(by="norm", max=1.0))
+    clip_gradients(linear.parameters(), GradClipParams(by="norm", max=1.0))
     assert linear.weight.grad.tolist() == [[0.3, 0.4]]
 
 
 def test_clipping_by_value_clamps_each_element_to_plus_minus_max():
     linear = clip_layer([[3.0, -0.2]], [-12.0])
-    clip_gradients(linear, GradClipParams(by="value", max=0.5))
+    clip_gradients(linear.parameters(), GradClipParams(by="value", max=0.5))
     assert all(float(p.grad.abs().max()) <= 0.5 for p in linear.parameters())
     assert linear.weight.grad.tolist() == [[0.5, -0.2]]
     assert linear.bias.grad.tolist() == [-0.5]
@@ -225,7 +225,7 @@ def test_clipping_by_value_clamps_each_element_to_plus_minus_max():
 
 def test_no_clipping_configured_changes_nothing():
     linear = clip_layer([[3.0, -0.2]], [-12.0])
-    clip_gradients(linear, None)
+    clip_gradients(linear.parameters(), None)
     assert linear.weight.grad.tolist() == [[3.0, -0.2]] and linear.bias.grad.tolist() == [-12.0]
 
 
@@ -245,12 +245,15 @@ def test_label_smoothing_mixes_the_target_with_a_uniform_distribution():
 
     expected = sum(row(values, label) for values, label in zip(logits, labels)) / len(labels)
     student, targets = torch.tensor(logits, dtype=torch.float64), torch.tensor(labels)
-    teacher = torch.zeros_like(student)
-    smoothed = hinton_kd_loss(student, teacher, targets, temperature=2.0, alpha=0.0, label_smoothing=smoothing)
-    plain = hinton_kd_loss(student, teacher, targets, temperature=2.0, alpha=0.0)
+    smoothed, _ = CrossEntropy(label_smoothing=smoothing)(nn.Identity(), full_batch(student, targets))
+    plain, _ = CrossEntropy()(nn.Identity(), full_batch(student, targets))
     assert float(smoothed) == pytest.approx(expected, rel=1e-12)
     assert float(smoothed) != pytest.approx(float(plain))
     assert float(plain) == pytest.approx(float(F.cross_entropy(student, targets)), rel=1e-12)
+
+
+def full_batch(logits: torch.Tensor, labels: torch.Tensor) -> Batch:
+    return Batch(images=logits, labels=labels, rows=torch.arange(len(labels)))
 
 
 # --- early stopping ---------------------------------------------------------------------------------
@@ -337,7 +340,9 @@ def trained(epochs: int, lr: float = 0.5, **regularization):
     """(model passed in, module returned, metrics) of a fit from the same initial weights and seed."""
     data = image_set()
     model = fresh_model()
-    kept, metrics = fit(model, data, data, training(epochs, lr, **regularization), Runtime(CPU), seed=0)
+    settings = training(epochs, lr, **regularization)
+    objective = CrossEntropy(settings.regularization.label_smoothing)
+    kept, metrics = fit(model, data, data, objective, settings, Runtime(CPU), seed=0)
     return model, kept, metrics
 
 

@@ -24,11 +24,14 @@ from pipelines.prepare import prepare
 from pipelines.data.sources import load_source
 from pipelines.distill import distill
 from pipelines.evaluate import evaluate
+from pipelines.report import report
 from pipelines.teacher_logits import teacher_logits
 from pipelines.train_student import train_student
 from pipelines.train_teacher import train_teacher
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, read_source, SHIPPED_PARAMS
 from tests.test_torchvision_data import TEST, write_cifar10, write_mnist
+
+MODELS = ("teacher", "student_baseline", "student_kd")  # those of the shipped params.yaml
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -134,12 +137,13 @@ def test_each_format_runs_through_the_whole_one_epoch_pipeline(tmp_path: Path, k
     for stage in (augment, train_teacher, train_student, teacher_logits, distill):
         stage(params, paths)
     results = evaluate(params, paths)
-    assert card["image_shape"] == [3 if rgb else 1, *size] and card["num_classes"] == 3
+    report(params, paths)
+    assert list(card.image_shape) == [3 if rgb else 1, *size] and card.num_classes == 3
     for name in MODELS:
         _, checkpoint = load_model(paths.model(name))
-        assert checkpoint["model_config"]["in_channels"] == (3 if rgb else 1)
-        assert checkpoint["model_config"]["num_classes"] == 3
-        assert checkpoint["metrics"]["epochs"] == 1
+        assert checkpoint.model_config.in_channels == (3 if rgb else 1)
+        assert checkpoint.model_config.num_classes == 3
+        assert checkpoint.metrics["epochs"] == 1
     # Class names reach the metrics and the report (npz and Parquet labels here are 0, 1, 2).
     names = CLASSES if kind == "imagefolder" else ["0", "1", "2"]
     assert list(results["student_kd"]["per_class"]) == names
@@ -161,9 +165,9 @@ def test_a_torchvision_dataset_keeps_its_official_test_set_and_runs_one_teacher_
     official_test = len(images) - TEST
     test = read_image_set(paths.split("test"))
     assert torch.equal(test.images, torch.from_numpy(images[official_test:]))
-    assert card["splits"]["train"]["count"] + card["splits"]["val"]["count"] == official_test
-    assert card["image_shape"] == list(images.shape[1:]) and card["num_classes"] == 10
-    assert load_model(paths.model("teacher"))[1]["model_config"]["in_channels"] == images.shape[1]
+    assert card.splits["train"].count + card.splits["val"].count == official_test
+    assert card.image_shape == tuple(images.shape[1:]) and card.num_classes == 10
+    assert load_model(paths.model("teacher"))[1].model_config.in_channels == images.shape[1]
 
 
 def test_train_and_test_folders_fix_the_test_split_and_val_comes_from_train(tmp_path: Path):
@@ -172,9 +176,9 @@ def test_train_and_test_folders_fix_the_test_split_and_val_comes_from_train(tmp_
     image_folder(root / "test", rgb=False, per_class=2)
     paths = Paths(tmp_path / "project")
     card = prepare(params_for(f"imagefolder:{root}"), paths)
-    assert card["splits"]["test"]["count"] == 6
-    assert card["splits"]["train"]["count"] + card["splits"]["val"]["count"] == 30
-    assert all(count > 0 for count in card["splits"]["val"]["per_class"].values())
+    assert card.splits["test"].count == 6
+    assert card.splits["train"].count + card.splits["val"].count == 30
+    assert all(count > 0 for count in card.splits["val"].per_class.values())
 
 
 @pytest.mark.parametrize("kind", ["imagefolder", "npz", "parquet"])
@@ -213,7 +217,7 @@ def test_a_parquet_object_on_s3_is_streamed_through_prepare(tmp_path: Path, s3_e
     s3_env.client().upload_file(local, bucket, "datasets/animals.parquet")
     paths = Paths(tmp_path / "project")
     card = prepare(params_for(f"parquet:s3://{bucket}/datasets/animals.parquet"), paths)
-    assert card["class_names"] == ["0", "1", "2"] and card["image_shape"] == [3, 8, 8]
+    assert card.class_names == ["0", "1", "2"] and list(card.image_shape) == [3, 8, 8]
     from_s3 = read_image_set(paths.split("train"))
     prepare(params_for(f"parquet:{local}"), local_paths := Paths(tmp_path / "local"))
     assert torch.equal(from_s3.images, read_image_set(local_paths.split("train")).images)
@@ -319,8 +323,8 @@ def test_by_default_the_card_holds_the_training_split_s_own_statistics(tmp_path:
     paths = Paths(tmp_path / "project")
     card = prepare(params, paths)
     train = read_image_set(paths.split("train")).images.float() / 255.0
-    assert card["pixel_mean"] == pytest.approx(train.mean(dim=(0, 2, 3)).tolist())
-    assert card["pixel_std"] == pytest.approx(train.std(dim=(0, 2, 3)).tolist())
+    assert card.pixel_mean == pytest.approx(train.mean(dim=(0, 2, 3)).tolist())
+    assert card.pixel_std == pytest.approx(train.std(dim=(0, 2, 3)).tolist())
 
 
 def test_given_normalization_reaches_the_card_and_the_model(tmp_path: Path):
@@ -331,7 +335,7 @@ def test_given_normalization_reaches_the_card_and_the_model(tmp_path: Path):
     card = prepare(params, paths)
     augment(params, paths)
     train_teacher(params, paths)
-    assert (card["pixel_mean"], card["pixel_std"]) == (normalize["mean"], normalize["std"])
+    assert (card.pixel_mean, card.pixel_std) == (normalize["mean"], normalize["std"])
     model, _ = load_model(paths.model("teacher"))
     assert model.mean.flatten().tolist() == pytest.approx(normalize["mean"])
     assert model.std.flatten().tolist() == pytest.approx(normalize["std"])

@@ -21,18 +21,21 @@ from pipelines.engine.checkpoint import load_model
 from pipelines.config import load_params
 from pipelines.data.images import ImageSet, open_image_set
 from pipelines.distill import distill
-from pipelines.models import build_model, count_parameters, model_config
+from pipelines.engine.training import model_config
+from pipelines.models import ModelConfig, build_model, count_parameters
 from pipelines.engine.schedules import steps_per_epoch
 from pipelines.core.paths import Paths
 from pipelines.engine.inference import predict_logits
 from pipelines.prepare import prepare
+from pipelines.data.card import DatasetCard
+from pipelines.engine.objective import CrossEntropy
 from pipelines.engine.runtime import Runtime
 from pipelines.teacher_logits import teacher_logits
 from pipelines.engine.loop import fit
 from pipelines.train_teacher import train_teacher
 
 CPU = torch.device("cpu")
-DIGITS_CARD = {"image_shape": [1, 8, 8], "num_classes": 10, "pixel_mean": [0.3], "pixel_std": [0.4]}
+DIGITS_CARD = DatasetCard("digits", [str(digit) for digit in range(10)], (1, 8, 8), 10, [0.3], [0.4], {})
 
 
 def copy_inputs(source: Paths, target: Paths) -> None:
@@ -56,7 +59,7 @@ def test_train_teacher_writes_a_weights_only_checkpoint_with_state_dict_config_a
     config = checkpoint["model_config"]
     assert (config["width"], config["depth"]) == (params.teacher.model.width, params.teacher.model.depth)
     assert config["num_classes"] == 10 and config["in_channels"] == 1 and config["image_size"] == [8, 8]
-    model = build_model(config)
+    model = build_model(ModelConfig.from_dict(config))
     model.load_state_dict(checkpoint["state_dict"])  # strict: every key and shape matches
     assert checkpoint["metrics"]["epochs"] == params.teacher.train.epochs
     assert {"train_loss", "val_loss", "val_accuracy"} <= set(checkpoint["metrics"])
@@ -68,9 +71,9 @@ def test_checkpoint_metrics_describe_the_saved_weights(trained_pipeline):
     val = read_image_set(paths.split("val"))
     logits = predict_logits(model, val.images, CPU)
     accuracy = float((logits.argmax(1) == val.labels).float().mean())
-    assert accuracy == pytest.approx(checkpoint["metrics"]["val_accuracy"], abs=1e-6)
+    assert accuracy == pytest.approx(checkpoint.metrics["val_accuracy"], abs=1e-6)
     loss = float(nn.functional.cross_entropy(logits, val.labels))
-    assert loss == pytest.approx(checkpoint["metrics"]["val_loss"], rel=1e-5)
+    assert loss == pytest.approx(checkpoint.metrics["val_loss"], rel=1e-5)
 
 
 def teacher_steps_per_epoch(params, paths: Paths) -> int:
@@ -82,11 +85,11 @@ def test_training_log_is_a_dvclive_folder_with_an_lr_row_per_step_and_a_metric_r
     log_dir = paths.training_log("teacher")
     assert log_dir == paths.root / "metrics" / "train" / "teacher"
     summary = json.loads((log_dir / "metrics.json").read_text())
-    checkpoint = torch.load(paths.model("teacher"), weights_only=True)
+    _, checkpoint = load_model(paths.model("teacher"))
     for name in ("train_loss", "val_loss", "val_accuracy"):
-        assert summary[name] == pytest.approx(checkpoint["metrics"][name])
+        assert summary[name] == pytest.approx(checkpoint.metrics[name])
     steps, epochs = teacher_steps_per_epoch(params, paths), params.teacher.train.epochs
-    assert steps > 1 and checkpoint["metrics"]["steps"] == epochs * steps
+    assert steps > 1 and checkpoint.metrics["steps"] == epochs * steps
     plots = log_dir / "plots" / "metrics"
     # The learning rate of every optimizer step; epoch metrics at each epoch's last step.
     lr_rows = read_tsv(plots / "lr.tsv")
@@ -168,14 +171,14 @@ def test_distill_trains_the_student_from_the_stored_logits_not_the_labels(traine
     np.save(paths.teacher_logits, fake)
     params = load_params(
         SHIPPED_PARAMS,
-        {**TINY_OVERRIDES, "distill.alpha": 1.0, "distill.train": {"epochs": 3, "batch_size": 128}},
+        {**TINY_OVERRIDES, "distill.student_kd.alpha": 1.0, "distill.student_kd.train": {"epochs": 3, "batch_size": 128}},
     )
 
-    metrics = distill(params, paths)
+    metrics = distill(params, paths)["student_kd"]
 
     student, checkpoint = load_model(paths.model("student_kd"))
-    assert checkpoint["metrics"] == metrics and metrics["epochs"] == 3
-    assert (checkpoint["model_config"]["width"], checkpoint["model_config"]["depth"]) == (
+    assert checkpoint.metrics == metrics and metrics["epochs"] == 3
+    assert (checkpoint.model_config.width, checkpoint.model_config.depth) == (
         params.student.model.width, params.student.model.depth)
     val = read_image_set(paths.split("val"))
     predictions = predict_logits(student, val.images, CPU).argmax(1)
@@ -217,7 +220,8 @@ def fit_linear(train_set: ImageSet, val_set: ImageSet) -> dict[str, torch.Tensor
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     training = load_params(SHIPPED_PARAMS, {"student.train.epochs": 2}).student
-    kept, _ = fit(model, train_set, val_set, training, Runtime(CPU, 0, 1), seed=0)
+    objective = CrossEntropy(training.regularization.label_smoothing)
+    kept, _ = fit(model, train_set, val_set, objective, training, Runtime(CPU, 0, 1), seed=0)
     return kept.state_dict()
 
 
@@ -251,4 +255,4 @@ def test_teacher_and_distilled_student_train_on_a_cutmix_transfer_set(tmp_path):
     transfer = read_image_set(paths.transfer)
     assert len(logits) == len(transfer) and (transfer.columns["mix_weight"] < 1).any()
     _, checkpoint = load_model(paths.model("student_kd"))
-    assert math.isfinite(checkpoint["metrics"]["train_loss"])
+    assert math.isfinite(checkpoint.metrics["train_loss"])

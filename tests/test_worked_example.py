@@ -38,7 +38,7 @@ def test_from_a_folder_of_images_to_a_published_distilled_student(project: Path,
     run(["dvc", "exp", "run", "-S", "data.source=imagefolder:data/raw/colors", "-S", "data.resize=[16,16]",
          "-S", "teacher.model.arch=resnet"], project)
     assert "| student_kd |" in (project / "reports" / "report.md").read_text()
-    assert load_model(project / "models" / "teacher.pt")[1]["model_config"]["arch"] == "resnet"
+    assert load_model(project / "models" / "teacher.pt")[1].model_config.arch == "resnet"
 
     # 4. Publish: an S3 remote, the pipeline's state in git, every artifact pushed.
     bucket = s3_env.make_bucket()
@@ -55,7 +55,7 @@ def test_from_a_folder_of_images_to_a_published_distilled_student(project: Path,
     published = consumer / "models" / "student_kd.pt"
     assert published.read_bytes() == (project / "models" / "student_kd.pt").read_bytes()
     student, checkpoint = load_model(published)
-    assert checkpoint["model_config"]["in_channels"] == 3 and checkpoint["model_config"]["num_classes"] == 3
+    assert checkpoint.model_config.in_channels == 3 and checkpoint.model_config.num_classes == 3
     image = torch.from_numpy(np.array(Image.open(project / "data" / "raw" / "colors" / "blue" / "0.jpg").resize((16, 16))))
     logits = student.eval()(image.permute(2, 0, 1)[None].float() / 255.0)
     assert logits.shape == (1, 3)

@@ -34,10 +34,10 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 def error_lines(error: ValidationError, raw: Any, prefix: str = "") -> list[str]:
     """One `  key.path: problem (got value)` line per error of validating `raw`; `prefix` is the key path of
-    `raw` itself inside the file (e.g. `distill.student_kd.`)."""
+    `raw` itself inside the file (e.g. `distill.student_kd`)."""
     lines = []
     for item in error.errors():
-        path = prefix + _key_path(item["loc"], raw) or "(top level)"
+        path = ".".join(part for part in (prefix, _key_path(item["loc"], raw)) if part) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         got = "" if item["type"] in ("missing", "value_error") else f" (got {item['input']!r})"
         lines.append(f"  {path}: {message}{got}")

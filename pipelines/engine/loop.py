@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from collections.abc import Iterable
 from itertools import chain
 from pathlib import Path
 
@@ -159,7 +160,7 @@ class _Trainee(nn.Module):
         return self.objective(self.model, batch)
 
 
-def clip_gradients(parameters: list[nn.Parameter], clip: GradClipParams | None) -> None:
+def clip_gradients(parameters: Iterable[nn.Parameter], clip: GradClipParams | None) -> None:
     """Clip in place, after backward (and DDP's all-reduce) and before the step."""
     if clip is None:
         return

@@ -29,7 +29,7 @@ def check_students(params: Params, source: str = "params.yaml") -> None:
         try:
             method_options(student)
         except ValidationError as error:
-            problems += error_lines(error, student.options, prefix=f"distill.{name}.")
+            problems += error_lines(error, student.options, prefix=f"distill.{name}")
         except ValueError as error:
             problems.append(f"  distill.{name}.method: {error}")
     if problems:

@@ -1,4 +1,6 @@
-"""Hinton et al.'s distillation loss against values and gradients worked out by hand."""
+"""The objectives the loop minimizes: cross-entropy on (mixed) labels, and Hinton et al.'s distillation
+loss, against values and gradients worked out by hand. Each is driven through its objective's forward,
+with the identity for a model, so the batch's "images" are the student's logits."""
 
 from __future__ import annotations
 
@@ -7,8 +9,28 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from pipelines.losses import cross_entropy, hinton_kd_loss
+from pipelines.engine.objective import Batch, CrossEntropy
+from pipelines.engine.objective import cross_entropy as objective_cross_entropy
+from pipelines.kd.hinton import Hinton
+
+
+def batch(logits, labels, mix_labels=None, mix_weights=None) -> Batch:
+    return Batch(images=logits, labels=labels, rows=torch.arange(len(labels)), mix_labels=mix_labels,
+                 mix_weights=mix_weights)
+
+
+def hinton_kd_loss(student, teacher, labels, temperature, alpha, label_smoothing=0.0, mix_labels=None,
+                   mix_weights=None) -> torch.Tensor:
+    """The Hinton objective's loss on `student` logits, with `teacher` as the stored logits of rows 0..B-1."""
+    objective = Hinton(teacher, temperature, alpha, label_smoothing)
+    loss, _ = objective(nn.Identity(), batch(student, labels, mix_labels, mix_weights))
+    return loss
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0, mix_labels=None, mix_weights=None) -> torch.Tensor:
+    return objective_cross_entropy(logits, batch(logits, labels, mix_labels, mix_weights), label_smoothing)
 
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 TEACHER = [[2.0, 1.0, 0.0], [1.0, 1.0, 2.0]]
@@ -127,3 +149,28 @@ def test_the_kd_loss_uses_the_mixed_labels_for_its_hard_term():
     assert soft_only.item() == pytest.approx(hinton_kd_loss(student, teacher, labels, 2.0, 1.0).item())
     hard_only = hinton_kd_loss(student, teacher, labels, 2.0, 0.0, **mixed)
     assert hard_only.item() == pytest.approx(cross_entropy(student, labels, **mixed).item())
+
+
+def test_the_cross_entropy_objective_is_the_cross_entropy_of_the_model_s_output_with_no_terms():
+    logits, labels = torch.tensor(STUDENT), torch.tensor(LABELS)
+    loss, terms = CrossEntropy(label_smoothing=0.1)(nn.Identity(), batch(logits, labels))
+    assert terms == {}
+    assert torch.equal(loss, F.cross_entropy(logits, labels, label_smoothing=0.1))
+
+
+def test_the_hinton_objective_logs_its_soft_and_hard_terms_before_weighting():
+    student, teacher, labels = torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
+    loss, terms = Hinton(teacher, 2.0, 0.7)(nn.Identity(), batch(student, labels))
+    assert set(terms) == {"soft", "hard"}
+    assert terms["hard"].item() == pytest.approx(F.cross_entropy(student, labels).item())
+    assert terms["soft"].item() == pytest.approx(by_hand(STUDENT, TEACHER, LABELS, 2.0, 1.0) / 4.0, rel=1e-6)
+    assert loss.item() == pytest.approx(0.7 * 4.0 * terms["soft"].item() + 0.3 * terms["hard"].item(), rel=1e-6)
+
+
+def test_the_hinton_objective_reads_the_stored_logits_of_the_batch_s_rows():
+    teacher = torch.tensor([[9.0, 0.0, 0.0], *TEACHER])  # row 0 belongs to another image
+    objective = Hinton(teacher, 2.0, 1.0)
+    rows = torch.tensor([1, 2])
+    student, labels = torch.tensor(STUDENT), torch.tensor(LABELS)
+    loss, _ = objective(nn.Identity(), Batch(images=student, labels=labels, rows=rows))
+    assert loss.item() == pytest.approx(hinton_kd_loss(student, torch.tensor(TEACHER), labels, 2.0, 1.0).item())
