@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipelines.core.paths import SPLITS, Paths
+from tasks.params import write_overrides
 from tests.conftest import PROJECT_ROOT, run
 
 
@@ -24,7 +25,7 @@ def ran_stages(dvc_output: str) -> list[str]:
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_finds_nothing_to_redo(project: Path) -> None:
     first = run(["dvc", "repro"], project)
-    assert ran_stages(first.stdout) == list(stages())
+    assert ran_stages(first.stdout) == list(resolved_stages())
     results = json.loads((project / "metrics" / "eval.json").read_text())
     assert set(results) == {"teacher", "student_baseline", "student_kd"}
 
@@ -35,11 +36,56 @@ def test_dvc_repro_runs_every_stage_then_finds_nothing_to_redo(project: Path) ->
 
 
 @pytest.mark.slow
-def test_changing_a_distill_param_reruns_only_distill_and_evaluate(project: Path) -> None:
+def test_changing_a_student_s_param_reruns_only_that_student_evaluate_and_report(project: Path) -> None:
     run(["dvc", "repro"], project)
     experiment = run(["dvc", "exp", "run", "--set-param", "distill.student_kd.temperature=2.0"], project)
-    assert ran_stages(experiment.stdout) == ["distill", "evaluate"]
+    assert ran_stages(experiment.stdout) == ["distill@student_kd", "evaluate", "report"]
     assert "temperature: 2.0" in (project / "params.yaml").read_text()
+
+
+def changed_stages(project: Path) -> list[str]:
+    """The stages `dvc status` finds changed (their own dependencies, not those downstream of them)."""
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    return sorted(status)
+
+
+@pytest.mark.slow
+def test_code_changes_rerun_only_the_stages_that_run_that_code(project: Path) -> None:
+    run(["dvc", "repro"], project)
+    method = project / "pipelines" / "kd" / "hinton.py"
+    method.write_text(method.read_text() + "\n# an edit of the distillation method\n")
+    assert changed_stages(project) == ["distill@student_kd"]  # not the teacher, not the baseline
+
+    run(["dvc", "repro"], project)
+    wording = project / "pipelines" / "evaluation" / "report.py"
+    wording.write_text(wording.read_text().replace("Per-class F1:", "F1 of each class:"))
+    assert changed_stages(project) == ["report"]  # the measurements (latency included) stay
+    rerun = run(["dvc", "repro"], project)
+    assert ran_stages(rerun.stdout) == ["report"]
+    assert "F1 of each class:" in (project / "reports" / "report.md").read_text()
+
+    loop = project / "pipelines" / "engine" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# an edit of the training loop\n")
+    assert changed_stages(project) == ["distill@student_kd", "train_student", "train_teacher"]
+
+
+@pytest.mark.slow
+def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report(project: Path) -> None:
+    run(["dvc", "repro"], project)
+    write_overrides(project / "params.yaml", {
+        "distill.student_t2": {"method": "hinton", "temperature": 2.0, "alpha": 0.5,
+                               "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
+    })
+    rerun = run(["dvc", "repro"], project)
+    assert ran_stages(rerun.stdout) == ["distill@student_t2", "evaluate", "report"]
+    assert (project / "models" / "student_t2.pt").exists()
+    assert (project / "metrics" / "train" / "student_t2" / "metrics.json").exists()
+    results = json.loads((project / "metrics" / "eval.json").read_text())
+    assert list(results) == ["teacher", "student_baseline", "student_kd", "student_t2"]
+    assert results["student_t2"]["params"] != results["student_kd"]["params"]  # another size
+    report = (project / "reports" / "report.md").read_text()
+    assert "| student_t2 |" in report and "student_t2 (hinton, temperature 2, alpha 0.5)" in report
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
 
 
 @pytest.mark.slow
@@ -159,6 +205,14 @@ def test_imports_point_one_way_from_the_stages_down_to_core_and_config(package: 
                 if top[0] == "pipelines":
                     assert len(top) > 1 and top[1] in LAYERS, f"{file}: imports the stage {name}"
                     assert top[1] in LAYERS[package] | {package}, f"{file}: {package} imports {name}"
+
+
+def test_no_stage_imports_prefect_or_the_flows() -> None:
+    for file in (PROJECT_ROOT / "pipelines").glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            assert not any(name.split(".")[0] in ("tasks", "flows", "prefect") for name in names), file
 
 
 def test_the_top_of_pipelines_holds_only_stage_entry_points() -> None:
