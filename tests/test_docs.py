@@ -1,0 +1,73 @@
+"""Each table of names is the one source of what the docs list: optimizers, schedules, architectures, data
+sources and distillation methods, with the classes they name, as the schema and the factories see them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import pipelines.data.sources
+import pipelines.models
+from pipelines.config.data import SOURCES
+from pipelines.config.optim import OPTIMIZERS
+from pipelines.config.schedules import SCHEDULES
+from pipelines.config.training import ARCHITECTURES
+from pipelines.kd import METHODS
+from pipelines.kd.base import Method
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
+
+
+def doc_table(path: str, heading: str) -> dict[str, list[str]]:
+    """The rows of the first markdown table under `heading`: first cell without backticks -> the other cells."""
+    text = (PROJECT_ROOT / path).read_text()
+    section = text[text.index(heading):]
+    rows = {}
+    lines = section.splitlines()[1:]
+    for line, after in zip(lines, lines[1:] + [""]):
+        if line.startswith("## "):
+            break
+        if line.startswith("| `") and not after.startswith("|---"):  # a row, not the header
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_the_optimizer_table_of_the_docs_is_the_schema_s_with_its_torch_classes() -> None:
+    documented = doc_table("docs/optimization.md", "## Optimizers")
+    assert list(documented) == list(OPTIMIZERS)
+    for name, schema in OPTIMIZERS.items():
+        assert documented[name][0] == f"`{schema.torch_class}`"
+        assert issubclass(getattr(torch.optim, schema.torch_class), torch.optim.Optimizer)
+
+
+def test_the_schedule_table_of_the_docs_is_the_schema_s_with_its_torch_classes() -> None:
+    documented = doc_table("docs/optimization.md", "## Learning-rate schedules")
+    assert list(documented) == list(SCHEDULES)
+    for name, schema in SCHEDULES.items():
+        assert documented[name][0].startswith(f"`{schema.torch_class}`")
+        assert hasattr(torch.optim.lr_scheduler, schema.torch_class)
+
+
+@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+def test_every_architecture_names_a_model_class_and_is_in_params_yaml_s_comment(kind: str) -> None:
+    builder = getattr(pipelines.models, ARCHITECTURES[kind].builder)
+    assert issubclass(builder, torch.nn.Module)
+    assert ARCHITECTURES[kind].form in SHIPPED_PARAMS.read_text()
+
+
+def test_the_data_sources_of_the_readme_are_the_table_s_and_each_names_its_reader() -> None:
+    documented = doc_table("README.md", "## Your own data")
+    assert [form.partition(":")[0] for form in documented] == list(SOURCES)
+    for kind in SOURCES.values():
+        assert callable(getattr(pipelines.data.sources, kind.reader))
+
+
+def test_the_methods_of_the_docs_are_the_kd_table_s() -> None:
+    documented = doc_table("docs/distillation.md", "## Methods")
+    assert list(documented) == list(METHODS)
+    for name, method in METHODS.items():
+        assert issubclass(method, Method)
+        options = re.findall(r"`(\w+)`", documented[name][1])
+        assert options == list(method.Options.model_fields), name
