@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, SHIPPED_PARAMS
+from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set
 from pipelines.augment import augment
 from pipelines.data.transfer import transfer_batches
 from pipelines.config import load_params

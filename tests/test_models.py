@@ -24,7 +24,7 @@ from pipelines.prepare import prepare
 from pipelines.teacher_logits import teacher_logits
 from pipelines.train_student import train_student
 from pipelines.train_teacher import train_teacher
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, SHIPPED_PARAMS
+from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES
 
 WITHOUT_TIMM = "timm is an optional extra: `make test-timm` runs these tests in a venv that has it"
 
@@ -81,6 +81,21 @@ def test_a_resnet_checkpoint_rebuilds_the_same_model(tmp_path: Path) -> None:
     loaded, checkpoint = load_model(tmp_path / "model.pt")
     images = torch.rand(3, 3, 32, 32)
     assert checkpoint.model_config.arch == "resnet"
+    assert torch.equal(loaded(images), model(images))
+
+
+def test_a_checkpoint_written_before_the_typed_config_loads_unchanged(tmp_path: Path) -> None:
+    # What the code before ModelConfig wrote: the model config as a plain dict of lists and numbers.
+    config = model_config(resnet(), RGB_32)
+    model = build_model(config).eval()
+    plain = {"arch": "resnet", "width": 4, "depth": 3, "blocks_per_stage": 2, "dropout": 0.0, "in_channels": 3,
+             "image_size": [32, 32], "num_classes": 100, "pixel_mean": [0.5, 0.4, 0.3], "pixel_std": [0.2] * 3}
+    assert config.to_dict() == plain  # the file's layout is unchanged
+    torch.save({"state_dict": model.state_dict(), "model_config": plain, "metrics": {"val_accuracy": 0.5}},
+               tmp_path / "old.pt")
+    loaded, checkpoint = load_model(tmp_path / "old.pt")
+    assert checkpoint.model_config == config and checkpoint.metrics == {"val_accuracy": 0.5}
+    images = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(images), model(images))
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
+from tests.conftest import SHIPPED_PARAMS
 from pipelines.config import ParamsError, load_params
 from pipelines.config.optim import AdagradParams, AdamParams, AdamWParams, NAdamParams, RAdamParams, RMSpropParams, SGDParams
 from pipelines.config.schedules import ConstantSchedule, CosineRestartsSchedule, CosineSchedule, ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, PlateauSchedule, SequenceSchedule, StepSchedule

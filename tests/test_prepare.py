@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import PROJECT_ROOT, checksum, read_image_set, read_source, SHIPPED_PARAMS
+from tests.conftest import SHIPPED_PARAMS, checksum, read_image_set, read_source
 from pipelines.config import Params, load_params
 from pipelines.data.images import ImageSet, open_image_set
 from pipelines.data.split import assign_splits

@@ -14,7 +14,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_checkpoint

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, read_image_set, SHIPPED_PARAMS
+from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set
 from pipelines.augment import augment
 from pipelines.engine.checkpoint import load_model
 from pipelines.config import load_params
@@ -27,8 +27,8 @@ from pipelines.engine.schedules import steps_per_epoch
 from pipelines.core.paths import Paths
 from pipelines.engine.inference import predict_logits
 from pipelines.prepare import prepare
-from pipelines.data.card import DatasetCard
-from pipelines.engine.objective import CrossEntropy
+from pipelines.data.card import DatasetCard, read_card
+from pipelines.engine.objective import Batch, CrossEntropy, Objective
 from pipelines.engine.runtime import Runtime
 from pipelines.teacher_logits import teacher_logits
 from pipelines.engine.loop import fit
@@ -256,3 +256,38 @@ def test_teacher_and_distilled_student_train_on_a_cutmix_transfer_set(tmp_path):
     assert len(logits) == len(transfer) and (transfer.columns["mix_weight"] < 1).any()
     _, checkpoint = load_model(paths.model("student_kd"))
     assert math.isfinite(checkpoint.metrics["train_loss"])
+
+
+class LearnedTemperature(Objective):
+    """Cross-entropy of logits divided by a temperature the objective learns itself: a parameter of the
+    objective's own, like a feature adapter of a distillation method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.seen_model: nn.Module | None = None
+
+    def setup(self, model: nn.Module, train_set: ImageSet) -> None:
+        self.seen_model = model
+
+    def forward(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        scaled = model(batch.images) / self.log_temperature.exp()
+        loss = nn.functional.cross_entropy(scaled, batch.labels)
+        return loss, {"temperature": self.log_temperature.exp().detach()}
+
+
+def test_the_loop_trains_the_objective_s_own_parameters_and_logs_its_terms(trained_pipeline, tmp_path):
+    _, paths = trained_pipeline
+    train_set = open_image_set(paths.transfer, paths.arrow_cache)
+    training = load_params(SHIPPED_PARAMS, TINY_OVERRIDES).student
+    torch.manual_seed(0)
+    model = build_model(model_config(training.model, read_card(paths.card)))
+    objective = LearnedTemperature()
+
+    _, metrics = fit(model, train_set, train_set, objective, training, Runtime(CPU), seed=0, log_dir=tmp_path / "log")
+
+    assert objective.seen_model is model
+    assert objective.log_temperature.item() != 0.0  # the optimizer stepped it
+    assert metrics["train_temperature"] > 0.0 and metrics["train_temperature"] != 1.0  # the epoch's mean term
+    logged = json.loads((tmp_path / "log" / "metrics.json").read_text())
+    assert logged["train_temperature"] == pytest.approx(metrics["train_temperature"])
