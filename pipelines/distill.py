@@ -36,4 +36,4 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(distill, _arguments)
+    run_stage(distill, _arguments, distributed=True)

@@ -25,7 +25,7 @@ def teacher_logits(params: Params, paths: Paths = Paths()):
     from pipelines.engine.inference import iter_logits
     from pipelines.engine.runtime import init_runtime
 
-    runtime = init_runtime(params.device)
+    runtime = init_runtime(params.device, params.distributed.timeout_s)
     teacher, checkpoint = load_model(paths.model("teacher"))
     transfer = open_image_set(paths.transfer, paths.arrow_cache)
     agree = 0

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from pipelines.config.base import ParamsError, Section, error_lines
 from pipelines.config.data import AugmentParams, DataParams
+from pipelines.config.distributed import DistributedParams
 from pipelines.config.distill import RESERVED_NAMES, StudentParams, check_student_names
 from pipelines.config.study import StudyParams, replace_sections
 from pipelines.config.training import TrainingParams
@@ -36,6 +37,7 @@ class Params(Section):
 
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
+    distributed: DistributedParams = DistributedParams()
     data: DataParams
     augment: AugmentParams
     teacher: TrainingParams

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipelines.config import PARAMS_FILE, Params, ParamsError, load_params
 from pipelines.core.errors import DataError
+from pipelines.core.launch import launch_workers, needs_workers, under_torchrun
 from pipelines.core.paths import Paths
 
 EXIT_BAD_PARAMS = 2
@@ -22,10 +23,14 @@ EXIT_BAD_DATA = 1
 
 
 def run_stage(
-    stage: Callable[..., Any], add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    stage: Callable[..., Any],
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    distributed: bool = False,
 ) -> None:
     """Run one stage from the command line: `stage(params, paths, **options)`, where options are the
-    arguments `add_arguments` declares. Invalid params exit 2 before anything is read or written."""
+    arguments `add_arguments` declares. Invalid params exit 2 before anything is read or written. A
+    `distributed` stage runs under torchrun when params' `distributed` section asks for several processes
+    (pipelines/core/launch.py)."""
     parser = argparse.ArgumentParser(description=stage.__doc__)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
     parser.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/, ...")
@@ -35,6 +40,13 @@ def run_stage(
     params_file, root = options.pop("params"), options.pop("root")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = params_or_exit(params_file)
+    if distributed and needs_workers(params.distributed):
+        launch_workers(params.distributed)  # the workers run this same command under torchrun
+        return
+    if under_torchrun():  # a failing worker's traceback reaches torchrun's report of the failed rank
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        stage = record(stage)
     try:
         stage(params, Paths(root), **options)
     except ParamsError as error:  # found by the stage itself (a distillation method's options)

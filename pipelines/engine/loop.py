@@ -4,8 +4,8 @@
 loss: the loop itself knows nothing of labels, teachers or distillation. An epoch is a seeded permutation
 of row indices and a batch is a slice of it: the batch's images are gathered from the (memory-mapped) set
 and moved to the device, so there is no per-sample Python work and the dataset need not fit in memory.
-Under torchrun each rank gathers only its share of every global batch and DDP averages the gradients of the
-model and the objective's own parameters; only the main rank logs and writes.
+Under torchrun each rank gathers only its share of every global batch and DDP (pipelines/engine/parallel.py)
+averages the gradients of the model and the objective's own parameters; only the main rank logs and writes.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams, TrainingParams
 from pipelines.core.atomic import atomic_path
 from pipelines.data.images import ImageSet
@@ -32,6 +32,7 @@ from pipelines.engine.early_stopping import EarlyStopping
 from pipelines.engine.inference import predict_logits
 from pipelines.engine.objective import Batch, Objective
 from pipelines.engine.optim import build_optimizer, l1_penalty
+from pipelines.engine.parallel import parallelize
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import build_schedule, steps_per_epoch
 
@@ -47,24 +48,21 @@ def fit(
     runtime: Runtime,
     seed: int,
     log_dir: Path | None = None,
+    distributed: DistributedParams = DistributedParams(),
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train `model` to minimize `objective` on `train_set`, validating on `val_set` every epoch.
 
     Returns the module to keep (the EMA of the weights when `ema_decay` is set, else `model`, restored to
     its best epoch under early stopping) and its final metrics. Logs the learning rate every step, and the
     train loss (with the objective's terms), validation loss and accuracy every epoch, to dvclive in
-    `log_dir` (written atomically).
+    `log_dir` (written atomically). `distributed` says how several processes share the work and how many
+    micro-batches (`grad_accum_steps`) make one optimizer step; the batch size is the global one either way.
     """
     device = runtime.device
     model.to(device)
     objective.setup(model, train_set)
     objective.to(device)
-    step_loss = objective
-    if runtime.distributed:  # model and objective in one module, so DDP also averages the objective's gradients
-        trainee = DistributedDataParallel(
-            _Trainee(model, objective), device_ids=[device.index] if device.type == "cuda" else None
-        )
-        step_loss = lambda _, batch: trainee(batch)  # noqa: E731
+    trainee = parallelize(model, objective, runtime, distributed)  # None in a single process
     regularization = training.regularization
     epochs = training.train.epochs
     batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
@@ -92,18 +90,28 @@ def fit(
             sums: dict[str, torch.Tensor] = {}  # per loss term: sum over the epoch's images, then its count
             permutation = torch.randperm(len(train_set), generator=order)
             for start in range(0, steps * batch_size, batch_size):
-                rows = permutation[start : start + batch_size][runtime.rank :: runtime.world_size]
-                batch = Batch(
-                    images=train_set.images[rows].to(device).float().div_(255.0),
-                    labels=train_set.labels[rows].to(device),
-                    rows=rows,
-                    mix_labels=None if mix_labels is None else mix_labels[rows].to(device),
-                    mix_weights=None if mix_weights is None else mix_weights[rows].to(device),
-                )
-                loss, terms = step_loss(model, batch)
-                total = loss + regularization.l1 * l1_penalty(model) if regularization.l1 else loss
+                step_rows = permutation[start : start + batch_size]
+                rows = step_rows[runtime.rank :: runtime.world_size]
+                # The same number of micro-batches on every rank (DDP syncs on the last), none of them empty.
+                micro_steps = max(1, min(distributed.grad_accum_steps, len(step_rows) // runtime.world_size))
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                for index, micro in enumerate(torch.tensor_split(rows, micro_steps)):
+                    batch = Batch(
+                        images=train_set.images[micro].to(device).float().div_(255.0),
+                        labels=train_set.labels[micro].to(device),
+                        rows=micro,
+                        mix_labels=None if mix_labels is None else mix_labels[micro].to(device),
+                        mix_weights=None if mix_weights is None else mix_weights[micro].to(device),
+                    )
+                    last = index == micro_steps - 1
+                    with trainee.no_sync() if trainee is not None and not last else nullcontext():
+                        loss, terms = trainee(batch) if trainee is not None else objective(model, batch)
+                        total = loss + regularization.l1 * l1_penalty(model) if regularization.l1 else loss
+                        # The step's gradient is that of the mean over all its rows.
+                        (total * (len(micro) / len(rows)) if micro_steps > 1 else total).backward()
+                    for name, value in {"loss": loss, **terms}.items():
+                        sums[name] = sums.get(name, 0.0) + value.detach() * len(micro)
+                    sums["count"] = sums.get("count", 0.0) + len(micro)
                 clip_gradients(trained, regularization.grad_clip)
                 if live:
                     live.step = step
@@ -112,9 +120,6 @@ def fit(
                 if ema is not None:
                     ema.update_parameters(model)
                 schedule.after_step()
-                for name, value in {"loss": loss, **terms}.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach() * len(rows)
-                sums["count"] = sums.get("count", 0.0) + len(rows)
                 step += 1
 
             totals = torch.stack([torch.as_tensor(value, device=device, dtype=torch.float32) for value in sums.values()])
@@ -147,17 +152,6 @@ def fit(
             live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
             live.end()
     return kept, result
-
-
-class _Trainee(nn.Module):
-    """The model and its objective as one module: DDP's forward runs the objective (and so the model)."""
-
-    def __init__(self, model: nn.Module, objective: Objective) -> None:
-        super().__init__()
-        self.model, self.objective = model, objective
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.objective(self.model, batch)
 
 
 def clip_gradients(parameters: Iterable[nn.Parameter], clip: GradClipParams | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,8 +30,9 @@ class Runtime:
         return self.world_size > 1
 
 
-def init_runtime(device: str = "auto") -> Runtime:
-    """The runtime of this process, from params' `device` and torchrun's environment."""
+def init_runtime(device: str = "auto", timeout_s: int = 300) -> Runtime:
+    """The runtime of this process, from params' `device` and torchrun's environment. A collective that waits
+    longer than `timeout_s` for another rank (one that died, say) fails instead of hanging."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("params.yaml device: cuda, but no CUDA device is available (use auto or cpu)")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -43,7 +45,8 @@ def init_runtime(device: str = "auto") -> Runtime:
     else:
         chosen = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None,
+                                timeout=timedelta(seconds=timeout_s))
     return Runtime(device=chosen, rank=rank, world_size=world_size)
 
 

@@ -36,7 +36,7 @@ def train_and_save(
 ) -> dict[str, float]:
     """Build model `name` for the prepared data, fit it on the transfer set under `objective`, save it to
     models/<name>.pt with its training log in metrics/train/<name>/; return its final metrics."""
-    runtime = init_runtime(params.device)
+    runtime = init_runtime(params.device, params.distributed.timeout_s)
     card = read_card(paths.card)
     transfer = open_image_set(paths.transfer, paths.arrow_cache)
     val = open_image_set(paths.split("val"), paths.arrow_cache)
@@ -47,7 +47,8 @@ def train_and_save(
         "%s: %d parameters, %d training images, device %s x %d",
         name, count_parameters(model), len(transfer), runtime.device, runtime.world_size,
     )
-    kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name))
+    kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
+                        params.distributed)
     if runtime.is_main:
         save_checkpoint(paths.model(name), kept, config, metrics)
     shutdown(runtime)

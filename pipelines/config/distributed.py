@@ -1,0 +1,37 @@
+"""The `distributed` section: how the training stages run, in one process or in several under torchrun
+(the GPUs of one node, or several nodes). The same params give the same artifacts either way; what is
+per process and what is global is in docs/distributed.md."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from pipelines.config.base import Section
+
+
+class DistributedParams(Section):
+    nproc_per_node: Literal["auto"] | int = "auto"  # processes per node; auto: one per visible GPU, 1 without
+    nnodes: int = Field(1, ge=1)  # nodes taking part: each runs the same command (README: several GPUs and nodes)
+    rdzv_endpoint: str = "127.0.0.1:29400"  # host:port every node reaches (the c10d rendezvous); one node: any free port
+    rdzv_id: str = "distill-pipeline"  # the run's rendezvous id: the same on every node of one run
+    sync_batchnorm: bool = False  # batch norm statistics over the global batch rather than each process's share
+    grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step; the batch size stays the global batch
+    max_restarts: int = Field(0, ge=0)  # torchrun restarts of the workers after a failure
+    timeout_s: int = Field(300, ge=1)  # longest wait for the rendezvous or a collective before the stage fails
+
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _positive(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"nproc_per_node must be auto or at least 1, got {value}")
+        return value
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_port(cls, endpoint: str) -> str:
+        if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", endpoint):
+            raise ValueError(f"rdzv_endpoint must be host:port, got {endpoint!r}")
+        return endpoint

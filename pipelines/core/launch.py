@@ -1,0 +1,60 @@
+"""One launcher for the training stages, whoever starts them (`dvc repro`, the Prefect flow, a shell):
+with one process the stage runs in this process; with more (params' `distributed` section) this process
+becomes torchrun's agent and starts the stage's workers, the same command under torchrun.
+
+torchrun (torch.distributed.run) does the process management: the rendezvous, the workers' environment,
+their output (each line prefixed with its local rank, `[rank0]:`), restarts, and the failure report that
+names the failed rank with its own traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pipelines.config.distributed import DistributedParams
+
+
+def under_torchrun() -> bool:
+    """Whether this process is a worker that torchrun started (or a `torchrun ...` typed by hand)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def processes_per_node(params: DistributedParams) -> int:
+    if params.nproc_per_node != "auto":
+        return params.nproc_per_node
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
+
+
+def torchrun_arguments(params: DistributedParams, module: str, arguments: list[str]) -> list[str]:
+    """torchrun's command line that runs `python -m module arguments` in each worker."""
+    launch = ["--nproc-per-node", str(processes_per_node(params)), "--max-restarts", str(params.max_restarts),
+              "--role", "rank", "--tee", "3"]
+    if params.nnodes == 1:
+        launch += ["--standalone"]  # a free local port: runs on one node never collide
+    else:
+        launch += ["--nnodes", str(params.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", params.rdzv_endpoint,
+                   "--rdzv-id", params.rdzv_id, "--rdzv-conf", f"join_timeout={params.timeout_s}"]
+    return [*launch, "-m", module, *arguments]
+
+
+def launch_workers(params: DistributedParams) -> None:
+    """Run this command's module under torchrun with the workers params ask for; exit 1 naming the failed
+    rank (and its traceback) if one fails for good."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
+    try:
+        run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
+    except ChildFailedError as error:
+        failed = ", ".join(f"rank {rank} (exit code {failure.exitcode})" for rank, failure in error.failures.items())
+        print(f"{module} failed on {failed}\n{error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def needs_workers(params: DistributedParams) -> bool:
+    """Whether this command must start workers: more than one process asked for, and none started yet."""
+    return not under_torchrun() and (params.nnodes > 1 or processes_per_node(params) > 1)
