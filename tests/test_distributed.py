@@ -1,41 +1,156 @@
-"""Training under torchrun: two gloo processes share each batch through DDP, and only rank 0 writes."""
+"""Training on several processes under torchrun (gloo on the CPU): parity with one process, gradient
+accumulation, the launcher the stages share (from the command line, `dvc repro` and the flow), several
+nodes on loopback, and a worker that dies."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipelines.augment import augment
-from pipelines.engine.checkpoint import load_checkpoint
-from pipelines.config import Params
+from pipelines.config import Params, ParamsError, load_params
+from pipelines.config.distributed import DistributedParams
+from pipelines.core.launch import torchrun_arguments
 from pipelines.core.paths import Paths
+from pipelines.engine.checkpoint import load_checkpoint, load_model
+from pipelines.engine.inference import predict_logits
 from pipelines.prepare import prepare
 from tasks.params import write_overrides
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDES, run, SHIPPED_PARAMS
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set, run
+
+WORKER = PROJECT_ROOT / "tests" / "ddp_worker.py"
+
+
+def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1) -> dict:
+    """tests/ddp_worker.py's weights after training in `processes` processes."""
+    out = tmp_path / f"{name}.pt"
+    launch = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    run([*launch, str(WORKER), str(out), str(grad_accum_steps)], tmp_path)
+    return torch.load(out, weights_only=True)
+
+
+def max_difference(one: dict, other: dict) -> float:
+    return max((one["state_dict"][key] - other["state_dict"][key]).abs().max().item() for key in one["state_dict"])
+
+
+def test_gradient_accumulation_of_k_micro_batches_equals_one_batch_k_times_larger(tmp_path: Path) -> None:
+    whole = trained_weights(tmp_path, "whole", processes=1)
+    accumulated = trained_weights(tmp_path, "accumulated", processes=1, grad_accum_steps=4)
+    assert whole["steps"] == accumulated["steps"] == 32
+    assert max_difference(whole, accumulated) <= 1e-6
 
 
 @pytest.mark.slow
-def test_torchrun_with_two_processes_trains_and_writes_one_checkpoint(tmp_path: Path, tiny_params: Params) -> None:
-    paths = Paths(tmp_path)
+def test_two_ddp_processes_with_half_the_batch_each_train_the_weights_of_one_process(tmp_path: Path) -> None:
+    one = trained_weights(tmp_path, "one", processes=1)
+    two = trained_weights(tmp_path, "two", processes=2)
+    two_accumulating = trained_weights(tmp_path, "two_accumulating", processes=2, grad_accum_steps=2)
+    assert one["steps"] == two["steps"] == 32  # at least 20 optimizer steps
+    assert max_difference(one, two) <= 1e-5
+    assert max_difference(one, two_accumulating) <= 1e-5
+
+
+def test_one_node_runs_torchrun_standalone_and_several_meet_at_the_rendezvous_endpoint() -> None:
+    one_node = torchrun_arguments(DistributedParams(nproc_per_node=2), "pipelines.train_teacher", ["--root", "r"])
+    assert one_node[-4:] == ["-m", "pipelines.train_teacher", "--root", "r"]
+    assert "--standalone" in one_node and one_node[one_node.index("--nproc-per-node") + 1] == "2"
+    nodes = torchrun_arguments(DistributedParams(nproc_per_node=1, nnodes=3, rdzv_endpoint="10.1.2.3:29400",
+                                                 rdzv_id="run7"), "pipelines.distill", [])
+    assert "--standalone" not in nodes
+    for flag, value in (("--nnodes", "3"), ("--rdzv-backend", "c10d"), ("--rdzv-endpoint", "10.1.2.3:29400"),
+                        ("--rdzv-id", "run7")):
+        assert nodes[nodes.index(flag) + 1] == value
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("nproc_per_node", 0, "nproc_per_node must be auto or at least 1"),
+    ("rdzv_endpoint", "node-a", "rdzv_endpoint must be host:port"),
+    ("grad_accum_steps", 0, "greater than or equal to 1"),
+    ("timeout", 5, "unknown key(s) timeout; allowed keys here: nproc_per_node"),
+])
+def test_a_bad_distributed_param_is_named(key: str, value, message: str) -> None:
+    with pytest.raises(ParamsError, match=r"distributed") as caught:
+        load_params(SHIPPED_PARAMS, {f"distributed.{key}": value})
+    assert message in str(caught.value)
+
+
+def stage_root(tmp_path: Path, tiny_params: Params, name: str, **distributed) -> tuple[Paths, Path]:
+    """A root with the tiny prepared data and transfer set, and a params file asking for `distributed`."""
+    paths = Paths(tmp_path / name)
     prepare(tiny_params, paths)
     augment(tiny_params, paths)
-    params_file = tmp_path / "params.yaml"
+    params_file = paths.root / "params.yaml"
     shutil.copy(SHIPPED_PARAMS, params_file)
-    write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu"})
+    overrides = {f"distributed.{key}": value for key, value in distributed.items()}
+    write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu", **overrides})
+    return paths, params_file
 
-    result = run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "pipelines.train_teacher", "--params", str(params_file), "--root", str(tmp_path)],
-        PROJECT_ROOT,
-    )
 
-    assert "device cpu x 2" in result.stderr
+@pytest.mark.slow
+def test_the_teacher_stage_launches_its_own_workers_and_evaluate_scores_their_checkpoint(
+    tmp_path: Path, tiny_params: Params
+) -> None:
+    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2)
+
+    result = run([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file), "--root",
+                  str(paths.root)], PROJECT_ROOT)
+
+    output = result.stdout + result.stderr
+    assert "device cpu x 2" in output
+    assert "[rank0]:" in output and "[rank1]:" in output  # every rank's output, prefixed with it
     checkpoint = load_checkpoint(paths.model("teacher"))
     assert checkpoint.metrics["epochs"] == 1
-    assert 0.0 <= checkpoint.metrics["val_accuracy"] <= 1.0
-    assert (paths.training_log("teacher") / "metrics.json").exists()
-    leftovers = [path.name for path in tmp_path.rglob(".*tmp-*")]
-    assert leftovers == [], "no temporary files left behind by either rank"
+    model, _ = load_model(paths.model("teacher"))
+    test = read_image_set(paths.split("test"))
+    logits = predict_logits(model, test.images, torch.device("cpu"))
+    assert logits.shape == (len(test), 10)
+    assert [path.name for path in paths.root.rglob(".*tmp-*")] == [], "no temporary files left by either rank"
+
+
+@pytest.mark.slow
+def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tmp_path: Path, tiny_params: Params) -> None:
+    nodes = [stage_root(tmp_path, tiny_params, f"node{index}", nproc_per_node=1, nnodes=2,
+                        rdzv_endpoint="127.0.0.1:29431", timeout_s=120) for index in range(2)]
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    launchers = [subprocess.Popen([sys.executable, "-m", "pipelines.train_student", "--params", str(params_file),
+                                   "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for paths, params_file in nodes]
+    outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs
+    assert all("device cpu x 2" in output for output in outputs)  # one process on each of two nodes
+    written = [paths.model("student_baseline").exists() for paths, _ in nodes]
+    assert sorted(written) == [False, True]  # the node of global rank 0 writes the checkpoint
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path, tiny_params: Params) -> None:
+    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2, timeout_s=60)
+    write_overrides(params_file, {"teacher.train.epochs": 50})
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    launcher = subprocess.Popen([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file),
+                                 "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in launcher.stdout:  # until the workers have trained an epoch (the main rank logs it)
+        if line.startswith("[rank0]:") and "epoch 1/50" in line:
+            break
+    workers = subprocess.run(["pgrep", "-f", "--", f"-u -m pipelines.train_teacher --params {params_file}"],
+                             capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    worker = max(int(pid) for pid in workers)  # the last started: local rank 1
+    killed = time.monotonic()
+    os.kill(worker, signal.SIGKILL)
+    rest = launcher.communicate(timeout=120)[0]
+    assert time.monotonic() - killed < 60, "the stage failed within the collective timeout, not later"
+    assert launcher.returncode == 1
+    assert "pipelines.train_teacher failed on rank 1 (exit code -9)" in rest
+    assert not paths.model("teacher").exists()

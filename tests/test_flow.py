@@ -115,3 +115,19 @@ def test_command_line_exits_2_on_a_bad_override(project: Path) -> None:
     assert result.returncode == 2
     assert "teacher.optimizer.lr" in result.stderr
     assert "greater than 0" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_flow_runs_the_training_stages_on_two_processes_and_logs_every_rank(project: Path) -> None:
+    write_overrides(project / "params.yaml", {"distributed.nproc_per_node": 2, "device": "cpu"})
+
+    result = run(["python", "-m", "flows.distillation"], project)
+
+    output = result.stdout + result.stderr
+    for stage in ("train_teacher", "train_student", "distill@student_kd"):
+        assert f"Task run '{stage}'" in output
+    assert output.count("device cpu x 2") == 6  # each rank of each of the three training stages, in the flow's log
+    assert "[rank1]:" in output
+    results = json.loads((project / "metrics" / "eval.json").read_text())
+    assert list(results) == ["teacher", "student_baseline", "student_kd"]
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
 from pipelines.engine.objective import Batch, Objective
 from pipelines.engine.runtime import Runtime
@@ -32,6 +33,11 @@ def parallelize(
     `sync_batchnorm`: the state dict keeps its keys); None in a single process, which needs no wrapper."""
     if not runtime.distributed:
         return None
+    if params.sync_batchnorm and runtime.device.type != "cuda":
+        raise ParamsError(
+            f"distributed.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only, and these processes run on "
+            f"{runtime.device.type}; set it to false (each process then normalizes over its share of the batch)"
+        )
     if params.sync_batchnorm:
         for name, child in list(model.named_children()):  # in place, so `model` stays the module the caller holds
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
