@@ -1,11 +1,13 @@
 """Atomic artifact writes: write beside the target, rename into place only once the write succeeded.
 
 A crash or an error mid-write therefore never leaves a half-written artifact where a reader (or DVC)
-would take it for a finished one.
+would take it for a finished one; what a killed writer left beside it (its temporary file or folder, named
+with its pid) is swept by the next write of the same artifact.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ from typing import Any
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path (file or folder) beside `path`; on success it replaces `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
@@ -42,6 +45,25 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Remove the temporary copies of `path` that writers no longer running left (a killed stage's); an old
+    version moved aside only while `path` itself is back in place."""
+    for leftover in path.parent.glob(glob.escape(f".{path.name}.") + "*-*"):
+        kind, _, pid = leftover.name.removeprefix(f".{path.name}.").partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _running(int(pid)) and (kind == "tmp" or path.exists()):
+            _remove(leftover)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

@@ -7,6 +7,7 @@ existed have the same layout and load unchanged.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from pipelines.core.atomic import atomic_path
+from pipelines.core.errors import CheckpointError
 from pipelines.models import ModelConfig, build_model
 
 
@@ -31,8 +33,19 @@ def save_checkpoint(path: Path, model: nn.Module, config: ModelConfig, metrics: 
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    stored = torch.load(path, map_location="cpu", weights_only=True)
-    return Checkpoint(stored["state_dict"], ModelConfig.from_dict(stored["model_config"]), stored["metrics"])
+    """The checkpoint in `path`; CheckpointError naming the file when it is missing, cut short or not one of
+    this pipeline's (torch.load alone says `[Errno 22] Invalid argument` of a truncated file, naming none)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; run the stage that writes it (dvc repro) or `dvc pull {path}`")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return Checkpoint(stored["state_dict"], ModelConfig.from_dict(stored["model_config"]), stored["metrics"])
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as error:
+        detail = str(error) if isinstance(error, (OSError, KeyError)) else type(error).__name__  # no pickle advice
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint of this pipeline ({detail}): it was cut short or damaged. Get the "
+            f"last good one back with `dvc checkout --force {path}`, or rerun the stage that writes it"
+        ) from None
 
 
 def load_model(path: Path) -> tuple[nn.Module, Checkpoint]:
