@@ -1,11 +1,11 @@
 """A training run for the parity tests, the same in one process or under torchrun:
 
-    python tests/ddp_worker.py OUT.pt [grad_accum_steps]
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt
+    python tests/ddp_worker.py OUT.pt [grad_accum_steps [strategy]]
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt 1 fsdp
 
 `fit` trains a model without batch norm (so that each process's share of a batch trains exactly as the whole
 batch would; torch's SyncBatchNorm needs GPUs) on 512 seeded random 8x8 images, global batch 16: 32 steps.
-The main rank saves the trained weights to OUT.pt.
+The main rank saves the trained weights (gathered from the shards under FSDP) to OUT.pt.
 """
 
 import sys
@@ -23,12 +23,13 @@ from pipelines.config.training import ModelParams, RegularizationParams, Trainin
 from pipelines.data.images import ImageSet  # noqa: E402
 from pipelines.engine.loop import fit  # noqa: E402
 from pipelines.engine.objective import CrossEntropy  # noqa: E402
+from pipelines.engine.parallel import full_state_dict  # noqa: E402
 from pipelines.engine.runtime import init_runtime, shutdown  # noqa: E402
 
 IMAGES, BATCH = 512, 16
 
 
-def main(out: Path, grad_accum_steps: int) -> None:
+def main(out: Path, grad_accum_steps: int, strategy: str) -> None:
     runtime = init_runtime("cpu", timeout_s=60)
     data = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (IMAGES, 1, 8, 8), generator=data, dtype=torch.uint8)
@@ -44,11 +45,12 @@ def main(out: Path, grad_accum_steps: int) -> None:
         regularization=RegularizationParams(weight_decay=1e-4, weight_decay_mode="coupled"),
     )
     kept, metrics = fit(model, train, train, CrossEntropy(), training, runtime, seed=0,
-                        distributed=DistributedParams(grad_accum_steps=grad_accum_steps))
+                        distributed=DistributedParams(grad_accum_steps=grad_accum_steps, strategy=strategy))
+    state = full_state_dict(kept)
     if runtime.is_main:
-        torch.save({"state_dict": kept.state_dict(), "steps": metrics["steps"]}, out)
+        torch.save({"state_dict": state, "steps": metrics["steps"]}, out)
     shutdown(runtime)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1, sys.argv[3] if len(sys.argv) > 3 else "ddp")

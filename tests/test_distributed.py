@@ -1,5 +1,5 @@
-"""Training on several processes under torchrun (gloo on the CPU): parity with one process, gradient
-accumulation, the launcher the stages share (from the command line, `dvc repro` and the flow), several
+"""Training on several processes under torchrun (gloo on the CPU): DDP and FSDP2 parity with one process,
+gradient accumulation, the launcher the stages share (from the command line, `dvc repro` and the flow), several
 nodes on loopback, and a worker that dies."""
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ import torch
 from pipelines.augment import augment
 from pipelines.config import Params, ParamsError, load_params
 from pipelines.config.distributed import DistributedParams
+from pipelines.config.training import RegularizationParams
 from pipelines.core.launch import torchrun_arguments
 from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_checkpoint, load_model
 from pipelines.engine.inference import predict_logits
+from pipelines.engine.objective import CrossEntropy
+from pipelines.engine.parallel import parallelize
+from pipelines.engine.runtime import Runtime
 from pipelines.prepare import prepare
 from tasks.params import write_overrides
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set, run
@@ -29,12 +33,12 @@ from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, read_im
 WORKER = PROJECT_ROOT / "tests" / "ddp_worker.py"
 
 
-def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1) -> dict:
+def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1, strategy: str = "ddp") -> dict:
     """tests/ddp_worker.py's weights after training in `processes` processes."""
     out = tmp_path / f"{name}.pt"
     launch = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-    run([*launch, str(WORKER), str(out), str(grad_accum_steps)], tmp_path)
+    run([*launch, str(WORKER), str(out), str(grad_accum_steps), strategy], tmp_path)
     return torch.load(out, weights_only=True)
 
 
@@ -57,6 +61,27 @@ def test_two_ddp_processes_with_half_the_batch_each_train_the_weights_of_one_pro
     assert one["steps"] == two["steps"] == 32  # at least 20 optimizer steps
     assert max_difference(one, two) <= 1e-5
     assert max_difference(one, two_accumulating) <= 1e-5
+
+
+@pytest.mark.slow
+def test_two_fsdp_processes_sharding_the_model_train_the_weights_of_one_process(tmp_path: Path) -> None:
+    one = trained_weights(tmp_path, "one", processes=1)
+    sharded = trained_weights(tmp_path, "sharded", processes=2, strategy="fsdp")
+    sharded_accumulating = trained_weights(tmp_path, "sharded_accumulating", processes=2, grad_accum_steps=2,
+                                           strategy="fsdp")
+    assert sharded["steps"] == 32
+    assert set(sharded["state_dict"]) == set(one["state_dict"])  # the full state dict, under the model's own names
+    assert max_difference(one, sharded) <= 1e-5
+    assert max_difference(one, sharded_accumulating) <= 1e-5
+
+
+@pytest.mark.parametrize("regularization", [{"ema_decay": 0.99}, {"l1": 1e-4},
+                                            {"early_stopping": {"metric": "val_loss", "patience": 2}}])
+def test_fsdp_refuses_what_it_cannot_do_yet_by_name(regularization: dict) -> None:
+    settings = RegularizationParams(weight_decay=0.0, weight_decay_mode="coupled", **regularization)
+    two_processes = Runtime(torch.device("cpu"), rank=0, world_size=2)  # refused before any collective
+    with pytest.raises(ParamsError, match=f"strategy fsdp does not support regularization.{next(iter(regularization))}"):
+        parallelize(torch.nn.Linear(2, 2), CrossEntropy(), two_processes, DistributedParams(strategy="fsdp"), settings)
 
 
 def test_one_node_runs_torchrun_standalone_and_several_meet_at_the_rendezvous_endpoint() -> None:
@@ -96,10 +121,11 @@ def stage_root(tmp_path: Path, tiny_params: Params, name: str, **distributed) ->
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_the_teacher_stage_launches_its_own_workers_and_evaluate_scores_their_checkpoint(
-    tmp_path: Path, tiny_params: Params
+    tmp_path: Path, tiny_params: Params, strategy: str
 ) -> None:
-    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2)
+    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2, strategy=strategy)
 
     result = run([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file), "--root",
                   str(paths.root)], PROJECT_ROOT)

@@ -77,7 +77,7 @@ def test_resnet_grows_with_width_depth_and_blocks_per_stage() -> None:
 def test_a_resnet_checkpoint_rebuilds_the_same_model(tmp_path: Path) -> None:
     config = model_config(resnet(), RGB_32)
     model = build_model(config).eval()
-    save_checkpoint(tmp_path / "model.pt", model, config, {"val_accuracy": 0.5})
+    save_checkpoint(tmp_path / "model.pt", model.state_dict(), config, {"val_accuracy": 0.5})
     loaded, checkpoint = load_model(tmp_path / "model.pt")
     images = torch.rand(3, 3, 32, 32)
     assert checkpoint.model_config.arch == "resnet"

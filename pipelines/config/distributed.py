@@ -14,6 +14,7 @@ from pipelines.config.base import Section
 
 class DistributedParams(Section):
     nproc_per_node: Literal["auto"] | int = "auto"  # processes per node; auto: one per visible GPU, 1 without
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: data parallel; fsdp: FSDP2, parameters sharded per block
     nnodes: int = Field(1, ge=1)  # nodes taking part: each runs the same command (README: several GPUs and nodes)
     rdzv_endpoint: str = "127.0.0.1:29400"  # host:port every node reaches (the c10d rendezvous); one node: any free port
     rdzv_id: str = "distill-pipeline"  # the run's rendezvous id: the same on every node of one run

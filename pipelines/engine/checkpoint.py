@@ -26,8 +26,8 @@ class Checkpoint:
     metrics: dict[str, float]  # the training run's final metrics (validation loss and accuracy, epochs, ...)
 
 
-def save_checkpoint(path: Path, model: nn.Module, config: ModelConfig, metrics: dict[str, float]) -> None:
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+def save_checkpoint(path: Path, state: dict[str, torch.Tensor], config: ModelConfig, metrics: dict[str, float]) -> None:
+    """Write a model's whole state dict (pipelines.engine.parallel.full_state_dict), config and metrics."""
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "model_config": config.to_dict(), "metrics": metrics}, tmp)
 

@@ -62,7 +62,7 @@ def fit(
     model.to(device)
     objective.setup(model, train_set)
     objective.to(device)
-    trainee = parallelize(model, objective, runtime, distributed)  # None in a single process
+    trainee = parallelize(model, objective, runtime, distributed, training.regularization)  # None: one process
     regularization = training.regularization
     epochs = training.train.epochs
     batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size

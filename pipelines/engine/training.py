@@ -15,6 +15,7 @@ from pipelines.data.images import open_image_set
 from pipelines.engine.checkpoint import save_checkpoint
 from pipelines.engine.loop import fit
 from pipelines.engine.objective import Objective
+from pipelines.engine.parallel import full_state_dict
 from pipelines.engine.runtime import init_runtime, shutdown
 from pipelines.models import ModelConfig, build_model, count_parameters
 
@@ -49,7 +50,8 @@ def train_and_save(
     )
     kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
                         params.distributed)
+    state = full_state_dict(kept)  # under FSDP a collective: every rank takes part, the main one writes
     if runtime.is_main:
-        save_checkpoint(paths.model(name), kept, config, metrics)
+        save_checkpoint(paths.model(name), state, config, metrics)
     shutdown(runtime)
     return metrics
