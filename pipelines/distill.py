@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pipelines.config import Params, ParamsError
+from pipelines.config.distributed import DistributedParams
 from pipelines.core.paths import Paths
 from pipelines.core.stage import run_stage
 
@@ -35,5 +37,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", help="the student to train (default: every student of the distill section)")
 
 
+def _distributed(params: Params, options: dict[str, Any]) -> DistributedParams:
+    """How the student runs: its own changes to `distributed`, else the student section's."""
+    name = options["student"]
+    training = params.student_training(name) if name in params.distill else params.student
+    return params.distributed_for(training)
+
+
 if __name__ == "__main__":
-    run_stage(distill, _arguments, distributed=True)
+    run_stage(distill, _arguments, distributed=_distributed)

@@ -49,7 +49,8 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
     from pipelines.models import build_model
 
     training = params.study_settings()[name]
-    runtime = init_runtime(params.device, params.distributed.timeout_s)
+    distributed = params.distributed_for(training)
+    runtime = init_runtime(params.device, distributed.timeout_s)
     card = read_card(paths.card)
     transfer, val, test = (open_image_set(path, paths.arrow_cache) for path in (paths.transfer, paths.split("val"), paths.split("test")))
     torch.manual_seed(params.seed)
@@ -62,7 +63,7 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
     started = time.perf_counter()
     objective = CrossEntropy(training.regularization.label_smoothing)
     kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.study_run(name),
-                        params.distributed)
+                        distributed)
     wall_seconds = time.perf_counter() - started
 
     test_logits = predict_logits(kept, test.images, runtime.device)

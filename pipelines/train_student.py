@@ -21,4 +21,4 @@ def train_student(params: Params, paths: Paths = Paths()) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    run_stage(train_student, distributed=True)
+    run_stage(train_student, distributed=lambda params, options: params.distributed_for(params.student))

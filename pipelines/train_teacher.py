@@ -17,4 +17,4 @@ def train_teacher(params: Params, paths: Paths = Paths()) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    run_stage(train_teacher, distributed=True)
+    run_stage(train_teacher, distributed=lambda params, options: params.distributed_for(params.teacher))

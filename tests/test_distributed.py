@@ -84,6 +84,19 @@ def test_fsdp_refuses_what_it_cannot_do_yet_by_name(regularization: dict) -> Non
         parallelize(torch.nn.Linear(2, 2), CrossEntropy(), two_processes, DistributedParams(strategy="fsdp"), settings)
 
 
+def test_a_model_s_changes_to_the_distributed_section_apply_to_that_model_alone() -> None:
+    params = load_params(SHIPPED_PARAMS, {
+        "distributed.nnodes": 2, "distributed.grad_accum_steps": 2,
+        "teacher.distributed": {"strategy": "fsdp", "nproc_per_node": 4},
+        "distill.student_kd.distributed": {"grad_accum_steps": 1},
+    })
+    teacher, student = params.distributed_for(params.teacher), params.distributed_for(params.student)
+    assert (teacher.strategy, teacher.nproc_per_node, teacher.nnodes, teacher.grad_accum_steps) == ("fsdp", 4, 2, 2)
+    assert (student.strategy, student.nproc_per_node, student.grad_accum_steps) == ("ddp", "auto", 2)
+    distilled = params.distributed_for(params.student_training("student_kd"))
+    assert (distilled.strategy, distilled.nnodes, distilled.grad_accum_steps) == ("ddp", 2, 1)
+
+
 def test_one_node_runs_torchrun_standalone_and_several_meet_at_the_rendezvous_endpoint() -> None:
     one_node = torchrun_arguments(DistributedParams(nproc_per_node=2), "pipelines.train_teacher", ["--root", "r"])
     assert one_node[-4:] == ["-m", "pipelines.train_teacher", "--root", "r"]
@@ -108,14 +121,16 @@ def test_a_bad_distributed_param_is_named(key: str, value, message: str) -> None
     assert message in str(caught.value)
 
 
-def stage_root(tmp_path: Path, tiny_params: Params, name: str, **distributed) -> tuple[Paths, Path]:
-    """A root with the tiny prepared data and transfer set, and a params file asking for `distributed`."""
+def stage_root(tmp_path: Path, tiny_params: Params, name: str, section: str = "distributed",
+               **distributed) -> tuple[Paths, Path]:
+    """A root with the tiny prepared data and transfer set, and a params file asking for `distributed` in
+    `section` (the `distributed` section, or a model's changes to it such as `teacher.distributed`)."""
     paths = Paths(tmp_path / name)
     prepare(tiny_params, paths)
     augment(tiny_params, paths)
     params_file = paths.root / "params.yaml"
     shutil.copy(SHIPPED_PARAMS, params_file)
-    overrides = {f"distributed.{key}": value for key, value in distributed.items()}
+    overrides = {f"{section}.{key}": value for key, value in distributed.items()}
     write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu", **overrides})
     return paths, params_file
 
@@ -125,10 +140,15 @@ def stage_root(tmp_path: Path, tiny_params: Params, name: str, **distributed) ->
 def test_the_teacher_stage_launches_its_own_workers_and_evaluate_scores_their_checkpoint(
     tmp_path: Path, tiny_params: Params, strategy: str
 ) -> None:
-    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2, strategy=strategy)
+    # The teacher's own changes to the `distributed` section: it runs on two processes, the student on one.
+    paths, params_file = stage_root(tmp_path, tiny_params, "root", "teacher.distributed", nproc_per_node=2,
+                                    strategy=strategy)
 
     result = run([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file), "--root",
                   str(paths.root)], PROJECT_ROOT)
+    student = run([sys.executable, "-m", "pipelines.train_student", "--params", str(params_file), "--root",
+                   str(paths.root)], PROJECT_ROOT)
+    assert "device cpu x 1" in student.stderr and "[rank" not in student.stderr
 
     output = result.stdout + result.stderr
     assert "device cpu x 2" in output

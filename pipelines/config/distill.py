@@ -3,8 +3,8 @@ model file (models/<name>.pt) and training log, and a row of the report.
 
 A student names its distillation method and gives that method's options; the methods and their options
 are defined by pipelines.kd (one module each), which checks them. Any section of the `student` settings
-(model, train, optimizer, schedule, regularization) may be replaced for one student, so students can
-differ in size as well as in method."""
+(model, train, optimizer, schedule, regularization, distributed) may be replaced for one student, so
+students can differ in size as well as in method."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ConfigDict
 
 from pipelines.config.base import Section
+from pipelines.config.distributed import ModelDistributedParams
 from pipelines.config.optim import OptimizerParams
 from pipelines.config.schedules import ScheduleParams
 from pipelines.config.training import ModelParams, RegularizationParams, TrainParams
@@ -34,6 +35,7 @@ class StudentParams(Section):
     optimizer: OptimizerParams | None = None
     schedule: ScheduleParams | None = None
     regularization: RegularizationParams | None = None
+    distributed: ModelDistributedParams | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -43,7 +45,7 @@ class StudentParams(Section):
     @property
     def overrides(self) -> dict[str, Section]:
         """The `student` sections this student replaces."""
-        return {key: value for key in ("model", "train", "optimizer", "schedule", "regularization")
+        return {key: value for key in ("model", "train", "optimizer", "schedule", "regularization", "distributed")
                 if (value := getattr(self, key)) is not None}
 
 

@@ -26,9 +26,12 @@ class DistributedParams(Section):
     @field_validator("nproc_per_node")
     @classmethod
     def _positive(cls, value: str | int) -> str | int:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"nproc_per_node must be auto or at least 1, got {value}")
-        return value
+        return _auto_or_positive(value)
+
+    def with_changes(self, changes: ModelDistributedParams | None) -> DistributedParams:
+        """These settings with one model's changes (its section's `distributed`) applied."""
+        given = {} if changes is None else {key: value for key, value in changes.model_dump().items() if value is not None}
+        return self.model_copy(update=given)
 
     @field_validator("rdzv_endpoint")
     @classmethod
@@ -36,3 +39,24 @@ class DistributedParams(Section):
         if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", endpoint):
             raise ValueError(f"rdzv_endpoint must be host:port, got {endpoint!r}")
         return endpoint
+
+
+class ModelDistributedParams(Section):
+    """One model's changes to the `distributed` section (`teacher.distributed`, `student.distributed`, or a
+    distilled student's): a big teacher sharded, a small student data parallel. Unset keys keep the section's."""
+
+    strategy: Literal["ddp", "fsdp"] | None = None
+    nproc_per_node: Literal["auto"] | int | None = None
+    sync_batchnorm: bool | None = None
+    grad_accum_steps: int | None = Field(None, ge=1)
+
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _positive(cls, value: str | int | None) -> str | int | None:
+        return value if value is None else _auto_or_positive(value)
+
+
+def _auto_or_positive(value: str | int) -> str | int:
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"nproc_per_node must be auto or at least 1, got {value}")
+    return value

@@ -55,6 +55,10 @@ class Params(Section):
         """Distilled student `name`'s settings: the `student` section, with the sections it replaces."""
         return replace_sections(f"student {name}", self.student, **self.distill[name].overrides)
 
+    def distributed_for(self, training: TrainingParams) -> DistributedParams:
+        """How the model of `training` runs: the `distributed` section with that model's own changes."""
+        return self.distributed.with_changes(training.distributed)
+
     def study_settings(self) -> dict[str, TrainingParams]:
         """Every setting of the study by name: the grid's combinations, then the extra settings."""
         return self.study.settings(getattr(self, self.study.model))

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config.base import Section
+from pipelines.config.distributed import ModelDistributedParams
 from pipelines.config.optim import OptimizerParams
 from pipelines.config.schedules import ScheduleParams
 
@@ -92,6 +93,7 @@ class TrainingParams(Section):
     optimizer: OptimizerParams
     schedule: ScheduleParams
     regularization: RegularizationParams
+    distributed: ModelDistributedParams | None = None  # this model's changes to the `distributed` section
 
     @model_validator(mode="after")
     def _adamw_decays_decoupled(self) -> TrainingParams:

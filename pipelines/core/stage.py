@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import PARAMS_FILE, Params, ParamsError, load_params
+from pipelines.config.distributed import DistributedParams
 from pipelines.core.errors import DataError
 from pipelines.core.launch import launch_workers, needs_workers, under_torchrun
 from pipelines.core.paths import Paths
@@ -25,12 +26,12 @@ EXIT_BAD_DATA = 1
 def run_stage(
     stage: Callable[..., Any],
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    distributed: bool = False,
+    distributed: Callable[[Params, dict[str, Any]], DistributedParams] | None = None,
 ) -> None:
     """Run one stage from the command line: `stage(params, paths, **options)`, where options are the
-    arguments `add_arguments` declares. Invalid params exit 2 before anything is read or written. A
-    `distributed` stage runs under torchrun when params' `distributed` section asks for several processes
-    (pipelines/core/launch.py)."""
+    arguments `add_arguments` declares. Invalid params exit 2 before anything is read or written. A training
+    stage gives `distributed`, which says from the params and options how its model runs: under torchrun
+    when that asks for several processes (pipelines/core/launch.py)."""
     parser = argparse.ArgumentParser(description=stage.__doc__)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
     parser.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/, ...")
@@ -40,8 +41,8 @@ def run_stage(
     params_file, root = options.pop("params"), options.pop("root")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = params_or_exit(params_file)
-    if distributed and needs_workers(params.distributed):
-        launch_workers(params.distributed)  # the workers run this same command under torchrun
+    if distributed is not None and needs_workers(settings := distributed(params, options)):
+        launch_workers(settings)  # the workers run this same command under torchrun
         return
     if under_torchrun():  # a failing worker's traceback reaches torchrun's report of the failed rank
         from torch.distributed.elastic.multiprocessing.errors import record

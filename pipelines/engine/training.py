@@ -37,7 +37,8 @@ def train_and_save(
 ) -> dict[str, float]:
     """Build model `name` for the prepared data, fit it on the transfer set under `objective`, save it to
     models/<name>.pt with its training log in metrics/train/<name>/; return its final metrics."""
-    runtime = init_runtime(params.device, params.distributed.timeout_s)
+    distributed = params.distributed_for(training)
+    runtime = init_runtime(params.device, distributed.timeout_s)
     card = read_card(paths.card)
     transfer = open_image_set(paths.transfer, paths.arrow_cache)
     val = open_image_set(paths.split("val"), paths.arrow_cache)
@@ -49,7 +50,7 @@ def train_and_save(
         name, count_parameters(model), len(transfer), runtime.device, runtime.world_size,
     )
     kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
-                        params.distributed)
+                        distributed)
     state = full_state_dict(kept)  # under FSDP a collective: every rank takes part, the main one writes
     if runtime.is_main:
         save_checkpoint(paths.model(name), state, config, metrics)
