@@ -59,7 +59,9 @@ def write_overrides(path: Path, overrides: dict[str, Any]) -> None:
         *parents, leaf = dotted.split(".")
         node = document
         for key in parents:
-            node = node.setdefault(key, {})
+            if node.get(key) is None:  # a missing section, or one left `null` (teacher.distributed: null)
+                node[key] = _inline({})
+            node = node[key]
         node[leaf] = _inline(value)
     with atomic_path(path) as tmp:
         with open(tmp, "w") as file:

@@ -33,6 +33,18 @@ def test_a_student_added_to_params_yaml_becomes_a_stage_of_the_flow(project: Pat
     assert order.index("distill@student_kd") < order.index("evaluate")
 
 
+def test_an_override_inside_a_null_section_makes_it_a_section(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    shutil.copy(SHIPPED_PARAMS, path)
+    assert load_params(path).teacher.distributed is None  # `distributed: null` in the teacher's section
+    overrides = {"teacher.distributed.strategy": "fsdp", "teacher.distributed.nproc_per_node": 2}
+    assert load_params(path, overrides).teacher.distributed.strategy == "fsdp"  # as the flow validates it
+    write_overrides(path, overrides)  # as the flow writes it
+    written = load_params(path).teacher.distributed
+    assert (written.strategy, written.nproc_per_node) == ("fsdp", 2)
+    assert "distributed: {strategy: fsdp, nproc_per_node: 2}" in path.read_text()
+
+
 def test_overrides_parse_values_as_yaml() -> None:
     assert parse_overrides(["teacher.train.epochs=5", "augment.scale=[0.8, 1.2]", "device=cpu"]) == {
         "teacher.train.epochs": 5,

@@ -101,7 +101,9 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         *parents, leaf = dotted.split(".")
         node = result
         for depth, key in enumerate(parents):
-            child = node.setdefault(key, {})
+            if node.get(key) is None:  # a missing section, or one left `null` (teacher.distributed: null)
+                node[key] = {}
+            child = node[key]
             if not isinstance(child, dict):
                 prefix = ".".join(parents[: depth + 1])
                 raise ParamsError(f"override {dotted}: {prefix} is a value, not a section")

@@ -87,7 +87,7 @@ def fit(
         for epoch in range(epochs):
             model.train()
             objective.train()
-            sums: dict[str, torch.Tensor] = {}  # per loss term: sum over the epoch's images, then its count
+            sums: dict[str, torch.Tensor | float] = {}  # per loss term: sum over the epoch's images, then its count
             permutation = torch.randperm(len(train_set), generator=order)
             for start in range(0, steps * batch_size, batch_size):
                 step_rows = permutation[start : start + batch_size]
