@@ -15,7 +15,7 @@ from pipelines.config import ParamsError, load_params
 from pipelines.config.training import ModelParams
 from pipelines.data.card import DatasetCard
 from pipelines.engine.training import model_config
-from pipelines.models import ModelConfig, build_model, count_parameters
+from pipelines.models import build_model, count_parameters
 from pipelines.core.paths import Paths
 from pipelines.augment import augment
 from pipelines.distill import distill

@@ -17,7 +17,7 @@ from pipelines.config.base import Section
 from pipelines.config.distributed import ModelDistributedParams
 from pipelines.config.optim import OptimizerParams
 from pipelines.config.schedules import ScheduleParams
-from pipelines.config.training import ModelParams, RegularizationParams, TrainParams
+from pipelines.config.training import SECTIONS, ModelParams, RegularizationParams, TrainParams
 
 # Model names the pipeline itself uses; a student cannot take one.
 RESERVED_NAMES = ("teacher", "student_baseline")
@@ -45,8 +45,7 @@ class StudentParams(Section):
     @property
     def overrides(self) -> dict[str, Section]:
         """The `student` sections this student replaces."""
-        return {key: value for key in ("model", "train", "optimizer", "schedule", "regularization", "distributed")
-                if (value := getattr(self, key)) is not None}
+        return {key: value for key in SECTIONS if (value := getattr(self, key)) is not None}
 
 
 def check_student_names(students: dict[str, StudentParams]) -> None:

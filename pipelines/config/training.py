@@ -103,5 +103,5 @@ class TrainingParams(Section):
         return self
 
 
-# The sections of TrainingParams that a distilled student or a study setting may replace.
+# The sections of TrainingParams, each of which a distilled student may replace.
 SECTIONS = tuple(TrainingParams.model_fields)

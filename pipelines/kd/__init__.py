@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from pipelines.config import Params, ParamsError
-from pipelines.config.base import error_lines
+from pipelines.config.base import Section, error_lines
 from pipelines.config.distill import StudentParams
 from pipelines.core.paths import Paths
 from pipelines.kd.base import Method
@@ -36,7 +36,7 @@ def check_students(params: Params, source: str = "params.yaml") -> None:
         raise ParamsError("\n".join([f"{source}: invalid parameters", *problems]))
 
 
-def method_options(student: StudentParams):
+def method_options(student: StudentParams) -> Section:
     """The student's validated options (ValidationError), or ValueError for an unknown method."""
     if student.method not in METHODS:
         raise ValueError(f"unknown method {student.method!r}; valid: {', '.join(METHODS)}")
