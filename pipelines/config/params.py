@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from pipelines.config.base import ParamsError, Section, error_lines
+from pipelines.config.checkpoint import CheckpointParams
 from pipelines.config.data import AugmentParams, DataParams
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.distill import RESERVED_NAMES, StudentParams, check_student_names
@@ -38,6 +39,7 @@ class Params(Section):
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     distributed: DistributedParams = DistributedParams()
+    checkpoint: CheckpointParams = CheckpointParams()
     data: DataParams
     augment: AugmentParams
     teacher: TrainingParams

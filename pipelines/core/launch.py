@@ -47,6 +47,10 @@ def launch_workers(params: DistributedParams) -> None:
     from torch.distributed.run import parse_args, run
 
     module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
+    # Gloo (the CPU backend) connects its processes as they first talk rather than all at start-up: its eager
+    # full-mesh connect races with itself when torchrun restarts the workers (half the restarts failed or hung
+    # on torch 2.13 with two processes on loopback; none did lazily).
+    os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
     except ChildFailedError as error:

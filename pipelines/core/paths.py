@@ -44,6 +44,10 @@ class Paths:
         """The dvclive folder of one training run: metrics.json and per-epoch plots."""
         return self.root / "metrics" / "train" / name
 
+    def resume_states(self, folder: str, name: str) -> Path:
+        """Where model `name`'s training states are saved while it trains (params' checkpoint.folder)."""
+        return self.root / folder / name
+
     @property
     def eval_metrics(self) -> Path:
         return self.root / "metrics" / "eval.json"

@@ -33,6 +33,7 @@ from pipelines.engine.inference import predict_logits
 from pipelines.engine.objective import Batch, Objective
 from pipelines.engine.optim import build_optimizer, l1_penalty
 from pipelines.engine.parallel import parallelize
+from pipelines.engine.resume import Progress, Resume, TrainedState
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import build_schedule, steps_per_epoch
 
@@ -49,6 +50,7 @@ def fit(
     seed: int,
     log_dir: Path | None = None,
     distributed: DistributedParams = DistributedParams(),
+    resume: Resume | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train `model` to minimize `objective` on `train_set`, validating on `val_set` every epoch.
 
@@ -79,17 +81,38 @@ def fit(
     mix_labels, mix_weights = train_set.columns.get("mix_label"), train_set.columns.get("mix_weight")
     # Every rank draws the same permutation, then takes its own slice of each global batch.
     order = torch.Generator().manual_seed(seed)
+    progress = Progress(order=order.get_state())
+    sums: dict[str, torch.Tensor | float] = {}  # per loss term: sum over the epoch's images, then its count
+    # What a resumable run saves and loads with DCP (pipelines/engine/resume.py): the trained modules with
+    # their optimizer and the EMA weights; besides them, the progress and each rank's RNG states and sums.
+    state = {"trained": TrainedState(nn.ModuleDict({"model": model, "objective": objective}), optimizer),
+             **({"ema": ema} if ema is not None else {})}
+    saved = resume.latest() if resume is not None else None
+    if saved is not None:
+        progress, sums = resume.load(saved, state)
+        schedule.scheduler.load_state_dict(progress.schedule)
+        if stopper is not None:
+            vars(stopper).update(progress.early_stopping)
+
+    def save() -> None:
+        progress.schedule = schedule.scheduler.state_dict()
+        progress.early_stopping = {k: v for k, v in vars(stopper).items() if k != "params"} if stopper else {}
+        resume.save(state, progress, sums, live_dir)
 
     with atomic_path(log_dir) if (log_dir and runtime.is_main) else nullcontext() as live_dir:
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) if live_dir else None
+        if saved is not None and live_dir is not None:
+            resume.restore_log(saved, live_dir)
+        live = None
+        if live_dir:
+            live = Live(dir=str(live_dir), resume=saved is not None, save_dvc_exp=False, dvcyaml=None, report=None)
         started = time.perf_counter()
-        step = 0
-        for epoch in range(epochs):
+        step, metrics = progress.step, progress.metrics
+        for epoch in range(progress.epoch, 0 if progress.stopped else epochs):
             model.train()
             objective.train()
-            sums: dict[str, torch.Tensor | float] = {}  # per loss term: sum over the epoch's images, then its count
+            order.set_state(progress.order)
             permutation = torch.randperm(len(train_set), generator=order)
-            for start in range(0, steps * batch_size, batch_size):
+            for start in range(progress.batch * batch_size, steps * batch_size, batch_size):
                 step_rows = permutation[start : start + batch_size]
                 rows = step_rows[runtime.rank :: runtime.world_size]
                 # The same number of micro-batches on every rank (DDP syncs on the last), none of them empty.
@@ -121,11 +144,15 @@ def fit(
                     ema.update_parameters(model)
                 schedule.after_step()
                 step += 1
+                progress.batch, progress.step = progress.batch + 1, step
+                if resume is not None and resume.due(step) and progress.batch < steps:
+                    save()
 
             totals = torch.stack([torch.as_tensor(value, device=device, dtype=torch.float32) for value in sums.values()])
             if runtime.distributed:
                 dist.all_reduce(totals)
             means = dict(zip(sums, (totals[:-1] / totals[-1]).tolist()))
+            sums = {}
             # Every rank validates the same (identical) weights on the whole split: no gather needed.
             metrics = {f"train_{name}": value for name, value in means.items()}
             metrics |= validate(kept, val_set, device)
@@ -138,12 +165,16 @@ def fit(
             if runtime.is_main:
                 summary = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
                 log.info("epoch %d/%d step %d %s", epoch + 1, epochs, step, summary)
-            if stopper is not None and stopper.update(metrics[stopper.params.metric], kept):
+            stop = stopper is not None and stopper.update(metrics[stopper.params.metric], kept)
+            progress = Progress(epoch=epoch + 1, step=step, order=order.get_state(), metrics=metrics, stopped=stop)
+            if resume is not None:
+                save()
+            if stop:
                 log.info("early stopping after epoch %d: best %s %.4f at epoch %d", epoch + 1,
                          stopper.params.metric, stopper.best_value, stopper.best_epoch + 1)
                 break
 
-        result = {"epochs": epoch + 1, "steps": step, **metrics}
+        result = {"epochs": progress.epoch, "steps": step, **metrics}
         if stopper is not None and stopper.best_state is not None:  # None: the metric was never a number
             kept.load_state_dict(stopper.best_state)
             result |= {"best_epoch": stopper.best_epoch + 1, **validate(kept, val_set, device)}

@@ -16,6 +16,7 @@ from pipelines.engine.checkpoint import save_checkpoint
 from pipelines.engine.loop import fit
 from pipelines.engine.objective import Objective
 from pipelines.engine.parallel import full_state_dict
+from pipelines.engine.resume import Resume, fingerprint, input_identity
 from pipelines.engine.runtime import init_runtime, shutdown
 from pipelines.models import ModelConfig, build_model, count_parameters
 
@@ -49,10 +50,19 @@ def train_and_save(
         "%s: %d parameters, %d training images, device %s x %d",
         name, count_parameters(model), len(transfer), runtime.device, runtime.world_size,
     )
+    resume = None
+    if params.checkpoint.resume == "auto":
+        inputs = input_identity(paths.transfer, paths.split("val"), paths.card, paths.teacher_logits)
+        resume = Resume(paths.resume_states(params.checkpoint.folder, name), params.checkpoint, runtime, fingerprint(
+            training=training.model_dump(), seed=params.seed, world_size=runtime.world_size,
+            device=runtime.device.type, inputs=inputs,
+            distributed=distributed.model_dump(include={"strategy", "grad_accum_steps", "sync_batchnorm"})))
     kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
-                        distributed)
+                        distributed, resume)
     state = full_state_dict(kept)  # under FSDP a collective: every rank takes part, the main one writes
     if runtime.is_main:
         save_checkpoint(paths.model(name), state, config, metrics)
+        if resume is not None:
+            resume.remove()  # the model is saved: its training states have served
     shutdown(runtime)
     return metrics

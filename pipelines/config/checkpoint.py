@@ -1,0 +1,19 @@
+"""The `checkpoint` section: resumable training. A training stage saves its whole training state now and
+then (pipelines/engine/resume.py); a run of the same params that starts after a crash, a kill or a torchrun
+restart continues from the last complete save instead of from scratch. The saved states live outside the
+DVC outputs and are removed once the stage succeeds."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.config.base import Section
+
+
+class CheckpointParams(Section):
+    resume: Literal["auto", "never"] = "auto"  # auto: save the training state, continue from it after a failure; never: neither
+    interval_steps: int | None = Field(100, ge=1)  # also save every this many optimizer steps (null: at epoch ends only)
+    keep_latest: int = Field(2, ge=1)  # saved states kept while training (a damaged newest one leaves an older one)
+    folder: str = ".resume"  # relative to the project root, or absolute; several nodes need one they all share

@@ -1,0 +1,192 @@
+"""Resumable training: the whole state of a run of `fit`, saved with torch.distributed.checkpoint (DCP) every
+`checkpoint.interval_steps` optimizer steps and at each epoch end, and loaded when a run of the same params
+starts again after a crash, a SIGKILL or a torchrun restart (`checkpoint.resume: auto`).
+
+A save is a folder `<checkpoint.folder>/<model>/step-<N>/` holding
+    DCP's files     the model and the objective's parameters, the optimizer (sharded as they train: FSDP's
+                    shards, a pipeline stage's layers), the EMA weights, the progress (epoch, step, the data
+                    order's generator, the schedule, early stopping)
+    rank-<R>.pt     what differs from rank to rank: its RNG states (dropout) and its share of the epoch's sums
+    live/           the dvclive log as it stood at that step, so that the resumed run appends to it
+    state.json      the fingerprint of what was trained (params, processes, input files) and the step
+Every rank writes into `step-<N>.partial/`, which the main rank renames once all have finished: a folder
+without the suffix is complete, and the next run sweeps partial ones. A run whose fingerprint differs (the
+params or the data changed) starts over and removes the saves. The stage removes them once it succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.optim import Optimizer
+
+from pipelines.config.checkpoint import CheckpointParams
+from pipelines.core.errors import CheckpointError
+from pipelines.engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+
+
+@dataclass
+class Progress:
+    """Where a run stands, besides its weights and optimizer: what a resumed run continues from."""
+
+    epoch: int = 0  # the epoch in progress (the next one after an epoch end)
+    batch: int = 0  # optimizer steps already taken in that epoch
+    step: int = 0  # optimizer steps taken in all
+    order: torch.Tensor | None = None  # the data order's generator state at the start of epoch `epoch`
+    schedule: dict[str, Any] = field(default_factory=dict)  # the torch scheduler's state_dict
+    early_stopping: dict[str, Any] = field(default_factory=dict)  # EarlyStopping's attributes
+    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's metrics
+    stopped: bool = False  # early stopping ended the run at this epoch end
+
+
+class TrainedState:
+    """The trained modules and their optimizer as DCP's `Stateful`: get_state_dict / set_state_dict give
+    each rank its own shards (FSDP) or layers (a pipeline stage) under names unique across the ranks."""
+
+    def __init__(self, trained: nn.Module, optimizer: Optimizer) -> None:
+        self.trained, self.optimizer = trained, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        model, optimizer = get_state_dict(self.trained, self.optimizer)
+        return {"model": model, "optimizer": optimizer}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_state_dict(self.trained, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+
+
+def fingerprint(**what: Any) -> str:
+    """A short hash of what makes a saved state resumable: the same params, processes and input files."""
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def input_identity(*files: Path) -> list[tuple[str, int, int]]:
+    """Size and modification time of each existing input: a rewritten input (new data) changes them."""
+    return [(path.name, stat.st_size, stat.st_mtime_ns) for path in files if path.exists() for stat in [path.stat()]]
+
+
+class Resume:
+    """The saved training states of one model: find the newest complete one, save, load, remove."""
+
+    def __init__(self, folder: Path, params: CheckpointParams, runtime: Runtime, fingerprint: str) -> None:
+        self.folder, self.params, self.runtime, self.fingerprint = folder, params, runtime, fingerprint
+
+    def due(self, step: int) -> bool:
+        """Whether to save after optimizer step `step` (besides every epoch end)."""
+        return self.params.interval_steps is not None and step % self.params.interval_steps == 0
+
+    def latest(self) -> Path | None:
+        """The newest complete save of this fingerprint, the same on every rank (the main rank decides). The
+        main rank first sweeps what killed runs left half-written, and saves of other params or data."""
+        chosen: list[Path | None] = [None]
+        if self.runtime.is_main:
+            for partial in self.folder.glob(f"step-*{PARTIAL}"):
+                shutil.rmtree(partial, ignore_errors=True)
+            saves = self._complete()
+            if saves and self._saved_fingerprint(saves[-1]) != self.fingerprint:
+                log.info("%s: saved training states are of other params or data: starting over", self.folder)
+                self.remove()
+                saves = []
+            chosen = [saves[-1] if saves else None]
+        if self.runtime.distributed:
+            dist.broadcast_object_list(chosen, src=0)
+        return chosen[0]
+
+    def save(self, state: dict[str, Any], progress: Progress, sums: dict[str, Any], live_dir: Path | None) -> None:
+        """Save `state` (the loop's objects, see `fit`) with `progress` and this rank's RNG states and `sums`,
+        atomically; keep the newest saves."""
+        final = self.folder / f"step-{progress.step:08d}"
+        partial = final.with_name(final.name + PARTIAL)
+        partial.mkdir(parents=True, exist_ok=True)
+        torch.save(_rank_state(self.runtime, sums), partial / f"rank-{self.runtime.rank}.pt")
+        with _one_process_is_meant():
+            dcp.save({**state, "progress": progress}, checkpoint_id=partial, no_dist=not self.runtime.distributed)  # every rank, then DCP's own barrier
+        if self.runtime.is_main:
+            if live_dir is not None and live_dir.exists():
+                shutil.copytree(live_dir, partial / "live")
+            (partial / "state.json").write_text(json.dumps({"fingerprint": self.fingerprint, "step": progress.step}))
+            if final.exists():  # saved at this step before (an epoch end right after an interval)
+                shutil.rmtree(final)
+            partial.rename(final)
+            for old in self._complete()[: -self.params.keep_latest]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.runtime.distributed:
+            dist.barrier()
+
+    def load(self, saved: Path, state: dict[str, Any]) -> tuple[Progress, dict[str, Any]]:
+        """Load the save `saved` into the loop's objects in `state` (in place) and set this rank's RNG states
+        back; return the progress and this rank's share of the epoch's sums."""
+        loaded = {**state, "progress": Progress()}
+        try:
+            with _one_process_is_meant():
+                dcp.load(loaded, checkpoint_id=saved, no_dist=not self.runtime.distributed)
+            rank = torch.load(saved / f"rank-{self.runtime.rank}.pt", map_location="cpu", weights_only=True)
+        except (Exception, CheckpointException) as error:  # DCP's wraps a failure on any rank (a BaseException)
+            raise CheckpointError(
+                f"{saved}: a saved training state that cannot be read ({str(error).splitlines()[0]}). Remove that "
+                f"folder to resume from the save before it, or set checkpoint.resume: never to start over"
+            ) from None
+        torch.set_rng_state(rank["cpu_rng"])
+        if rank["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(rank["cuda_rng"], self.runtime.device)
+        progress = loaded["progress"]
+        log.info("resuming from %s (step %d, epoch %d)", saved, progress.step, progress.epoch + 1)
+        return progress, {key: value.to(self.runtime.device) if isinstance(value, torch.Tensor) else value
+                          for key, value in rank["sums"].items()}
+
+    def restore_log(self, saved: Path, live_dir: Path) -> None:
+        """Put the dvclive log of `saved` where the resumed run logs, so it continues the same files."""
+        if (saved / "live").exists():
+            shutil.copytree(saved / "live", live_dir, dirs_exist_ok=True)
+
+    def remove(self) -> None:
+        """Remove every save of this model (the stage succeeded, or they are of other params)."""
+        if self.runtime.is_main:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if self.folder.parent.exists() and not any(self.folder.parent.iterdir()):
+                self.folder.parent.rmdir()  # the folder of every model's saves, now empty
+
+    def _complete(self) -> list[Path]:
+        saves = [path for path in self.folder.glob("step-*") if not path.name.endswith(PARTIAL)]
+        return sorted(saves, key=lambda path: path.name)
+
+    @staticmethod
+    def _saved_fingerprint(saved: Path) -> str | None:
+        try:
+            return json.loads((saved / "state.json").read_text())["fingerprint"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def _rank_state(runtime: Runtime, sums: dict[str, torch.Tensor | float]) -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state(runtime.device) if runtime.device.type == "cuda" else None
+    return {"cpu_rng": torch.get_rng_state(), "cuda_rng": cuda,
+            "sums": {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value
+                     for key, value in sums.items()}}
+
+
+@contextmanager
+def _one_process_is_meant() -> Iterator[None]:
+    """Silence DCP's warning that it assumes one process: in one process, `no_dist` says so already."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield

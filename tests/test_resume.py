@@ -1,0 +1,164 @@
+"""Resumable training (pipelines/engine/resume.py): a stage killed mid-epoch, or a torchrun worker killed
+and restarted, continues from its last saved training state and ends with the weights and the training log
+of a run that was never interrupted; saves of other params are not resumed; a damaged save is named."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.augment import augment
+from pipelines.config import load_params
+from pipelines.core.paths import Paths
+from pipelines.engine.checkpoint import load_checkpoint
+from pipelines.prepare import prepare
+from tasks.params import write_overrides
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, run
+
+# 20 optimizer steps per epoch on the tiny transfer set; a save every 7 steps falls mid-epoch.
+RESUMABLE = {**TINY_OVERRIDES, "device": "cpu", "teacher.train.epochs": 30, "checkpoint.interval_steps": 7,
+             "teacher.model.dropout": 0.2}  # dropout: the RNG state must come back too
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Paths:
+    paths, params = Paths(tmp_path_factory.mktemp("prepared")), load_params(SHIPPED_PARAMS, TINY_OVERRIDES)
+    prepare(params, paths)
+    augment(params, paths)
+    return paths
+
+
+def project(prepared: Paths, root: Path, **overrides) -> tuple[Paths, list[str]]:
+    """A copy of the prepared project with its own params file; the teacher stage's command line."""
+    shutil.copytree(prepared.root, root)
+    params_file = root / "params.yaml"
+    shutil.copy(SHIPPED_PARAMS, params_file)
+    write_overrides(params_file, {**RESUMABLE, **overrides})
+    return Paths(root), [sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file),
+                         "--root", str(root)]
+
+
+def saves(paths: Paths) -> list[Path]:
+    return sorted(paths.resume_states(".resume", "teacher").glob("step-*"))
+
+
+def kill_after_save(command: list[str], paths: Paths, step: int, victim=lambda stage: stage.pid) -> subprocess.Popen:
+    """Start `command`, SIGKILL (the process `victim` picks) once the training state of `step` is saved."""
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    stage = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = paths.resume_states(".resume", "teacher") / f"step-{step:08d}"
+    deadline = time.monotonic() + 120
+    while not target.exists() and stage.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert target.exists(), "the run saved its training state"
+    os.kill(victim(stage), signal.SIGKILL)
+    return stage
+
+
+def weights(paths: Paths) -> dict[str, torch.Tensor]:
+    return load_checkpoint(paths.model("teacher")).state_dict
+
+
+def max_difference(one: dict, other: dict) -> float:
+    assert one.keys() == other.keys()
+    return max((one[key].float() - other[key].float()).abs().max().item() for key in one)
+
+
+def logged(paths: Paths, metric: str) -> list[tuple[str, str]]:
+    """(step, value) rows of one dvclive metric of the teacher's training log, without the timestamps."""
+    rows = (paths.training_log("teacher") / "plots" / "metrics" / f"{metric}.tsv").read_text().splitlines()
+    return [tuple(row.split("\t")[1:]) for row in rows[1:]]
+
+
+@pytest.mark.slow
+def test_a_stage_killed_mid_epoch_resumes_to_the_weights_and_log_of_an_uninterrupted_run(
+    prepared: Paths, tmp_path: Path
+) -> None:
+    reference, command = project(prepared, tmp_path / "reference")
+    run(command, PROJECT_ROOT)
+    assert saves(reference) == [] and not (reference.root / ".resume").exists(), "a finished stage removes its saves"
+
+    killed, command = project(prepared, tmp_path / "killed")
+    stage = kill_after_save(command, killed, step=28)  # in epoch 2 of 30
+    stage.wait()
+    assert not killed.model("teacher").exists()
+    assert saves(killed), "the killed run's saves are there to resume from"
+
+    result = run(command, PROJECT_ROOT)
+
+    assert "resuming from" in result.stderr
+    assert max_difference(weights(killed), weights(reference)) <= 1e-6
+    for metric in ("lr", "train_loss", "val_accuracy"):  # the log continues: every step once, the same values
+        assert logged(killed, metric) == logged(reference, metric)
+    assert load_checkpoint(killed.model("teacher")).metrics["epochs"] == 30
+    assert saves(killed) == []
+    assert [path.name for path in killed.root.rglob(".*tmp-*")] == []
+
+
+@pytest.mark.slow
+def test_a_killed_torchrun_worker_is_restarted_and_resumes_to_the_weights_of_an_uninterrupted_run(
+    prepared: Paths, tmp_path: Path
+) -> None:
+    two_processes = {"distributed.nproc_per_node": 2, "distributed.max_restarts": 1, "distributed.timeout_s": 60}
+    reference, command = project(prepared, tmp_path / "reference", **two_processes)
+    run(command, PROJECT_ROOT)
+
+    restarted, command = project(prepared, tmp_path / "restarted", **two_processes)
+
+    def rank_1(stage: subprocess.Popen) -> int:
+        workers = subprocess.run(["pgrep", "-P", str(stage.pid)], capture_output=True, text=True).stdout.split()
+        return max(int(pid) for pid in workers)  # the last started: local rank 1
+
+    stage = kill_after_save(command, restarted, step=28, victim=rank_1)
+    stage.wait(timeout=300)
+
+    assert stage.returncode == 0, "torchrun restarted the workers, which finished the run"
+    assert max_difference(weights(restarted), weights(reference)) <= 1e-6
+    assert logged(restarted, "lr") == logged(reference, "lr")
+
+
+def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path: Path) -> None:
+    paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
+    stage = kill_after_save(command, paths, step=21)
+    stage.wait()
+
+    write_overrides(paths.root / "params.yaml", {"teacher.optimizer.lr": 0.01})
+    result = run(command, PROJECT_ROOT)
+
+    assert "of other params or data: starting over" in result.stderr and "resuming from" not in result.stderr
+    assert load_checkpoint(paths.model("teacher")).metrics["steps"] == 40
+
+
+def test_a_damaged_save_is_named_with_what_to_do(prepared: Paths, tmp_path: Path) -> None:
+    paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
+    kill_after_save(command, paths, step=21).wait()
+    newest = saves(paths)[-1]
+    for shard in newest.glob("*.distcp"):
+        shard.write_bytes(shard.read_bytes()[:20])
+
+    result = run(command, PROJECT_ROOT, check=False)
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{newest}: a saved training state that cannot be read" in result.stderr
+    assert "Remove that folder to resume from the save before it, or set checkpoint.resume: never" in result.stderr
+
+
+def test_resume_never_starts_over_and_saves_nothing(prepared: Paths, tmp_path: Path) -> None:
+    paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
+    kill_after_save(command, paths, step=21).wait()
+    left = saves(paths)
+
+    write_overrides(paths.root / "params.yaml", {"checkpoint.resume": "never"})
+    result = run(command, PROJECT_ROOT)
+
+    assert "resuming from" not in result.stderr
+    assert load_checkpoint(paths.model("teacher")).metrics["steps"] == 40
+    assert saves(paths) == left, "what the killed run saved is left as it was"
