@@ -1,11 +1,14 @@
 """A training run for the parity tests, the same in one process or under torchrun:
 
-    python tests/ddp_worker.py OUT.pt [grad_accum_steps [strategy]]
+    python tests/ddp_worker.py OUT.pt [grad_accum_steps [strategy [model]]]
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt 1 fsdp
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt 1 pipeline-1f1b cnn
 
-`fit` trains a model without batch norm (so that each process's share of a batch trains exactly as the whole
-batch would; torch's SyncBatchNorm needs GPUs) on 512 seeded random 8x8 images, global batch 16: 32 steps.
-The main rank saves the trained weights (gathered from the shards under FSDP) to OUT.pt.
+`fit` trains on 512 seeded random 8x8 images, global batch 16: 32 steps. The `plain` model has no batch norm
+(so that each process's share of a batch trains exactly as the whole batch would; torch's SyncBatchNorm needs
+GPUs); the `cnn` one is the built-in cnn with batch norm, for the pipeline (`strategy pipeline`, 4 micro-batches),
+which sees the same micro-batches as one process accumulating gradients over 4.
+The main rank saves the trained weights (gathered from the shards or the stages) to OUT.pt.
 """
 
 import sys
@@ -25,18 +28,23 @@ from pipelines.engine.loop import fit  # noqa: E402
 from pipelines.engine.objective import CrossEntropy  # noqa: E402
 from pipelines.engine.parallel import full_state_dict  # noqa: E402
 from pipelines.engine.runtime import init_runtime, shutdown  # noqa: E402
+from pipelines.models import ModelConfig, build_model  # noqa: E402
 
 IMAGES, BATCH = 512, 16
 
 
-def main(out: Path, grad_accum_steps: int, strategy: str) -> None:
+def main(out: Path, grad_accum_steps: int, strategy: str, model_name: str) -> None:
     runtime = init_runtime("cpu", timeout_s=60)
     data = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (IMAGES, 1, 8, 8), generator=data, dtype=torch.uint8)
     labels = torch.randint(0, 4, (IMAGES,), generator=data)
     train = ImageSet(images, labels, ["a", "b", "c", "d"])
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
+    if model_name == "plain":
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
+    else:
+        model = build_model(ModelConfig(arch="cnn", width=4, depth=2, blocks_per_stage=1, dropout=0.0, in_channels=1,
+                                        image_size=(8, 8), num_classes=4, pixel_mean=(0.5,), pixel_std=(0.3,)))
     training = TrainingParams(
         model=ModelParams(width=1, depth=1, dropout=0.0),  # not used: the model is built above
         train=TrainParams(epochs=1, batch_size=BATCH),
@@ -45,7 +53,9 @@ def main(out: Path, grad_accum_steps: int, strategy: str) -> None:
         regularization=RegularizationParams(weight_decay=1e-4, weight_decay_mode="coupled"),
     )
     kept, metrics = fit(model, train, train, CrossEntropy(), training, runtime, seed=0,
-                        distributed=DistributedParams(grad_accum_steps=grad_accum_steps, strategy=strategy))
+                        distributed=DistributedParams(grad_accum_steps=grad_accum_steps, strategy=strategy.partition("-")[0],
+                                                              pipeline_schedule=strategy.partition("-")[2] or "gpipe",
+                                                              microbatches=4))
     state = full_state_dict(kept)
     if runtime.is_main:
         torch.save({"state_dict": state, "steps": metrics["steps"]}, out)
@@ -53,4 +63,5 @@ def main(out: Path, grad_accum_steps: int, strategy: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1, sys.argv[3] if len(sys.argv) > 3 else "ddp")
+    arguments = sys.argv[1:] + ["1", "ddp", "plain"][len(sys.argv) - 2 :]
+    main(Path(arguments[0]), int(arguments[1]), arguments[2], arguments[3])

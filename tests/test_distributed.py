@@ -5,6 +5,7 @@ nodes on loopback, and a worker that dies."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,9 @@ from pipelines.engine.checkpoint import load_checkpoint, load_model
 from pipelines.engine.inference import predict_logits
 from pipelines.engine.objective import CrossEntropy
 from pipelines.engine.parallel import parallelize
+from pipelines.engine.pipeline import split_layers
 from pipelines.engine.runtime import Runtime
+from pipelines.models import ModelConfig, build_model
 from pipelines.prepare import prepare
 from tasks.params import write_overrides
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set, run
@@ -33,12 +36,13 @@ from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, read_im
 WORKER = PROJECT_ROOT / "tests" / "ddp_worker.py"
 
 
-def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1, strategy: str = "ddp") -> dict:
+def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1, strategy: str = "ddp",
+                    model: str = "plain") -> dict:
     """tests/ddp_worker.py's weights after training in `processes` processes."""
     out = tmp_path / f"{name}.pt"
     launch = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-    run([*launch, str(WORKER), str(out), str(grad_accum_steps), strategy], tmp_path)
+    run([*launch, str(WORKER), str(out), str(grad_accum_steps), strategy, model], tmp_path)
     return torch.load(out, weights_only=True)
 
 
@@ -75,13 +79,56 @@ def test_two_fsdp_processes_sharding_the_model_train_the_weights_of_one_process(
     assert max_difference(one, sharded_accumulating) <= 1e-5
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_a_two_stage_pipeline_trains_the_weights_of_one_process_accumulating_the_same_micro_batches(
+    tmp_path: Path, schedule: str
+) -> None:
+    # The built-in cnn, with batch norm: each micro-batch is normalized on its own on both sides.
+    one = trained_weights(tmp_path, "one", processes=1, grad_accum_steps=4, model="cnn")
+    piped = trained_weights(tmp_path, "piped", processes=2, strategy=f"pipeline-{schedule}", model="cnn")
+    assert one["steps"] == piped["steps"] == 32
+    assert set(piped["state_dict"]) == set(one["state_dict"])  # the whole model, reassembled from both stages
+    assert max_difference(one, piped) <= 1e-5
+
+
+TWO_PROCESSES = Runtime(torch.device("cpu"), rank=0, world_size=2)  # what is refused is refused before any collective
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "pipeline"])
 @pytest.mark.parametrize("regularization", [{"ema_decay": 0.99}, {"l1": 1e-4},
                                             {"early_stopping": {"metric": "val_loss", "patience": 2}}])
-def test_fsdp_refuses_what_it_cannot_do_yet_by_name(regularization: dict) -> None:
+def test_fsdp_and_the_pipeline_refuse_what_they_cannot_do_yet_by_name(regularization: dict, strategy: str) -> None:
     settings = RegularizationParams(weight_decay=0.0, weight_decay_mode="coupled", **regularization)
-    two_processes = Runtime(torch.device("cpu"), rank=0, world_size=2)  # refused before any collective
-    with pytest.raises(ParamsError, match=f"strategy fsdp does not support regularization.{next(iter(regularization))}"):
-        parallelize(torch.nn.Linear(2, 2), CrossEntropy(), two_processes, DistributedParams(strategy="fsdp"), settings)
+    with pytest.raises(ParamsError, match=f"strategy {strategy} does not support regularization.{next(iter(regularization))}"):
+        parallelize(torch.nn.Linear(2, 2), CrossEntropy(), TWO_PROCESSES, DistributedParams(strategy=strategy), settings)
+
+
+@pytest.mark.parametrize("model, settings, message", [
+    (torch.nn.Linear(2, 2), {}, "a Linear cannot be split into layers (the built-in cnn and resnet can)"),
+    (None, {"grad_accum_steps": 2}, "distributed.grad_accum_steps: under strategy pipeline"),
+    (None, {"pipeline_schedule": "1f1b", "microbatches": 1}, "1f1b needs at least one micro-batch per stage"),
+])
+def test_the_pipeline_names_what_it_cannot_split_or_schedule(model, settings: dict, message: str) -> None:
+    model = model or build_model(ModelConfig(arch="cnn", width=4, depth=1, blocks_per_stage=1, dropout=0.0,
+                                             in_channels=1, image_size=(8, 8), num_classes=4, pixel_mean=(0.5,),
+                                             pixel_std=(0.3,)))
+    settings = {"strategy": "pipeline", **settings}
+    none = RegularizationParams(weight_decay=0.0, weight_decay_mode="coupled")
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parallelize(model, CrossEntropy(), TWO_PROCESSES, DistributedParams(**settings), none)
+
+
+def test_the_pipeline_splits_the_built_in_models_into_runs_of_balanced_size() -> None:
+    for arch in ("cnn", "resnet"):
+        model = build_model(ModelConfig(arch=arch, width=8, depth=3, blocks_per_stage=2, dropout=0.0, in_channels=1,
+                                        image_size=(8, 8), num_classes=10, pixel_mean=(0.5,), pixel_std=(0.3,)))
+        parts = split_layers(model, 2)
+        pixels = torch.rand(3, 1, 8, 8)
+        model.eval()
+        assert torch.equal(torch.nn.Sequential(*parts[0], *parts[1])(pixels), model(pixels))  # nothing left out
+        sizes = [sum(parameter.numel() for layer in part for parameter in layer.parameters()) for part in parts]
+        assert max(sizes) < 0.75 * sum(sizes)
 
 
 def test_a_model_s_changes_to_the_distributed_section_apply_to_that_model_alone() -> None:
@@ -136,7 +183,7 @@ def stage_root(tmp_path: Path, tiny_params: Params, name: str, section: str = "d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "pipeline"])
 def test_the_teacher_stage_launches_its_own_workers_and_evaluate_scores_their_checkpoint(
     tmp_path: Path, tiny_params: Params, strategy: str
 ) -> None:

@@ -22,7 +22,8 @@ from pipelines.engine.early_stopping import EarlyStopping
 from pipelines.engine.objective import Batch, CrossEntropy
 from pipelines.engine.optim import build_optimizer, l1_penalty
 from pipelines.engine.runtime import Runtime
-from pipelines.engine.loop import clip_gradients, fit, validate
+from pipelines.engine.inference import validate
+from pipelines.engine.loop import clip_gradients, fit
 
 CPU = torch.device("cpu")
 LR, WD = 0.1, 0.5

@@ -14,12 +14,16 @@ from pipelines.config.base import Section
 
 class DistributedParams(Section):
     nproc_per_node: Literal["auto"] | int = "auto"  # processes per node; auto: one per visible GPU, 1 without
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: data parallel; fsdp: FSDP2, parameters sharded per block
+    # none: one process whatever nproc_per_node says; ddp: data parallel; fsdp: FSDP2, parameters sharded per
+    # block; pipeline: the model's layers split across the processes, batches flowing through in micro-batches
+    strategy: Literal["none", "ddp", "fsdp", "pipeline"] = "ddp"
     nnodes: int = Field(1, ge=1)  # nodes taking part: each runs the same command (README: several GPUs and nodes)
     rdzv_endpoint: str = "127.0.0.1:29400"  # host:port every node reaches (the c10d rendezvous); one node: any free port
     rdzv_id: str = "distill-pipeline"  # the run's rendezvous id: the same on every node of one run
     sync_batchnorm: bool = False  # batch norm statistics over the global batch rather than each process's share
     grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step; the batch size stays the global batch
+    microbatches: int = Field(4, ge=1)  # pipeline: micro-batches per global batch (it must divide train.batch_size)
+    pipeline_schedule: Literal["gpipe", "1f1b"] = "gpipe"  # pipeline: all forwards then all backwards, or interleaved
     max_restarts: int = Field(0, ge=0)  # torchrun restarts of the workers after a failure
     timeout_s: int = Field(300, ge=1)  # longest wait for the rendezvous or a collective before the stage fails
 
@@ -45,10 +49,12 @@ class ModelDistributedParams(Section):
     """One model's changes to the `distributed` section (`teacher.distributed`, `student.distributed`, or a
     distilled student's): a big teacher sharded, a small student data parallel. Unset keys keep the section's."""
 
-    strategy: Literal["ddp", "fsdp"] | None = None
+    strategy: Literal["none", "ddp", "fsdp", "pipeline"] | None = None
     nproc_per_node: Literal["auto"] | int | None = None
     sync_batchnorm: bool | None = None
     grad_accum_steps: int | None = Field(None, ge=1)
+    microbatches: int | None = Field(None, ge=1)
+    pipeline_schedule: Literal["gpipe", "1f1b"] | None = None
 
     @field_validator("nproc_per_node")
     @classmethod

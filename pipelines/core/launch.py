@@ -61,4 +61,6 @@ def launch_workers(params: DistributedParams) -> None:
 
 def needs_workers(params: DistributedParams) -> bool:
     """Whether this command must start workers: more than one process asked for, and none started yet."""
+    if params.strategy == "none":
+        return False
     return not under_torchrun() and (params.nnodes > 1 or processes_per_node(params) > 1)

@@ -1,13 +1,14 @@
-"""Batched inference: a model's logits for a whole image set, at once or batch by batch."""
+"""Batched inference: a model's logits for a whole image set, at once or batch by batch, and its validation metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from pipelines.data.images import MappedImages
+from pipelines.data.images import ImageSet, MappedImages
 
 # Images per forward pass when no batch size is given: memory only, inference has no batch statistics.
 INFERENCE_BATCH_SIZE = 1024
@@ -32,3 +33,16 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits [N, classes] on the CPU for uint8 images [N, C, H, W], in eval mode."""
     return torch.cat(list(iter_logits(model, images, device, batch_size)))
+
+
+def validate(model: nn.Module, val_set: ImageSet, device: torch.device) -> dict[str, float]:
+    """Validation loss and accuracy of `model` on the whole split."""
+    return val_metrics(predict_logits(model, val_set.images, device), val_set.labels)
+
+
+def val_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Validation loss and accuracy of logits [N, classes] (on the CPU) for their labels."""
+    return {
+        "val_loss": F.cross_entropy(logits, labels).item(),
+        "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+    }

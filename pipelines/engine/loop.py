@@ -4,8 +4,10 @@
 loss: the loop itself knows nothing of labels, teachers or distillation. An epoch is a seeded permutation
 of row indices and a batch is a slice of it: the batch's images are gathered from the (memory-mapped) set
 and moved to the device, so there is no per-sample Python work and the dataset need not fit in memory.
-Under torchrun each rank gathers only its share of every global batch and DDP (pipelines/engine/parallel.py)
-averages the gradients of the model and the objective's own parameters; only the main rank logs and writes.
+How a step's gradient is computed on the processes (each rank its share of the global batch under DDP or
+FSDP, the batch flowing through the ranks' layers under a pipeline) is pipelines/engine/parallel.py's; only
+the main rank logs and writes. With `resume`, the whole training state is saved as it goes and a rerun
+continues from it (pipelines/engine/resume.py).
 """
 
 from __future__ import annotations
@@ -14,12 +16,9 @@ import logging
 import time
 from contextlib import nullcontext
 from collections.abc import Iterable
-from itertools import chain
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -29,13 +28,12 @@ from pipelines.config.training import GradClipParams, TrainingParams
 from pipelines.core.atomic import atomic_path
 from pipelines.data.images import ImageSet
 from pipelines.engine.early_stopping import EarlyStopping
-from pipelines.engine.inference import predict_logits
 from pipelines.engine.objective import Batch, Objective
-from pipelines.engine.optim import build_optimizer, l1_penalty
+from pipelines.engine.optim import build_optimizer
 from pipelines.engine.parallel import parallelize
 from pipelines.engine.resume import Progress, Resume, TrainedState
 from pipelines.engine.runtime import Runtime
-from pipelines.engine.schedules import build_schedule, steps_per_epoch
+from pipelines.engine.schedules import build_schedule
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +62,12 @@ def fit(
     model.to(device)
     objective.setup(model, train_set)
     objective.to(device)
-    trainee = parallelize(model, objective, runtime, distributed, training.regularization)  # None: one process
+    parallel = parallelize(model, objective, runtime, distributed, training.regularization)
     regularization = training.regularization
     epochs = training.train.epochs
     batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
-    steps = steps_per_epoch(len(train_set), batch_size, runtime.world_size)
-    trained = list(chain(model.parameters(), objective.parameters()))
-    optimizer = build_optimizer(trained, training.optimizer, regularization)
+    steps = parallel.steps_per_epoch(len(train_set), batch_size)
+    optimizer = build_optimizer(parallel.trained, training.optimizer, regularization)
     schedule = build_schedule(optimizer, training.schedule, epochs, steps)
     ema = None
     if regularization.ema_decay is not None:
@@ -79,13 +76,23 @@ def fit(
     stopper = EarlyStopping(regularization.early_stopping) if regularization.early_stopping else None
 
     mix_labels, mix_weights = train_set.columns.get("mix_label"), train_set.columns.get("mix_weight")
-    # Every rank draws the same permutation, then takes its own slice of each global batch.
+
+    def batch_of(rows: torch.Tensor) -> Batch:
+        return Batch(
+            images=train_set.images[rows].to(device).float().div_(255.0),
+            labels=train_set.labels[rows].to(device),
+            rows=rows,
+            mix_labels=None if mix_labels is None else mix_labels[rows].to(device),
+            mix_weights=None if mix_weights is None else mix_weights[rows].to(device),
+        )
+
+    # Every rank draws the same permutation, then takes its part of each global batch.
     order = torch.Generator().manual_seed(seed)
     progress = Progress(order=order.get_state())
     sums: dict[str, torch.Tensor | float] = {}  # per loss term: sum over the epoch's images, then its count
     # What a resumable run saves and loads with DCP (pipelines/engine/resume.py): the trained modules with
     # their optimizer and the EMA weights; besides them, the progress and each rank's RNG states and sums.
-    state = {"trained": TrainedState(nn.ModuleDict({"model": model, "objective": objective}), optimizer),
+    state = {"trained": TrainedState(parallel.checkpointed, optimizer),
              **({"ema": ema} if ema is not None else {})}
     saved = resume.latest() if resume is not None else None
     if saved is not None:
@@ -113,29 +120,12 @@ def fit(
             order.set_state(progress.order)
             permutation = torch.randperm(len(train_set), generator=order)
             for start in range(progress.batch * batch_size, steps * batch_size, batch_size):
-                step_rows = permutation[start : start + batch_size]
-                rows = step_rows[runtime.rank :: runtime.world_size]
-                # The same number of micro-batches on every rank (DDP syncs on the last), none of them empty.
-                micro_steps = max(1, min(distributed.grad_accum_steps, len(step_rows) // runtime.world_size))
                 optimizer.zero_grad(set_to_none=True)
-                for index, micro in enumerate(torch.tensor_split(rows, micro_steps)):
-                    batch = Batch(
-                        images=train_set.images[micro].to(device).float().div_(255.0),
-                        labels=train_set.labels[micro].to(device),
-                        rows=micro,
-                        mix_labels=None if mix_labels is None else mix_labels[micro].to(device),
-                        mix_weights=None if mix_weights is None else mix_weights[micro].to(device),
-                    )
-                    last = index == micro_steps - 1
-                    with trainee.no_sync() if trainee is not None and not last else nullcontext():
-                        loss, terms = trainee(batch) if trainee is not None else objective(model, batch)
-                        total = loss + regularization.l1 * l1_penalty(model) if regularization.l1 else loss
-                        # The step's gradient is that of the mean over all its rows.
-                        (total * (len(micro) / len(rows)) if micro_steps > 1 else total).backward()
+                for count, loss, terms in parallel.backward(permutation[start : start + batch_size], batch_of):
                     for name, value in {"loss": loss, **terms}.items():
-                        sums[name] = sums.get(name, 0.0) + value.detach() * len(micro)
-                    sums["count"] = sums.get("count", 0.0) + len(micro)
-                clip_gradients(trained, regularization.grad_clip)
+                        sums[name] = sums.get(name, 0.0) + value.detach() * count
+                    sums["count"] = sums.get("count", 0.0) + count
+                clip_gradients(parallel.trained, regularization.grad_clip)
                 if live:
                     live.step = step
                     live.log_metric("lr", optimizer.param_groups[0]["lr"])
@@ -148,14 +138,9 @@ def fit(
                 if resume is not None and resume.due(step) and progress.batch < steps:
                     save()
 
-            totals = torch.stack([torch.as_tensor(value, device=device, dtype=torch.float32) for value in sums.values()])
-            if runtime.distributed:
-                dist.all_reduce(totals)
-            means = dict(zip(sums, (totals[:-1] / totals[-1]).tolist()))
+            metrics = {f"train_{name}": value for name, value in parallel.epoch_means(sums).items()}
             sums = {}
-            # Every rank validates the same (identical) weights on the whole split: no gather needed.
-            metrics = {f"train_{name}": value for name, value in means.items()}
-            metrics |= validate(kept, val_set, device)
+            metrics |= parallel.validate(kept, val_set)
             schedule.after_epoch(metrics)
             if live:
                 live.step = step - 1  # epoch metrics sit at the epoch's last optimizer step
@@ -177,7 +162,8 @@ def fit(
         result = {"epochs": progress.epoch, "steps": step, **metrics}
         if stopper is not None and stopper.best_state is not None:  # None: the metric was never a number
             kept.load_state_dict(stopper.best_state)
-            result |= {"best_epoch": stopper.best_epoch + 1, **validate(kept, val_set, device)}
+            result |= {"best_epoch": stopper.best_epoch + 1, **parallel.validate(kept, val_set)}
+        parallel.gather()
         if live:
             live.summary.update(result)
             live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
@@ -194,11 +180,3 @@ def clip_gradients(parameters: Iterable[nn.Parameter], clip: GradClipParams | No
     else:
         torch.nn.utils.clip_grad_value_(parameters, clip.max)
 
-
-def validate(model: nn.Module, val_set: ImageSet, device: torch.device) -> dict[str, float]:
-    """Validation loss and accuracy of `model` on the whole split."""
-    logits = predict_logits(model, val_set.images, device)
-    return {
-        "val_loss": F.cross_entropy(logits, val_set.labels).item(),
-        "val_accuracy": (logits.argmax(1) == val_set.labels).float().mean().item(),
-    }

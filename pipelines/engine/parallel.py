@@ -1,21 +1,26 @@
-"""How a model and its objective train on several processes, kept apart from the model code and from the
-loop (as torchtitan keeps `parallelize` beside its models). The loop asks for the module whose forward runs
-the objective and that has a `no_sync()` for micro-batches; `distributed.strategy` picks how it is built:
+"""How a model and its objective train on this runtime's processes, kept apart from the model code and from
+the loop (as torchtitan keeps `parallelize` beside its models). `parallelize` returns the object the loop asks
+for each optimizer step's gradient, the epoch's loss means and the validation metrics; `distributed.strategy`
+picks it:
 
-    ddp    DistributedDataParallel over the model and the objective together (so an objective's own
-           parameters, an adapter, are averaged too); SyncBatchNorm when `sync_batchnorm`
-    fsdp   FSDP2 (`fully_shard`): each block of the model sharded across the processes, then the model
-           (and the objective, when it has parameters); `full_state_dict` gathers the whole model to save it
+    ddp       each process takes its share of every global batch; DistributedDataParallel over the model and
+              the objective together (so an objective's own parameters, an adapter, are averaged too);
+              SyncBatchNorm when `sync_batchnorm`. One process is this without a wrapper.
+    fsdp      the same split of the batch, with FSDP2 (`fully_shard`): each block of the model sharded across
+              the processes, then the model (and the objective, when it has parameters)
+    pipeline  the model's layers split across the processes, every batch flowing through them in
+              micro-batches (pipelines/engine/pipeline.py)
 
 The checkpoint is always the plain model's full state dict, which one process loads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -24,8 +29,15 @@ from torch.nn.parallel import DistributedDataParallel
 from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import RegularizationParams
+from pipelines.data.images import ImageSet
+from pipelines.engine.inference import validate
 from pipelines.engine.objective import Batch, Objective
+from pipelines.engine.optim import l1_penalty
 from pipelines.engine.runtime import Runtime
+from pipelines.engine.schedules import steps_per_epoch
+
+BatchOf = Callable[[torch.Tensor], Batch]  # a batch of the training set's rows, on the device
+StepTerms = tuple[int, torch.Tensor, dict[str, torch.Tensor]]  # images, loss and loss terms of one micro-batch
 
 
 class Trainee(nn.Module):
@@ -51,40 +63,100 @@ class Trainee(nn.Module):
                 module.set_requires_gradient_sync(True)
 
 
+class DataParallel:
+    """Every process holds the whole model (or, under FSDP, its shards of every block) and takes its share of
+    each global batch; a step's gradient is that of the mean loss over the global batch."""
+
+    def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams,
+                 regularization: RegularizationParams, wrapped: nn.Module | None = None) -> None:
+        self.model, self.objective, self.runtime, self.params = model, objective, runtime, params
+        self.l1 = regularization.l1
+        self.wrapped = wrapped  # DDP or FSDP's Trainee; None in one process
+        # What this process trains (the optimizer's parameters) and saves to resume (pipelines/engine/resume.py).
+        self.trained = [*model.parameters(), *objective.parameters()]
+        self.checkpointed: nn.Module = nn.ModuleDict({"model": model, "objective": objective})
+
+    def steps_per_epoch(self, examples: int, batch_size: int) -> int:
+        return steps_per_epoch(examples, batch_size, self.runtime.world_size)
+
+    def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
+        """Accumulate the gradient of one optimizer step over the global batch `step_rows` into `.grad`;
+        yield each of this process's micro-batches' size, loss and terms."""
+        rows = step_rows[self.runtime.rank :: self.runtime.world_size]
+        # The same number of micro-batches on every rank (DDP syncs on the last), none of them empty.
+        micro_steps = max(1, min(self.params.grad_accum_steps, len(step_rows) // self.runtime.world_size))
+        for index, micro in enumerate(torch.tensor_split(rows, micro_steps)):
+            batch = batch_of(micro)
+            last = index == micro_steps - 1
+            with self.wrapped.no_sync() if self.wrapped is not None and not last else nullcontext():
+                loss, terms = self.wrapped(batch) if self.wrapped is not None else self.objective(self.model, batch)
+                total = loss + self.l1 * l1_penalty(self.model) if self.l1 else loss
+                # The step's gradient is that of the mean over all its rows.
+                (total * (len(micro) / len(rows)) if micro_steps > 1 else total).backward()
+            yield len(micro), loss, terms
+
+    def epoch_means(self, sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """The epoch's mean of each loss term over every process's images (`sums` ends with their count)."""
+        totals = torch.stack([torch.as_tensor(value, device=self.runtime.device, dtype=torch.float32)
+                              for value in sums.values()])
+        if self.runtime.distributed:
+            dist.all_reduce(totals)
+        return dict(zip(sums, (totals[:-1] / totals[-1]).tolist()))
+
+    def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
+        """Validation loss and accuracy on the whole split: every rank holds the same weights, so each
+        validates on its own with no gather."""
+        return validate(model, val_set, self.runtime.device)
+
+    def gather(self) -> None:
+        """Make the main process's model whole for saving (FSDP gathers in `full_state_dict` instead)."""
+
+
 def parallelize(
     model: nn.Module,
     objective: Objective,
     runtime: Runtime,
     params: DistributedParams,
     regularization: RegularizationParams,
-) -> nn.Module | None:
-    """The module that trains `model` under `objective` on this runtime's processes (see the module's doc);
-    None in a single process, which needs no wrapper. `model` stays the module the caller holds."""
+) -> DataParallel:
+    """How `model` trains under `objective` on this runtime's processes (see the module's doc). `model` stays
+    the module the caller holds."""
     if not runtime.distributed:
-        return None
+        return DataParallel(model, objective, runtime, params, regularization)
     if params.sync_batchnorm and runtime.device.type != "cuda":
         raise ParamsError(
             f"distributed.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only, and these processes run on "
             f"{runtime.device.type}; set it to false (each process then normalizes over its share of the batch)"
         )
+    if params.strategy != "ddp":
+        refuse_whole_weight_regularization(params.strategy, regularization)
+    if params.strategy == "pipeline":
+        from pipelines.engine.pipeline import PipelineParallel
+
+        return PipelineParallel(model, objective, runtime, params, regularization)
     if params.sync_batchnorm:
         for name, child in list(model.named_children()):  # in place, so `model` stays the module the caller holds
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
     if params.strategy == "ddp":
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        return DistributedDataParallel(Trainee(model, objective), device_ids=device_ids)
-    unsupported = [key for key, on in (("ema_decay", regularization.ema_decay is not None),
-                                       ("early_stopping", regularization.early_stopping is not None),
-                                       ("l1", regularization.l1 > 0)) if on]
-    if unsupported:
-        raise ParamsError(f"distributed.strategy fsdp does not support regularization.{', '.join(unsupported)} "
-                          f"yet (they read whole weights): use strategy ddp, or turn them off")
+        wrapped = DistributedDataParallel(Trainee(model, objective), device_ids=device_ids)
+        return DataParallel(model, objective, runtime, params, regularization, wrapped)
     for block in blocks(model):
         fully_shard(block)
     fully_shard(model)
     if any(True for _ in objective.parameters()):
         fully_shard(objective)
-    return Trainee(model, objective)
+    return DataParallel(model, objective, runtime, params, regularization, Trainee(model, objective))
+
+
+def refuse_whole_weight_regularization(strategy: str, regularization: RegularizationParams) -> None:
+    """FSDP and the pipeline hold parts of the weights on each process: what reads them whole is refused."""
+    unsupported = [key for key, on in (("ema_decay", regularization.ema_decay is not None),
+                                       ("early_stopping", regularization.early_stopping is not None),
+                                       ("l1", regularization.l1 > 0)) if on]
+    if unsupported:
+        raise ParamsError(f"distributed.strategy {strategy} does not support regularization.{', '.join(unsupported)} "
+                          f"yet (they read whole weights): use strategy ddp, or turn them off")
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

@@ -36,6 +36,42 @@ class ImageClassifier(NormalizedInput):
         x = self.pool(self.features(self.normalize(pixels))).flatten(1)
         return self.classifier(self.dropout(x))
 
+    def layer_sequence(self) -> list[nn.Module]:
+        """The model as layers applied one after the other, `forward` being their composition: the input
+        normalization, each unit of the feature extractor (a convolution with its batch norm and activation,
+        a pooling, a residual block), the head. They share this model's parameters; a pipeline splits the
+        model along them (pipelines/engine/pipeline.py)."""
+        units: list[list[nn.Module]] = [[]]
+        for layer in self.features:
+            units[-1].append(layer)
+            if not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):  # an activation (in place) ends its unit
+                units.append([])
+        features = [unit[0] if len(unit) == 1 else nn.Sequential(*unit) for unit in units if unit]
+        return [Normalize(self.mean, self.std), *features, Head(self.pool, self.dropout, self.classifier)]
+
+
+class Normalize(nn.Module):
+    """The input normalization of `NormalizedInput` as a layer of its own (the same statistics buffers)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean) / self.std
+
+
+class Head(nn.Module):
+    """The classifier head of `ImageClassifier` as a layer of its own: global pooling, dropout, linear."""
+
+    def __init__(self, pool: nn.Module, dropout: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.pool, self.dropout, self.classifier = pool, dropout, classifier
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.pool(features).flatten(1)))
+
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> list[nn.Module]:
     return [

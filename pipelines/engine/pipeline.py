@@ -1,0 +1,169 @@
+"""`distributed.strategy: pipeline`: the model's layers split across the processes, with torch's
+`torch.distributed.pipelining` (as torchtitan's pipeline parallelism, without tracing the model).
+
+Each rank holds a contiguous run of the model's layer sequence (the built-in models' `layer_sequence`: input
+normalization, each layer or residual block of the feature extractor, the head), the runs balanced by
+parameter count; only that run is on its device, and its optimizer holds only its parameters. Every global
+batch flows through the ranks in `distributed.microbatches` equal micro-batches, scheduled GPipe (all
+forwards, then all backwards) or 1F1B (`pipeline_schedule`); the last rank computes the objective's loss on
+each micro-batch's logits. torch scales the gradients by the number of micro-batches, so a step's gradient is
+that of the mean of the micro-batches' mean losses: what one process accumulating gradients over the same
+micro-batches computes (tests/test_distributed.py checks it). Validation flows through the same pipeline; at
+the end the main rank gathers every rank's layers, so it saves the whole model.
+
+A pipeline's tensors keep one shape from step to step, hence its limits: `train.batch_size` must be a multiple
+of `microbatches`, and an epoch's last, incomplete batch is left out. The objective must read only the
+model's logits (not its inner layers), and what reads whole weights (EMA, early stopping, L1) is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from itertools import accumulate
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+from pipelines.config.base import ParamsError
+from pipelines.config.distributed import DistributedParams
+from pipelines.config.training import RegularizationParams
+from pipelines.data.images import ImageSet
+from pipelines.engine.inference import val_metrics
+from pipelines.engine.objective import Objective
+from pipelines.engine.parallel import BatchOf, DataParallel, StepTerms
+from pipelines.engine.runtime import Runtime
+
+SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+
+
+class PipelineParallel(DataParallel):
+    """This rank's run of the model's layers as one stage of the pipeline (see the module's doc)."""
+
+    def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams,
+                 regularization: RegularizationParams) -> None:
+        super().__init__(model, objective, runtime, params, regularization)
+        if params.grad_accum_steps > 1:
+            raise ParamsError("distributed.grad_accum_steps: under strategy pipeline every batch is already split "
+                              "into distributed.microbatches; set grad_accum_steps to 1")
+        if params.pipeline_schedule == "1f1b" and params.microbatches < runtime.world_size:
+            raise ParamsError(f"distributed.microbatches: 1f1b needs at least one micro-batch per stage "
+                              f"({runtime.world_size} processes), got {params.microbatches}")
+        parts = split_layers(model, runtime.world_size)
+        self.rank, self.last_rank = runtime.rank, runtime.world_size - 1
+        self.stage_layers = nn.Sequential(*parts[self.rank])
+        for index, part in enumerate(parts):
+            if index != self.rank:
+                for layer in part:
+                    layer.to("cpu")  # another rank trains it: only this rank's run stays on its device
+        is_last = self.rank == self.last_rank
+        self.trained = [*self.stage_layers.parameters(), *(objective.parameters() if is_last else ())]
+        self.checkpointed = nn.ModuleDict({f"stage{self.rank}": self.stage_layers,
+                                           **({"objective": objective} if is_last else {})})
+        stage = PipelineStage(self.stage_layers, self.rank, runtime.world_size, runtime.device)
+        self.schedule = SCHEDULES[params.pipeline_schedule](stage, params.microbatches, loss_fn=self._loss)
+        self.batch_size = 0  # the global batch, fixed by the first step: validation flows in batches of it
+        self._batch_of: BatchOf | None = None
+        self._recorded: list[StepTerms] = []
+        self._validating = False
+        self._stepped = False
+
+    def steps_per_epoch(self, examples: int, batch_size: int) -> int:
+        if batch_size % self.params.microbatches:
+            raise ParamsError(f"train.batch_size {batch_size} is not a multiple of distributed.microbatches "
+                              f"{self.params.microbatches}: a pipeline's micro-batches are all the same size")
+        self.batch_size = batch_size
+        return examples // batch_size  # the last, incomplete batch would change the pipeline's shapes
+
+    def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
+        """Run the step's forwards and backwards through the pipeline; on the last rank, yield each
+        micro-batch's size, loss and terms (other ranks see no loss)."""
+        self._batch_of, self._recorded = batch_of, []
+        # The first step infers the shapes between stages by running each stage's forward once more (on meta
+        # tensors), which still advances batch norm's counter of batches: set it to what the step really saw.
+        counters = [] if self._stepped else [
+            (module.num_batches_tracked, module.num_batches_tracked.clone()) for module in self.stage_layers.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.num_batches_tracked is not None]
+        self._stepped = True
+        if self.rank == 0:
+            self.schedule.step(batch_of(step_rows).images)
+        elif self.rank == self.last_rank:
+            self.schedule.step(target=step_rows)  # split into micro-batches as the images are
+        else:
+            self.schedule.step()
+        for counter, before in counters:
+            counter.copy_(before + self.params.microbatches)
+        yield from self._recorded
+
+    def _loss(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The objective's loss on one micro-batch's logits: the objective runs on them as its model's output."""
+        if self._validating:  # the schedule runs forwards only, and still asks for a loss: none is wanted
+            return logits.new_zeros(())
+        loss, terms = self.objective(nn.Identity(), replace(self._batch_of(rows), images=logits))
+        self._recorded.append((len(rows), loss.detach(), {name: value.detach() for name, value in terms.items()}))
+        return loss
+
+    def epoch_means(self, sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """Only the last rank saw the losses: it computes the means and sends them to every rank."""
+        means: list[dict[str, float] | None] = [None]
+        if self.rank == self.last_rank:
+            means = [{name: float(value) / float(sums["count"]) for name, value in sums.items() if name != "count"}]
+        dist.broadcast_object_list(means, src=self.last_rank)
+        return means[0]
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
+        """The validation split through the pipeline in eval mode, in batches of the training batch's shape
+        (the last one padded); the last rank scores the logits and sends the metrics to every rank."""
+        self.stage_layers.eval()
+        self._validating = True
+        logits = []
+        for start in range(0, len(val_set), self.batch_size):
+            images = val_set.images[start : start + self.batch_size]
+            count = len(images)
+            if self.rank == 0:
+                padded = torch.zeros((self.batch_size, *images.shape[1:]), dtype=torch.uint8)
+                padded[:count] = torch.as_tensor(images)
+                self.schedule.eval(padded.to(self.runtime.device).float().div_(255.0))
+            elif self.rank == self.last_rank:
+                unused = torch.zeros(self.batch_size)  # the loss function's target, ignored
+                logits.append(self.schedule.eval(target=unused)[:count].float().cpu())
+            else:
+                self.schedule.eval()
+        self.stage_layers.train()
+        self._validating = False
+        metrics = [val_metrics(torch.cat(logits), val_set.labels) if self.rank == self.last_rank else None]
+        dist.broadcast_object_list(metrics, src=self.last_rank)
+        return metrics[0]
+
+    def gather(self) -> None:
+        """Every rank sends the weights of its layers to the main rank, which loads them into its whole model."""
+        mine = {id(tensor) for tensor in self.stage_layers.state_dict(keep_vars=True).values()}
+        owned = {name: tensor.detach().cpu() for name, tensor in self.model.state_dict(keep_vars=True).items()
+                 if id(tensor) in mine}
+        parts: list[dict[str, torch.Tensor]] | None = [{} for _ in range(self.last_rank + 1)] if self.rank == 0 else None
+        dist.gather_object(owned, parts, dst=0)
+        if parts is not None:
+            self.model.load_state_dict({name: tensor for part in parts for name, tensor in part.items()})
+
+
+def split_layers(model: nn.Module, stages: int) -> list[list[nn.Module]]:
+    """The model's layer sequence cut into `stages` contiguous runs of about equal parameter counts."""
+    if not hasattr(model, "layer_sequence"):
+        raise ParamsError(f"distributed.strategy pipeline: a {type(model).__name__} cannot be split into layers "
+                          f"(the built-in cnn and resnet can); use strategy ddp or fsdp for it")
+    layers = model.layer_sequence()
+    if len(layers) < stages:
+        raise ParamsError(f"distributed.strategy pipeline: the model has {len(layers)} layers, too few for "
+                          f"{stages} stages; use fewer processes (nproc_per_node) or a deeper model")
+    reached = list(accumulate(sum(parameter.numel() for parameter in layer.parameters()) for layer in layers))
+    cuts: list[int] = []
+    for stage in range(1, stages):  # cut where the running count comes closest to this stage's share
+        share = reached[-1] * stage / stages
+        cut = min(range(len(layers)), key=lambda index: abs(reached[index] - share)) + 1
+        low, high = (cuts[-1] if cuts else 0) + 1, len(layers) - (stages - stage)  # a layer for every stage
+        cuts.append(min(max(cut, low), high))
+    bounds = [0, *cuts, len(layers)]
+    return [layers[start:end] for start, end in zip(bounds, bounds[1:])]
