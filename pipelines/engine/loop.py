@@ -66,7 +66,7 @@ def fit(
     regularization = training.regularization
     epochs = training.train.epochs
     batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
-    steps = parallel.steps_per_epoch(len(train_set), batch_size)
+    steps = parallel.steps_per_epoch(train_set, batch_size)
     optimizer = build_optimizer(parallel.trained, training.optimizer, regularization)
     schedule = build_schedule(optimizer, training.schedule, epochs, steps)
     ema = None

@@ -76,8 +76,9 @@ class DataParallel:
         self.trained = [*model.parameters(), *objective.parameters()]
         self.checkpointed: nn.Module = nn.ModuleDict({"model": model, "objective": objective})
 
-    def steps_per_epoch(self, examples: int, batch_size: int) -> int:
-        return steps_per_epoch(examples, batch_size, self.runtime.world_size)
+    def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
+        """Optimizer steps per epoch of `train_set` in global batches of `batch_size`."""
+        return steps_per_epoch(len(train_set), batch_size, self.runtime.world_size)
 
     def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
         """Accumulate the gradient of one optimizer step over the global batch `step_rows` into `.grad`;

@@ -51,50 +51,57 @@ class PipelineParallel(DataParallel):
         if params.pipeline_schedule == "1f1b" and params.microbatches < runtime.world_size:
             raise ParamsError(f"distributed.microbatches: 1f1b needs at least one micro-batch per stage "
                               f"({runtime.world_size} processes), got {params.microbatches}")
-        parts = split_layers(model, runtime.world_size)
+        self.parts = split_layers(model, runtime.world_size)
         self.rank, self.last_rank = runtime.rank, runtime.world_size - 1
-        self.stage_layers = nn.Sequential(*parts[self.rank])
-        for index, part in enumerate(parts):
-            if index != self.rank:
-                for layer in part:
-                    layer.to("cpu")  # another rank trains it: only this rank's run stays on its device
+        self.stage_layers = nn.Sequential(*self.parts[self.rank])
         is_last = self.rank == self.last_rank
         self.trained = [*self.stage_layers.parameters(), *(objective.parameters() if is_last else ())]
         self.checkpointed = nn.ModuleDict({f"stage{self.rank}": self.stage_layers,
                                            **({"objective": objective} if is_last else {})})
-        stage = PipelineStage(self.stage_layers, self.rank, runtime.world_size, runtime.device)
-        self.schedule = SCHEDULES[params.pipeline_schedule](stage, params.microbatches, loss_fn=self._loss)
-        self.batch_size = 0  # the global batch, fixed by the first step: validation flows in batches of it
+        self.schedule = None  # built by steps_per_epoch, once the batch size fixes the shapes between stages
+        self.batch_size = 0  # the global batch: validation flows in batches of it too
         self._batch_of: BatchOf | None = None
         self._recorded: list[StepTerms] = []
         self._validating = False
-        self._stepped = False
 
-    def steps_per_epoch(self, examples: int, batch_size: int) -> int:
+    def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
         if batch_size % self.params.microbatches:
             raise ParamsError(f"train.batch_size {batch_size} is not a multiple of distributed.microbatches "
                               f"{self.params.microbatches}: a pipeline's micro-batches are all the same size")
         self.batch_size = batch_size
-        return examples // batch_size  # the last, incomplete batch would change the pipeline's shapes
+        self._build_stage((batch_size // self.params.microbatches, *train_set.images.shape[1:]))
+        return len(train_set) // batch_size  # the last, incomplete batch would change the pipeline's shapes
+
+    @torch.no_grad()
+    def _build_stage(self, microbatch: tuple[int, ...]) -> None:
+        """This rank's pipeline stage and schedule, with the shapes of its input and output given (torch would
+        otherwise infer them by running the stage once on uninitialized tensors, which batch norm's running
+        statistics would take in): one micro-batch of zeros through the whole model, in eval mode."""
+        self.model.eval()
+        boundaries = [torch.zeros(microbatch, device=self.runtime.device)]
+        for part in self.parts:
+            boundaries.append(nn.Sequential(*part)(boundaries[-1]))
+        self.model.train()
+        for index, part in enumerate(self.parts):
+            if index != self.rank:
+                for layer in part:
+                    layer.to("cpu")  # another rank trains it: only this rank's run stays on its device
+        # Activations between stages carry gradients back; the images entering the first stage do not.
+        inputs, outputs = boundaries[self.rank].requires_grad_(self.rank > 0), boundaries[self.rank + 1].requires_grad_()
+        stage = PipelineStage(self.stage_layers, self.rank, self.last_rank + 1, self.runtime.device,
+                              input_args=inputs, output_args=outputs)
+        self.schedule = SCHEDULES[self.params.pipeline_schedule](stage, self.params.microbatches, loss_fn=self._loss)
 
     def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
         """Run the step's forwards and backwards through the pipeline; on the last rank, yield each
         micro-batch's size, loss and terms (other ranks see no loss)."""
         self._batch_of, self._recorded = batch_of, []
-        # The first step infers the shapes between stages by running each stage's forward once more (on meta
-        # tensors), which still advances batch norm's counter of batches: set it to what the step really saw.
-        counters = [] if self._stepped else [
-            (module.num_batches_tracked, module.num_batches_tracked.clone()) for module in self.stage_layers.modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.num_batches_tracked is not None]
-        self._stepped = True
         if self.rank == 0:
             self.schedule.step(batch_of(step_rows).images)
         elif self.rank == self.last_rank:
             self.schedule.step(target=step_rows)  # split into micro-batches as the images are
         else:
             self.schedule.step()
-        for counter, before in counters:
-            counter.copy_(before + self.params.microbatches)
         yield from self._recorded
 
     def _loss(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
