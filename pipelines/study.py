@@ -50,7 +50,7 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
 
     training = params.study_settings()[name]
     distributed = params.distributed_for(training)
-    runtime = init_runtime(params.device, distributed.timeout_s)
+    runtime = init_runtime(params.device, distributed.timeout_s, params.speed)
     card = read_card(paths.card)
     transfer, val, test = (open_image_set(path, paths.arrow_cache) for path in (paths.transfer, paths.split("val"), paths.split("test")))
     torch.manual_seed(params.seed)

@@ -23,7 +23,8 @@ from pipelines.engine.objective import Batch, CrossEntropy
 from pipelines.engine.optim import build_optimizer, l1_penalty
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.inference import validate
-from pipelines.engine.loop import clip_gradients, fit
+from pipelines.engine.loop import fit
+from pipelines.engine.optim import clip_gradients
 
 CPU = torch.device("cpu")
 LR, WD = 0.1, 0.5

@@ -19,6 +19,7 @@ from pipelines.config.checkpoint import CheckpointParams
 from pipelines.config.data import AugmentParams, DataParams
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.distill import RESERVED_NAMES, StudentParams, check_student_names
+from pipelines.config.speed import SpeedParams
 from pipelines.config.study import StudyParams, replace_sections
 from pipelines.config.training import TrainingParams
 
@@ -40,6 +41,7 @@ class Params(Section):
     device: Literal["auto", "cpu", "cuda"]
     distributed: DistributedParams = DistributedParams()
     checkpoint: CheckpointParams = CheckpointParams()
+    speed: SpeedParams = SpeedParams()
     data: DataParams
     augment: AugmentParams
     teacher: TrainingParams

@@ -13,9 +13,10 @@ continues from it (pipelines/engine/resume.py).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import nullcontext
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.training import GradClipParams, TrainingParams
+from pipelines.config.training import TrainingParams
 from pipelines.core.atomic import atomic_path
 from pipelines.data.images import ImageSet
 from pipelines.engine.early_stopping import EarlyStopping
@@ -60,6 +61,8 @@ def fit(
     """
     device = runtime.device
     model.to(device)
+    if runtime.speed.channels_last:
+        model.to(memory_format=torch.channels_last)
     objective.setup(model, train_set)
     objective.to(device)
     parallel = parallelize(model, objective, runtime, distributed, training.regularization)
@@ -75,17 +78,7 @@ def fit(
     kept = ema.module if ema is not None else model  # the weights that are validated and saved
     stopper = EarlyStopping(regularization.early_stopping) if regularization.early_stopping else None
 
-    mix_labels, mix_weights = train_set.columns.get("mix_label"), train_set.columns.get("mix_weight")
-
-    def batch_of(rows: torch.Tensor) -> Batch:
-        return Batch(
-            images=train_set.images[rows].to(device).float().div_(255.0),
-            labels=train_set.labels[rows].to(device),
-            rows=rows,
-            mix_labels=None if mix_labels is None else mix_labels[rows].to(device),
-            mix_weights=None if mix_weights is None else mix_weights[rows].to(device),
-        )
-
+    batch_of = batch_source(train_set, runtime)
     # Every rank draws the same permutation, then takes its part of each global batch.
     order = torch.Generator().manual_seed(seed)
     progress = Progress(order=order.get_state())
@@ -112,7 +105,7 @@ def fit(
         live = None
         if live_dir:
             live = Live(dir=str(live_dir), resume=saved is not None, save_dvc_exp=False, dvcyaml=None, report=None)
-        started = time.perf_counter()
+        started, images_seen = time.perf_counter(), 0
         step, metrics = progress.step, progress.metrics
         for epoch in range(progress.epoch, 0 if progress.stopped else epochs):
             model.train()
@@ -121,11 +114,13 @@ def fit(
             permutation = torch.randperm(len(train_set), generator=order)
             for start in range(progress.batch * batch_size, steps * batch_size, batch_size):
                 optimizer.zero_grad(set_to_none=True)
-                for count, loss, terms in parallel.backward(permutation[start : start + batch_size], batch_of):
+                step_rows = permutation[start : start + batch_size]
+                images_seen += len(step_rows)
+                for count, loss, terms in parallel.backward(step_rows, batch_of):
                     for name, value in {"loss": loss, **terms}.items():
                         sums[name] = sums.get(name, 0.0) + value.detach() * count
                     sums["count"] = sums.get("count", 0.0) + count
-                clip_gradients(parallel.trained, regularization.grad_clip)
+                parallel.clip_gradients(regularization.grad_clip)
                 if live:
                     live.step = step
                     live.log_metric("lr", optimizer.param_groups[0]["lr"])
@@ -166,17 +161,46 @@ def fit(
         parallel.gather()
         if live:
             live.summary.update(result)
-            live.log_metric("train_seconds", time.perf_counter() - started, plot=False)
+            seconds = time.perf_counter() - started
+            live.log_metric("train_seconds", seconds, plot=False)
+            live.log_metric("train_images_per_second", images_seen / seconds, plot=False)
+            if device.type == "cuda":
+                live.log_metric("peak_gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, plot=False)
             live.end()
     return kept, result
 
 
-def clip_gradients(parameters: Iterable[nn.Parameter], clip: GradClipParams | None) -> None:
-    """Clip in place, after backward (and DDP's all-reduce) and before the step."""
-    if clip is None:
-        return
-    if clip.by == "norm":
-        torch.nn.utils.clip_grad_norm_(parameters, clip.max)
-    else:
-        torch.nn.utils.clip_grad_value_(parameters, clip.max)
+def batch_source(train_set: ImageSet, runtime: Runtime) -> Callable[[torch.Tensor], Batch]:
+    """The function that makes the batch of some rows of `train_set` on the runtime's device. Pixels are
+    gathered from the (memory-mapped) set, pinned and copied without blocking, or, when `speed.data_on_device`
+    applies and they fit, gathered on the device from a copy made once."""
+    device, speed = runtime.device, runtime.speed
+    pixels: torch.Tensor | None = None
+    if speed.data_on_device and _fits_on_device(train_set, runtime):
+        pixels = torch.empty(train_set.images.shape, dtype=torch.uint8, device=device)
+        for start in range(0, len(train_set), 4096):  # in chunks: the host never holds a second whole copy
+            pixels[start : start + 4096] = train_set.images[start : start + 4096].to(device)
+        log.info("the training set's pixels stay on %s (%.2f GiB)", device, pixels.numel() / 2**30)
+    mix_labels, mix_weights = train_set.columns.get("mix_label"), train_set.columns.get("mix_weight")
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
 
+    def batch_of(rows: torch.Tensor) -> Batch:
+        if pixels is not None:
+            images = pixels[rows.to(device)]
+        else:
+            gathered = train_set.images[rows]
+            images = (gathered.pin_memory() if speed.pin_memory else gathered).to(device, non_blocking=speed.pin_memory)
+        return Batch(
+            images=images.float().div_(255.0).contiguous(memory_format=memory_format),
+            labels=train_set.labels[rows].to(device),
+            rows=rows,
+            mix_labels=None if mix_labels is None else mix_labels[rows].to(device),
+            mix_weights=None if mix_weights is None else mix_weights[rows].to(device),
+        )
+
+    return batch_of
+
+
+def _fits_on_device(train_set: ImageSet, runtime: Runtime) -> bool:
+    free, _ = torch.cuda.mem_get_info(runtime.device)
+    return math.prod(train_set.images.shape) <= runtime.speed.data_on_device_max_share * free

@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from pipelines.config.optim import Optimizer as OptimizerParams
-from pipelines.config.training import RegularizationParams
+from pipelines.config.training import GradClipParams, RegularizationParams
 
 # How each optimizer decays weights when `weight_decay_mode: decoupled`: torch's own AdamW rule
 # (`weight_decay` of AdamW; a flag on Adam, NAdam, RAdam); SGD, Adagrad and RMSprop have no such option,
@@ -67,4 +67,16 @@ def _decay_decoupled(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
 def l1_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of |w| over the weights (tensors with more than one dim: not biases or normalization parameters)."""
     return sum(parameter.abs().sum() for parameter in model.parameters() if parameter.ndim > 1)
+
+
+
+def clip_gradients(parameters: Iterable[nn.Parameter], clip: GradClipParams | None) -> None:
+    """Clip in place, after backward (and DDP's all-reduce) and before the step."""
+    if clip is None:
+        return
+    if clip.by == "norm":
+        torch.nn.utils.clip_grad_norm_(parameters, clip.max)
+    else:
+        torch.nn.utils.clip_grad_value_(parameters, clip.max)
+
 

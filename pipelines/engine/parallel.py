@@ -28,11 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.training import RegularizationParams
+from pipelines.config.training import GradClipParams, RegularizationParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.inference import validate
 from pipelines.engine.objective import Batch, Objective
-from pipelines.engine.optim import l1_penalty
+from pipelines.engine.optim import clip_gradients, l1_penalty
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import steps_per_epoch
 
@@ -72,8 +72,10 @@ class DataParallel:
         self.model, self.objective, self.runtime, self.params = model, objective, runtime, params
         self.l1 = regularization.l1
         self.wrapped = wrapped  # DDP or FSDP's Trainee; None in one process
-        # What this process trains (the optimizer's parameters) and saves to resume (pipelines/engine/resume.py).
-        self.trained = [*model.parameters(), *objective.parameters()]
+        # What this process trains (the optimizer's parameters, each once: an objective may keep a reference to
+        # the model, and so list its parameters too) and saves to resume (pipelines/engine/resume.py).
+        both = [*model.parameters(), *objective.parameters()]
+        self.trained = list({id(parameter): parameter for parameter in both}.values())
         self.checkpointed: nn.Module = nn.ModuleDict({"model": model, "objective": objective})
 
     def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
@@ -90,11 +92,16 @@ class DataParallel:
             batch = batch_of(micro)
             last = index == micro_steps - 1
             with self.wrapped.no_sync() if self.wrapped is not None and not last else nullcontext():
-                loss, terms = self.wrapped(batch) if self.wrapped is not None else self.objective(self.model, batch)
+                with self.runtime.autocast():
+                    loss, terms = self.wrapped(batch) if self.wrapped is not None else self.objective(self.model, batch)
                 total = loss + self.l1 * l1_penalty(self.model) if self.l1 else loss
                 # The step's gradient is that of the mean over all its rows.
                 (total * (len(micro) / len(rows)) if micro_steps > 1 else total).backward()
             yield len(micro), loss, terms
+
+    def clip_gradients(self, clip: GradClipParams | None) -> None:
+        """Clip the step's gradients as `regularization.grad_clip` says (the norm is that of all of them)."""
+        clip_gradients(self.trained, clip)
 
     def epoch_means(self, sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
         """The epoch's mean of each loss term over every process's images (`sums` ends with their count)."""
@@ -122,6 +129,10 @@ def parallelize(
 ) -> DataParallel:
     """How `model` trains under `objective` on this runtime's processes (see the module's doc). `model` stays
     the module the caller holds."""
+    compiled = runtime.speed.compile  # torch.compile: the model here, each block under FSDP, a stage's layers
+    if not runtime.distributed or params.strategy == "ddp":
+        if compiled:
+            model.compile()
     if not runtime.distributed:
         return DataParallel(model, objective, runtime, params, regularization)
     if params.sync_batchnorm and runtime.device.type != "cuda":
@@ -143,6 +154,8 @@ def parallelize(
         wrapped = DistributedDataParallel(Trainee(model, objective), device_ids=device_ids)
         return DataParallel(model, objective, runtime, params, regularization, wrapped)
     for block in blocks(model):
+        if compiled:
+            block.compile()
         fully_shard(block)
     fully_shard(model)
     if any(True for _ in objective.parameters()):

@@ -29,7 +29,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.training import RegularizationParams
+from pipelines.config.training import GradClipParams, RegularizationParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.inference import val_metrics
 from pipelines.engine.objective import Objective
@@ -79,8 +79,9 @@ class PipelineParallel(DataParallel):
         statistics would take in): one micro-batch of zeros through the whole model, in eval mode."""
         self.model.eval()
         boundaries = [torch.zeros(microbatch, device=self.runtime.device)]
-        for part in self.parts:
-            boundaries.append(nn.Sequential(*part)(boundaries[-1]))
+        with self.runtime.autocast():  # bf16 activations between the stages when it applies
+            for part in self.parts:
+                boundaries.append(nn.Sequential(*part)(boundaries[-1]))
         self.model.train()
         for index, part in enumerate(self.parts):
             if index != self.rank:
@@ -91,17 +92,20 @@ class PipelineParallel(DataParallel):
         stage = PipelineStage(self.stage_layers, self.rank, self.last_rank + 1, self.runtime.device,
                               input_args=inputs, output_args=outputs)
         self.schedule = SCHEDULES[self.params.pipeline_schedule](stage, self.params.microbatches, loss_fn=self._loss)
+        if self.runtime.speed.compile:
+            self.stage_layers.compile()
 
     def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
         """Run the step's forwards and backwards through the pipeline; on the last rank, yield each
         micro-batch's size, loss and terms (other ranks see no loss)."""
         self._batch_of, self._recorded = batch_of, []
-        if self.rank == 0:
-            self.schedule.step(batch_of(step_rows).images)
-        elif self.rank == self.last_rank:
-            self.schedule.step(target=step_rows)  # split into micro-batches as the images are
-        else:
-            self.schedule.step()
+        with self.runtime.autocast():
+            if self.rank == 0:
+                self.schedule.step(batch_of(step_rows).images)
+            elif self.rank == self.last_rank:
+                self.schedule.step(target=step_rows)  # split into micro-batches as the images are
+            else:
+                self.schedule.step()
         yield from self._recorded
 
     def _loss(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -111,6 +115,15 @@ class PipelineParallel(DataParallel):
         loss, terms = self.objective(nn.Identity(), replace(self._batch_of(rows), images=logits))
         self._recorded.append((len(rows), loss.detach(), {name: value.detach() for name, value in terms.items()}))
         return loss
+
+    def clip_gradients(self, clip: GradClipParams | None) -> None:
+        """By norm, the norm of every stage's gradients together (all-reduced), as in one process."""
+        if clip is None or clip.by == "value":
+            return super().clip_gradients(clip)
+        local = torch.nn.utils.get_total_norm([parameter.grad for parameter in self.trained if parameter.grad is not None])
+        squared = local.to(self.runtime.device).pow(2)
+        dist.all_reduce(squared)
+        torch.nn.utils.clip_grads_with_norm_(self.trained, clip.max, squared.sqrt())
 
     def epoch_means(self, sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
         """Only the last rank saw the losses: it computes the means and sends them to every rank."""
@@ -127,6 +140,15 @@ class PipelineParallel(DataParallel):
         self.stage_layers.eval()
         self._validating = True
         logits = []
+        with self.runtime.autocast():
+            self._validate_batches(val_set, logits)
+        self.stage_layers.train()
+        self._validating = False
+        metrics = [val_metrics(torch.cat(logits), val_set.labels) if self.rank == self.last_rank else None]
+        dist.broadcast_object_list(metrics, src=self.last_rank)
+        return metrics[0]
+
+    def _validate_batches(self, val_set: ImageSet, logits: list[torch.Tensor]) -> None:
         for start in range(0, len(val_set), self.batch_size):
             images = val_set.images[start : start + self.batch_size]
             count = len(images)
@@ -139,11 +161,6 @@ class PipelineParallel(DataParallel):
                 logits.append(self.schedule.eval(target=unused)[:count].float().cpu())
             else:
                 self.schedule.eval()
-        self.stage_layers.train()
-        self._validating = False
-        metrics = [val_metrics(torch.cat(logits), val_set.labels) if self.rank == self.last_rank else None]
-        dist.broadcast_object_list(metrics, src=self.last_rank)
-        return metrics[0]
 
     def gather(self) -> None:
         """Every rank sends the weights of its layers to the main rank, which loads them into its whole model."""

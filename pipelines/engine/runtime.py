@@ -1,7 +1,9 @@
-"""Where a stage runs: device, rank and world size, decided in this one place.
+"""Where a stage runs: device, rank and world size, and which GPU speed paths apply, decided in this one place.
 
 Under torchrun (WORLD_SIZE > 1) this joins the process group (NCCL on CUDA, gloo on the CPU) and
-pins each process to its local GPU; a plain `python -m pipelines.<stage>` is rank 0 of 1.
+pins each process to its local GPU; a plain `python -m pipelines.<stage>` is rank 0 of 1. The `speed`
+section's paths (bf16 autocast, torch.compile, channels_last, pinned memory, data on the device) apply on
+CUDA only: on the CPU every one of them is off.
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from pipelines.config.speed import SpeedParams
+
 
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    speed: SpeedParams = SpeedParams(bf16=False, compile=False, channels_last=False, pin_memory=False,
+                                     data_on_device=False)  # what applies here: all off but on CUDA
+
+    def autocast(self) -> torch.autocast:
+        """The forward passes' autocast: bfloat16 when `speed.bf16` applies, else a no-op."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.speed.bf16)
 
     @property
     def is_main(self) -> bool:
@@ -30,9 +40,10 @@ class Runtime:
         return self.world_size > 1
 
 
-def init_runtime(device: str = "auto", timeout_s: int = 300) -> Runtime:
+def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams | None = None) -> Runtime:
     """The runtime of this process, from params' `device` and torchrun's environment. A collective that waits
-    longer than `timeout_s` for another rank (one that died, say) fails instead of hanging."""
+    longer than `timeout_s` for another rank (one that died, say) fails instead of hanging. `speed` (params'
+    section) applies on CUDA; bf16 only where the GPU supports it."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("params.yaml device: cuda, but no CUDA device is available (use auto or cpu)")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -47,6 +58,8 @@ def init_runtime(device: str = "auto", timeout_s: int = 300) -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None,
                                 timeout=timedelta(seconds=timeout_s))
+    if use_cuda and speed is not None:
+        return Runtime(chosen, rank, world_size, speed.model_copy(update={"bf16": speed.bf16 and torch.cuda.is_bf16_supported()}))
     return Runtime(device=chosen, rank=rank, world_size=world_size)
 
 

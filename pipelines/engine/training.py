@@ -39,7 +39,7 @@ def train_and_save(
     """Build model `name` for the prepared data, fit it on the transfer set under `objective`, save it to
     models/<name>.pt with its training log in metrics/train/<name>/; return its final metrics."""
     distributed = params.distributed_for(training)
-    runtime = init_runtime(params.device, distributed.timeout_s)
+    runtime = init_runtime(params.device, distributed.timeout_s, params.speed)
     card = read_card(paths.card)
     transfer = open_image_set(paths.transfer, paths.arrow_cache)
     val = open_image_set(paths.split("val"), paths.arrow_cache)
