@@ -25,6 +25,7 @@ from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_checkpoint, load_model
 from pipelines.engine.inference import predict_logits
 from pipelines.engine.objective import CrossEntropy
+from pipelines.engine.loop import scale_learning_rate
 from pipelines.engine.parallel import parallelize
 from pipelines.engine.pipeline import split_layers
 from pipelines.engine.runtime import Runtime
@@ -90,6 +91,14 @@ def test_a_two_stage_pipeline_trains_the_weights_of_one_process_accumulating_the
     assert one["steps"] == piped["steps"] == 32
     assert set(piped["state_dict"]) == set(one["state_dict"])  # the whole model, reassembled from both stages
     assert max_difference(one, piped) <= 1e-5
+
+
+@pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
+def test_lr_scaling_multiplies_every_group_s_learning_rate_by_the_processes_or_their_root(scaling: str, factor: float) -> None:
+    weights, biases = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([{"params": [weights]}, {"params": [biases], "lr": 0.5}], lr=0.1)
+    scale_learning_rate(optimizer, scaling, world_size=4)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.1 * factor, 0.5 * factor])
 
 
 TWO_PROCESSES = Runtime(torch.device("cpu"), rank=0, world_size=2)  # what is refused is refused before any collective

@@ -22,6 +22,9 @@ class DistributedParams(Section):
     rdzv_id: str = "distill-pipeline"  # the run's rendezvous id: the same on every node of one run
     sync_batchnorm: bool = False  # batch norm statistics over the global batch rather than each process's share
     grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step; the batch size stays the global batch
+    # The learning rate times the number of processes (linear) or its square root (sqrt): for when
+    # train.batch_size is set to grow with them (a per-process batch times N); none: as the optimizer says.
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     microbatches: int = Field(4, ge=1)  # pipeline: micro-batches per global batch (it must divide train.batch_size)
     pipeline_schedule: Literal["gpipe", "1f1b"] = "gpipe"  # pipeline: all forwards then all backwards, or interleaved
     max_restarts: int = Field(0, ge=0)  # torchrun restarts of the workers after a failure
@@ -53,6 +56,7 @@ class ModelDistributedParams(Section):
     nproc_per_node: Literal["auto"] | int | None = None
     sync_batchnorm: bool | None = None
     grad_accum_steps: int | None = Field(None, ge=1)
+    lr_scaling: Literal["none", "linear", "sqrt"] | None = None
     microbatches: int | None = Field(None, ge=1)
     pipeline_schedule: Literal["gpipe", "1f1b"] | None = None
 

@@ -71,6 +71,7 @@ def fit(
     batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
     steps = parallel.steps_per_epoch(train_set, batch_size)
     optimizer = build_optimizer(parallel.trained, training.optimizer, regularization)
+    scale_learning_rate(optimizer, distributed.lr_scaling, runtime.world_size)  # before the schedule reads it
     schedule = build_schedule(optimizer, training.schedule, epochs, steps)
     ema = None
     if regularization.ema_decay is not None:
@@ -204,3 +205,11 @@ def batch_source(train_set: ImageSet, runtime: Runtime) -> Callable[[torch.Tenso
 def _fits_on_device(train_set: ImageSet, runtime: Runtime) -> bool:
     free, _ = torch.cuda.mem_get_info(runtime.device)
     return math.prod(train_set.images.shape) <= runtime.speed.data_on_device_max_share * free
+
+
+def scale_learning_rate(optimizer: torch.optim.Optimizer, scaling: str, world_size: int) -> None:
+    """`distributed.lr_scaling`: the learning rate times the number of processes (linear, Goyal et al. 2017)
+    or its square root (sqrt); none leaves it as the optimizer section says."""
+    factor = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[scaling]
+    for group in optimizer.param_groups:
+        group["lr"] *= factor

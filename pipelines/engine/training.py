@@ -56,7 +56,7 @@ def train_and_save(
         resume = Resume(paths.resume_states(params.checkpoint.folder, name), params.checkpoint, runtime, fingerprint(
             training=training.model_dump(), seed=params.seed, world_size=runtime.world_size,
             device=runtime.device.type, inputs=inputs,
-            distributed=distributed.model_dump(include={"strategy", "grad_accum_steps", "sync_batchnorm"})))
+            distributed=distributed.model_dump(include={"strategy", "grad_accum_steps", "sync_batchnorm", "lr_scaling", "microbatches", "pipeline_schedule"})))
     kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
                         distributed, resume)
     state = full_state_dict(kept)  # under FSDP a collective: every rank takes part, the main one writes
