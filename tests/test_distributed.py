@@ -170,6 +170,10 @@ def test_one_node_runs_torchrun_standalone_and_several_meet_at_the_rendezvous_en
     ("rdzv_endpoint", "node-a", "rdzv_endpoint must be host:port"),
     ("grad_accum_steps", 0, "greater than or equal to 1"),
     ("timeout", 5, "unknown key(s) timeout; allowed keys here: nproc_per_node"),
+    ("strategy", "zero3", "distributed.strategy: Input should be 'none', 'ddp', 'fsdp' or 'pipeline'"),
+    ("microbatches", 0, "distributed.microbatches: Input should be greater than or equal to 1"),
+    ("pipeline_schedule", "zb", "distributed.pipeline_schedule: Input should be 'gpipe' or '1f1b'"),
+    ("lr_scaling", "cubic", "distributed.lr_scaling: Input should be 'none', 'linear' or 'sqrt'"),
 ])
 def test_a_bad_distributed_param_is_named(key: str, value, message: str) -> None:
     with pytest.raises(ParamsError, match=r"distributed") as caught:

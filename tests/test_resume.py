@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipelines.augment import augment
-from pipelines.config import load_params
+from pipelines.config import ParamsError, load_params
 from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_checkpoint
 from pipelines.prepare import prepare
@@ -149,6 +149,17 @@ def test_a_damaged_save_is_named_with_what_to_do(prepared: Paths, tmp_path: Path
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{newest}: a saved training state that cannot be read" in result.stderr
     assert "Remove that folder to resume from the save before it, or set checkpoint.resume: never" in result.stderr
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("resume", "off", "checkpoint.resume: Input should be 'auto' or 'never'"),
+    ("interval_steps", 0, "checkpoint.interval_steps: Input should be greater than or equal to 1"),
+    ("keep_latest", 0, "checkpoint.keep_latest: Input should be greater than or equal to 1"),
+])
+def test_a_bad_checkpoint_param_is_named(key: str, value, message: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        load_params(SHIPPED_PARAMS, {f"checkpoint.{key}": value})
+    assert message in str(caught.value)
 
 
 def test_resume_never_starts_over_and_saves_nothing(prepared: Paths, tmp_path: Path) -> None:
