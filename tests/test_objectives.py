@@ -1,6 +1,6 @@
-"""The objectives the loop minimizes: cross-entropy on (mixed) labels, and Hinton et al.'s distillation
-loss, against values and gradients worked out by hand. Each is driven through its objective's forward,
-with the identity for a model, so the batch's "images" are the student's logits."""
+"""The objectives the loop minimizes: cross-entropy on (mixed) labels, and the distillation terms (kd, dkd,
+dist) and their weighted sum, against values and gradients worked out by hand. Each is driven through its
+objective's forward, with the identity for a model, so the batch's "images" are the student's logits."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from torch import nn
 
 from pipelines.engine.objective import Batch, CrossEntropy
 from pipelines.engine.objective import cross_entropy as objective_cross_entropy
-from pipelines.kd.hinton import Hinton
+from pipelines.kd.base import Distillation
+from pipelines.kd.ce import CE
+from pipelines.kd.dist import DIST
+from pipelines.kd.dkd import DKD
+from pipelines.kd.kd import KD
 
 
 def batch(logits, labels, mix_labels=None, mix_weights=None) -> Batch:
@@ -21,11 +25,14 @@ def batch(logits, labels, mix_labels=None, mix_weights=None) -> Batch:
                  mix_weights=mix_weights)
 
 
+def hinton(teacher, temperature, alpha, label_smoothing=0.0) -> Distillation:
+    """Hinton et al.'s loss as two terms: alpha * kd + (1 - alpha) * ce, `teacher` the stored logits of rows 0..B-1."""
+    return Distillation([("kd", alpha, KD(teacher, temperature)), ("ce", 1 - alpha, CE(label_smoothing))])
+
+
 def hinton_kd_loss(student, teacher, labels, temperature, alpha, label_smoothing=0.0, mix_labels=None,
                    mix_weights=None) -> torch.Tensor:
-    """The Hinton objective's loss on `student` logits, with `teacher` as the stored logits of rows 0..B-1."""
-    objective = Hinton(teacher, temperature, alpha, label_smoothing)
-    loss, _ = objective(nn.Identity(), batch(student, labels, mix_labels, mix_weights))
+    loss, _ = hinton(teacher, temperature, alpha, label_smoothing)(nn.Identity(), batch(student, labels, mix_labels, mix_weights))
     return loss
 
 
@@ -158,19 +165,120 @@ def test_the_cross_entropy_objective_is_the_cross_entropy_of_the_model_s_output_
     assert torch.equal(loss, F.cross_entropy(logits, labels, label_smoothing=0.1))
 
 
-def test_the_hinton_objective_logs_its_soft_and_hard_terms_before_weighting():
+def test_a_weighted_sum_logs_each_term_before_weighting_under_its_method_s_name():
     student, teacher, labels = torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS)
-    loss, terms = Hinton(teacher, 2.0, 0.7)(nn.Identity(), batch(student, labels))
-    assert set(terms) == {"soft", "hard"}
-    assert terms["hard"].item() == pytest.approx(F.cross_entropy(student, labels).item())
-    assert terms["soft"].item() == pytest.approx(by_hand(STUDENT, TEACHER, LABELS, 2.0, 1.0) / 4.0, rel=1e-6)
-    assert loss.item() == pytest.approx(0.7 * 4.0 * terms["soft"].item() + 0.3 * terms["hard"].item(), rel=1e-6)
+    loss, terms = hinton(teacher, 2.0, 0.7)(nn.Identity(), batch(student, labels))
+    assert set(terms) == {"kd", "ce"}
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(student, labels).item())
+    assert terms["kd"].item() == pytest.approx(by_hand(STUDENT, TEACHER, LABELS, 2.0, 1.0), rel=1e-6)
+    assert loss.item() == pytest.approx(0.7 * terms["kd"].item() + 0.3 * terms["ce"].item(), rel=1e-6)
 
 
-def test_the_hinton_objective_reads_the_stored_logits_of_the_batch_s_rows():
+def test_the_kd_term_reads_the_stored_logits_of_the_batch_s_rows():
     teacher = torch.tensor([[9.0, 0.0, 0.0], *TEACHER])  # row 0 belongs to another image
-    objective = Hinton(teacher, 2.0, 1.0)
+    objective = hinton(teacher, 2.0, 1.0)
     rows = torch.tensor([1, 2])
     student, labels = torch.tensor(STUDENT), torch.tensor(LABELS)
     loss, _ = objective(nn.Identity(), Batch(images=student, labels=labels, rows=rows))
     assert loss.item() == pytest.approx(hinton_kd_loss(student, torch.tensor(TEACHER), labels, 2.0, 1.0).item())
+
+
+# --- dkd and dist, and weighted sums of several terms --------------------------------------------------
+
+STUDENT3 = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [0.3, 0.1, -0.4]]
+TEACHER3 = [[2.0, 1.0, 0.0], [1.0, 1.0, 2.0], [0.0, 1.5, 0.2]]
+LABELS3 = [1, 0, 2]
+
+
+def kl(p: list[float], q: list[float]) -> float:
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def dkd_by_hand(student, teacher, labels, temperature, alpha, beta) -> float:
+    """T^2 * (alpha * mean TCKD + beta * mean NCKD), from the definitions (Zhao et al., 2022)."""
+    tckds, nckds = [], []
+    for s, t, label in zip(student, teacher, labels):
+        p_s, p_t = softmax(s, temperature), softmax(t, temperature)
+        tckds.append(kl([p_t[label], 1 - p_t[label]], [p_s[label], 1 - p_s[label]]))
+        rest_s = [p / (1 - p_s[label]) for index, p in enumerate(p_s) if index != label]
+        rest_t = [p / (1 - p_t[label]) for index, p in enumerate(p_t) if index != label]
+        nckds.append(kl(rest_t, rest_s))
+    return temperature**2 * (alpha * sum(tckds) + beta * sum(nckds)) / len(tckds)
+
+
+def pearson_by_hand(a: list[float], b: list[float]) -> float:
+    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+    covariance = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b))
+    return covariance / math.sqrt(sum((x - mean_a) ** 2 for x in a) * sum((y - mean_b) ** 2 for y in b))
+
+
+def dist_by_hand(student, teacher, temperature, beta, gamma) -> float:
+    """T^2 * (beta * (1 - mean inter-class r) + gamma * (1 - mean intra-class r)) (Huang et al., 2022)."""
+    p_s = [softmax(row, temperature) for row in student]
+    p_t = [softmax(row, temperature) for row in teacher]
+    inter = [pearson_by_hand(s, t) for s, t in zip(p_s, p_t)]
+    intra = [pearson_by_hand([row[c] for row in p_s], [row[c] for row in p_t]) for c in range(len(p_s[0]))]
+    return temperature**2 * (beta * (1 - sum(inter) / len(inter)) + gamma * (1 - sum(intra) / len(intra)))
+
+
+def term_value(term, student) -> torch.Tensor:
+    return term(student, batch(student, torch.tensor(LABELS3)))
+
+
+DOUBLE = torch.float64
+
+
+@pytest.mark.parametrize(("temperature", "alpha", "beta"), [(4.0, 1.0, 8.0), (1.0, 0.5, 2.0), (2.0, 0.0, 1.0)])
+def test_dkd_matches_the_hand_computed_value(temperature, alpha, beta):
+    term = DKD(torch.tensor(TEACHER3, dtype=DOUBLE), temperature, alpha, beta)
+    value = term_value(term, torch.tensor(STUDENT3, dtype=DOUBLE))
+    assert value.item() == pytest.approx(dkd_by_hand(STUDENT3, TEACHER3, LABELS3, temperature, alpha, beta), rel=1e-10)
+
+
+@pytest.mark.parametrize(("temperature", "beta", "gamma"), [(1.0, 1.0, 1.0), (4.0, 2.0, 0.5)])
+def test_dist_matches_the_hand_computed_value(temperature, beta, gamma):
+    term = DIST(torch.tensor(TEACHER3, dtype=DOUBLE), temperature, beta, gamma)
+    value = term_value(term, torch.tensor(STUDENT3, dtype=DOUBLE))
+    assert value.item() == pytest.approx(dist_by_hand(STUDENT3, TEACHER3, temperature, beta, gamma), rel=1e-10)
+
+
+def finite_difference_gradient(function, point: list[list[float]], step: float = 1e-6) -> list[list[float]]:
+    """The gradient of a plain-Python function of a matrix, by central differences."""
+    gradient = []
+    for i, row in enumerate(point):
+        gradient.append([])
+        for j in range(len(row)):
+            up = [list(r) for r in point]
+            down = [list(r) for r in point]
+            up[i][j] += step
+            down[i][j] -= step
+            gradient[-1].append((function(up) - function(down)) / (2 * step))
+    return gradient
+
+
+@pytest.mark.parametrize(("name", "term", "by_hand"), [
+    ("dkd", DKD(torch.tensor(TEACHER3, dtype=DOUBLE), 2.0, 1.0, 8.0),
+     lambda s: dkd_by_hand(s, TEACHER3, LABELS3, 2.0, 1.0, 8.0)),
+    ("dist", DIST(torch.tensor(TEACHER3, dtype=DOUBLE), 1.0, 1.0, 1.0), lambda s: dist_by_hand(s, TEACHER3, 1.0, 1.0, 1.0)),
+])
+def test_the_gradient_of_each_logit_term_is_that_of_its_hand_computed_definition(name, term, by_hand):
+    student = torch.tensor(STUDENT3, dtype=DOUBLE, requires_grad=True)
+    term_value(term, student).backward()
+    expected = torch.tensor(finite_difference_gradient(by_hand, STUDENT3), dtype=DOUBLE)
+    assert torch.allclose(student.grad, expected, atol=1e-7), name
+
+
+def test_dkd_with_the_teacher_s_logits_is_zero_and_dist_is_zero_for_perfectly_related_predictions():
+    logits = torch.tensor(STUDENT3, dtype=DOUBLE)
+    assert abs(term_value(DKD(logits.clone(), 4.0, 1.0, 8.0), logits).item()) < 1e-12
+    assert abs(term_value(DIST(logits.clone(), 1.0, 1.0, 1.0), logits).item()) < 1e-12
+
+
+def test_a_weighted_sum_honours_its_weights_and_names_a_method_used_twice_apart():
+    student, teacher = torch.tensor(STUDENT3, dtype=DOUBLE), torch.tensor(TEACHER3, dtype=DOUBLE)
+    terms = [("kd", 0.5, KD(teacher, 4.0)), ("dkd", 2.0, DKD(teacher, 4.0, 1.0, 8.0)), ("dist", 0.25, DIST(teacher, 1.0, 1.0, 1.0)),
+             ("ce", 0.1, CE()), ("kd_2", 3.0, KD(teacher, 1.0))]
+    loss, logged = Distillation(terms)(nn.Identity(), batch(student, torch.tensor(LABELS3)))
+    assert list(logged) == ["kd", "dkd", "dist", "ce", "kd_2"]
+    assert logged["kd_2"].item() != pytest.approx(logged["kd"].item())
+    assert loss.item() == pytest.approx(sum(weight * logged[name].item() for name, weight, _ in terms), rel=1e-12)

@@ -1,17 +1,17 @@
 """The `distill` section: the distilled students, by name. Each is its own DVC stage (`distill@<name>`),
 model file (models/<name>.pt) and training log, and a row of the report.
 
-A student names its distillation method and gives that method's options; the methods and their options
-are defined by pipelines.kd (one module each), which checks them. Any section of the `student` settings
-(model, train, optimizer, schedule, regularization, distributed) may be replaced for one student, so
-students can differ in size as well as in method."""
+A student's loss is a list of weighted terms (`losses`), summed; each names its method and gives that
+method's options. The methods and their options are defined by pipelines.kd (one module each), which
+checks them. Any section of the `student` settings (model, train, optimizer, schedule, regularization,
+distributed) may be replaced for one student, so students can differ in size as well as in method."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field, model_validator
 
 from pipelines.config.base import Section
 from pipelines.config.distributed import ModelDistributedParams
@@ -24,12 +24,24 @@ RESERVED_NAMES = ("teacher", "student_baseline")
 STUDENT_NAME = re.compile(r"[A-Za-z0-9_-]+")  # it names a DVC stage and a file
 
 
-class StudentParams(Section):
-    """One distilled student. Keys besides these are the method's options."""
+class LossTerm(Section):
+    """One weighted term of a student's loss. Keys besides these are the method's options."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     method: str
+    weight: float = Field(1.0, ge=0.0)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The method's own options, as written in params.yaml."""
+        return dict(self.model_extra or {})
+
+
+class StudentParams(Section):
+    """One distilled student: its loss terms, and the `student` sections it replaces."""
+
+    losses: list[LossTerm] = Field(min_length=1)
     model: ModelParams | None = None
     train: TrainParams | None = None
     optimizer: OptimizerParams | None = None
@@ -37,10 +49,15 @@ class StudentParams(Section):
     regularization: RegularizationParams | None = None
     distributed: ModelDistributedParams | None = None
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """The method's own options, as written in params.yaml."""
-        return dict(self.model_extra or {})
+    @model_validator(mode="before")
+    @classmethod
+    def _one_method_is_now_a_list_of_terms(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "method" in data:
+            raise ValueError(
+                "a student's loss is now a list of weighted terms: instead of `method: hinton, temperature: T, "
+                "alpha: a` write `losses: [{method: kd, weight: a, temperature: T}, {method: ce, weight: 1 - a}]`"
+            )
+        return data
 
     @property
     def overrides(self) -> dict[str, Section]:
@@ -50,7 +67,8 @@ class StudentParams(Section):
 
 def check_student_names(students: dict[str, StudentParams]) -> None:
     if not students:
-        raise ValueError("no student: name at least one, e.g. student_kd: {method: hinton, temperature: 4.0, alpha: 0.9}")
+        raise ValueError("no student: name at least one, e.g. student_kd: {losses: [{method: kd, weight: 0.9}, "
+                         "{method: ce, weight: 0.1}]}")
     for name in students:
         if not STUDENT_NAME.fullmatch(name) or name in RESERVED_NAMES:
             raise ValueError(

@@ -63,8 +63,11 @@ def render_report(results: dict[str, dict], params: Params) -> str:
 
 
 def describe(params: Params, student: str) -> str:
-    """`hinton, temperature 4, alpha 0.9`: a student's method and options, as params.yaml gives them."""
-    spec = params.distill[student]
-    options = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
-                        for key, value in spec.options.items())
-    return f"{spec.method}, {options}" if options else spec.method
+    """`0.9 kd (temperature 4) + 0.1 ce`: a student's weighted loss terms and their options, as params.yaml
+    gives them."""
+    terms = []
+    for term in params.distill[student].losses:
+        options = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                            for key, value in term.options.items())
+        terms.append(f"{term.weight:g} {term.method}" + (f" ({options})" if options else ""))
+    return " + ".join(terms)

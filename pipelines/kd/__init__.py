@@ -1,6 +1,6 @@
-"""Distillation methods, one module each, and METHODS, the one table of them: a student's `method` in
-params.yaml names an entry, whose Options schema checks the student's other keys and whose objective
-trains it. A new method is a module defining a Method (pipelines/kd/base.py) plus one line here.
+"""Distillation loss terms, one module each, and METHODS, the one table of them: each term of a student's
+`losses` in params.yaml names an entry, whose Options schema checks the term's other keys and whose class
+computes it. A new method is a module defining a Term (pipelines/kd/base.py) plus one line here.
 
 Nothing below this package imports it, so adding or changing a method reruns only the distilled
 students (and what reads them), never the teacher or the baseline.
@@ -12,37 +12,50 @@ from pydantic import ValidationError
 
 from pipelines.config import Params, ParamsError
 from pipelines.config.base import Section, error_lines
-from pipelines.config.distill import StudentParams
+from pipelines.config.distill import LossTerm, StudentParams
 from pipelines.core.paths import Paths
-from pipelines.kd.base import Method
-from pipelines.kd.hinton import Hinton
+from pipelines.kd.base import Context, Distillation, Term
+from pipelines.kd.ce import CE
+from pipelines.kd.dist import DIST
+from pipelines.kd.dkd import DKD
+from pipelines.kd.kd import KD
 
-METHODS: dict[str, type[Method]] = {
-    "hinton": Hinton,
+METHODS: dict[str, type[Term]] = {
+    "kd": KD,  # Hinton et al.'s soft targets
+    "dkd": DKD,  # decoupled KD: target and non-target class terms weighted apart
+    "dist": DIST,  # relations (Pearson correlations) of the teacher's predictions
+    "ce": CE,  # cross-entropy with the labels
 }
 
 
 def check_students(params: Params, source: str = "params.yaml") -> None:
-    """Every student's method and its options; ParamsError naming each bad key, as params validation does."""
+    """Every student's terms and their options; ParamsError naming each bad key, as params validation does."""
     problems = []
     for name, student in params.distill.items():
-        try:
-            method_options(student)
-        except ValidationError as error:
-            problems += error_lines(error, student.options, prefix=f"distill.{name}")
-        except ValueError as error:
-            problems.append(f"  distill.{name}.method: {error}")
+        for index, term in enumerate(student.losses):
+            prefix = f"distill.{name}.losses.{index}"
+            try:
+                term_options(term)
+            except ValidationError as error:
+                problems += error_lines(error, term.options, prefix=prefix)
+            except ValueError as error:
+                problems.append(f"  {prefix}.method: {error}")
     if problems:
         raise ParamsError("\n".join([f"{source}: invalid parameters", *problems]))
 
 
-def method_options(student: StudentParams) -> Section:
-    """The student's validated options (ValidationError), or ValueError for an unknown method."""
-    if student.method not in METHODS:
-        raise ValueError(f"unknown method {student.method!r}; valid: {', '.join(METHODS)}")
-    return METHODS[student.method].Options.model_validate(student.options)
+def term_options(term: LossTerm) -> Section:
+    """The term's validated options (ValidationError), or ValueError for an unknown method."""
+    if term.method not in METHODS:
+        raise ValueError(f"unknown method {term.method!r}; valid: {', '.join(METHODS)}")
+    return METHODS[term.method].Options.model_validate(term.options)
 
 
-def build_objective(student: StudentParams, label_smoothing: float, paths: Paths) -> Method:
-    """The objective that trains `student` (whose options `check_students` has checked)."""
-    return METHODS[student.method].create(method_options(student), label_smoothing, paths)
+def build_objective(student: StudentParams, label_smoothing: float, paths: Paths) -> Distillation:
+    """The objective that trains `student` (whose terms `check_students` has checked)."""
+    context, terms, seen = Context(paths, label_smoothing), [], {}
+    for term in student.losses:
+        seen[term.method] = seen.get(term.method, 0) + 1
+        name = term.method if seen[term.method] == 1 else f"{term.method}_{seen[term.method]}"
+        terms.append((name, term.weight, METHODS[term.method].create(term_options(term), context)))
+    return Distillation(terms)

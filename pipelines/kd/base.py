@@ -1,20 +1,86 @@
-"""What a distillation method is: an Objective (pipelines/engine/objective.py) with a schema of its own
-options (the keys of its student in params.yaml besides `method` and the sections it overrides) and a
-way to build itself from them and from the pipeline's artifacts (stored teacher logits, the teacher)."""
+"""What a distillation loss is: a sum of weighted terms (params.yaml's `distill.<student>.losses`), each a
+`Term` computed on the student's logits for a batch (and, for the feature-based ones, what forward hooks
+captured), and `Distillation`, the Objective (pipelines/engine/objective.py) that runs the student once per
+batch and sums its terms. A term has a schema of its own options and builds itself from them and from the
+pipeline's artifacts (the stored teacher logits)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
+
+import torch
+from torch import nn
 
 from pipelines.config.base import Section
 from pipelines.core.paths import Paths
-from pipelines.engine.objective import Objective
+from pipelines.data.images import ImageSet
+from pipelines.data.logits import open_logits
+from pipelines.engine.objective import Batch, Objective
 
 
-class Method(Objective):
-    Options: ClassVar[type[Section]]  # the schema of the method's options
+@dataclass(frozen=True)
+class Context:
+    """What a term may build itself from besides its options."""
+
+    paths: Paths
+    label_smoothing: float  # the student's, for a hard-label term
+
+
+class Term(nn.Module):
+    """One loss term: forward(logits, batch) is a scalar, averaged over the batch. Its parameters (a
+    connector, a projection head) train with the student."""
+
+    Options: ClassVar[type[Section]]  # the schema of the term's options (its keys besides `method` and `weight`)
 
     @classmethod
-    def create(cls, options: Section, label_smoothing: float, paths: Paths) -> Method:
-        """The objective for validated `options`; `label_smoothing` is the student's, for any hard-label term."""
+    def create(cls, options: Section, context: Context) -> Term:
         raise NotImplementedError
+
+    def setup(self, model: nn.Module, train_set: ImageSet) -> None:
+        """Check the training data and attach what the term needs to the model: called before training."""
+
+    def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TeacherLogits(Term):
+    """A term that reads the teacher's logits of the batch's rows from those the `teacher_logits` stage stored."""
+
+    def __init__(self, teacher_logits: torch.Tensor) -> None:
+        super().__init__()
+        self.teacher_logits = teacher_logits  # [transfer images, classes], rows aligned with the training set
+
+    @staticmethod
+    def stored(context: Context) -> torch.Tensor:
+        return open_logits(context.paths.teacher_logits)
+
+    def setup(self, model: nn.Module, train_set: ImageSet) -> None:
+        if len(self.teacher_logits) != len(train_set):
+            raise ValueError(f"{len(self.teacher_logits)} teacher logits for {len(train_set)} training images")
+
+    def teacher(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.teacher_logits[batch.rows].to(logits.device)
+
+
+class Distillation(Objective):
+    """loss = sum of weight * term, over the student's terms in their order; each term is logged (before
+    weighting) under its method's name (`kd`, `ce`; a method used twice: `kd`, `kd_2`)."""
+
+    def __init__(self, terms: list[tuple[str, float, Term]]) -> None:
+        super().__init__()
+        self.names = [name for name, _, _ in terms]
+        self.weights = [weight for _, weight, _ in terms]
+        self.terms = nn.ModuleList(term for _, _, term in terms)
+
+    def setup(self, model: nn.Module, train_set: ImageSet) -> None:
+        for term in self.terms:
+            term.setup(model, train_set)
+
+    def forward(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(batch.images)
+        values = [term(logits, batch) for term in self.terms]
+        loss = values[0] * self.weights[0]
+        for weight, value in zip(self.weights[1:], values[1:]):
+            loss = loss + weight * value
+        return loss, {name: value.detach() for name, value in zip(self.names, values)}
