@@ -15,7 +15,7 @@ from pipelines.config.optim import OPTIMIZERS
 from pipelines.config.schedules import SCHEDULES
 from pipelines.config.training import ARCHITECTURES
 from pipelines.kd import METHODS
-from pipelines.kd.base import Method
+from pipelines.kd.base import Term
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
 
 
@@ -68,6 +68,6 @@ def test_the_methods_of_the_docs_are_the_kd_table_s() -> None:
     documented = doc_table("docs/distillation.md", "## Methods")
     assert list(documented) == list(METHODS)
     for name, method in METHODS.items():
-        assert issubclass(method, Method)
+        assert issubclass(method, Term)
         options = re.findall(r"`(\w+)`", documented[name][1])
         assert options == list(method.Options.model_fields), name
