@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from pipelines.config import PARAMS_FILE, load_params
-from pipelines.config.params import read_raw_params
+from pipelines.config.params import list_index, read_raw_params
 from pipelines.core.atomic import atomic_path
 from pipelines.kd import check_students
 
@@ -59,10 +59,13 @@ def write_overrides(path: Path, overrides: dict[str, Any]) -> None:
         *parents, leaf = dotted.split(".")
         node = document
         for key in parents:
+            if isinstance(node, list):  # an item of a list, by its index (distill.student_kd.losses.0.weight)
+                node = node[list_index(node, key, dotted)]
+                continue
             if node.get(key) is None:  # a missing section, or one left `null` (teacher.distributed: null)
                 node[key] = _inline({})
             node = node[key]
-        node[leaf] = _inline(value)
+        node[list_index(node, leaf, dotted) if isinstance(node, list) else leaf] = _inline(value)
     with atomic_path(path) as tmp:
         with open(tmp, "w") as file:
             yaml.dump(document, file)

@@ -42,8 +42,9 @@ def test_shipped_params_yaml_loads_with_its_values():
     assert params.teacher.train.epochs == raw["teacher"]["train"]["epochs"]
     assert params.teacher.optimizer.name == raw["teacher"]["optimizer"]["name"]
     assert params.student.optimizer.lr == raw["student"]["optimizer"]["lr"]
-    assert params.distill["student_kd"].method == raw["distill"]["student_kd"]["method"]
-    assert params.distill["student_kd"].options == {"temperature": 4.0, "alpha": 0.9}
+    [kd, ce] = params.distill["student_kd"].losses
+    assert [term.method for term in (kd, ce)] == [term["method"] for term in raw["distill"]["student_kd"]["losses"]]
+    assert (kd.weight, kd.options, ce.weight, ce.options) == (0.9, {"temperature": 4.0}, 0.1, {})
     assert list(params.augment.scale) == raw["augment"]["scale"]
     assert params.teacher.schedule.interval == raw["teacher"]["schedule"]["interval"]
     assert params.teacher.regularization.weight_decay == raw["teacher"]["regularization"]["weight_decay"]
@@ -111,35 +112,49 @@ def method_error(overrides: dict[str, Any]) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize(("alpha", "bound"), [(1.5, "less than or equal to 1"), (-0.1, "greater than or equal to 0")])
-def test_alpha_outside_zero_one_is_rejected(alpha, bound):
-    [line] = problem_lines(method_error({"distill.student_kd.alpha": alpha}))
-    assert line.startswith("distill.student_kd.alpha: ")
-    assert bound in line
+def test_a_negative_weight_is_rejected_by_its_key_path():
+    [line] = problem_lines(params_error({"distill.student_kd.losses.1.weight": -0.1}))
+    assert line.startswith("distill.student_kd.losses.1.weight: ") and "greater than or equal to 0" in line
 
 
-@pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_alpha_at_either_end_of_the_range_is_accepted(alpha):
-    params = load_params(PARAMS, {"distill.student_kd.alpha": alpha})
+@pytest.mark.parametrize("weight", [0.0, 2.5])
+def test_any_weight_of_zero_or_more_is_accepted(weight):
+    params = load_params(PARAMS, {"distill.student_kd.losses.0.weight": weight})
     check_students(params)
-    assert params.distill["student_kd"].options["alpha"] == alpha
+    assert params.distill["student_kd"].losses[0].weight == weight
 
 
-@pytest.mark.parametrize("temperature", [0, -2.0])
-def test_temperature_must_be_positive(temperature):
-    [line] = problem_lines(method_error({"distill.student_kd.temperature": temperature}))
-    assert line.startswith("distill.student_kd.temperature: ")
-    assert "greater than 0" in line
+@pytest.mark.parametrize(("key", "value", "bound"), [
+    ("losses.0.temperature", 0, "greater than 0"), ("losses.0.temperature", -2.0, "greater than 0"),
+])
+def test_a_term_s_option_out_of_range_is_named_by_its_key_path(key, value, bound):
+    [line] = problem_lines(method_error({f"distill.student_kd.{key}": value}))
+    assert line.startswith(f"distill.student_kd.{key}: ") and bound in line
 
 
 def test_an_unknown_method_lists_the_methods():
-    [line] = problem_lines(method_error({"distill.student_kd.method": "fitnet2"}))
-    assert line == "distill.student_kd.method: unknown method 'fitnet2'; valid: hinton"
+    [line] = problem_lines(method_error({"distill.student_kd.losses.0.method": "fitnet2"}))
+    assert line == "distill.student_kd.losses.0.method: unknown method 'fitnet2'; valid: kd, dkd, dist, ce"
 
 
 def test_an_option_the_method_does_not_take_is_named_with_the_ones_it_takes():
-    [line] = problem_lines(method_error({"distill.student_kd.temprature": 2.0}))
-    assert line.startswith("distill.student_kd: unknown key(s) temprature; allowed keys here: temperature, alpha")
+    [line] = problem_lines(method_error({"distill.student_kd.losses.0.temprature": 2.0}))
+    assert line.startswith("distill.student_kd.losses.0: unknown key(s) temprature; allowed keys here: temperature")
+
+
+def test_a_student_without_a_loss_term_is_rejected():
+    [line] = problem_lines(params_error({"distill.student_kd.losses": []}))
+    assert line.startswith("distill.student_kd.losses: ") and "at least 1 item" in line
+
+
+def test_the_single_method_form_of_earlier_versions_says_what_to_write_instead():
+    [line] = problem_lines(params_error({"distill.student_kd": {"method": "hinton", "temperature": 4.0, "alpha": 0.9}}))
+    assert "write `losses: [{method: kd, weight: a, temperature: T}, {method: ce, weight: 1 - a}]`" in line
+
+
+def test_an_override_into_a_list_names_a_bad_index():
+    with pytest.raises(ParamsError, match=r"override distill.student_kd.losses.5.weight: '5' is not the index of one of the list's 2 items"):
+        load_params(PARAMS, {"distill.student_kd.losses.5.weight": 1.0})
 
 
 @pytest.mark.parametrize("name", ["teacher", "student_baseline", "my student", "kd/1"])

@@ -171,7 +171,8 @@ def test_distill_trains_the_student_from_the_stored_logits_not_the_labels(traine
     np.save(paths.teacher_logits, fake)
     params = load_params(
         SHIPPED_PARAMS,
-        {**TINY_OVERRIDES, "distill.student_kd.alpha": 1.0, "distill.student_kd.train": {"epochs": 3, "batch_size": 128}},
+        {**TINY_OVERRIDES, "distill.student_kd.losses": [{"method": "kd", "temperature": 4.0}],
+         "distill.student_kd.train": {"epochs": 3, "batch_size": 128}},
     )
 
     metrics = distill(params, paths)["student_kd"]

@@ -105,15 +105,25 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         *parents, leaf = dotted.split(".")
         node = result
         for depth, key in enumerate(parents):
+            if isinstance(node, list):  # an item of a list, by its index (distill.student_kd.losses.0.weight)
+                node = node[list_index(node, key, dotted)]
+                continue
             if node.get(key) is None:  # a missing section, or one left `null` (teacher.distributed: null)
                 node[key] = {}
             child = node[key]
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 prefix = ".".join(parents[: depth + 1])
                 raise ParamsError(f"override {dotted}: {prefix} is a value, not a section")
             node = child
-        node[leaf] = value
+        node[list_index(node, leaf, dotted) if isinstance(node, list) else leaf] = value
     return result
+
+
+def list_index(items: list[Any], key: str, dotted: str) -> int:
+    """The position `key` names in `items`, or ParamsError for override `dotted`."""
+    if not key.isdigit() or int(key) >= len(items):
+        raise ParamsError(f"override {dotted}: {key!r} is not the index of one of the list's {len(items)} items")
+    return int(key)
 
 
 def validate_params(raw: dict[str, Any], source: str = str(PARAMS_FILE)) -> Params:
