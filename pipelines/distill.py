@@ -17,8 +17,8 @@ from pipelines.core.stage import run_stage
 
 
 def distill(params: Params, paths: Paths = Paths(), student: str | None = None) -> dict[str, dict[str, float]]:
-    """Write models/<student>.pt and its training log for `student` (default: every student); return the
-    final metrics of each, by name."""
+    """Write models/<student>.pt, what its loss learned besides it (models/<student>.heads.pt) and its training
+    log for `student` (default: every student); return the final metrics of each, by name."""
     from pipelines.engine.training import train_and_save
     from pipelines.kd import build_objective, check_students
 
@@ -28,8 +28,8 @@ def distill(params: Params, paths: Paths = Paths(), student: str | None = None) 
     results = {}
     for name in [student] if student else list(params.distill):
         training = params.student_training(name)
-        objective = build_objective(params.distill[name], training.regularization.label_smoothing, paths)
-        results[name] = train_and_save(name, training, objective, params, paths)
+        objective = build_objective(name, params.distill[name], training.regularization.label_smoothing, paths)
+        results[name] = train_and_save(name, training, objective, params, paths, heads=paths.heads(name))
     return results
 
 

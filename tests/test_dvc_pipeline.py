@@ -52,7 +52,7 @@ def changed_stages(project: Path) -> list[str]:
 @pytest.mark.slow
 def test_code_changes_rerun_only_the_stages_that_run_that_code(project: Path) -> None:
     run(["dvc", "repro"], project)
-    method = project / "pipelines" / "kd" / "hinton.py"
+    method = project / "pipelines" / "kd" / "kd.py"
     method.write_text(method.read_text() + "\n# an edit of the distillation method\n")
     assert changed_stages(project) == ["distill@student_kd"]  # not the teacher, not the baseline
 
@@ -73,7 +73,7 @@ def test_code_changes_rerun_only_the_stages_that_run_that_code(project: Path) ->
 def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report(project: Path) -> None:
     run(["dvc", "repro"], project)
     write_overrides(project / "params.yaml", {
-        "distill.student_t2": {"method": "hinton", "temperature": 2.0, "alpha": 0.5,
+        "distill.student_t2": {"losses": [{"method": "kd", "weight": 0.5, "temperature": 2.0}, {"method": "ce", "weight": 0.5}],
                                "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
     })
     rerun = run(["dvc", "repro"], project)
@@ -84,7 +84,7 @@ def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report
     assert list(results) == ["teacher", "student_baseline", "student_kd", "student_t2"]
     assert results["student_t2"]["params"] != results["student_kd"]["params"]  # another size
     report = (project / "reports" / "report.md").read_text()
-    assert "| student_t2 |" in report and "student_t2 (hinton, temperature 2, alpha 0.5)" in report
+    assert "| student_t2 |" in report and "student_t2 (0.5 kd (temperature 2) + 0.5 ce)" in report
     assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
 
 
@@ -163,6 +163,7 @@ def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
         str(paths.transfer),
         str(paths.teacher_logits),
         *(str(paths.model(name)) for name in models),
+        str(paths.heads("student_kd")),
         *(str(paths.training_log(name) / "metrics.json") for name in models),
         *(str(paths.training_log(name) / "plots") for name in models),
         str(paths.eval_metrics),
@@ -179,7 +180,8 @@ def test_a_distilled_student_is_one_dvc_stage_per_name_in_params() -> None:
     stage = distill["distill@student_kd"]
     assert stage.cmd == "python -m pipelines.distill --student student_kd"
     assert [str(out) for out in stage.outs] == [
-        "models/student_kd.pt", "metrics/train/student_kd/metrics.json", "metrics/train/student_kd/plots"]
+        "models/student_kd.pt", "models/student_kd.heads.pt", "metrics/train/student_kd/metrics.json",
+        "metrics/train/student_kd/plots"]
 
 
 LAYERS = {  # each library package, and the packages it may import

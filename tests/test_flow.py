@@ -27,7 +27,7 @@ def test_flow_runs_every_dvc_stage_each_after_those_it_depends_on() -> None:
 
 
 def test_a_student_added_to_params_yaml_becomes_a_stage_of_the_flow(project: Path) -> None:
-    write_overrides(project / "params.yaml", {"distill.small_t2": {"method": "hinton", "temperature": 2.0, "alpha": 0.5}})
+    write_overrides(project / "params.yaml", {"distill.small_t2": {"losses": [{"method": "kd", "temperature": 2.0}]}})
     order = pipeline_stages(project)
     assert order.index("teacher_logits") < order.index("distill@small_t2") < order.index("evaluate")
     assert order.index("distill@student_kd") < order.index("evaluate")

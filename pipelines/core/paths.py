@@ -40,6 +40,10 @@ class Paths:
         """The checkpoint of model `name` (teacher, student_baseline, or a distilled student's name)."""
         return self.root / "models" / f"{name}.pt"
 
+    def heads(self, name: str) -> Path:
+        """What distilled student `name`'s loss learned besides the student (connectors, projection heads)."""
+        return self.root / "models" / f"{name}.heads.pt"
+
     def training_log(self, name: str) -> Path:
         """The dvclive folder of one training run: metrics.json and per-epoch plots."""
         return self.root / "metrics" / "train" / name

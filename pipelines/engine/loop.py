@@ -160,6 +160,7 @@ def fit(
             kept.load_state_dict(stopper.best_state)
             result |= {"best_epoch": stopper.best_epoch + 1, **parallel.validate(kept, val_set)}
         parallel.gather()
+        objective.teardown()
         if live:
             live.summary.update(result)
             seconds = time.perf_counter() - started

@@ -30,7 +30,11 @@ class Batch:
 
 
 class Objective(nn.Module):
-    """Turns a batch into (loss, named terms). `setup` runs once before training starts."""
+    """Turns a batch into (loss, named terms). `setup` runs once before training starts, `teardown` after."""
+
+    # Whether the objective reads the model's inner layers (forward hooks), not only its output: a pipeline,
+    # which hands the objective the last stage's logits alone, refuses those.
+    reads_layers: bool = False
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         """Check what the objective needs of the training data and attach what it needs to the model (forward
@@ -39,6 +43,9 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of `model` on `batch` (the model's own forward runs here) and its terms, each a scalar."""
         raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Detach what `setup` attached to the model (forward hooks): called by `fit` once training is over."""
 
 
 class CrossEntropy(Objective):

@@ -48,6 +48,9 @@ class PipelineParallel(DataParallel):
         if params.grad_accum_steps > 1:
             raise ParamsError("distributed.grad_accum_steps: under strategy pipeline every batch is already split "
                               "into distributed.microbatches; set grad_accum_steps to 1")
+        if objective.reads_layers:
+            raise ParamsError("distributed.strategy pipeline: this student's loss reads the model's inner layers "
+                              "(fitnet, at, rkd), which a pipeline splits across processes; use ddp or fsdp")
         if params.pipeline_schedule == "1f1b" and params.microbatches < runtime.world_size:
             raise ParamsError(f"distributed.microbatches: 1f1b needs at least one micro-batch per stage "
                               f"({runtime.world_size} processes), got {params.microbatches}")

@@ -4,11 +4,13 @@ save the checkpoint (the teacher, the baseline student and each distilled studen
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
 from pipelines.config import Params
 from pipelines.config.training import ModelParams, TrainingParams
+from pipelines.core.atomic import atomic_path
 from pipelines.core.paths import Paths
 from pipelines.data.card import DatasetCard, read_card
 from pipelines.data.images import open_image_set
@@ -34,10 +36,12 @@ def model_config(params: ModelParams, card: DatasetCard) -> ModelConfig:
 
 
 def train_and_save(
-    name: str, training: TrainingParams, objective: Objective, params: Params, paths: Paths
+    name: str, training: TrainingParams, objective: Objective, params: Params, paths: Paths, heads: Path | None = None
 ) -> dict[str, float]:
     """Build model `name` for the prepared data, fit it on the transfer set under `objective`, save it to
-    models/<name>.pt with its training log in metrics/train/<name>/; return its final metrics."""
+    models/<name>.pt with its training log in metrics/train/<name>/; return its final metrics. With
+    `heads`, also save there what the objective learned itself (connectors; an empty state dict if nothing),
+    apart from the model's checkpoint, which stays loadable on its own."""
     distributed = params.distributed_for(training)
     runtime = init_runtime(params.device, distributed.timeout_s, params.speed)
     card = read_card(paths.card)
@@ -60,8 +64,12 @@ def train_and_save(
     kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
                         distributed, resume)
     state = full_state_dict(kept)  # under FSDP a collective: every rank takes part, the main one writes
+    learned = full_state_dict(objective) if heads is not None else {}
     if runtime.is_main:
         save_checkpoint(paths.model(name), state, config, metrics)
+        if heads is not None:
+            with atomic_path(heads) as tmp:
+                torch.save(learned, tmp)
         if resume is not None:
             resume.remove()  # the model is saved: its training states have served
     shutdown(runtime)

@@ -8,22 +8,31 @@ students (and what reads them), never the teacher or the baseline.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import ValidationError
 
 from pipelines.config import Params, ParamsError
 from pipelines.config.base import Section, error_lines
 from pipelines.config.distill import LossTerm, StudentParams
 from pipelines.core.paths import Paths
+from pipelines.kd.at import AT
 from pipelines.kd.base import Context, Distillation, Term
 from pipelines.kd.ce import CE
 from pipelines.kd.dist import DIST
 from pipelines.kd.dkd import DKD
+from pipelines.kd.features import LiveTeacher
+from pipelines.kd.fitnet import FitNet
 from pipelines.kd.kd import KD
+from pipelines.kd.rkd import RKD
 
 METHODS: dict[str, type[Term]] = {
     "kd": KD,  # Hinton et al.'s soft targets
     "dkd": DKD,  # decoupled KD: target and non-target class terms weighted apart
     "dist": DIST,  # relations (Pearson correlations) of the teacher's predictions
+    "fitnet": FitNet,  # a teacher layer's output as a hint for a student layer's, through a connector
+    "at": AT,  # attention maps of layer pairs
+    "rkd": RKD,  # distances and angles between the batch's penultimate embeddings
     "ce": CE,  # cross-entropy with the labels
 }
 
@@ -51,11 +60,12 @@ def term_options(term: LossTerm) -> Section:
     return METHODS[term.method].Options.model_validate(term.options)
 
 
-def build_objective(student: StudentParams, label_smoothing: float, paths: Paths) -> Distillation:
+def build_objective(student_name: str, student: StudentParams, label_smoothing: float, paths: Paths) -> Distillation:
     """The objective that trains `student` (whose terms `check_students` has checked)."""
-    context, terms, seen = Context(paths, label_smoothing), [], {}
-    for term in student.losses:
+    context, terms, seen = Context(paths, label_smoothing, LiveTeacher(paths.model("teacher"))), [], {}
+    for index, term in enumerate(student.losses):
         seen[term.method] = seen.get(term.method, 0) + 1
         name = term.method if seen[term.method] == 1 else f"{term.method}_{seen[term.method]}"
-        terms.append((name, term.weight, METHODS[term.method].create(term_options(term), context)))
+        key = f"distill.{student_name}.losses.{index}"
+        terms.append((name, term.weight, METHODS[term.method].create(term_options(term), replace(context, key=key))))
     return Distillation(terms)

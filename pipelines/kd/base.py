@@ -7,7 +7,7 @@ pipeline's artifacts (the stored teacher logits)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from pipelines.data.images import ImageSet
 from pipelines.data.logits import open_logits
 from pipelines.engine.objective import Batch, Objective
 
+if TYPE_CHECKING:
+    from pipelines.kd.features import LiveTeacher
+
 
 @dataclass(frozen=True)
 class Context:
@@ -25,6 +28,8 @@ class Context:
 
     paths: Paths
     label_smoothing: float  # the student's, for a hard-label term
+    teacher: LiveTeacher  # the trained teacher, loaded (once, for every term) if a term reads its layers
+    key: str = ""  # the term's params key (distill.<student>.losses.<i>), for error messages
 
 
 class Term(nn.Module):
@@ -32,6 +37,7 @@ class Term(nn.Module):
     connector, a projection head) train with the student."""
 
     Options: ClassVar[type[Section]]  # the schema of the term's options (its keys besides `method` and `weight`)
+    reads_layers: ClassVar[bool] = False  # it reads inner layers (forward hooks), not only the logits
 
     @classmethod
     def create(cls, options: Section, context: Context) -> Term:
@@ -42,6 +48,9 @@ class Term(nn.Module):
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Remove what `setup` attached to the model (its forward hooks)."""
 
 
 class TeacherLogits(Term):
@@ -73,9 +82,17 @@ class Distillation(Objective):
         self.weights = [weight for _, weight, _ in terms]
         self.terms = nn.ModuleList(term for _, _, term in terms)
 
+    @property
+    def reads_layers(self) -> bool:
+        return any(term.reads_layers for term in self.terms)
+
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         for term in self.terms:
             term.setup(model, train_set)
+
+    def teardown(self) -> None:
+        for term in self.terms:
+            term.teardown()
 
     def forward(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model(batch.images)

@@ -1,0 +1,205 @@
+"""The feature-based distillation terms (fitnet, at, rkd): layers named by module path and captured with
+forward hooks that are released after training, the live teacher, connectors that train with the student,
+values against hand computations, clear errors for bad layer paths, and runs of the distill stage with
+each method, in one process and in two."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.config import ParamsError
+from pipelines.core.paths import Paths
+from pipelines.data.images import ImageSet
+from pipelines.distill import distill
+from pipelines.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from pipelines.engine.objective import Batch
+from pipelines.kd.at import AT, attention
+from pipelines.kd.base import Context, Distillation
+from pipelines.kd.features import Capture, LiveTeacher, layer
+from pipelines.kd.fitnet import FitNet
+from pipelines.kd.rkd import RKD, normalized_distances, triplet_angles
+from pipelines.models import ModelConfig, build_model
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, load_params, run
+from tasks.params import write_overrides
+
+
+def config(width: int, depth: int) -> ModelConfig:
+    return ModelConfig(arch="cnn", width=width, depth=depth, blocks_per_stage=1, dropout=0.0, in_channels=1,
+                       image_size=(8, 8), num_classes=4, pixel_mean=(0.5,), pixel_std=(0.3,))
+
+
+@pytest.fixture
+def setting(tmp_path: Path) -> tuple[torch.nn.Module, Context, ImageSet]:
+    """A student (width 2, depth 1), a trained-looking teacher (width 4, depth 2) saved as models/teacher.pt,
+    and 16 random 8x8 images."""
+    torch.manual_seed(0)
+    paths = Paths(tmp_path)
+    save_checkpoint(paths.model("teacher"), build_model(config(4, 2)).state_dict(), config(4, 2), {})
+    images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    train = ImageSet(images, torch.randint(0, 4, (16,)), ["a", "b", "c", "d"])
+    context = Context(paths, 0.0, LiveTeacher(paths.model("teacher")), key="distill.s.losses.0")
+    return build_model(config(2, 1)), context, train
+
+
+def batch_of(train: ImageSet) -> Batch:
+    return Batch(images=train.images.float() / 255, labels=train.labels, rows=torch.arange(len(train)))
+
+
+def test_hooks_capture_the_named_layers_and_are_released(setting) -> None:
+    student, _, train = setting
+    capture = Capture(student, [("features.0", "key"), ("classifier", "key")])
+    logits = student(batch_of(train).images)
+    assert capture.values["features.0"].shape == (16, 2, 8, 8)  # the first convolution's output
+    assert torch.equal(capture.values["classifier"], logits)
+    capture.remove()
+    assert not student.features[0]._forward_hooks and not student.classifier._forward_hooks
+
+
+def test_a_wrong_layer_path_names_the_key_and_lists_the_model_s_layers(setting) -> None:
+    student, _, _ = setting
+    with pytest.raises(ParamsError) as caught:
+        layer(student, "features.9", "distill.s.losses.0.student_layer")
+    message = str(caught.value)
+    assert message.startswith("distill.s.losses.0.student_layer: ConvNet has no layer 'features.9'; its layers: ")
+    assert "features, features.0, features.1" in message and "classifier" in message
+
+
+def test_fitnet_is_the_mean_squared_error_through_a_connector_that_trains_with_the_student(setting) -> None:
+    student, context, train = setting
+    term = FitNet.create(FitNet.Options(), context)  # features of 2 channels (student) against 8 (teacher)
+    objective = Distillation([("fitnet", 1.0, term)])
+    objective.setup(student, train)
+    assert isinstance(term.connector.project, torch.nn.Conv2d)
+    assert (term.connector.project.in_channels, term.connector.project.out_channels) == (2, 8)
+    assert term.connector.size == (4, 4)  # the teacher's maps: 8x8 pooled once
+
+    optimizer = torch.optim.SGD([*student.parameters(), *objective.parameters()], lr=0.1)
+    loss, logged = objective(student, batch_of(train))
+    student_features = term.captured[0].values["features"]
+    teacher_features = term.captured[1].values["features"]
+    by_hand = (F.interpolate(term.connector.project(student_features), size=(4, 4), mode="bilinear")
+               - teacher_features).pow(2).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5) and logged["fitnet"].item() == loss.item()
+    before = term.connector.project.weight.detach().clone()
+    loss.backward()
+    assert term.connector.project.weight.grad.abs().sum() > 0  # the connector receives gradients ...
+    assert not any(p.grad is not None for p in context.teacher.model.parameters())  # ... the teacher none
+    optimizer.step()
+    assert not torch.equal(term.connector.project.weight, before)  # ... and the optimizer steps it
+
+    objective.teardown()
+    assert not student.features._forward_hooks and not context.teacher.model.features._forward_hooks
+
+
+def test_fitnet_s_gradient_for_same_shaped_features_is_twice_the_gap_over_the_elements() -> None:
+    student = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    term = FitNet.__new__(FitNet)
+    torch.nn.Module.__init__(term)
+    term.connector = torch.nn.Identity()
+    term.features = lambda batch: [(student, teacher)]  # the captured pair, without hooks
+    term(None, None).backward()
+    assert torch.allclose(student.grad, 2 * (student - teacher).detach() / student.numel())
+
+
+def test_attention_maps_and_the_at_term_match_the_hand_computation() -> None:
+    features = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]], [[2.0, 0.0], [1.0, -1.0]]]])  # [1, 2, 2, 2]
+    summed = [1 + 4, 4 + 0, 0 + 1, 9 + 1]  # sum over channels of squares, per position
+    norm = sum(value**2 for value in summed) ** 0.5
+    assert torch.allclose(attention(features, 2.0), torch.tensor([[value / norm for value in summed]]))
+    other = torch.tensor([[[[0.5, 1.0], [2.0, 0.0]]]])  # one channel
+    other_map = [0.25, 1.0, 4.0, 0.0]
+    other_norm = sum(value**2 for value in other_map) ** 0.5
+    expected = sum((a / norm - b / other_norm) ** 2 for a, b in zip(summed, other_map)) / 4
+    term = AT.__new__(AT)
+    torch.nn.Module.__init__(term)
+    term.p, term.features = 2.0, (lambda batch: [(features, other)])
+    assert term(None, None).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_rkd_s_distances_and_angles_match_the_definitions() -> None:
+    embeddings = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    distances = torch.tensor([[0, 3, 4], [3, 0, 5], [4, 5, 0]], dtype=torch.float64)
+    assert torch.allclose(normalized_distances(embeddings), distances / 4.0)  # the mean of 3, 4, 5
+    angles = triplet_angles(embeddings).view(3, 3, 3)
+    # At image 0, between images 1 and 2: a right angle. At image 1, between 0 and 2: cos = 3/5.
+    assert angles[0, 1, 2].item() == pytest.approx(0.0, abs=1e-12)
+    assert angles[1, 0, 2].item() == pytest.approx(3 / 5)
+
+
+def test_rkd_reads_the_embeddings_entering_the_classifier_and_is_zero_against_itself(setting) -> None:
+    student, context, train = setting
+    term = RKD.create(RKD.Options(), context)
+    objective = Distillation([("rkd", 1.0, term)])
+    objective.setup(student, train)
+    loss, _ = objective(student, batch_of(train))
+    student_embedding, teacher_embedding = term._pairs()[0]
+    assert student_embedding.shape == (16, 2) and teacher_embedding.shape == (16, 8)  # what enters the classifiers
+    assert loss.item() > 0.0
+    embeddings = torch.randn(16, 8)
+    term.features = lambda batch: [(embeddings, embeddings.clone())]  # a student with the teacher's relations
+    assert term(None, None).item() == 0.0
+
+
+@pytest.fixture
+def distill_root(trained_pipeline, tmp_path: Path):
+    """A copy of the tiny trained pipeline and a params file to change the student's terms in."""
+    _, shared = trained_pipeline
+    paths = Paths(tmp_path / "root")
+    shutil.copytree(shared.root, paths.root)
+    params_file = paths.root / "params.yaml"
+    shutil.copy(SHIPPED_PARAMS, params_file)
+    return paths, params_file
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("losses", [
+    [{"method": "kd", "weight": 0.9}, {"method": "ce", "weight": 0.1}],
+    [{"method": "dkd"}, {"method": "ce"}],
+    [{"method": "dist"}, {"method": "ce"}],
+    [{"method": "fitnet", "student_layer": "features.3", "teacher_layer": "features.7"}, {"method": "ce"}],
+    [{"method": "at", "layers": [["features.2", "features.5"], ["features", "features"]]}, {"method": "ce"}],
+    [{"method": "rkd"}, {"method": "kd"}, {"method": "ce"}],
+], ids=["kd", "dkd", "dist", "fitnet", "at", "rkd+kd"])
+def test_one_epoch_of_the_distill_stage_with_each_method(distill_root, losses: list[dict]) -> None:
+    paths, params_file = distill_root
+    write_overrides(params_file, {**TINY_OVERRIDES, "distill.student_kd.losses": losses})
+    params = load_params(params_file)
+
+    metrics = distill(params, paths)["student_kd"]
+
+    for term in losses:
+        assert metrics[f"train_{term['method']}"] >= 0.0  # each term logged under its name
+    model, checkpoint = load_model(paths.model("student_kd"))  # loadable on its own
+    assert checkpoint.metrics["epochs"] == 1
+    heads = torch.load(paths.heads("student_kd"), weights_only=True)
+    assert bool(heads) == (losses[0]["method"] == "fitnet")  # the connector, apart from the student
+
+
+def test_a_bad_layer_path_stops_the_stage_with_exit_code_2_naming_the_key(distill_root) -> None:
+    paths, params_file = distill_root
+    write_overrides(params_file, {**TINY_OVERRIDES, "distill.student_kd.losses": [
+        {"method": "fitnet", "student_layer": "features.99"}, {"method": "ce"}]})
+    result = run([sys.executable, "-m", "pipelines.distill", "--student", "student_kd", "--params", str(params_file),
+                  "--root", str(paths.root)], PROJECT_ROOT, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "distill.student_kd.losses.0.student_layer: ConvNet has no layer 'features.99'; its layers: features" in result.stderr
+    assert load_checkpoint(paths.model("student_kd")).state_dict  # the last good student is still there
+
+
+@pytest.mark.slow
+def test_two_processes_distill_with_a_feature_based_method(distill_root) -> None:
+    paths, params_file = distill_root
+    write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu", "distributed.nproc_per_node": 2,
+                                  "distill.student_kd.losses": [{"method": "fitnet"}, {"method": "ce"}]})
+    result = run([sys.executable, "-m", "pipelines.distill", "--student", "student_kd", "--params", str(params_file),
+                  "--root", str(paths.root)], PROJECT_ROOT)
+    assert "device cpu x 2" in result.stderr + result.stdout
+    assert torch.load(paths.heads("student_kd"), weights_only=True)  # the connector, averaged by DDP with the student
+    load_model(paths.model("student_kd"))
