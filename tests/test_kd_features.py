@@ -5,6 +5,7 @@ each method, in one process and in two."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipelines.engine.checkpoint import load_checkpoint, load_model, save_checkp
 from pipelines.engine.objective import Batch
 from pipelines.kd.at import AT, attention
 from pipelines.kd.base import Context, Distillation
+from pipelines.kd.crd import CRD, nce_loss
 from pipelines.kd.features import Capture, LiveTeacher, layer
 from pipelines.kd.fitnet import FitNet
 from pipelines.kd.rkd import RKD, normalized_distances, triplet_angles
@@ -147,6 +149,32 @@ def test_rkd_reads_the_embeddings_entering_the_classifier_and_is_zero_against_it
     assert term(None, None).item() == 0.0
 
 
+def test_the_nce_loss_matches_its_definition() -> None:
+    scores = torch.tensor([[0.5, 0.1, 0.2], [2.0, 0.05, 0.3]], dtype=torch.float64)  # positive first, 2 negatives
+    images, eps = 10, 1e-7
+    noise = 2 / images
+    by_hand = -sum(math.log(row[0] / (row[0] + noise + eps)) + sum(math.log(noise / (n + noise + eps)) for n in row[1:])
+                   for row in scores.tolist()) / 2
+    assert nce_loss(scores, images).item() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_crd_projects_both_embeddings_and_moves_each_image_s_bank_rows_toward_them(setting) -> None:
+    student, context, train = setting
+    term = CRD.create(CRD.Options(feature_dim=6, negatives=5), context)
+    objective = Distillation([("crd", 1.0, term)])
+    objective.setup(student, train)
+    assert (term.student_head.in_features, term.teacher_head.in_features, term.student_bank.shape) == (2, 8, (16, 6))
+    before = term.student_bank.clone()
+    batch = Batch(images=train.images[:4].float() / 255, labels=train.labels[:4], rows=torch.tensor([3, 5, 7, 9]))
+    loss, _ = objective(student, batch)
+    loss.backward()
+    assert term.student_head.weight.grad.abs().sum() > 0 and term.teacher_head.weight.grad.abs().sum() > 0
+    changed = (term.student_bank != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [3, 5, 7, 9]  # only the batch's rows, each still of norm 1
+    assert torch.allclose(term.student_bank.norm(dim=1), torch.ones(16))
+    assert set(term.state_dict()) >= {"student_bank", "teacher_bank", "student_head.weight", "teacher_head.weight"}
+
+
 @pytest.fixture
 def distill_root(trained_pipeline, tmp_path: Path):
     """A copy of the tiny trained pipeline and a params file to change the student's terms in."""
@@ -166,7 +194,8 @@ def distill_root(trained_pipeline, tmp_path: Path):
     [{"method": "fitnet", "student_layer": "features.3", "teacher_layer": "features.7"}, {"method": "ce"}],
     [{"method": "at", "layers": [["features.2", "features.5"], ["features", "features"]]}, {"method": "ce"}],
     [{"method": "rkd"}, {"method": "kd"}, {"method": "ce"}],
-], ids=["kd", "dkd", "dist", "fitnet", "at", "rkd+kd"])
+    [{"method": "crd", "weight": 0.8}, {"method": "kd"}, {"method": "ce"}],
+], ids=["kd", "dkd", "dist", "fitnet", "at", "rkd+kd", "crd+kd"])
 def test_one_epoch_of_the_distill_stage_with_each_method(distill_root, losses: list[dict]) -> None:
     paths, params_file = distill_root
     write_overrides(params_file, {**TINY_OVERRIDES, "distill.student_kd.losses": losses})
@@ -179,7 +208,7 @@ def test_one_epoch_of_the_distill_stage_with_each_method(distill_root, losses: l
     model, checkpoint = load_model(paths.model("student_kd"))  # loadable on its own
     assert checkpoint.metrics["epochs"] == 1
     heads = torch.load(paths.heads("student_kd"), weights_only=True)
-    assert bool(heads) == (losses[0]["method"] == "fitnet")  # the connector, apart from the student
+    assert bool(heads) == (losses[0]["method"] in ("fitnet", "crd"))  # connector, heads, banks: apart from the student
 
 
 def test_a_bad_layer_path_stops_the_stage_with_exit_code_2_naming_the_key(distill_root) -> None:
@@ -194,12 +223,13 @@ def test_a_bad_layer_path_stops_the_stage_with_exit_code_2_naming_the_key(distil
 
 
 @pytest.mark.slow
-def test_two_processes_distill_with_a_feature_based_method(distill_root) -> None:
+@pytest.mark.parametrize("method", ["fitnet", "crd"])
+def test_two_processes_distill_with_a_feature_based_method(distill_root, method: str) -> None:
     paths, params_file = distill_root
     write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu", "distributed.nproc_per_node": 2,
-                                  "distill.student_kd.losses": [{"method": "fitnet"}, {"method": "ce"}]})
+                                  "distill.student_kd.losses": [{"method": method}, {"method": "ce"}]})
     result = run([sys.executable, "-m", "pipelines.distill", "--student", "student_kd", "--params", str(params_file),
                   "--root", str(paths.root)], PROJECT_ROOT)
     assert "device cpu x 2" in result.stderr + result.stdout
-    assert torch.load(paths.heads("student_kd"), weights_only=True)  # the connector, averaged by DDP with the student
+    assert torch.load(paths.heads("student_kd"), weights_only=True)  # what it learned, averaged by DDP with the student
     load_model(paths.model("student_kd"))

@@ -19,6 +19,7 @@ from pipelines.core.paths import Paths
 from pipelines.kd.at import AT
 from pipelines.kd.base import Context, Distillation, Term
 from pipelines.kd.ce import CE
+from pipelines.kd.crd import CRD
 from pipelines.kd.dist import DIST
 from pipelines.kd.dkd import DKD
 from pipelines.kd.features import LiveTeacher
@@ -33,6 +34,7 @@ METHODS: dict[str, type[Term]] = {
     "fitnet": FitNet,  # a teacher layer's output as a hint for a student layer's, through a connector
     "at": AT,  # attention maps of layer pairs
     "rkd": RKD,  # distances and angles between the batch's penultimate embeddings
+    "crd": CRD,  # contrastive: each image's embedding against memory banks of the others
     "ce": CE,  # cross-entropy with the labels
 }
 

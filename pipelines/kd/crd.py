@@ -1,0 +1,121 @@
+"""`crd`: contrastive representation distillation (Tian et al., 2020) on the penultimate embeddings (what
+enters the classifier). Learned projection heads map the student's and the teacher's embeddings to
+`feature_dim`, L2-normalized; two memory banks keep one normalized embedding of every training image (the
+student's and the teacher's, updated with momentum as images come by). For each image, its own row of the
+other model's bank is the positive and `negatives` rows drawn at random are the negatives; the term is the
+NCE loss of both directions (teacher embedding against the student bank, and the reverse), the scores
+exp(similarity / temperature) normalized by a constant fixed at the first batch, as in the paper.
+
+The heads and the banks belong to the objective: they train (heads) and change (banks) with the student,
+and are saved in models/<student>.heads.pt. Under several processes every rank updates its banks with the
+embeddings of the whole global batch (all-gathered), so the banks stay the same on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from pipelines.config.base import Probability, Section
+from pipelines.data.images import ImageSet
+from pipelines.engine.objective import Batch
+from pipelines.kd.base import Context
+from pipelines.kd.features import FeatureTerm
+
+
+class CRDOptions(Section):
+    student_layer: str = "classifier"  # the embedding is what enters this layer of the student
+    teacher_layer: str = "classifier"  # ... and of the teacher
+    feature_dim: int = Field(128, ge=1)  # size of the projected embeddings
+    negatives: int = Field(4096, ge=1)  # negatives per image (at most the training images less one)
+    temperature: float = Field(0.07, gt=0.0)  # of the similarity scores
+    momentum: Probability = 0.5  # of the memory banks' updates
+
+
+class CRD(FeatureTerm):
+    Options = CRDOptions
+    of_inputs = True
+
+    def __init__(self, pairs: list[tuple[str, str]], context: Context, keys: tuple[str, str], options: CRDOptions) -> None:
+        super().__init__(pairs, context, keys)
+        self.options = options
+
+    @classmethod
+    def create(cls, options: CRDOptions, context: Context) -> CRD:
+        return cls([(options.student_layer, options.teacher_layer)], context,
+                   (f"{context.key}.student_layer", f"{context.key}.teacher_layer"), options)
+
+    def setup(self, model: nn.Module, train_set: ImageSet) -> None:
+        self.images = len(train_set)
+        self.negatives = min(self.options.negatives, self.images - 1)
+        super().setup(model, train_set)
+
+    def build(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
+        [(student, teacher)] = shapes
+        dim = self.options.feature_dim
+        self.student_head = nn.Linear(math.prod(student[1:]), dim)
+        self.teacher_head = nn.Linear(math.prod(teacher[1:]), dim)
+        bound = 1.0 / math.sqrt(dim / 3)  # the paper's initialization of the banks, then normalized
+        for name in ("student_bank", "teacher_bank"):
+            self.register_buffer(name, F.normalize(torch.rand(self.images, dim).mul_(2 * bound).sub_(bound), dim=1))
+        self.register_buffer("normalizers", torch.zeros(2))  # Z of each direction, fixed at the first batch
+
+    def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        [(student, teacher)] = self.features(batch)
+        with torch.autocast(logits.device.type, enabled=False):  # exp(similarity / 0.07) needs float32
+            return self._loss(student, teacher, batch)
+
+    def _loss(self, student: torch.Tensor, teacher: torch.Tensor, batch: Batch) -> torch.Tensor:
+        student = F.normalize(self.student_head(student.flatten(1).float()), dim=1)
+        teacher = F.normalize(self.teacher_head(teacher.flatten(1).float()), dim=1)
+        rows = batch.rows.to(student.device)
+        # Row 0 of each image's candidates is itself (the positive), the rest drawn at random.
+        candidates = torch.randint(0, self.images, (len(rows), self.negatives + 1), device=student.device)
+        candidates[:, 0] = rows
+        scores_t = self._scores(self.student_bank, candidates, teacher, 0)  # the teacher against student memories
+        scores_s = self._scores(self.teacher_bank, candidates, student, 1)  # the student against teacher memories
+        loss = nce_loss(scores_t, self.images) + nce_loss(scores_s, self.images)
+        self._update_banks(rows, student.detach(), teacher.detach())
+        return loss
+
+    def _scores(self, bank: torch.Tensor, candidates: torch.Tensor, embeddings: torch.Tensor, which: int) -> torch.Tensor:
+        similarity = torch.bmm(bank[candidates].detach(), embeddings.unsqueeze(2)).squeeze(2)
+        scores = torch.exp(similarity / self.options.temperature)
+        if self.normalizers[which] == 0:
+            self.normalizers[which] = (scores.mean() * self.images).detach()
+        return scores / self.normalizers[which].clone()  # a copy: the graph keeps it while the buffer changes
+
+    @torch.no_grad()
+    def _update_banks(self, rows: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor) -> None:
+        if dist.is_available() and dist.is_initialized():  # the whole global batch, on every rank
+            rows, student, teacher = (all_gather(tensor) for tensor in (rows, student, teacher))
+        momentum = self.options.momentum
+        for bank, embeddings in ((self.student_bank, student), (self.teacher_bank, teacher)):
+            bank[rows] = F.normalize(bank[rows] * momentum + embeddings * (1 - momentum), dim=1)
+
+
+def nce_loss(scores: torch.Tensor, images: int, eps: float = 1e-7) -> torch.Tensor:
+    """NCE with uniform noise over `images`: column 0 the positive's score, the rest the negatives'."""
+    negatives = scores.shape[1] - 1
+    noise = negatives / images  # K * P_noise
+    positive = torch.log(scores[:, 0] / (scores[:, 0] + noise + eps))
+    negative = torch.log(noise / (scores[:, 1:] + noise + eps)).sum(dim=1)
+    return -(positive + negative).mean()
+
+
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` of every rank, concatenated; ranks' batch shares may differ in length by one row."""
+    size = torch.tensor([len(tensor)], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(sizes).item())
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: len(tensor)] = tensor
+    gathered = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[: int(count.item())] for part, count in zip(gathered, sizes)])
