@@ -38,8 +38,8 @@ def test_dvc_repro_runs_every_stage_then_finds_nothing_to_redo(project: Path) ->
 @pytest.mark.slow
 def test_changing_a_student_s_param_reruns_only_that_student_evaluate_and_report(project: Path) -> None:
     run(["dvc", "repro"], project)
-    experiment = run(["dvc", "exp", "run", "--set-param", "distill.student_kd.temperature=2.0"], project)
-    assert ran_stages(experiment.stdout) == ["distill@student_kd", "evaluate", "report"]
+    experiment = run(["dvc", "exp", "run", "--set-param", "distill.student_kd.losses.0.temperature=2.0"], project)
+    assert ran_stages(experiment.stdout) == ["teacher_features@student_kd", "distill@student_kd", "evaluate", "report"]
     assert "temperature: 2.0" in (project / "params.yaml").read_text()
 
 
@@ -162,6 +162,7 @@ def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
         str(paths.card),
         str(paths.transfer),
         str(paths.teacher_logits),
+        str(paths.teacher_features("student_kd")),
         *(str(paths.model(name)) for name in models),
         str(paths.heads("student_kd")),
         *(str(paths.training_log(name) / "metrics.json") for name in models),

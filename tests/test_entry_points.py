@@ -13,7 +13,8 @@ import pytest
 from tasks.environment import DEFAULTS
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
 
-STAGES = ["prepare", "augment", "train_teacher", "train_student", "teacher_logits", "distill", "evaluate", "report"]
+STAGES = ["prepare", "augment", "train_teacher", "train_student", "teacher_logits", "teacher_features", "distill",
+          "evaluate", "report"]
 
 
 def modules_loaded_by(code: str, env: dict[str, str] | None = None) -> set[str]:

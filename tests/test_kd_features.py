@@ -23,9 +23,10 @@ from pipelines.engine.objective import Batch
 from pipelines.kd.at import AT, attention
 from pipelines.kd.base import Context, Distillation
 from pipelines.kd.crd import CRD, nce_loss
-from pipelines.kd.features import Capture, LiveTeacher, layer
+from pipelines.kd.features import Capture, layer
 from pipelines.kd.fitnet import FitNet
 from pipelines.kd.rkd import RKD, normalized_distances, triplet_angles
+from pipelines.kd.teacher import Teacher, write_teacher_features
 from pipelines.models import ModelConfig, build_model
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, load_params, run
 from tasks.params import write_overrides
@@ -45,7 +46,7 @@ def setting(tmp_path: Path) -> tuple[torch.nn.Module, Context, ImageSet]:
     save_checkpoint(paths.model("teacher"), build_model(config(4, 2)).state_dict(), config(4, 2), {})
     images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
     train = ImageSet(images, torch.randint(0, 4, (16,)), ["a", "b", "c", "d"])
-    context = Context(paths, 0.0, LiveTeacher(paths.model("teacher")), key="distill.s.losses.0")
+    context = Context(paths, 0.0, Teacher(paths.model("teacher"), paths.teacher_features("s")), key="distill.s.losses.0")
     return build_model(config(2, 1)), context, train
 
 
@@ -83,8 +84,7 @@ def test_fitnet_is_the_mean_squared_error_through_a_connector_that_trains_with_t
 
     optimizer = torch.optim.SGD([*student.parameters(), *objective.parameters()], lr=0.1)
     loss, logged = objective(student, batch_of(train))
-    student_features = term.captured[0].values["features"]
-    teacher_features = term.captured[1].values["features"]
+    [(student_features, teacher_features)] = term.features(batch_of(train))
     by_hand = (F.interpolate(term.connector.project(student_features), size=(4, 4), mode="bilinear")
                - teacher_features).pow(2).mean()
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5) and logged["fitnet"].item() == loss.item()
@@ -141,7 +141,7 @@ def test_rkd_reads_the_embeddings_entering_the_classifier_and_is_zero_against_it
     objective = Distillation([("rkd", 1.0, term)])
     objective.setup(student, train)
     loss, _ = objective(student, batch_of(train))
-    student_embedding, teacher_embedding = term._pairs()[0]
+    [(student_embedding, teacher_embedding)] = term.features(batch_of(train))
     assert student_embedding.shape == (16, 2) and teacher_embedding.shape == (16, 8)  # what enters the classifiers
     assert loss.item() > 0.0
     embeddings = torch.randn(16, 8)
@@ -173,6 +173,40 @@ def test_crd_projects_both_embeddings_and_moves_each_image_s_bank_rows_toward_th
     assert changed == [3, 5, 7, 9]  # only the batch's rows, each still of norm 1
     assert torch.allclose(term.student_bank.norm(dim=1), torch.ones(16))
     assert set(term.state_dict()) >= {"student_bank", "teacher_bank", "student_head.weight", "teacher_head.weight"}
+
+
+LAYERS = [("features", False), ("classifier", True)]  # a map, and the embedding entering the classifier
+
+
+def test_teacher_features_that_fit_are_stored_and_read_back_as_the_live_teacher_computes_them(setting, tmp_path) -> None:
+    _, context, train = setting
+    folder = context.paths.teacher_features("s")
+    manifest = write_teacher_features(folder, context.paths.model("teacher"), train, LAYERS, 2**30, torch.device("cpu"))
+    assert manifest["cached"] and set(manifest["layers"]) == {"features.output", "classifier.input"}
+    assert manifest["layers"]["features.output"]["shape"] == [8, 4, 4]
+
+    stored = Teacher(context.paths.model("teacher"), folder)
+    stored.attach([(layer, "key") for layer in LAYERS], torch.device("cpu"))
+    assert stored.model is None and not stored.live  # nothing runs the teacher
+    live = Teacher(context.paths.model("teacher"), tmp_path / "no-cache")
+    live.attach([(layer, "key") for layer in LAYERS], torch.device("cpu"))
+    rows = torch.tensor([5, 0, 11])
+    batch = Batch(images=train.images[rows].float() / 255, labels=train.labels[rows], rows=rows)
+    from_disk, computed = stored.features(batch, torch.device("cpu")), live.features(batch, torch.device("cpu"))
+    for layer in LAYERS:
+        assert torch.allclose(from_disk[layer], computed[layer], atol=1e-6), layer
+
+
+def test_teacher_features_too_big_for_the_cache_are_not_stored_and_the_teacher_runs_live(setting, caplog) -> None:
+    _, context, train = setting
+    folder = context.paths.teacher_features("s")
+    manifest = write_teacher_features(folder, context.paths.model("teacher"), train, LAYERS, 1000, torch.device("cpu"))
+    assert not manifest["cached"] and "more than teacher_features.max_cache_gb" in manifest["reason"]
+    assert [path.name for path in folder.iterdir()] == ["manifest.json"]
+    teacher = Teacher(context.paths.model("teacher"), folder)
+    with caplog.at_level("INFO"):
+        teacher.attach([(LAYERS[0], "key")], torch.device("cpu"))
+    assert teacher.model is not None and "the teacher runs live beside the student (the features take" in caplog.text
 
 
 @pytest.fixture
@@ -220,6 +254,19 @@ def test_a_bad_layer_path_stops_the_stage_with_exit_code_2_naming_the_key(distil
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "distill.student_kd.losses.0.student_layer: ConvNet has no layer 'features.99'; its layers: features" in result.stderr
     assert load_checkpoint(paths.model("student_kd")).state_dict  # the last good student is still there
+
+
+@pytest.mark.slow
+def test_the_teacher_features_stage_stores_what_the_student_then_reads_instead_of_running_the_teacher(distill_root) -> None:
+    paths, params_file = distill_root
+    write_overrides(params_file, {**TINY_OVERRIDES, "distill.student_kd.losses": [
+        {"method": "fitnet", "teacher_layer": "features.3"}, {"method": "rkd"}, {"method": "ce"}]})
+    command = ["--student", "student_kd", "--params", str(params_file), "--root", str(paths.root)]
+    stored = run([sys.executable, "-m", "pipelines.teacher_features", *command], PROJECT_ROOT)
+    assert "stored features.3.output, classifier.input" in stored.stderr
+    trained = run([sys.executable, "-m", "pipelines.distill", *command], PROJECT_ROOT)
+    assert "teacher features of features.3.output: read from" in trained.stderr
+    assert "runs live" not in trained.stderr
 
 
 @pytest.mark.slow

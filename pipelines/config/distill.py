@@ -65,6 +65,12 @@ class StudentParams(Section):
         return {key: value for key in SECTIONS if (value := getattr(self, key)) is not None}
 
 
+class TeacherFeaturesParams(Section):
+    """The `teacher_features` section: when the teacher's features that feature-based terms read are stored."""
+
+    max_cache_gb: float = Field(2.0, ge=0.0)  # store them (once, DVC-tracked) up to this size; beyond, run the teacher live
+
+
 def check_student_names(students: dict[str, StudentParams]) -> None:
     if not students:
         raise ValueError("no student: name at least one, e.g. student_kd: {losses: [{method: kd, weight: 0.9}, "

@@ -18,7 +18,7 @@ from pipelines.config.base import ParamsError, Section, error_lines
 from pipelines.config.checkpoint import CheckpointParams
 from pipelines.config.data import AugmentParams, DataParams
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.distill import RESERVED_NAMES, StudentParams, check_student_names
+from pipelines.config.distill import RESERVED_NAMES, StudentParams, TeacherFeaturesParams, check_student_names
 from pipelines.config.speed import SpeedParams
 from pipelines.config.study import StudyParams, replace_sections
 from pipelines.config.training import TrainingParams
@@ -47,6 +47,7 @@ class Params(Section):
     teacher: TrainingParams
     student: TrainingParams
     distill: dict[str, StudentParams]
+    teacher_features: TeacherFeaturesParams = TeacherFeaturesParams()
     evaluate: EvaluateParams
     study: StudyParams
 

@@ -36,6 +36,10 @@ class Paths:
     def teacher_logits(self) -> Path:
         return self.root / "data" / "teacher_logits" / "transfer_logits.npy"
 
+    def teacher_features(self, student: str) -> Path:
+        """The teacher's features of the layers distilled student `student` reads, stored when they fit."""
+        return self.root / "data" / "teacher_features" / student
+
     def model(self, name: str) -> Path:
         """The checkpoint of model `name` (teacher, student_baseline, or a distilled student's name)."""
         return self.root / "models" / f"{name}.pt"

@@ -22,10 +22,11 @@ from pipelines.kd.ce import CE
 from pipelines.kd.crd import CRD
 from pipelines.kd.dist import DIST
 from pipelines.kd.dkd import DKD
-from pipelines.kd.features import LiveTeacher
+from pipelines.kd.features import FeatureTerm
 from pipelines.kd.fitnet import FitNet
 from pipelines.kd.kd import KD
 from pipelines.kd.rkd import RKD
+from pipelines.kd.teacher import Layer, Teacher
 
 METHODS: dict[str, type[Term]] = {
     "kd": KD,  # Hinton et al.'s soft targets
@@ -64,10 +65,21 @@ def term_options(term: LossTerm) -> Section:
 
 def build_objective(student_name: str, student: StudentParams, label_smoothing: float, paths: Paths) -> Distillation:
     """The objective that trains `student` (whose terms `check_students` has checked)."""
-    context, terms, seen = Context(paths, label_smoothing, LiveTeacher(paths.model("teacher"))), [], {}
+    teacher = Teacher(paths.model("teacher"), paths.teacher_features(student_name))
+    context, terms, seen = Context(paths, label_smoothing, teacher), [], {}
     for index, term in enumerate(student.losses):
         seen[term.method] = seen.get(term.method, 0) + 1
         name = term.method if seen[term.method] == 1 else f"{term.method}_{seen[term.method]}"
         key = f"distill.{student_name}.losses.{index}"
         terms.append((name, term.weight, METHODS[term.method].create(term_options(term), replace(context, key=key))))
     return Distillation(terms)
+
+
+def teacher_layers(student: StudentParams) -> list[Layer]:
+    """The teacher layers (path, whether what enters it) that the student's feature-based terms read."""
+    layers: list[Layer] = []
+    for term in student.losses:
+        method = METHODS[term.method]
+        if issubclass(method, FeatureTerm):
+            layers += [layer for layer in method.teacher_layers(term_options(term)) if layer not in layers]
+    return layers

@@ -29,6 +29,10 @@ class AT(FeatureTerm):
         self.p = p
 
     @classmethod
+    def teacher_layers(cls, options: ATOptions) -> list[tuple[str, bool]]:
+        return [(teacher, False) for _, teacher in options.layers]
+
+    @classmethod
     def create(cls, options: ATOptions, context: Context) -> AT:
         return cls(list(options.layers), context, (f"{context.key}.layers", f"{context.key}.layers"), options.p)
 

@@ -19,7 +19,7 @@ from pipelines.data.logits import open_logits
 from pipelines.engine.objective import Batch, Objective
 
 if TYPE_CHECKING:
-    from pipelines.kd.features import LiveTeacher
+    from pipelines.kd.teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Context:
 
     paths: Paths
     label_smoothing: float  # the student's, for a hard-label term
-    teacher: LiveTeacher  # the trained teacher, loaded (once, for every term) if a term reads its layers
+    teacher: Teacher  # the trained teacher's features, stored or live, for the terms that read its layers
     key: str = ""  # the term's params key (distill.<student>.losses.<i>), for error messages
 
 

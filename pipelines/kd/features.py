@@ -1,15 +1,9 @@
-"""What the feature-based terms (fitnet, at, rkd) read: the outputs (or inputs) of layers named by module
-path (`features.2`, `classifier`), captured with forward hooks, so that models need no rewriting; the
-student's as it trains, and the trained teacher's, run live in inference mode beside it.
-
-The live teacher is loaded from models/teacher.pt once per student, frozen, in eval mode on the student's
-device; every term of a batch reads one teacher forward. (Teacher features are not stored on disk: every
-feature-based student runs the teacher live, and its log says so.)
-"""
+"""What the feature-based terms (fitnet, at, rkd, crd) read: the outputs (or inputs) of layers named by
+module path (`features.2`, `classifier`), captured with forward hooks, so that models need no rewriting:
+the student's as it trains, the teacher's stored or run live (pipelines/kd/teacher.py)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 import torch
@@ -18,11 +12,9 @@ from torch.utils.hooks import RemovableHandle
 
 from pipelines.config import ParamsError
 from pipelines.data.images import ImageSet
-from pipelines.engine.checkpoint import load_model
+from pipelines.config.base import Section
 from pipelines.engine.objective import Batch
 from pipelines.kd.base import Context, Term
-
-log = logging.getLogger(__name__)
 
 
 def layer(model: nn.Module, path: str, key: str) -> nn.Module:
@@ -64,29 +56,6 @@ class Capture:
         self.handles, self.values = [], {}
 
 
-class LiveTeacher:
-    """The trained teacher, frozen, in eval mode; `run(images)` runs it once per batch for every term."""
-
-    def __init__(self, path) -> None:
-        self.path = path
-        self.model: nn.Module | None = None
-        self._last: torch.Tensor | None = None
-
-    def load(self, device: torch.device) -> nn.Module:
-        if self.model is None:
-            self.model, _ = load_model(self.path)
-            self.model.to(device).requires_grad_(False)
-            log.info("teacher features: the teacher (%s) runs live beside the student, in inference mode", self.path)
-        return self.model
-
-    @torch.no_grad()
-    def run(self, images: torch.Tensor) -> None:
-        """Run the teacher on this batch's images, unless it ran on them already (another term asked)."""
-        if images is not self._last:
-            self.model(images)
-            self._last = images
-
-
 def probe(model: nn.Module, images: torch.Tensor) -> None:
     """One forward in eval mode with no gradient, for the hooks to see the layers' shapes; the model's mode
     (and its batch norm statistics) stay as they were."""
@@ -98,9 +67,10 @@ def probe(model: nn.Module, images: torch.Tensor) -> None:
 
 
 class FeatureTerm(Term):
-    """A term on (student layer, teacher layer) pairs: their outputs (or, with `of_inputs`, the inputs
-    entering them), captured by hooks that `setup` attaches and `teardown` removes. `setup` runs one probe
-    batch through both models so that `build` can size what the term learns (a connector) to the layers."""
+    """A term on (student layer, teacher layer) pairs: their outputs (or, with `of_inputs`, what enters
+    them). The student's are captured by hooks that `setup` attaches and `teardown` removes; the teacher's
+    come from `context.teacher` (stored by the `teacher_features` stage, or the teacher run live). `setup`
+    runs two images through both so that `build` can size what the term learns (a connector) to the layers."""
 
     reads_layers = True
     of_inputs = False
@@ -108,34 +78,35 @@ class FeatureTerm(Term):
     def __init__(self, pairs: list[tuple[str, str]], context: Context, keys: tuple[str, str]) -> None:
         super().__init__()
         self.pairs, self.teacher, self.keys = pairs, context.teacher, keys
-        self.captured: tuple[Capture, Capture] | None = None
+        self.captured: Capture | None = None
+
+    @classmethod
+    def teacher_layers(cls, options: Section) -> list[tuple[str, bool]]:
+        """The teacher layers a term of these options reads (for the `teacher_features` stage to store)."""
+        return [(options.teacher_layer, cls.of_inputs)]
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         device = next(model.parameters()).device
-        teacher = self.teacher.load(device)
-        student_keys, teacher_keys = self.keys
-        self.captured = (Capture(model, [(student, student_keys) for student, _ in self.pairs], self.of_inputs),
-                         Capture(teacher, [(teacher_layer, teacher_keys) for _, teacher_layer in self.pairs],
-                                 self.of_inputs))
-        sample = train_set.images[:2].to(device).float().div_(255.0)
-        probe(model, sample)
-        probe(teacher, sample)
-        self.build([(student.shape, teacher_out.shape) for student, teacher_out in self._pairs()])
+        student_key, teacher_key = self.keys
+        self.teacher.attach([((teacher, self.of_inputs), teacher_key) for _, teacher in self.pairs], device)
+        self.captured = Capture(model, [(student, student_key) for student, _ in self.pairs], self.of_inputs)
+        sample = Batch(images=train_set.images[:2].to(device).float().div_(255.0), labels=train_set.labels[:2],
+                       rows=torch.arange(2))
+        probe(model, sample.images)
+        self.build([(student.shape, teacher.shape) for student, teacher in self.features(sample)])
 
     def build(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
         """Create what the term learns, from each pair's (student, teacher) feature shapes."""
 
     def features(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This batch's (student, teacher) features of each pair: the student's from its forward just run,
-        the teacher's from one forward of the live teacher (shared by every term of the batch)."""
-        self.teacher.run(batch.images)
-        return self._pairs()
-
-    def _pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        student, teacher = self.captured
-        return [(student.values[s], teacher.values[t]) for s, t in self.pairs]
+        the teacher's stored or from one live forward (shared by every term of the batch)."""
+        students = [self.captured.values[student] for student, _ in self.pairs]
+        teachers = self.teacher.features(batch, students[0].device)
+        return [(student, teachers[(teacher, self.of_inputs)]) for student, (_, teacher) in zip(students, self.pairs)]
 
     def teardown(self) -> None:
-        for capture in self.captured or ():
-            capture.remove()
+        if self.captured is not None:
+            self.captured.remove()
         self.captured = None
+        self.teacher.detach()

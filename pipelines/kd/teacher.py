@@ -1,0 +1,130 @@
+"""Where a student's feature-based terms (fitnet, at, rkd, crd) get the teacher's features: stored once by
+the `teacher_features` stage, or computed by the teacher run live beside the student.
+
+The transfer set is fixed (the `augment` stage writes it), so the teacher's features of every image can be
+computed once, like its logits: `write_teacher_features` runs the teacher over the transfer set and stores
+each requested layer's features as a float32 .npy, memory-mapped, in data/teacher_features/<student>/ (a
+DVC output), when they fit in `teacher_features.max_cache_gb`. Otherwise it stores only its manifest, with
+the reason, and the student runs the teacher live, one forward per batch for all its terms. Both the stage
+and the student say in their logs which it is and why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines.core.atomic import atomic_path
+from pipelines.data.images import ImageSet
+from pipelines.engine.checkpoint import load_model
+from pipelines.engine.objective import Batch
+from pipelines.kd.features import Capture
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+Layer = tuple[str, bool]  # a teacher module path, and whether the term reads what enters it (else its output)
+
+
+def layer_name(layer: Layer) -> str:
+    path, of_inputs = layer
+    return f"{path}.{'input' if of_inputs else 'output'}"
+
+
+@torch.no_grad()
+def write_teacher_features(folder: Path, teacher_path: Path, transfer: ImageSet, layers: list[Layer],
+                           max_bytes: float, device: torch.device, batch_size: int = 512) -> dict:
+    """Store the teacher's features of `layers` for every transfer image in `folder` (replaced atomically)
+    if they fit in `max_bytes`; always write the manifest saying what was stored and why. Returns it."""
+    manifest: dict = {"images": len(transfer), "layers": {}, "cached": False}
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        if not layers:
+            manifest["reason"] = "no term of this student reads the teacher's layers"
+        else:
+            teacher, _ = load_model(teacher_path)
+            teacher.to(device)
+            captures = capture(teacher, layers)
+            probe = transfer.images[:1].to(device).float().div_(255.0)
+            teacher(probe)
+            shapes = {layer_name(layer): tuple(captures[layer].values[layer[0]].shape[1:]) for layer in layers}
+            size = sum(math.prod(shape) for shape in shapes.values()) * 4 * len(transfer)
+            if size > max_bytes:
+                manifest["reason"] = (f"the features take {size / 2**30:.2f} GiB, more than teacher_features."
+                                      f"max_cache_gb ({max_bytes / 2**30:g}): the student runs the teacher live")
+            else:
+                stored = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32,
+                                                          shape=(len(transfer), *shape)) for name, shape in shapes.items()}
+                for start in range(0, len(transfer), batch_size):
+                    teacher(transfer.images[start : start + batch_size].to(device).float().div_(255.0))
+                    for layer in layers:
+                        values = captures[layer].values[layer[0]]
+                        stored[layer_name(layer)][start : start + len(values)] = values.float().cpu().numpy()
+                for array in stored.values():
+                    array.flush()
+                del stored  # close the maps before the folder is renamed into place
+                manifest.update(cached=True, reason=f"the features take {size / 2**30:.3f} GiB, within "
+                                                    f"teacher_features.max_cache_gb ({max_bytes / 2**30:g})")
+                manifest["layers"] = {name: {"file": f"{name}.npy", "shape": list(shape)} for name, shape in shapes.items()}
+            for one in captures.values():
+                one.remove()
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def capture(model: nn.Module, layers: list[Layer]) -> dict[Layer, Capture]:
+    """One hook per layer, on its output or on what enters it."""
+    return {layer: Capture(model, [(layer[0], "teacher layer")], inputs=layer[1]) for layer in layers}
+
+
+class Teacher:
+    """The teacher's features for a student's terms: from the stored arrays where the `teacher_features`
+    stage stored them, else from the teacher (models/teacher.pt) run live, frozen, in eval mode."""
+
+    def __init__(self, model_path: Path, cache: Path) -> None:
+        self.model_path, self.cache = model_path, cache
+        manifest = cache / MANIFEST
+        self.manifest = json.loads(manifest.read_text()) if manifest.exists() else None
+        self.stored: dict[Layer, torch.Tensor] = {}
+        self.live: dict[Layer, Capture] = {}
+        self.model: nn.Module | None = None
+        self._last: torch.Tensor | None = None
+
+    def attach(self, layers: list[tuple[Layer, str]], device: torch.device) -> None:
+        """Make the features of each (layer, params key naming it) available from `features`."""
+        for layer, key in layers:
+            name = layer_name(layer)
+            if self.manifest and self.manifest["cached"] and name in self.manifest["layers"]:
+                if layer not in self.stored:
+                    self.stored[layer] = torch.from_numpy(np.load(self.cache / self.manifest["layers"][name]["file"],
+                                                                  mmap_mode="c"))
+                    log.info("teacher features of %s: read from %s (%s)", name, self.cache, self.manifest["reason"])
+            elif layer not in self.live:
+                if self.model is None:
+                    self.model, _ = load_model(self.model_path)
+                    self.model.to(device).requires_grad_(False)
+                self.live[layer] = Capture(self.model, [(layer[0], key)], inputs=layer[1])
+                why = self.manifest["reason"] if self.manifest else f"no {self.cache / MANIFEST}"
+                log.info("teacher features of %s: the teacher runs live beside the student (%s)", name, why)
+
+    def features(self, batch: Batch, device: torch.device) -> dict[Layer, torch.Tensor]:
+        """The teacher's features of this batch's images, for every attached layer; the live teacher runs
+        once per batch whatever the number of terms that ask."""
+        if self.live and batch.images is not self._last:
+            with torch.no_grad():
+                self.model(batch.images)
+            self._last = batch.images
+        found = {layer: capture.values[layer[0]] for layer, capture in self.live.items()}
+        rows = batch.rows.cpu()
+        return found | {layer: stored[rows].to(device) for layer, stored in self.stored.items()}
+
+    def detach(self) -> None:
+        for one in self.live.values():
+            one.remove()
+        self.live = {}
