@@ -193,8 +193,8 @@ def test_teacher_features_that_fit_are_stored_and_read_back_as_the_live_teacher_
     rows = torch.tensor([5, 0, 11])
     batch = Batch(images=train.images[rows].float() / 255, labels=train.labels[rows], rows=rows)
     from_disk, computed = stored.features(batch, torch.device("cpu")), live.features(batch, torch.device("cpu"))
-    for layer in LAYERS:
-        assert torch.allclose(from_disk[layer], computed[layer], atol=1e-6), layer
+    for name in LAYERS:
+        assert torch.allclose(from_disk[name], computed[name], atol=1e-6), name
 
 
 def test_teacher_features_too_big_for_the_cache_are_not_stored_and_the_teacher_runs_live(setting, caplog) -> None:
