@@ -108,7 +108,8 @@ def fit(
             live = Live(dir=str(live_dir), resume=saved is not None, save_dvc_exp=False, dvcyaml=None, report=None)
         started, images_seen = time.perf_counter(), 0
         step, metrics = progress.step, progress.metrics
-        for epoch in range(progress.epoch, 0 if progress.stopped else epochs):
+        # (A run that early stopping had ended when it was saved has no epoch left.)
+        for epoch in range(progress.epoch, progress.epoch if progress.stopped else epochs):
             model.train()
             objective.train()
             order.set_state(progress.order)

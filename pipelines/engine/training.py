@@ -19,7 +19,7 @@ from pipelines.engine.loop import fit
 from pipelines.engine.objective import Objective
 from pipelines.engine.parallel import full_state_dict
 from pipelines.engine.resume import Resume, fingerprint, input_identity
-from pipelines.engine.runtime import init_runtime, shutdown
+from pipelines.engine.runtime import Runtime, init_runtime, shutdown
 from pipelines.models import ModelConfig, build_model, count_parameters
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,8 @@ def train_and_save(
     )
     resume = None
     if params.checkpoint.resume == "auto":
-        inputs = input_identity(paths.transfer, paths.split("val"), paths.card, paths.teacher_logits)
-        resume = Resume(paths.resume_states(params.checkpoint.folder, name), params.checkpoint, runtime, fingerprint(
-            training=training.model_dump(), seed=params.seed, world_size=runtime.world_size,
-            device=runtime.device.type, inputs=inputs,
-            distributed=distributed.model_dump(include={"strategy", "grad_accum_steps", "sync_batchnorm", "lr_scaling", "microbatches", "pipeline_schedule"})))
+        folder = paths.resume_states(params.checkpoint.folder, name)
+        resume = Resume(folder, params.checkpoint, runtime, run_fingerprint(name, training, params, paths, runtime))
     kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
                         distributed, resume)
     state = full_state_dict(kept)  # under FSDP a collective: every rank takes part, the main one writes
@@ -74,3 +71,17 @@ def train_and_save(
             resume.remove()  # the model is saved: its training states have served
     shutdown(runtime)
     return metrics
+
+
+def run_fingerprint(name: str, training: TrainingParams, params: Params, paths: Paths, runtime: Runtime) -> str:
+    """What a saved training state must share with this run to be resumed: the model's training params (and a
+    distilled student's loss), the seed, the processes and how they split the work, the device, the inputs."""
+    distributed = params.distributed_for(training)
+    return fingerprint(
+        training=training.model_dump(), loss=params.distill[name].model_dump() if name in params.distill else None,
+        seed=params.seed, world_size=runtime.world_size, device=runtime.device.type,
+        distributed=distributed.model_dump(include={"strategy", "grad_accum_steps", "sync_batchnorm", "lr_scaling",
+                                                    "microbatches", "pipeline_schedule"}),
+        inputs=input_identity(paths.transfer, paths.split("val"), paths.card, paths.teacher_logits,
+                              paths.model("teacher"), paths.teacher_features(name) / "manifest.json"),
+    )
