@@ -27,6 +27,7 @@ from pipelines.data.images import ImageSet  # noqa: E402
 from pipelines.engine.loop import fit  # noqa: E402
 from pipelines.engine.objective import CrossEntropy  # noqa: E402
 from pipelines.engine.parallel import full_state_dict  # noqa: E402
+from pipelines.core.stage import leave_now  # noqa: E402
 from pipelines.engine.runtime import init_runtime, shutdown  # noqa: E402
 from pipelines.models import ModelConfig, build_model  # noqa: E402
 
@@ -60,6 +61,8 @@ def main(out: Path, grad_accum_steps: int, strategy: str, model_name: str) -> No
     if runtime.is_main:
         torch.save({"state_dict": state, "steps": metrics["steps"]}, out)
     shutdown(runtime)
+    if runtime.distributed:
+        leave_now()  # as the stages' workers do (pipelines/core/stage.py)
 
 
 if __name__ == "__main__":

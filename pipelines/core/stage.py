@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,19 @@ def run_stage(
     except DataError as error:  # the user's data, not a bug: the message says what to fix, no traceback
         print(error, file=sys.stderr)
         sys.exit(EXIT_BAD_DATA)
+    if under_torchrun():
+        leave_now()
+
+
+def leave_now() -> None:
+    """End a torchrun worker whose stage succeeded without the interpreter's teardown. After FSDP, DTensor's
+    caches keep the device mesh, and so gloo's threads, alive past destroy_process_group; their C++
+    destructors at interpreter exit then abort the process now and then ("terminate called without an
+    active exception", exit -6, on torch 2.13), failing a stage whose outputs are written."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def params_or_exit(path: Path, overrides: dict[str, Any] | None = None) -> Params:
