@@ -79,7 +79,7 @@ def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report
                                "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
     })
     rerun = run(["dvc", "repro"], project)
-    assert ran_stages(rerun.stdout) == ["distill@student_t2", "evaluate", "report"]
+    assert ran_stages(rerun.stdout) == ["teacher_features@student_t2", "distill@student_t2", "evaluate", "report"]
     assert (project / "models" / "student_t2.pt").exists()
     assert (project / "metrics" / "train" / "student_t2" / "metrics.json").exists()
     results = json.loads((project / "metrics" / "eval.json").read_text())

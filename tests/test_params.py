@@ -134,7 +134,7 @@ def test_a_term_s_option_out_of_range_is_named_by_its_key_path(key, value, bound
 
 def test_an_unknown_method_lists_the_methods():
     [line] = problem_lines(method_error({"distill.student_kd.losses.0.method": "fitnet2"}))
-    assert line == "distill.student_kd.losses.0.method: unknown method 'fitnet2'; valid: kd, dkd, dist, ce"
+    assert line == "distill.student_kd.losses.0.method: unknown method 'fitnet2'; valid: kd, dkd, dist, fitnet, at, rkd, crd, ce"
 
 
 def test_an_option_the_method_does_not_take_is_named_with_the_ones_it_takes():
