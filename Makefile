@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-fast test-timm bench clean
+.PHONY: setup run test test-fast test-timm bench kd-study clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,11 @@ test-timm:
 # Distilled vs. baseline student over 3 seeds (see README): minutes, not part of the tests.
 bench: setup
 	$(BIN)/python -m benchmarks.kd_vs_baseline
+
+# The distillation methods study (docs/kd_methods.md): every loss of kd_study in params.yaml, each dataset
+# and seed; tens of minutes, not part of the tests.
+kd-study: setup
+	$(BIN)/python -m flows.kd_methods
 
 clean:
 	rm -rf $(VENV) .venv-timm .prefect .pytest_cache .cache

@@ -71,7 +71,25 @@ class TeacherFeaturesParams(Section):
     max_cache_gb: float = Field(2.0, ge=0.0)  # store them (once, DVC-tracked) up to this size; beyond, run the teacher live
 
 
-def check_student_names(students: dict[str, StudentParams]) -> None:
+class KDStudyParams(Section):
+    """The `kd_study` section: the methods study (flows/kd_methods.py). The teacher and the student of the
+    pipeline, trained on each dataset with each seed; then a student under each named loss."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    # name -> the standard deviation of the pixel noise that makes it from the built-in digits (0: as they are)
+    datasets: dict[str, float] = Field(default_factory=lambda: {"digits": 0.0}, min_length=1)
+    losses: dict[str, list[LossTerm]] = Field(min_length=1)  # name -> a student's loss terms, as in `distill`
+
+    @model_validator(mode="after")
+    def _names_are_student_names(self) -> KDStudyParams:
+        check_student_names({name: None for name in self.losses})
+        for name, noise in self.datasets.items():
+            if not STUDENT_NAME.fullmatch(name) or not 0.0 <= noise <= 1.0:
+                raise ValueError(f"kd_study.datasets.{name}: a name of letters, digits, '_' and '-', with a noise in [0, 1]")
+        return self
+
+
+def check_student_names(students: dict[str, StudentParams | None]) -> None:
     if not students:
         raise ValueError("no student: name at least one, e.g. student_kd: {losses: [{method: kd, weight: 0.9}, "
                          "{method: ce, weight: 0.1}]}")

@@ -18,7 +18,8 @@ from pipelines.config.base import ParamsError, Section, error_lines
 from pipelines.config.checkpoint import CheckpointParams
 from pipelines.config.data import AugmentParams, DataParams
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.distill import RESERVED_NAMES, StudentParams, TeacherFeaturesParams, check_student_names
+from pipelines.config.distill import (RESERVED_NAMES, KDStudyParams, StudentParams, TeacherFeaturesParams,
+                                      check_student_names)
 from pipelines.config.speed import SpeedParams
 from pipelines.config.study import StudyParams, replace_sections
 from pipelines.config.training import TrainingParams
@@ -50,6 +51,7 @@ class Params(Section):
     teacher_features: TeacherFeaturesParams = TeacherFeaturesParams()
     evaluate: EvaluateParams
     study: StudyParams
+    kd_study: KDStudyParams
 
     @property
     def model_names(self) -> list[str]:

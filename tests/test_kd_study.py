@@ -1,0 +1,68 @@
+"""The distillation methods study: a flow run over datasets and seeds (the noisy one generated), its table
+of accuracy, gap recovered and seconds per epoch, and clear errors for bad study params."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ParamsError, load_params
+from pipelines.kd_study import check_losses, noisy_digits, study_params, summarize_rows
+from tasks.params import write_overrides
+from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES
+
+
+def test_the_noisy_dataset_is_the_digits_with_seeded_noise(tmp_path: Path) -> None:
+    import numpy as np
+
+    noisy_digits(tmp_path / "a.npz", 0.3, seed=1)
+    noisy_digits(tmp_path / "b.npz", 0.3, seed=1)
+    noisy_digits(tmp_path / "c.npz", 0.0, seed=1)
+    a, b, clean = (np.load(tmp_path / f"{name}.npz") for name in "abc")
+    assert a["x"].shape == (1797, 1, 8, 8) and a["x"].dtype == np.uint8 and (a["y"] == clean["y"]).all()
+    assert (a["x"] == b["x"]).all() and (a["x"] != clean["x"]).mean() > 0.5
+
+
+def test_the_gap_recovered_is_computed_per_seed_then_averaged() -> None:
+    rows = [{"dataset": "d", "seed": seed, "model": model, "test_accuracy": accuracy, "seconds_per_epoch": 1.0}
+            for seed, accuracies in ((0, (1.0, 0.8, 0.9)), (1, (0.9, 0.8, 0.9)))
+            for model, accuracy in zip(("teacher", "student_baseline", "kd"), accuracies)]
+    kd = next(row for row in summarize_rows(rows) if row["model"] == "kd")
+    assert kd["gap_recovered"] == pytest.approx((0.5 + 1.0) / 2)  # half the gap on seed 0, all of it on seed 1
+    assert kd["mean_accuracy"] == pytest.approx(0.9) and kd["std_accuracy"] == pytest.approx(0.0)
+
+
+def test_a_bad_study_loss_is_named_by_its_kd_study_key(tmp_path: Path) -> None:
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(SHIPPED_PARAMS, params_file)
+    write_overrides(params_file, {"kd_study.losses.kd.0.temperature": -1.0})
+    with pytest.raises(ParamsError, match=r"kd_study\.losses\.kd\.0\.temperature: Input should be greater than 0"):
+        check_losses(study_params(params_file, "digits", 0, "digits"))
+
+
+def test_a_study_dataset_or_loss_name_must_be_a_name() -> None:
+    with pytest.raises(ParamsError, match="kd_study.datasets.my data"):
+        load_params(SHIPPED_PARAMS, {"kd_study.datasets": {"my data": 0.1}})
+
+
+@pytest.mark.slow
+def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(prefect_server, tmp_path: Path) -> None:
+    from flows.kd_methods import kd_methods_study
+
+    shutil.copy(SHIPPED_PARAMS, tmp_path / "params.yaml")
+    write_overrides(tmp_path / "params.yaml", {
+        **TINY_OVERRIDES, "kd_study.seeds": [0, 1], "kd_study.datasets": {"digits": 0.0, "noisy_digits": 0.3},
+        "kd_study.losses": {"kd": [{"method": "kd"}, {"method": "ce"}], "fitnet": [{"method": "fitnet"}, {"method": "ce"}]},
+    })
+
+    table = kd_methods_study(project_dir=str(tmp_path))
+
+    summary = json.loads((tmp_path / "kd_study" / "results.json").read_text())
+    assert [(row["dataset"], row["model"]) for row in summary] == [
+        (dataset, model) for dataset in ("digits", "noisy_digits") for model in ("teacher", "student_baseline", "kd", "fitnet")]
+    assert all(row["seeds"] == 2 and row["seconds_per_epoch"] > 0 for row in summary)
+    assert "### noisy_digits" in table and "| fitnet |" in table
+    assert (tmp_path / "kd_study" / "gap.png").stat().st_size > 0
