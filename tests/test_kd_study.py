@@ -12,7 +12,7 @@ import pytest
 from pipelines.config import ParamsError, load_params
 from pipelines.kd_study import check_losses, noisy_digits, study_params, summarize_rows
 from tasks.params import write_overrides
-from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES
+from tests.conftest import SHIPPED_PARAMS
 
 
 def test_the_noisy_dataset_is_the_digits_with_seeded_noise(tmp_path: Path) -> None:
@@ -49,20 +49,19 @@ def test_a_study_dataset_or_loss_name_must_be_a_name() -> None:
 
 
 @pytest.mark.slow
-def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(prefect_server, tmp_path: Path) -> None:
+def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(prefect_server, project: Path) -> None:
     from flows.kd_methods import kd_methods_study
 
-    shutil.copy(SHIPPED_PARAMS, tmp_path / "params.yaml")
-    write_overrides(tmp_path / "params.yaml", {
-        **TINY_OVERRIDES, "kd_study.seeds": [0, 1], "kd_study.datasets": {"digits": 0.0, "noisy_digits": 0.3},
+    write_overrides(project / "params.yaml", {  # the project's params are the tiny ones already
+        "kd_study.seeds": [0, 1], "kd_study.datasets": {"digits": 0.0, "noisy_digits": 0.3},
         "kd_study.losses": {"kd": [{"method": "kd"}, {"method": "ce"}], "fitnet": [{"method": "fitnet"}, {"method": "ce"}]},
     })
 
-    table = kd_methods_study(project_dir=str(tmp_path))
+    table = kd_methods_study(project_dir=str(project))
 
-    summary = json.loads((tmp_path / "kd_study" / "results.json").read_text())
+    summary = json.loads((project / "kd_study" / "results.json").read_text())
     assert [(row["dataset"], row["model"]) for row in summary] == [
         (dataset, model) for dataset in ("digits", "noisy_digits") for model in ("teacher", "student_baseline", "kd", "fitnet")]
     assert all(row["seeds"] == 2 and row["seconds_per_epoch"] > 0 for row in summary)
     assert "### noisy_digits" in table and "| fitnet |" in table
-    assert (tmp_path / "kd_study" / "gap.png").stat().st_size > 0
+    assert (project / "kd_study" / "gap.png").stat().st_size > 0
