@@ -4,7 +4,7 @@ params.yaml, the pipeline's teacher and baseline student, then the student under
 seconds per epoch) and one plot.
 
     python -m pipelines.kd_study run DATASET SEED    # kd_study/runs/DATASET-SEED/ (the run's project), .json (its rows)
-    python -m pipelines.kd_study summarize           # kd_study/results.md, results.json, gap.png
+    python -m pipelines.kd_study summarize           # kd_study/results.md, results.json, gains.png
 
 A dataset is the built-in digits with Gaussian pixel noise of the given standard deviation (0: as they
 are), generated with the seed into an npz file: the noisy set is harder, so the student falls further below
@@ -105,9 +105,9 @@ def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
 
 
 def summarize(params: Params, root: Path) -> list[dict]:
-    """The study's table over every (dataset, seed) run: kd_study/results.md, results.json and gap.png."""
+    """The study's table over every (dataset, seed) run: kd_study/results.md, results.json and gains.png."""
     from pipelines.core.atomic import write_json, write_text
-    from pipelines.evaluation.kd_methods import plot_gap_recovered, render_table
+    from pipelines.evaluation.kd_methods import plot_gains, render_table
 
     study = root / "kd_study"
     configured = [study / "runs" / f"{dataset}-{seed}.json" for dataset in params.kd_study.datasets
@@ -119,7 +119,7 @@ def summarize(params: Params, root: Path) -> list[dict]:
     summary = summarize_rows(rows)
     write_json(study / "results.json", summary)
     write_text(study / "results.md", render_table(summary, sorted({row["seed"] for row in rows})))
-    plot_gap_recovered(summary, study / "gap.png")
+    plot_gains(summary, study / "gains.png")
     return summary
 
 

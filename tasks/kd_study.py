@@ -29,6 +29,6 @@ def summarize_kd_study(project_dir: Path) -> str:
     table = (study / "results.md").read_text()
     create_table_artifact(json.loads((study / "results.json").read_text()), key="kd-methods-study",
                           description="One row per dataset and model")
-    create_markdown_artifact(table + f"\nPlot: {study / 'gap.png'}", key="kd-methods-study-report",
+    create_markdown_artifact(table + f"\nPlot: {study / 'gains.png'}", key="kd-methods-study-report",
                              description="The distillation methods study's table")
     return table

@@ -64,4 +64,4 @@ def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(pref
         (dataset, model) for dataset in ("digits", "noisy_digits") for model in ("teacher", "student_baseline", "kd", "fitnet")]
     assert all(row["seeds"] == 2 and row["seconds_per_epoch"] > 0 for row in summary)
     assert "### noisy_digits" in table and "| fitnet |" in table
-    assert (project / "kd_study" / "gap.png").stat().st_size > 0
+    assert (project / "kd_study" / "gains.png").stat().st_size > 0
