@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from pipelines.config import ParamsError
-from pipelines.data.images import ImageSet
 from pipelines.config.base import Section
+from pipelines.data.images import ImageSet
 from pipelines.engine.objective import Batch
 from pipelines.kd.base import Context, Term
 
