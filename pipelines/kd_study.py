@@ -6,9 +6,9 @@ seconds per epoch) and one plot.
     python -m pipelines.kd_study run DATASET SEED    # kd_study/runs/DATASET-SEED/ (the run's project), .json (its rows)
     python -m pipelines.kd_study summarize           # kd_study/results.md, results.json, gains.png
 
-A dataset is the built-in digits with Gaussian pixel noise of the given standard deviation (0: as they
-are), generated with the seed into an npz file: the noisy set is harder, so the student falls further below
-the teacher. Each (dataset, seed) runs in its own process (flows/kd_methods.py starts them one after another).
+A dataset is the built-in digits as they are, with pixel noise, or warped into a harder image set
+(pipelines/data/generated.py), generated with the seed into the run's folder: on the harder set the student
+falls clearly below the teacher, which is where a loss can show what it recovers. Each (dataset, seed) runs in its own process (flows/kd_methods.py starts them one after another).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import statistics
 from pathlib import Path
 
-import numpy as np
-
 from pipelines.config import PARAMS_FILE, Params, ParamsError
+from pipelines.config.distill import StudentParams, StudyDataset
 from pipelines.config.params import apply_overrides, read_raw_params, validate_params
 from pipelines.core.paths import Paths
 from pipelines.core.stage import params_or_exit
@@ -36,7 +36,8 @@ def study_params(params_file: Path, dataset: str, seed: int, source: str) -> Par
     raw = read_raw_params(params_file)
     losses = raw["kd_study"]["losses"]
     return validate_params(apply_overrides(raw, {
-        "seed": seed, "data.source": source, "distill": {name: {"losses": terms} for name, terms in losses.items()},
+        "seed": seed, "data.source": source,
+        "distill": {name: student if isinstance(student, dict) else {"losses": student} for name, student in losses.items()},
     }), source=str(params_file))
 
 
@@ -44,21 +45,28 @@ def check_losses(params: Params) -> None:
     """Every study loss's methods and options, checked as a student's are, named by their kd_study key."""
     from pipelines.kd import check_students
 
+    def study_key(match: re.Match) -> str:  # a list of terms is the entry itself; a whole student holds `losses`
+        name = match.group(1)
+        return f"kd_study.losses.{name}." + ("losses." if isinstance(params.kd_study.losses[name], StudentParams) else "")
+
     try:
         check_students(params)
     except ParamsError as error:
-        raise ParamsError(re.sub(r"distill\.([\w-]+)\.losses\.", r"kd_study.losses.\1.", str(error))) from None
+        raise ParamsError(re.sub(r"distill\.([\w-]+)\.losses\.", study_key, str(error))) from None
 
 
-def noisy_digits(path: Path, noise: float, seed: int) -> None:
-    """The built-in digits with Gaussian pixel noise of standard deviation `noise` (on [0, 1]), as npz."""
-    from sklearn.datasets import load_digits
+def make_dataset(spec: StudyDataset, folder: Path, seed: int) -> str:
+    """Generate the dataset `spec` describes into `folder` (anew); return its data.source."""
+    from pipelines.data.generated import noisy_digits, warped_digits
 
-    digits = load_digits()
-    clean = digits.images / 16.0
-    noisy = clean + np.random.default_rng(seed).normal(0.0, noise, clean.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x=(np.clip(noisy, 0.0, 1.0) * 255).round().astype(np.uint8)[:, None], y=digits.target)
+    shutil.rmtree(folder, ignore_errors=True)
+    if spec.size is not None:
+        warped_digits(folder, spec, seed)
+        return f"imagefolder:{folder}"
+    if spec.noise > 0:
+        noisy_digits(folder / "noisy_digits.npz", spec.noise, seed)
+        return f"npz:{folder / 'noisy_digits.npz'}"
+    return "digits"
 
 
 def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
@@ -78,12 +86,8 @@ def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
     from pipelines.train_student import train_student
     from pipelines.train_teacher import train_teacher
 
-    noise = params_or_exit(params_file).kd_study.datasets[dataset]
     run_root = root / "kd_study" / "runs" / f"{dataset}-{seed}"
-    source = "digits"
-    if noise > 0:
-        noisy_digits(run_root / "noisy_digits.npz", noise, seed)
-        source = f"npz:{run_root / 'noisy_digits.npz'}"
+    source = make_dataset(params_or_exit(params_file).kd_study.datasets[dataset], run_root / "source", seed)
     params, paths = study_params(params_file, dataset, seed, source), Paths(run_root)
     check_losses(params)
     for stage in (prepare, augment, train_teacher, train_student, teacher_logits):

@@ -1,4 +1,4 @@
-"""The distillation methods study: a flow run over datasets and seeds (the noisy one generated), its table
+"""The distillation methods study: a flow run over datasets and seeds (the harder ones generated), its table
 of accuracy, gap recovered and seconds per epoch, and clear errors for bad study params."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import ParamsError, load_params
-from pipelines.kd_study import check_losses, noisy_digits, study_params, summarize_rows
+from pipelines.config.distill import StudyDataset
+from pipelines.data.generated import noisy_digits, warped_digits
+from pipelines.kd_study import check_losses, study_params, summarize_rows
 from tasks.params import write_overrides
 from tests.conftest import SHIPPED_PARAMS
 
@@ -24,6 +26,27 @@ def test_the_noisy_dataset_is_the_digits_with_seeded_noise(tmp_path: Path) -> No
     a, b, clean = (np.load(tmp_path / f"{name}.npz") for name in "abc")
     assert a["x"].shape == (1797, 1, 8, 8) and a["x"].dtype == np.uint8 and (a["y"] == clean["y"]).all()
     assert (a["x"] == b["x"]).all() and (a["x"] != clean["x"]).mean() > 0.5
+
+
+def test_warped_digits_are_an_image_folder_whose_test_images_come_from_other_digits(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    spec = StudyDataset(size=16, images=400, clutter=2, noise=0.1)
+    warped_digits(tmp_path / "a", spec, seed=3)
+    warped_digits(tmp_path / "b", spec, seed=3)
+    files = sorted(path.relative_to(tmp_path / "a") for path in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == 400 and sum(path.parts[0] == "test" for path in files) == 60  # 15% test
+    assert {path.parts[1] for path in files} == {str(digit) for digit in range(10)}
+    first = np.asarray(Image.open(tmp_path / "a" / files[0]))
+    assert first.shape == (16, 16) and first.dtype == np.uint8
+    assert all((np.asarray(Image.open(tmp_path / "a" / path)) == np.asarray(Image.open(tmp_path / "b" / path))).all()
+               for path in files)  # the seed makes the set
+
+
+def test_warp_options_without_a_size_are_refused() -> None:
+    with pytest.raises(ParamsError, match="kd_study.datasets.hard: Value error, clutter and images apply to warped digits: set size too"):
+        load_params(SHIPPED_PARAMS, {"kd_study.datasets": {"hard": {"clutter": 2}}})
 
 
 def test_the_gap_recovered_is_computed_per_seed_then_averaged() -> None:
@@ -43,9 +66,19 @@ def test_a_bad_study_loss_is_named_by_its_kd_study_key(tmp_path: Path) -> None:
         check_losses(study_params(params_file, "digits", 0, "digits"))
 
 
+def test_a_study_student_with_its_own_budget_is_named_by_its_losses_key(tmp_path: Path) -> None:
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(SHIPPED_PARAMS, params_file)
+    write_overrides(params_file, {"kd_study.losses.kd_long.losses.0.temperature": -1.0})
+    params = study_params(params_file, "digits", 0, "digits")
+    assert params.distill["kd_long"].train.epochs == 3 * params.student.train.epochs
+    with pytest.raises(ParamsError, match=r"kd_study\.losses\.kd_long\.losses\.0\.temperature: Input should be greater than 0"):
+        check_losses(params)
+
+
 def test_a_study_dataset_or_loss_name_must_be_a_name() -> None:
     with pytest.raises(ParamsError, match="kd_study.datasets.my data"):
-        load_params(SHIPPED_PARAMS, {"kd_study.datasets": {"my data": 0.1}})
+        load_params(SHIPPED_PARAMS, {"kd_study.datasets": {"my data": {"noise": 0.1}}})
 
 
 @pytest.mark.slow
@@ -53,7 +86,7 @@ def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(pref
     from flows.kd_methods import kd_methods_study
 
     write_overrides(project / "params.yaml", {  # the project's params are the tiny ones already
-        "kd_study.seeds": [0, 1], "kd_study.datasets": {"digits": 0.0, "noisy_digits": 0.3},
+        "kd_study.seeds": [0, 1], "kd_study.datasets": {"digits": {}, "warped": {"size": 12, "images": 300, "clutter": 1, "noise": 0.1}},
         "kd_study.losses": {"kd": [{"method": "kd"}, {"method": "ce"}], "fitnet": [{"method": "fitnet"}, {"method": "ce"}]},
     })
 
@@ -61,7 +94,7 @@ def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(pref
 
     summary = json.loads((project / "kd_study" / "results.json").read_text())
     assert [(row["dataset"], row["model"]) for row in summary] == [
-        (dataset, model) for dataset in ("digits", "noisy_digits") for model in ("teacher", "student_baseline", "kd", "fitnet")]
+        (dataset, model) for dataset in ("digits", "warped") for model in ("teacher", "student_baseline", "kd", "fitnet")]
     assert all(row["seeds"] == 2 and row["seconds_per_epoch"] > 0 for row in summary)
-    assert "### noisy_digits" in table and "| fitnet |" in table
+    assert "### warped" in table and "| fitnet |" in table
     assert (project / "kd_study" / "gains.png").stat().st_size > 0

@@ -71,21 +71,37 @@ class TeacherFeaturesParams(Section):
     max_cache_gb: float = Field(2.0, ge=0.0)  # store them (once, DVC-tracked) up to this size; beyond, run the teacher live
 
 
+class StudyDataset(Section):
+    """A dataset of the methods study, made from the built-in 8x8 digits (pipelines/data/generated.py)."""
+
+    noise: float = Field(0.0, ge=0.0, le=1.0)  # std of Gaussian pixel noise, on [0, 1]
+    size: int | None = Field(None, ge=12, le=64)  # null: the 8x8 digits as they are; else warped copies of this side
+    images: int = Field(6000, ge=200)  # warped images generated (85% train, 15% test)
+    clutter: int = Field(0, ge=0, le=8)  # fragments of other digits pasted into each warped image
+
+    @model_validator(mode="after")
+    def _warp_options_need_a_size(self) -> StudyDataset:
+        if self.size is None and ("images" in self.model_fields_set or self.clutter):
+            raise ValueError("clutter and images apply to warped digits: set size too")
+        return self
+
+
 class KDStudyParams(Section):
     """The `kd_study` section: the methods study (flows/kd_methods.py). The teacher and the student of the
     pipeline, trained on each dataset with each seed; then a student under each named loss."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    # name -> the standard deviation of the pixel noise that makes it from the built-in digits (0: as they are)
-    datasets: dict[str, float] = Field(default_factory=lambda: {"digits": 0.0}, min_length=1)
-    losses: dict[str, list[LossTerm]] = Field(min_length=1)  # name -> a student's loss terms, as in `distill`
+    datasets: dict[str, StudyDataset] = Field(default_factory=lambda: {"digits": StudyDataset()}, min_length=1)
+    # name -> a student's loss terms, as in `distill`; or a whole student ({losses: [...], train: {...}}) to
+    # change its budget or settings too
+    losses: dict[str, list[LossTerm] | StudentParams] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _names_are_student_names(self) -> KDStudyParams:
         check_student_names({name: None for name in self.losses})
-        for name, noise in self.datasets.items():
-            if not STUDENT_NAME.fullmatch(name) or not 0.0 <= noise <= 1.0:
-                raise ValueError(f"kd_study.datasets.{name}: a name of letters, digits, '_' and '-', with a noise in [0, 1]")
+        for name in self.datasets:
+            if not STUDENT_NAME.fullmatch(name):
+                raise ValueError(f"kd_study.datasets.{name}: use letters, digits, '_' and '-'")
         return self
 
 
