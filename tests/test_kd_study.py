@@ -45,7 +45,7 @@ def test_warped_digits_are_an_image_folder_whose_test_images_come_from_other_dig
 
 
 def test_warp_options_without_a_size_are_refused() -> None:
-    with pytest.raises(ParamsError, match="kd_study.datasets.hard: Value error, clutter and images apply to warped digits: set size too"):
+    with pytest.raises(ParamsError, match="kd_study.datasets.hard: clutter and images apply to warped digits: set size too"):
         load_params(SHIPPED_PARAMS, {"kd_study.datasets": {"hard": {"clutter": 2}}})
 
 
