@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-fast test-timm bench kd-study clean
+.PHONY: setup run test test-fast test-timm bench kd-study deploy worker serve clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,29 @@ bench: setup
 # and seed; tens of minutes, not part of the tests.
 kd-study: setup
 	$(BIN)/python -m flows.kd_methods
+
+# Scheduled runs (README: Scheduled runs on GPU workers). A Prefect server must be reachable: PREFECT_API_URL.
+# The DISTILL_* values fill prefect.yaml's {{ $VAR }} placeholders; the schedule is registered off unless
+# DISTILL_SCHEDULE_ACTIVE=true.
+POOL ?= gpu-process
+export DISTILL_WORK_POOL ?= $(POOL)
+export DISTILL_CRON ?= 0 3 * * *
+export DISTILL_TIMEZONE ?= UTC
+export DISTILL_SCHEDULE_ACTIVE ?= false
+
+# The process work pool, the tag limit that lets one device stage run at a time, and prefect.yaml's deployments.
+deploy: setup
+	$(BIN)/prefect work-pool create $(POOL) --type process --overwrite
+	$(BIN)/prefect concurrency-limit create gpu 1
+	$(BIN)/prefect --no-prompt deploy --all
+
+# A worker for a GPU node: one flow run at a time on this machine.
+worker: setup
+	$(BIN)/prefect worker start --pool $(POOL) --type process --limit 1
+
+# The pipeline deployment served from this checkout, with its schedule, in one process (one machine).
+serve: setup
+	$(BIN)/python -m flows.serve
 
 clean:
 	rm -rf $(VENV) .venv-timm .prefect .pytest_cache .cache

@@ -16,6 +16,10 @@ from prefect.cache_policies import NO_CACHE
 
 # Lines of a failed stage's output repeated in the exception, so the flow's error shows the stage's own message.
 ERROR_TAIL_LINES = 25
+# Stages that train or run a model on the device. Their tasks carry this tag, so a tag concurrency limit
+# (`prefect concurrency-limit create gpu 1`, which `make deploy` sets) lets one of them run at a time.
+DEVICE_TAG = "gpu"
+DEVICE_STAGES = ("train_teacher", "train_student", "teacher_logits", "teacher_features", "distill")
 
 
 class StageFailed(RuntimeError):
@@ -65,5 +69,6 @@ def stage_task(stage: str) -> Task:
     def reproduce(project_dir: Path) -> None:
         run_dvc_stage(stage, project_dir)
 
-    return task(reproduce, name=stage, task_run_name=stage, cache_policy=NO_CACHE,
+    tags = [DEVICE_TAG] if stage.split("@")[0] in DEVICE_STAGES else []
+    return task(reproduce, name=stage, task_run_name=stage, cache_policy=NO_CACHE, tags=tags,
                 description=f"dvc repro --single-item {stage}")

@@ -1,0 +1,190 @@
+"""Scheduled runs, for real on loopback: a Prefect server, prefect.yaml's deployments registered with
+`prefect deploy`, a process worker that runs them from a fresh clone of a bare git repository, and the DVC
+remote on a local S3 server (moto). The runs pull their inputs, push their outputs, publish artifacts and
+push their experiment to the git remote; the deployment's concurrency limit makes a second run wait."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.serve import deployment_spec
+from tasks.versioning import PublishError, parse_publish
+from tests.conftest import PROJECT_FILES, PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, run
+from tests.s3_server import S3Server
+
+# What a clone needs beyond the pipeline's own files: the deployments and the lock their pull step installs.
+REPOSITORY_FILES = (*PROJECT_FILES, "prefect.yaml", "requirements.lock")
+RUN_TIMEOUT_S = 420
+
+
+def test_publish_takes_experiment_a_named_branch_or_none() -> None:
+    assert parse_publish("experiment") == ("experiment", None)
+    assert parse_publish("branch:results/nightly") == ("branch", "results/nightly")
+    assert parse_publish("none") == ("none", None)
+    for bad in ("branch", "branch:", "commit:main", "exp"):
+        with pytest.raises(PublishError, match="use experiment .* branch:<name> .* or none"):
+            parse_publish(bad)
+
+
+def test_prefect_yaml_declares_a_scheduled_pipeline_off_by_default_and_on_demand_studies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+    deployments = {item["name"]: item for item in spec["deployments"]}
+    assert set(deployments) == {"pipeline", "optimization-study", "kd-methods-study"}
+    assert not deployments["optimization-study"]["schedules"] and not deployments["kd-methods-study"]["schedules"]
+    makefile_defaults = {"DISTILL_CRON": "0 3 * * *", "DISTILL_TIMEZONE": "UTC", "DISTILL_SCHEDULE_ACTIVE": "false",
+                         "DISTILL_WORK_POOL": "gpu-process"}
+    for name, value in makefile_defaults.items():
+        assert f"export {name} ?= {value if name != 'DISTILL_WORK_POOL' else '$(POOL)'}" in (PROJECT_ROOT / "Makefile").read_text()
+    for name, value in makefile_defaults.items():
+        monkeypatch.setenv(name, value)
+    pipeline = deployment_spec("pipeline")
+    assert pipeline["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": "false"}]
+    assert pipeline["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert pipeline["parameters"] == {"overrides": {}, "publish": "experiment"}
+
+
+def git_repository(tmp_path: Path, bucket: str, endpoint_url: str) -> Path:
+    """A bare repository holding the project (shipped params) with its default DVC remote on the S3 server."""
+    work = tmp_path / "seed"
+    for name in REPOSITORY_FILES:
+        source, target = PROJECT_ROOT / name, work / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    shutil.copy2(SHIPPED_PARAMS, work / "params.yaml")
+    run(["git", "init", "-q", "-b", "main"], work)
+    run(["dvc", "remote", "add", "-d", "storage", f"s3://{bucket}/dvc"], work)
+    run(["dvc", "remote", "modify", "storage", "endpointurl", endpoint_url], work)
+    for command in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"]):
+        run(command, work)
+    bare = tmp_path / "origin.git"
+    run(["git", "clone", "-q", "--bare", str(work), str(bare)], tmp_path)
+    return bare
+
+
+@pytest.fixture
+def prefect_api(tmp_path: Path):
+    """A real Prefect server (`prefect server start`, its services included: the scheduler) on loopback, with
+    its own database; this process's client points at it. Yields the API URL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    env.pop("PREFECT_API_URL", None)
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, 90, "the Prefect server")
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_its_run(
+    prefect_api: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter, FlowRunFilter, FlowRunFilterParentFlowRunId,
+    )
+    from prefect.deployments import run_deployment
+
+    bucket = s3_server.make_bucket()
+    bare = git_repository(tmp_path, bucket, s3_server.endpoint_url)
+    checkout = tmp_path / "checkout"  # where a user runs `make deploy`
+    run(["git", "clone", "-q", str(bare), str(checkout)], tmp_path)
+    env = dict(os.environ, **s3_server.env, PREFECT_API_URL=prefect_api,
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+               DISTILL_WORK_POOL="test-gpu", DISTILL_CRON="0 3 * * *", DISTILL_TIMEZONE="UTC",
+               DISTILL_SCHEDULE_ACTIVE="true")
+    prefect = [str(Path(sys.executable).parent / "prefect")]
+    for command in (["work-pool", "create", "test-gpu", "--type", "process", "--overwrite"],
+                    ["--no-prompt", "deploy", "--all"]):
+        subprocess.run(prefect + command, cwd=checkout, env=env, check=True, capture_output=True)
+
+    with get_client(sync_client=True) as client:
+        deployments = {item.name: item for item in client.read_deployments()}
+        assert {"pipeline", "optimization-study", "kd-methods-study"} <= set(deployments)
+        pipeline = deployments["pipeline"]
+        assert pipeline.global_concurrency_limit.limit == 1 and pipeline.work_pool_name == "test-gpu"
+        assert pipeline.concurrency_options.collision_strategy == "ENQUEUE"
+        assert pipeline.parameters == {"overrides": {}, "publish": "experiment"}
+        upcoming = wait_for(lambda: client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [pipeline.id]})),
+                            60, "the schedule's upcoming runs")
+        assert all(flow_run.state.is_scheduled() for flow_run in upcoming)
+        client.pause_deployment(pipeline.id)  # from here on, only the triggered runs (pausing drops the scheduled ones)
+
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "test-gpu", "--type", "process"],
+                              cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        overrides = {key: value for key, value in TINY_OVERRIDES.items()}
+        first = run_deployment("scheduled-distillation/pipeline", parameters={"overrides": overrides}, timeout=0)
+        second = run_deployment("scheduled-distillation/pipeline", parameters={"overrides": overrides, "publish": "none"},
+                                timeout=0)
+        with get_client(sync_client=True) as client:
+            def final(flow_run_id):
+                state = client.read_flow_run(flow_run_id).state
+                return state if state.is_final() else None
+
+            first_state = wait_for(lambda: final(first.id), RUN_TIMEOUT_S, "the first run", step=2)
+            assert first_state.is_completed(), (tmp_path / "worker.log").read_text()[-5000:]
+            second_state = wait_for(lambda: final(second.id), RUN_TIMEOUT_S, "the second run", step=2)
+            assert second_state.is_completed(), (tmp_path / "worker.log").read_text()[-5000:]
+            first_run, second_run = client.read_flow_run(first.id), client.read_flow_run(second.id)
+            assert second_run.start_time >= first_run.end_time  # the concurrency limit queued it
+            runs = [first.id, *(subflow.id for subflow in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first.id]))))]  # the distillation subflow
+            artifacts = {artifact.key for artifact in client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=runs)))}
+            assert {"dvc-lock", "dvc-metrics", "distillation-report", "model-comparison", "params-overrides"} <= artifacts
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        worker_log.close()
+
+    experiments = run(["git", "ls-remote", str(bare), "refs/exps/*"], tmp_path).stdout
+    assert f"run-{first_run.name}" in experiments
+    assert run(["git", "ls-remote", "--heads", str(bare)], tmp_path).stdout.count("refs/heads/") == 1  # main only
+    stored = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="dvc/")
+    assert stored["KeyCount"] > 0
