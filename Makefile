@@ -8,6 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # torch goes in first and on its own: pip takes the CPU or CUDA build this machine offers, and the
 # rest (requirements.lock) only needs a torch >= 2.5, so it never pulls another multi-GB build.
 TORCH_VERSION ?= 2.13.0
+UV_VERSION ?= 0.13.9
 
 # Quiet and offline: no telemetry, Prefect's state inside the project, the venv's python for dvc.yaml.
 export PREFECT_HOME := $(CURDIR)/.prefect
@@ -15,13 +16,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-fast test-timm bench kd-study deploy worker serve clean
+.PHONY: setup run test test-fast test-timm bench kd-study deploy worker serve image image-tools clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) uv
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) uv==$(UV_VERSION)
 	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --quiet -r requirements.lock
 	touch $@
 
@@ -76,6 +77,22 @@ worker: setup
 # The pipeline deployment served from this checkout, with its schedule, in one process (one machine).
 serve: setup
 	$(BIN)/python -m flows.serve
+
+# The container image (Dockerfile; README: Containers). IMAGE_BUILD is docker or podman; BUILD_ARGS passes
+# e.g. --build-arg BASE_IMAGE=...
+IMAGE ?= distill-pipeline
+IMAGE_BUILD ?= docker
+image:
+	$(IMAGE_BUILD) build -t $(IMAGE) $(BUILD_ARGS) .
+
+# System packages the image test needs where no Docker daemon runs (CI: .ci/run): podman and buildah build and
+# run the image rootless of a daemon, debootstrap makes its Debian base. Debian/Ubuntu, as root.
+image-tools:
+	@if command -v podman >/dev/null && command -v buildah >/dev/null && command -v debootstrap >/dev/null; then \
+		echo "podman, buildah and debootstrap are installed"; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah debootstrap; \
+	fi
 
 clean:
 	rm -rf $(VENV) .venv-timm .prefect .pytest_cache .cache
