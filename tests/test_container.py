@@ -108,7 +108,7 @@ def test_the_image_builds_on_a_debian_base_and_runs_the_pipeline_as_its_user(tmp
         assert inside("id", "-un").stdout.strip() == "distill"
         # The build's mounts leave empty mount points behind, never their content.
         assert inside("bash", "-c", "! test -s /run/host-ca.pem && ! ls /run/wheels/*.whl").returncode == 0
-        assert "Healthcheck" in subprocess.run(["podman", "inspect", image], capture_output=True, text=True).stdout
+        assert "healthcheck" in subprocess.run(["podman", "inspect", image], capture_output=True, text=True).stdout.lower()
         overrides = [f"--set={key}={value}" for key, value in TINY_OVERRIDES.items()]
         run = inside("/workspace/docker/entrypoint.sh", "flow", *overrides)
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
