@@ -172,7 +172,8 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
             second_state = wait_for(lambda: final(second.id), RUN_TIMEOUT_S, "the second run", step=2)
             assert second_state.is_completed(), (tmp_path / "worker.log").read_text()[-5000:]
             first_run, second_run = client.read_flow_run(first.id), client.read_flow_run(second.id)
-            assert second_run.start_time >= first_run.end_time  # the concurrency limit queued it
+            earlier, later = sorted((first_run, second_run), key=lambda flow_run: flow_run.start_time)
+            assert later.start_time >= earlier.end_time  # the concurrency limit queued one behind the other
             runs = [first.id, *(subflow.id for subflow in client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first.id]))))]  # the distillation subflow
             artifacts = {artifact.key for artifact in client.read_artifacts(
