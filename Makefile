@@ -59,20 +59,30 @@ kd-study: setup
 # The DISTILL_* values fill prefect.yaml's {{ $VAR }} placeholders; the schedule is registered off unless
 # DISTILL_SCHEDULE_ACTIVE=true.
 POOL ?= gpu-process
+DOCKER_POOL ?= gpu-docker
 export DISTILL_WORK_POOL ?= $(POOL)
+export DISTILL_DOCKER_POOL ?= $(DOCKER_POOL)
+export DISTILL_IMAGE ?= $(IMAGE):latest
+export DISTILL_DVC_CACHE ?= /var/cache/dvc
+export DISTILL_AWS_DIR ?= $(HOME)/.aws
 export DISTILL_CRON ?= 0 3 * * *
 export DISTILL_TIMEZONE ?= UTC
 export DISTILL_SCHEDULE_ACTIVE ?= false
 
-# The process work pool, the tag limit that lets one device stage run at a time, and prefect.yaml's deployments.
+# The process and docker work pools, the tag limit that lets one device stage run at a time, and prefect.yaml's
+# deployments. A Kubernetes pool: prefect work-pool create NAME --type kubernetes --base-job-template
+# deploy/kubernetes-job-template.json (nvidia.com/gpu limits, shared memory, the remote's secret).
 deploy: setup
 	$(BIN)/prefect work-pool create $(POOL) --type process --overwrite
+	$(BIN)/prefect work-pool create $(DOCKER_POOL) --type docker --overwrite
 	$(BIN)/prefect concurrency-limit create gpu 1
 	$(BIN)/prefect --no-prompt deploy --all
 
-# A worker for a GPU node: one flow run at a time on this machine.
+# A worker for a GPU node: one flow run at a time on this machine. POOL_TYPE=docker for the docker pool
+# (POOL=$(DOCKER_POOL)): each run in the image, as prefect.yaml's job variables say.
+POOL_TYPE ?= process
 worker: setup
-	$(BIN)/prefect worker start --pool $(POOL) --type process --limit 1
+	$(BIN)/prefect worker start --pool $(POOL) --type $(POOL_TYPE) --limit 1
 
 # The pipeline deployment served from this checkout, with its schedule, in one process (one machine).
 serve: setup

@@ -5,6 +5,8 @@ push their experiment to the git remote; the deployment's concurrency limit make
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -26,6 +28,7 @@ from tests.s3_server import S3Server
 # What a clone needs beyond the pipeline's own files: the deployments and the lock their pull step installs.
 REPOSITORY_FILES = (*PROJECT_FILES, "prefect.yaml", "requirements.lock")
 RUN_TIMEOUT_S = 420
+MAKEFILE = (PROJECT_ROOT / "Makefile").read_text()
 
 
 def test_publish_takes_experiment_a_named_branch_or_none() -> None:
@@ -42,18 +45,63 @@ def test_prefect_yaml_declares_a_scheduled_pipeline_off_by_default_and_on_demand
 ) -> None:
     spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
     deployments = {item["name"]: item for item in spec["deployments"]}
-    assert set(deployments) == {"pipeline", "optimization-study", "kd-methods-study"}
+    assert set(deployments) == {"pipeline", "pipeline-docker", "optimization-study", "kd-methods-study"}
     assert not deployments["optimization-study"]["schedules"] and not deployments["kd-methods-study"]["schedules"]
     makefile_defaults = {"DISTILL_CRON": "0 3 * * *", "DISTILL_TIMEZONE": "UTC", "DISTILL_SCHEDULE_ACTIVE": "false",
                          "DISTILL_WORK_POOL": "gpu-process"}
     for name, value in makefile_defaults.items():
-        assert f"export {name} ?= {value if name != 'DISTILL_WORK_POOL' else '$(POOL)'}" in (PROJECT_ROOT / "Makefile").read_text()
+        assert f"export {name} ?= {value if name != 'DISTILL_WORK_POOL' else '$(POOL)'}" in MAKEFILE
     for name, value in makefile_defaults.items():
         monkeypatch.setenv(name, value)
     pipeline = deployment_spec("pipeline")
     assert pipeline["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": "false"}]
     assert pipeline["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert pipeline["parameters"] == {"overrides": {}, "publish": "experiment"}
+
+
+def default_template(worker_type: str) -> dict:
+    """Prefect's own base job template for a worker type (prefect-docker, prefect-kubernetes)."""
+    from prefect_docker.worker import DockerWorker
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    return {"docker": DockerWorker, "kubernetes": KubernetesWorker}[worker_type].get_default_base_job_template()
+
+
+def test_the_docker_deployment_s_job_variables_fit_the_docker_worker_and_ask_for_the_gpus(
+    prefect_server, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+    from prefect.utilities.schema_tools import validate
+
+    for name, value in {"DISTILL_DOCKER_POOL": "gpu-docker", "DISTILL_IMAGE": "distill-pipeline:latest",
+                        "DISTILL_DVC_CACHE": "/var/cache/dvc", "DISTILL_AWS_DIR": "/home/me/.aws"}.items():
+        monkeypatch.setenv(name, value)
+    template = default_template("docker")
+    variables = deployment_spec("pipeline-docker")["work_pool"]["job_variables"]
+    validate(variables, template["variables"], raise_on_error=True, preprocess=True, ignore_required=True)
+    configuration = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(template, variables))
+    assert configuration.image == "distill-pipeline:latest"
+    assert configuration.volumes == ["/var/cache/dvc:/dvc-cache", "/home/me/.aws:/home/distill/.aws:ro"]
+    assert configuration.container_create_kwargs["shm_size"] == "8g"
+    assert configuration.container_create_kwargs["device_requests"] == [
+        {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
+
+
+def test_the_kubernetes_job_template_is_prefect_s_with_gpus_shared_memory_and_the_remote_s_secret(prefect_server) -> None:
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    ours = json.loads((PROJECT_ROOT / "deploy" / "kubernetes-job-template.json").read_text())
+    default = default_template("kubernetes")
+    assert set(ours["job_configuration"]) == set(default["job_configuration"])
+    assert set(default["variables"]["properties"]) < set(ours["variables"]["properties"])  # all of Prefect's, and more
+    configuration = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(ours, {"gpu_count": 2}))
+    pod = configuration.job_manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert container["image"] == "distill-pipeline:latest"
+    assert container["envFrom"] == [{"secretRef": {"name": "dvc-remote-credentials", "optional": True}}]
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
+    assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
 
 
 def git_repository(tmp_path: Path, bucket: str, endpoint_url: str) -> Path:
@@ -136,15 +184,19 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
     env = dict(os.environ, **s3_server.env, PREFECT_API_URL=prefect_api,
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
                DISTILL_WORK_POOL="test-gpu", DISTILL_CRON="0 3 * * *", DISTILL_TIMEZONE="UTC",
-               DISTILL_SCHEDULE_ACTIVE="true")
+               DISTILL_SCHEDULE_ACTIVE="true", DISTILL_DOCKER_POOL="test-docker", DISTILL_IMAGE="distill-pipeline:test",
+               DISTILL_DVC_CACHE=str(tmp_path / "dvc-cache"), DISTILL_AWS_DIR=str(tmp_path / "aws"))
     prefect = [str(Path(sys.executable).parent / "prefect")]
     for command in (["work-pool", "create", "test-gpu", "--type", "process", "--overwrite"],
+                    ["work-pool", "create", "test-docker", "--type", "docker", "--overwrite"],
                     ["--no-prompt", "deploy", "--all"]):
         subprocess.run(prefect + command, cwd=checkout, env=env, check=True, capture_output=True)
 
     with get_client(sync_client=True) as client:
         deployments = {item.name: item for item in client.read_deployments()}
-        assert {"pipeline", "optimization-study", "kd-methods-study"} <= set(deployments)
+        assert {"pipeline", "pipeline-docker", "optimization-study", "kd-methods-study"} <= set(deployments)
+        docker = deployments["pipeline-docker"]
+        assert docker.work_pool_name == "test-docker" and docker.job_variables["image"] == "distill-pipeline:test"
         pipeline = deployments["pipeline"]
         assert pipeline.global_concurrency_limit.limit == 1 and pipeline.work_pool_name == "test-gpu"
         assert pipeline.concurrency_options.collision_strategy == "ENQUEUE"
