@@ -241,3 +241,61 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
     assert run(["git", "ls-remote", "--heads", str(bare)], tmp_path).stdout.count("refs/heads/") == 1  # main only
     stored = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="dvc/")
     assert stored["KeyCount"] > 0
+
+
+@pytest.mark.slow
+def test_make_serve_registers_the_pipeline_with_its_schedule_from_prefect_yaml(prefect_api: str, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, DISTILL_CRON="30 2 * * 1", DISTILL_TIMEZONE="UTC",
+               DISTILL_SCHEDULE_ACTIVE="false")
+    log = (tmp_path / "serve.log").open("w")
+    served = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=PROJECT_ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with get_client(sync_client=True) as client:
+            def registered():
+                return next((item for item in client.read_deployments() if item.name == "pipeline"), None)
+
+            deployment = wait_for(registered, 90, "the served deployment")
+            assert deployment.parameters == {"overrides": {}, "publish": "experiment"}
+            assert deployment.tags == ["distillation"]
+            assert [(item.schedule.cron, item.active) for item in deployment.schedules] == [("30 2 * * 1", False)]
+            assert deployment.global_concurrency_limit.limit == 1
+    finally:
+        os.killpg(served.pid, signal.SIGTERM)
+        served.wait(timeout=30)
+        log.close()
+
+
+def test_a_project_without_a_dvc_remote_is_told_how_to_add_one(project: Path) -> None:
+    from tasks.versioning import default_remote
+
+    with pytest.raises(PublishError, match=r"dvc remote add -d storage s3://BUCKET/PATH"):
+        default_remote(project)
+
+
+@pytest.mark.slow
+def test_a_run_published_as_a_branch_pushes_a_new_branch_and_leaves_its_own_alone(
+    prefect_server, s3_env: S3Server, project: Path, tmp_path: Path
+) -> None:
+    from flows.scheduled import scheduled_distillation
+
+    bucket = s3_env.make_bucket()
+    run(["dvc", "remote", "add", "-d", "storage", f"s3://{bucket}/dvc"], project)
+    run(["dvc", "remote", "modify", "storage", "endpointurl", s3_env.endpoint_url], project)
+    run(["git", "commit", "-qam", "remote"], project)
+    bare = tmp_path / "origin.git"
+    run(["git", "clone", "-q", "--bare", str(project), str(bare)], tmp_path)
+    run(["git", "remote", "add", "origin", str(bare)], project)
+    started_on = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+
+    result = scheduled_distillation(overrides={"student.train.epochs": 2}, publish="branch:results/nightly",
+                                    project_dir=str(project))
+
+    assert result["recorded_as"] == "results/nightly"
+    heads = run(["git", "ls-remote", "--heads", str(bare)], tmp_path).stdout
+    assert "refs/heads/results/nightly" in heads and started_on in heads  # the start branch did not move
+    committed = run(["git", "show", "results/nightly:params.yaml"], bare).stdout
+    assert "epochs: 2" in committed and run(["git", "show", "results/nightly:dvc.lock"], bare).returncode == 0
+    assert s3_env.client().list_objects_v2(Bucket=bucket, Prefix="dvc/")["KeyCount"] > 0
