@@ -189,6 +189,7 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
     prefect = [str(Path(sys.executable).parent / "prefect")]
     for command in (["work-pool", "create", "test-gpu", "--type", "process", "--overwrite"],
                     ["work-pool", "create", "test-docker", "--type", "docker", "--overwrite"],
+                    ["concurrency-limit", "create", "gpu", "1"],  # as make deploy: one device stage at a time
                     ["--no-prompt", "deploy", "--all"]):
         subprocess.run(prefect + command, cwd=checkout, env=env, check=True, capture_output=True)
 
