@@ -1,7 +1,7 @@
 """The distillation flow: every dvc.yaml stage as its own Prefect task, in DAG order, then the report.
 
     python -m flows.distillation                                  # the pipeline as params.yaml says
-    python -m flows.distillation --set teacher.train.epochs=5 --set distill.student_kd.temperature=2
+    python -m flows.distillation --set teacher.train.epochs=5 --set distill.student_kd.losses.0.temperature=2
 
 The stages are read from dvc.yaml after the overrides are written, so a student added to params.yaml's
 `distill` section (stage distill@<name>) runs too.
