@@ -31,8 +31,7 @@ def scheduled_distillation(overrides: dict[str, Any] | None = None, publish: str
     (`experiment`, `branch:<name>` or `none`); return the evaluation and where the run was recorded."""
     root = Path(project_dir).resolve()
     parse_publish(publish)  # a bad value fails before anything runs
-    default_remote(root)
-    pull_inputs(root)
+    pull_inputs(root)  # and so does a project without a DVC remote
     results = distillation(overrides=overrides, project_dir=str(root))
     push_outputs(root)
     recorded = record_run(root, publish, f"run-{flow_run.get_name() or 'local'}")

@@ -76,7 +76,6 @@ def pull_inputs(project_dir: Path) -> list[str]:
 @task(name="push_outputs", cache_policy=NO_CACHE)
 def push_outputs(project_dir: Path) -> None:
     """Push every output of the pipeline to the default remote."""
-    default_remote(project_dir)
     dvc(project_dir, "push")
 
 
