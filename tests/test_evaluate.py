@@ -223,6 +223,6 @@ def test_the_report_is_rendered_from_eval_json_alone(evaluated, tmp_path):
 def test_the_report_names_each_student_s_method_and_its_gain_over_the_baseline(evaluated):
     _, paths, results = evaluated
     text = paths.report.read_text()
-    assert "Distilled students: student_kd (0.9 kd (temperature 4) + 0.1 ce)." in text
+    assert "Distilled students: student_kd (0.9 kd (temperature 8) + 0.1 ce, 1 epoch)." in text  # tiny: 1 epoch
     gain = (results["student_kd"]["accuracy"] - results["student_baseline"]["accuracy"]) * 100
     assert f"Distillation (student_kd) changes the student's test accuracy by {gain:+.2f} points" in text

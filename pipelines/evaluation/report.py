@@ -63,11 +63,13 @@ def render_report(results: dict[str, dict], params: Params) -> str:
 
 
 def describe(params: Params, student: str) -> str:
-    """`0.9 kd (temperature 4) + 0.1 ce`: a student's weighted loss terms and their options, as params.yaml
-    gives them."""
+    """`0.9 kd (temperature 8) + 0.1 ce, 45 epochs`: a student's weighted loss terms and their options, as
+    params.yaml gives them, and its epochs where it sets its own."""
     terms = []
     for term in params.distill[student].losses:
         options = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
                             for key, value in term.options.items())
         terms.append(f"{term.weight:g} {term.method}" + (f" ({options})" if options else ""))
-    return " + ".join(terms)
+    train = params.distill[student].train
+    budget = f", {train.epochs} epoch{'s' if train.epochs != 1 else ''}" if train is not None else ""
+    return " + ".join(terms) + budget
