@@ -9,6 +9,8 @@ code is this checkout's, not a fresh clone.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,9 @@ def main() -> None:
     from flows.scheduled import scheduled_distillation
 
     spec = deployment_spec()
+    unset = sorted(set(re.findall(r"\{\{ \$(\w+) \}\}", json.dumps(spec["schedules"]))))
+    if unset:
+        raise SystemExit(f"{PREFECT_FILE.name}: set {', '.join(unset)} (make serve sets defaults)")
     schedules = [Cron(item["cron"], timezone=item.get("timezone"), active=str(item.get("active")).lower() == "true")
                  for item in spec.get("schedules") or []]
     limit = spec["concurrency_limit"]
