@@ -106,9 +106,18 @@ def prefect_api(tmp_path: Path):
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)
         log.close()
+
+
+def stop(process: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """End a process started in its own session and everything it started: SIGTERM, then SIGKILL after the grace."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_for(predicate, timeout: float, what: str, step: float = 1.0):
@@ -186,8 +195,7 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=runs)))}
             assert {"dvc-lock", "dvc-metrics", "distillation-report", "model-comparison", "params-overrides"} <= artifacts
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop(worker)
         worker_log.close()
 
     experiments = run(["git", "ls-remote", str(bare), "refs/exps/*"], tmp_path).stdout
@@ -217,8 +225,7 @@ def test_make_serve_registers_the_pipeline_with_its_schedule_from_prefect_yaml(p
             assert [(item.schedule.cron, item.active) for item in deployment.schedules] == [("30 2 * * 1", False)]
             assert deployment.global_concurrency_limit.limit == 1
     finally:
-        os.killpg(served.pid, signal.SIGTERM)
-        served.wait(timeout=30)
+        stop(served)
         log.close()
 
 

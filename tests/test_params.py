@@ -44,7 +44,7 @@ def test_shipped_params_yaml_loads_with_its_values():
     assert params.student.optimizer.lr == raw["student"]["optimizer"]["lr"]
     [kd, ce] = params.distill["student_kd"].losses
     assert [term.method for term in (kd, ce)] == [term["method"] for term in raw["distill"]["student_kd"]["losses"]]
-    assert (kd.weight, kd.options, ce.weight, ce.options) == (0.9, {"temperature": 4.0}, 0.1, {})
+    assert (kd.weight, kd.options, ce.weight, ce.options) == (0.9, {"temperature": 8.0}, 0.1, {})
     assert list(params.augment.scale) == raw["augment"]["scale"]
     assert params.teacher.schedule.interval == raw["teacher"]["schedule"]["interval"]
     assert params.teacher.regularization.weight_decay == raw["teacher"]["regularization"]["weight_decay"]
@@ -345,10 +345,14 @@ def test_stage_cli_with_bad_params_exits_2_naming_the_key_and_writes_nothing(tmp
 # --- the distilled student's settings --------------------------------------------------------------
 
 
-def test_a_student_s_training_defaults_to_the_student_section():
+def test_a_student_s_training_defaults_to_the_student_section_where_it_sets_none():
     params = load_params(PARAMS)
-    assert params.distill["student_kd"].overrides == {}
-    assert params.student_training("student_kd") == params.student
+    shipped = params.distill["student_kd"]  # sets its own epochs (docs/kd_methods.md), nothing else
+    assert shipped.overrides == {"train": TrainParams(epochs=3 * params.student.train.epochs, batch_size=128)}
+    assert params.student_training("student_kd") == params.student.model_copy(update={"train": shipped.train})
+    bare = load_params(PARAMS, {"distill": {"plain": {"losses": [{"method": "kd"}, {"method": "ce"}]}}})
+    assert bare.distill["plain"].overrides == {}
+    assert bare.student_training("plain") == bare.student
 
 
 def test_a_student_s_overrides_replace_those_sections_of_the_student_settings():
