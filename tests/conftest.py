@@ -121,20 +121,24 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
     return result
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh clone-like copy of the project (git repo with one commit, DVC initialised), tiny params."""
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in PROJECT_FILES:
-        source = PROJECT_ROOT / name
-        target = root / name
+def copy_project(root: Path, names: tuple[str, ...]) -> None:
+    """Copy these files and folders of the project into `root` (no bytecode), with the shipped params.yaml."""
+    for name in names:
+        source, target = PROJECT_ROOT / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
     shutil.copy2(SHIPPED_PARAMS, root / "params.yaml")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh clone-like copy of the project (git repo with one commit, DVC initialised), tiny params."""
+    root = tmp_path / "project"
+    root.mkdir()
+    copy_project(root, PROJECT_FILES)
     from tasks.params import write_overrides
 
     write_overrides(root / "params.yaml", TINY_OVERRIDES)

@@ -6,7 +6,6 @@ push their experiment to the git remote; the deployment's concurrency limit make
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import yaml
 
 from flows.serve import deployment_spec
 from tasks.versioning import PublishError, parse_publish
-from tests.conftest import PROJECT_FILES, PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, run
+from tests.conftest import PROJECT_FILES, PROJECT_ROOT, TINY_OVERRIDES, copy_project, run
 from tests.s3_server import S3Server
 
 # What a clone needs beyond the pipeline's own files: the deployments and the lock their pull step installs.
@@ -60,14 +59,7 @@ def test_prefect_yaml_declares_a_scheduled_pipeline_off_by_default_and_on_demand
 def git_repository(tmp_path: Path, bucket: str, endpoint_url: str) -> Path:
     """A bare repository holding the project (shipped params) with its default DVC remote on the S3 server."""
     work = tmp_path / "seed"
-    for name in REPOSITORY_FILES:
-        source, target = PROJECT_ROOT / name, work / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    shutil.copy2(SHIPPED_PARAMS, work / "params.yaml")
+    copy_project(work, REPOSITORY_FILES)
     run(["git", "init", "-q", "-b", "main"], work)
     run(["dvc", "remote", "add", "-d", "storage", f"s3://{bucket}/dvc"], work)
     run(["dvc", "remote", "modify", "storage", "endpointurl", endpoint_url], work)
