@@ -172,6 +172,7 @@ def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
         str(paths.eval_metrics),
         str(paths.confusion_plot("x").parent),
         str(paths.report),
+        str(paths.publish_record),
     }
     declared = {str(out) for stage in resolved_stages().values() for out in stage.outs}
     assert declared == written
@@ -224,7 +225,8 @@ def test_the_top_of_pipelines_holds_only_stage_entry_points() -> None:
     modules = {path.stem for path in (PROJECT_ROOT / "pipelines").glob("*.py")} - {"__init__"}
     stage_modules = {definition.get("do", definition)["cmd"].split("-m ")[1].split()[0].split(".")[1]
                      for definition in stages().values()}
-    # The studies' entry points, which their flows run (flows/study.py, flows/kd_methods.py).
-    assert modules == stage_modules | {"study", "kd_study"}
+    # The studies' entry points, which their flows run (flows/study.py, flows/kd_methods.py), and the command
+    # a serving system runs to get a published student.
+    assert modules == stage_modules | {"study", "kd_study", "fetch"}
     for module in modules:
         assert 'if __name__ == "__main__":' in (PROJECT_ROOT / "pipelines" / f"{module}.py").read_text()

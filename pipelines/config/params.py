@@ -21,6 +21,7 @@ from pipelines.config.distributed import DistributedParams
 from pipelines.config.distill import (RESERVED_NAMES, KDStudyParams, StudentParams, TeacherFeaturesParams,
                                       check_student_names)
 from pipelines.config.speed import SpeedParams
+from pipelines.config.storage import PublishParams, StorageParams
 from pipelines.config.study import StudyParams, replace_sections
 from pipelines.config.training import TrainingParams
 
@@ -50,6 +51,8 @@ class Params(Section):
     distill: dict[str, StudentParams]
     teacher_features: TeacherFeaturesParams = TeacherFeaturesParams()
     evaluate: EvaluateParams
+    storage: StorageParams = StorageParams()
+    publish: PublishParams = PublishParams()
     study: StudyParams
     kd_study: KDStudyParams
 
@@ -76,6 +79,10 @@ class Params(Section):
         for name in self.distill:
             self.student_training(name)
         self.study_settings()
+        students = self.model_names[1:]  # the baseline and the distilled students
+        if self.publish.enabled and (unknown := sorted(set(self.publish.students) - set(students))):
+            raise ValueError(f"publish.students: {', '.join(unknown)} is not a student of this pipeline; "
+                             f"valid: {', '.join(students)}")
         return self
 
 

@@ -67,6 +67,15 @@ class Paths:
     def report(self) -> Path:
         return self.root / "reports" / "report.md"
 
+    @property
+    def publish_record(self) -> Path:
+        """What the publish stage decided for each student (published, unchanged, kept) and why."""
+        return self.root / "reports" / "publish.json"
+
+    def publish_bundle(self, name: str) -> Path:
+        """The folder a student's published files are built in before they are uploaded."""
+        return self.root / ".cache" / "publish" / name
+
     # The optimization study (flows/study.py): one folder per setting, then the summary beside them.
     @property
     def study(self) -> Path:

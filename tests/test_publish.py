@@ -1,0 +1,289 @@
+"""Publishing students to S3 and fetching them back (pipelines/publish.py, pipelines/fetch.py, pipelines/registry/).
+
+Each round trip runs against moto's server and against OpenStack Swift's s3api (tests/swift_server.py), a
+real object store on loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.config import load_params
+from pipelines.core.paths import Paths
+from pipelines.engine.checkpoint import load_model, save_checkpoint
+from pipelines.distill import distill
+from pipelines.evaluate import evaluate
+from pipelines.models import build_model
+from pipelines.publish import publish
+from pipelines.registry.fetch import fetch_student
+from pipelines.registry.manifest import MANIFEST, MODEL, Layout, RegistryError
+from pipelines.storage import ObjectStore, StorageError, make_client
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES
+from tasks.params import write_overrides
+from tests.s3_server import S3Server, _free_port
+
+# The tiny run, with a student_kd big enough to learn the digits in a few seconds (about 97% test accuracy),
+# so that an untrained copy of it is clearly worse.
+OVERRIDES = {**TINY_OVERRIDES, "distill.student_kd.train.epochs": 3,
+             "distill.student_kd.model": {"arch": "cnn", "width": 8, "depth": 2, "dropout": 0.0, "blocks_per_stage": 2}}
+SERVERS = ["s3_server", pytest.param("swift_server", marks=pytest.mark.swift)]
+
+
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """moto, then Swift: its credentials in this process's environment, as a user's would be."""
+    chosen = request.getfixturevalue(request.param)
+    for name, value in chosen.env.items():
+        monkeypatch.setenv(name, value)
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Paths:
+    """The session's tiny trained pipeline with student_kd distilled again (OVERRIDES), evaluated, in a folder of
+    this module's."""
+    _, trained = trained_pipeline
+    paths = Paths(tmp_path_factory.mktemp("evaluated"))
+    shutil.copytree(trained.root, paths.root, dirs_exist_ok=True)
+    params = load_params(SHIPPED_PARAMS, OVERRIDES)
+    distill(params, paths)
+    evaluate(params, paths)
+    return paths
+
+
+@pytest.fixture
+def project(evaluated: Paths, tmp_path: Path) -> Paths:
+    """A copy of the evaluated pipeline that one test may change."""
+    paths = Paths(tmp_path / "project")
+    shutil.copytree(evaluated.root, paths.root)
+    return paths
+
+
+def settings(server: S3Server, bucket: str, **changes):
+    """The shipped params (tiny), publishing to `bucket` of `server`."""
+    return load_params(SHIPPED_PARAMS, {**OVERRIDES, "publish.enabled": True, "publish.bucket": bucket,
+                                        "storage.endpoint_url": server.endpoint_url, **changes})
+
+
+def store(server: S3Server, bucket: str) -> ObjectStore:
+    return ObjectStore(server.client(), bucket)
+
+
+def keys(server: S3Server, bucket: str) -> dict[str, str]:
+    """Every object of the bucket: key -> ETag (changes whenever an object is written again)."""
+    listed = server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {item["Key"]: item["ETag"] for item in listed}
+
+
+def make_worse(paths: Paths, model: str = "student_kd") -> None:
+    """Replace `model` by an untrained network of the same shape and measure it (evaluate), as a bad retrain."""
+    _, checkpoint = load_model(paths.model(model))
+    torch.manual_seed(1)
+    save_checkpoint(paths.model(model), build_model(checkpoint.model_config).state_dict(), checkpoint.model_config, {})
+    evaluate(load_params(SHIPPED_PARAMS, OVERRIDES), paths)
+
+
+def test_publishing_is_off_by_default_and_sends_nothing(project: Paths) -> None:
+    record = publish(load_params(SHIPPED_PARAMS, OVERRIDES), project)
+    assert record == {"enabled": False, "students": {}}
+    assert json.loads(project.publish_record.read_text()) == record
+
+
+def test_publish_then_fetch_round_trip_verifies_every_file(server: S3Server, project: Paths, tmp_path: Path) -> None:
+    bucket = server.make_bucket()
+    record = publish(settings(server, bucket), project)
+
+    decision = record["students"]["student_kd"]
+    assert decision["action"] == "published" and decision["aliases"] == ["latest", "staging"]
+    version = decision["version"]
+    assert version == hashlib.sha256(project.model("student_kd").read_bytes()).hexdigest()[:16]
+    manifest = json.loads(server.client().get_object(
+        Bucket=bucket, Key=f"students/student-kd/{version}/{MANIFEST}")["Body"].read())
+    assert {entry["file"] for entry in manifest["objects"]} == {"model.pt", "model_config.json", "model.pt2", "card.md"}
+    assert set(keys(server, bucket)) == {f"students/student-kd/{version}/{entry['file']}" for entry in manifest["objects"]} | {
+        f"students/student-kd/{version}/{MANIFEST}", "students/student-kd/aliases/latest.json",
+        "students/student-kd/aliases/staging.json"}
+    assert manifest["metrics"]["accuracy"] == json.loads(project.eval_metrics.read_text())["student_kd"]["accuracy"]
+
+    fetched = fetch_student(store(server, bucket), Layout("students", "student-kd"), "latest", tmp_path / "fetched")
+    assert fetched.folder == tmp_path / "fetched" / "student-kd" / version
+    assert (fetched.folder / MODEL).read_bytes() == project.model("student_kd").read_bytes()
+    images = torch.rand(5, 1, 8, 8)
+    local, _ = load_model(project.model("student_kd"))
+    assert torch.equal(fetched.model(images), local(images))
+    exported = torch.export.load(fetched.folder / "model.pt2").module()  # what a server without this code loads
+    assert torch.allclose(exported(images), local(images), atol=1e-5)
+    card = (fetched.folder / "card.md").read_text()
+    assert f"# student-kd {version}" in card and "| accuracy |" in card and "teacher" in card
+
+
+def test_publishing_the_same_student_again_uploads_nothing(server: S3Server, project: Paths) -> None:
+    bucket = server.make_bucket()
+    first = publish(settings(server, bucket), project)["students"]["student_kd"]
+    before = keys(server, bucket)
+
+    again = publish(settings(server, bucket), project)["students"]["student_kd"]
+    assert again["action"] == "unchanged" and again["version"] == first["version"]
+    assert again["uploaded_files"] == 0 and again["uploaded_bytes"] == 0
+    assert keys(server, bucket) == before  # not one object written again
+
+
+def test_a_worse_student_is_not_published_and_the_decision_names_both_figures(server: S3Server, project: Paths) -> None:
+    bucket = server.make_bucket()
+    good = publish(settings(server, bucket), project)["students"]["student_kd"]
+    before = keys(server, bucket)
+
+    make_worse(project)
+    kept = publish(settings(server, bucket), project)["students"]["student_kd"]
+    assert kept["action"] == "kept" and kept["uploaded_files"] == 0
+    assert kept["candidate"] < kept["published"] == good["candidate"]
+    assert kept["published_version"] == good["version"] and kept["compared_on"] == "the same test split"
+    assert keys(server, bucket) == before
+    assert json.loads(project.publish_record.read_text())["students"]["student_kd"] == kept
+
+
+def test_a_better_student_moves_latest_and_the_aliases_and_promote_moves_production(
+        server: S3Server, project: Paths, tmp_path: Path) -> None:
+    bucket = server.make_bucket()
+    trained = project.model("student_kd").read_bytes()
+    make_worse(project)
+    worse = publish(settings(server, bucket), project)["students"]["student_kd"]
+    publish(settings(server, bucket), project, promote=["student-kd", "latest", "production"])
+
+    project.model("student_kd").write_bytes(trained)
+    evaluate(load_params(SHIPPED_PARAMS, OVERRIDES), project)
+    better = publish(settings(server, bucket), project)["students"]["student_kd"]
+    assert better["action"] == "published" and better["published_version"] == worse["version"]
+    assert better["candidate"] > better["published"]
+
+    def points_at(alias: str) -> str:
+        layout = Layout("students", "student-kd")
+        return fetch_student(store(server, bucket), layout, alias, tmp_path / alias).manifest.version
+
+    assert points_at("latest") == points_at("staging") == better["version"]
+    assert points_at("production") == worse["version"]  # production moves only when promoted
+    publish(settings(server, bucket), project, promote=["student-kd", "staging", "production"])
+    assert points_at("production") == better["version"]
+
+
+@pytest.mark.parametrize("damage", ["changed", "cut short", "missing"])
+def test_a_damaged_object_is_refused_on_fetch_naming_it(server: S3Server, project: Paths, tmp_path: Path,
+                                                        damage: str) -> None:
+    bucket = server.make_bucket()
+    version = publish(settings(server, bucket), project)["students"]["student_kd"]["version"]
+    key = f"students/student-kd/{version}/{MODEL}"
+    body = project.model("student_kd").read_bytes()
+    if damage == "changed":
+        server.client().put_object(Bucket=bucket, Key=key, Body=body[:-1] + bytes([body[-1] ^ 1]))
+    elif damage == "cut short":
+        server.client().put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2])
+    else:
+        server.client().delete_object(Bucket=bucket, Key=key)
+
+    with pytest.raises(RegistryError, match=f"s3://{bucket}/{key}: " + {"changed": "SHA-256", "cut short": r"\d+ bytes",
+                                                                       "missing": "missing"}[damage]):
+        fetch_student(store(server, bucket), Layout("students", "student-kd"), "latest", tmp_path / "fetched")
+    assert not (tmp_path / "fetched" / "student-kd" / version).exists()  # nothing half-downloaded is left
+
+
+def test_a_manifest_changed_to_match_a_changed_model_is_refused(server: S3Server, project: Paths, tmp_path: Path) -> None:
+    bucket = server.make_bucket()
+    version = publish(settings(server, bucket), project)["students"]["student_kd"]["version"]
+    key = f"students/student-kd/{version}/{MANIFEST}"
+    manifest = json.loads(server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    manifest["metrics"]["accuracy"] = 1.0
+    server.client().put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
+
+    with pytest.raises(RegistryError, match="changed after it was published"):
+        fetch_student(store(server, bucket), Layout("students", "student-kd"), "latest", tmp_path / "fetched")
+
+
+def test_fetch_needs_neither_dvc_nor_git(server: S3Server, project: Paths, tmp_path: Path) -> None:
+    bucket = server.make_bucket()
+    version = publish(settings(server, bucket), project)["students"]["student_kd"]["version"]
+    blocked = "import sys; sys.modules.update(dvc=None, dvclive=None, git=None); from pipelines.fetch import main; main()"
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), PATH="/nonexistent")  # no git, no dvc on PATH either
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "student-kd", "staging", "--bucket", bucket, "--dest", str(tmp_path / "models")],
+        cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"student-kd {version} (staging): 4 files verified" in result.stdout
+    assert (tmp_path / "models" / "student-kd" / version / MODEL).read_bytes() == project.model("student_kd").read_bytes()
+
+
+def test_fetching_an_unknown_alias_names_the_published_ones(server: S3Server, project: Paths, tmp_path: Path) -> None:
+    bucket = server.make_bucket()
+    publish(settings(server, bucket), project)
+    with pytest.raises(RegistryError, match="no alias 'production' of 'student-kd' \\(its aliases: latest, staging\\)"):
+        fetch_student(store(server, bucket), Layout("students", "student-kd"), "production", tmp_path)
+
+
+@pytest.mark.swift
+def test_wrong_credentials_are_a_clear_error_that_shows_no_secret(swift_server: S3Server, project: Paths) -> None:
+    server = swift_server  # moto accepts any signature; Swift checks it, as S3 does
+    bucket = server.make_bucket()
+    secret = "not-the-secret-4f1d9a7e"
+    params_file = project.root / "params.yaml"
+    shutil.copy2(SHIPPED_PARAMS, params_file)
+    write_overrides(params_file, {**OVERRIDES, "publish.enabled": True, "publish.bucket": bucket,
+                                  "storage.endpoint_url": server.endpoint_url})
+    env = dict(os.environ, AWS_SECRET_ACCESS_KEY=secret, PYTHONPATH=str(PROJECT_ROOT))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pipelines.publish", "--root", str(project.root),
+                             "--params", str(params_file)], env=env, capture_output=True, text=True, cwd=project.root)
+    assert result.returncode == 1
+    assert "refused the credentials" in result.stderr and "AWS_SECRET_ACCESS_KEY" in result.stderr
+    assert secret not in result.stdout + result.stderr
+    assert time.monotonic() - started < 60
+    assert not project.publish_record.exists()
+
+
+def test_no_credentials_at_all_is_a_clear_error(project: Paths, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(StorageError, match="no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        publish(settings(S3Server(f"http://127.0.0.1:{_free_port()}"), "bucket"), project)
+
+
+def test_a_missing_bucket_is_a_clear_error(server: S3Server, project: Paths) -> None:
+    with pytest.raises(StorageError, match="s3://no-such-bucket-here/: no such bucket at"):
+        publish(settings(server, "no-such-bucket-here"), project)
+
+
+def test_an_unreachable_store_fails_in_bounded_time_and_changes_nothing(project: Paths,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    nowhere = S3Server(f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    for name, value in nowhere.env.items():
+        monkeypatch.setenv(name, value)
+    params = settings(nowhere, "bucket", **{"storage.max_attempts": 3,
+                                                                               "storage.connect_timeout_s": 1})
+    model_before = project.model("student_kd").read_bytes()
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"did not answer \(EndpointConnectionError, 3 attempts\)"):
+        publish(params, project)
+    assert time.monotonic() - started < 30
+    assert project.model("student_kd").read_bytes() == model_before and not project.publish_record.exists()
+
+
+def test_the_client_takes_retries_timeouts_and_addressing_from_params() -> None:
+    params = load_params(SHIPPED_PARAMS, {"storage.max_attempts": 7, "storage.retry_mode": "adaptive",
+                                          "storage.addressing_style": "path", "storage.read_timeout_s": 12.5,
+                                          "storage.endpoint_url": "http://127.0.0.1:1", "storage.region": "eu-west-1"})
+    client = make_client(params.storage)
+    assert client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 7}  # the first try and 6 retries
+    assert client.meta.config.s3["addressing_style"] == "path" and client.meta.config.read_timeout == 12.5
+    assert client.meta.endpoint_url == "http://127.0.0.1:1" and client.meta.region_name == "eu-west-1"
