@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-fast test-timm bench kd-study deploy worker serve image image-tools clean
+.PHONY: setup run test test-fast test-timm bench kd-study remote pull deploy worker serve image image-tools clean
 
 setup: $(VENV)/.installed
 
@@ -54,6 +54,15 @@ bench: setup
 # and seed; tens of minutes, not part of the tests.
 kd-study: setup
 	$(BIN)/python -m flows.kd_methods
+
+# DVC's default remote from params.yaml's storage section (storage.dvc_remote: s3://bucket/prefix); commit
+# .dvc/config afterwards. Credentials come from the environment or the AWS profile, never from a file here.
+remote: setup
+	$(BIN)/python -m pipelines.remote
+
+# Every dataset and model of dvc.lock from the remote: what a fresh clone runs to have the last run's artifacts.
+pull: setup
+	$(BIN)/dvc pull
 
 # Scheduled runs (README: Scheduled runs on GPU workers). A Prefect server must be reachable: PREFECT_API_URL.
 # The DISTILL_* values fill prefect.yaml's {{ $VAR }} placeholders; the schedule is registered off unless

@@ -23,17 +23,20 @@ from pipelines.core.stage import EXIT_BAD_PARAMS, params_or_exit
 from pipelines.kd import check_students
 from tasks.environment import quiet_offline
 from tasks.params import apply_overrides
+from tasks.publish import publish_decisions
 from tasks.report import publish_report
 from tasks.stages import pipeline_stages, stage_task
 
 
 @flow(name="distillation")
 def distillation(overrides: dict[str, Any] | None = None, project_dir: str = ".") -> dict[str, dict]:
-    """Validate params (with overrides), reproduce each stage through DVC, publish the evaluation."""
+    """Validate params (with overrides), reproduce each stage through DVC (publish included: off unless
+    publish.enabled), record what was published, and publish the evaluation as artifacts."""
     root = Path(project_dir).resolve()
     apply_overrides(root, overrides or {})
     for stage in pipeline_stages(root):
         stage_task(stage)(root)
+    publish_decisions(root)
     return publish_report(root)
 
 

@@ -225,8 +225,19 @@ def test_the_top_of_pipelines_holds_only_stage_entry_points() -> None:
     modules = {path.stem for path in (PROJECT_ROOT / "pipelines").glob("*.py")} - {"__init__"}
     stage_modules = {definition.get("do", definition)["cmd"].split("-m ")[1].split()[0].split(".")[1]
                      for definition in stages().values()}
-    # The studies' entry points, which their flows run (flows/study.py, flows/kd_methods.py), and the command
-    # a serving system runs to get a published student.
-    assert modules == stage_modules | {"study", "kd_study", "fetch"}
+    # The studies' entry points, which their flows run (flows/study.py, flows/kd_methods.py), the command a
+    # serving system runs to get a published student, and the one `make remote` runs.
+    assert modules == stage_modules | {"study", "kd_study", "fetch", "remote"}
     for module in modules:
         assert 'if __name__ == "__main__":' in (PROJECT_ROOT / "pipelines" / f"{module}.py").read_text()
+
+
+def test_every_shipped_model_is_a_dvc_artifact_at_its_checkpoint() -> None:
+    from pipelines.config import load_params
+    from tests.conftest import SHIPPED_PARAMS
+
+    artifacts = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["artifacts"]
+    models = load_params(SHIPPED_PARAMS).model_names
+    assert {name: artifact["path"] for name, artifact in artifacts.items()} == {
+        model.replace("_", "-"): str(Paths(Path(".")).model(model)) for model in models}
+    assert all(artifact["type"] == "model" for artifact in artifacts.values())
