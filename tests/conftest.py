@@ -28,7 +28,8 @@ from pipelines.config.data import DataParams  # noqa: E402
 from pipelines.data.images import ImageSet, pixels_from_lists  # noqa: E402
 from pipelines.data.sources import load_source  # noqa: E402
 
-pytest_plugins = ["tests.s3_server"]  # s3_server, s3_env: a real S3 API (moto) on loopback
+# s3_server, s3_env: moto's S3 API on loopback; swift_server: OpenStack Swift's (a real object store)
+pytest_plugins = ["tests.s3_server", "tests.swift_server"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +106,16 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(params=["s3_server", pytest.param("swift_server", marks=pytest.mark.swift)])
+def object_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Each S3 server in turn, moto's then Swift's, its endpoint and credentials in this process's environment
+    (as a user's would be): a test taking it runs against both."""
+    server = request.getfixturevalue(request.param)
+    for name, value in server.env.items():
+        monkeypatch.setenv(name, value)
+    return server
 
 
 @pytest.fixture

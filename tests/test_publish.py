@@ -36,16 +36,12 @@ from tests.s3_server import S3Server, _free_port
 # so that an untrained copy of it is clearly worse.
 OVERRIDES = {**TINY_OVERRIDES, "distill.student_kd.train.epochs": 3,
              "distill.student_kd.model": {"arch": "cnn", "width": 8, "depth": 2, "dropout": 0.0, "blocks_per_stage": 2}}
-SERVERS = ["s3_server", pytest.param("swift_server", marks=pytest.mark.swift)]
 
 
-@pytest.fixture(params=SERVERS)
-def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    """moto, then Swift: its credentials in this process's environment, as a user's would be."""
-    chosen = request.getfixturevalue(request.param)
-    for name, value in chosen.env.items():
-        monkeypatch.setenv(name, value)
-    return chosen
+@pytest.fixture
+def server(object_store: S3Server) -> S3Server:
+    """moto's server, then Swift (tests/conftest.py's object_store)."""
+    return object_store
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +233,7 @@ def test_wrong_credentials_are_a_clear_error_that_shows_no_secret(swift_server: 
     shutil.copy2(SHIPPED_PARAMS, params_file)
     write_overrides(params_file, {**OVERRIDES, "publish.enabled": True, "publish.bucket": bucket,
                                   "storage.endpoint_url": server.endpoint_url})
-    env = dict(os.environ, AWS_SECRET_ACCESS_KEY=secret, PYTHONPATH=str(PROJECT_ROOT))
+    env = {**os.environ, **server.env, "AWS_SECRET_ACCESS_KEY": secret, "PYTHONPATH": str(PROJECT_ROOT)}
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "pipelines.publish", "--root", str(project.root),
                              "--params", str(params_file)], env=env, capture_output=True, text=True, cwd=project.root)
@@ -287,3 +283,54 @@ def test_the_client_takes_retries_timeouts_and_addressing_from_params() -> None:
     assert client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 7}  # the first try and 6 retries
     assert client.meta.config.s3["addressing_style"] == "path" and client.meta.config.read_timeout == 12.5
     assert client.meta.endpoint_url == "http://127.0.0.1:1" and client.meta.region_name == "eu-west-1"
+
+
+def make_big(paths: Paths, width: int = 192) -> None:
+    """Replace student_kd by an untrained but wide network (about 9 MB: two 5 MiB parts), and measure it."""
+    from dataclasses import replace
+
+    _, checkpoint = load_model(paths.model("student_kd"))
+    config = replace(checkpoint.model_config, width=width)
+    torch.manual_seed(2)
+    save_checkpoint(paths.model("student_kd"), build_model(config).state_dict(), config, {})
+    evaluate(load_params(SHIPPED_PARAMS, OVERRIDES), paths)
+
+
+@pytest.mark.swift
+def test_the_store_stopped_mid_upload_fails_in_bounded_time_and_the_next_publish_completes(
+        swift_server, project: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.publish as stage
+
+    for name, value in swift_server.env.items():
+        monkeypatch.setenv(name, value)
+    make_big(project)
+    model_file = project.model("student_kd").read_bytes()
+    bucket = swift_server.make_bucket()
+    params = settings(swift_server, bucket, **{"publish.multipart_threshold_mb": 5, "publish.part_size_mb": 5,
+                                               "storage.max_attempts": 3, "storage.connect_timeout_s": 2})
+    parts_sent = []
+
+    def stop_after_the_first_part(key: str, sent: int, size: int) -> None:
+        parts_sent.append((key, sent))
+        if key.endswith(MODEL) and sent < size:
+            swift_server.stop()  # the store goes away with the upload half done
+
+    monkeypatch.setattr(stage, "log_progress", stop_after_the_first_part)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageError, match=rf"{MODEL} \(part 2\): the S3 endpoint .* did not answer \(.*, 3 attempts\)"):
+            publish(params, project)
+        assert time.monotonic() - started < 60  # bounded: three tries with backoff, short timeouts
+    finally:
+        swift_server.start()
+    assert project.model("student_kd").read_bytes() == model_file and not project.publish_record.exists()
+    assert not [key for key in keys(swift_server, bucket) if key.endswith((MANIFEST, "latest.json"))]  # not published
+
+    monkeypatch.setattr(stage, "log_progress", lambda key, sent, size: None)
+    decision = publish(params, project)["students"]["student_kd"]
+    assert decision["action"] == "published"
+    stored = swift_server.client().head_object(Bucket=bucket, Key=f"students/student-kd/{decision['version']}/{MODEL}")
+    assert stored["ContentLength"] == len(model_file) > 5 * 2**20 and stored["ETag"].strip('"').endswith("-2")
+    fetched = fetch_student(store(swift_server, bucket), Layout("students", "student-kd"), "latest", tmp_path)
+    assert (fetched.folder / MODEL).read_bytes() == model_file
+

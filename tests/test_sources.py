@@ -211,10 +211,10 @@ def test_a_compressed_npz_archive_is_streamed_like_a_plain_one(tmp_path: Path):
     assert torch.equal(plain.images, torch.from_numpy(pixels).permute(0, 3, 1, 2))
 
 
-def test_a_parquet_object_on_s3_is_streamed_through_prepare(tmp_path: Path, s3_env):
+def test_a_parquet_object_on_s3_is_streamed_through_prepare(tmp_path: Path, object_store):
     local = generated_source("parquet", tmp_path / "raw", rgb=True, size=(8, 8)).removeprefix("parquet:")
-    bucket = s3_env.make_bucket()
-    s3_env.client().upload_file(local, bucket, "datasets/animals.parquet")
+    bucket = object_store.make_bucket()
+    object_store.client().upload_file(local, bucket, "datasets/animals.parquet")
     paths = Paths(tmp_path / "project")
     card = prepare(params_for(f"parquet:s3://{bucket}/datasets/animals.parquet"), paths)
     assert card.class_names == ["0", "1", "2"] and list(card.image_shape) == [3, 8, 8]

@@ -87,5 +87,6 @@ def client_error_text(error: Any, endpoint: str) -> str:
     if code in MISSING_BUCKET_CODES:
         return f"no such bucket at {endpoint} ({code}): create it, or fix the bucket's name"
     if code in ("AccessDenied", "403"):
-        return f"access denied by S3 at {endpoint} ({operation}): the credentials lack permission, or are wrong"
+        return (f"S3 at {endpoint} denied {operation} ({code}): the credentials lack permission here, or are not "
+                f"the right ones: {CREDENTIALS_HINT}")
     return f"S3 at {endpoint} answered {code} to {operation}: {message}"

@@ -51,11 +51,15 @@ class ObjectStore:
         with s3_errors(self.client, self.uri()):
             try:
                 self.client.head_bucket(Bucket=self.bucket)
-            except ClientError as error:  # a HEAD answer has no body: only its status
-                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+            except ClientError as error:  # a HEAD answer has no body, so no code beyond its status
+                status = error.response.get("Error", {}).get("Code")
+                if status in ("404", "NoSuchBucket"):
                     raise StorageError(f"{self.uri()}: no such bucket at {self.client.meta.endpoint_url}: create "
                                        f"it, or fix the bucket's name") from None
-                raise
+                if status != "403":
+                    raise
+                # Forbidden: a listing's answer says why (a wrong secret, an unknown key id, a policy).
+                self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
 
     def head(self, key: str) -> StoredObject | None:
         """The object's size and recorded SHA-256, or None if there is no such object."""
