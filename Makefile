@@ -113,5 +113,17 @@ image-tools:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah debootstrap; \
 	fi
 
+# System packages of the tests against a real S3-compatible object store (tests/swift_server.py; CI: .ci/run):
+# OpenStack Swift's servers, whose s3api deploy/swift/start.sh serves on loopback, and memcached, which Swift's
+# tempauth needs. Debian/Ubuntu, as root; no recommends (keystone's and barbican's clients, unused here).
+SWIFT_TOOLS := swift-proxy-server swift-account-server swift-container-server swift-object-server memcached
+swift-tools:
+	@if (for tool in $(SWIFT_TOOLS); do command -v $$tool >/dev/null || exit 1; done); then \
+		echo "swift and memcached are installed"; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			swift-proxy swift-account swift-container swift-object memcached; \
+	fi
+
 clean:
 	rm -rf $(VENV) .venv-timm .prefect .pytest_cache .cache

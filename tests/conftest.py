@@ -62,7 +62,7 @@ TINY_OVERRIDES: dict[str, Any] = {
 
 # What a copy of the project needs to run the pipeline: code, stage and params definitions, DVC's config.
 PROJECT_FILES = (
-    "pipelines", "tasks", "flows", "dvc.yaml", "data/raw", "models/.gitignore",
+    "pipelines", "tasks", "flows", "dvc.yaml", "Makefile", "data/raw", "models/.gitignore",
     ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
 )
 
