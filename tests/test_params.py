@@ -383,3 +383,41 @@ def test_a_student_may_override_its_model_and_regularization():
     assert training.regularization == RegularizationParams(**regularization)
     assert training.optimizer == params.student.optimizer
     assert params.student.regularization.label_smoothing == 0.0
+
+
+# --- storage and publish ---------------------------------------------------------------------------
+
+
+def test_publishing_is_off_and_names_no_bucket_in_the_shipped_file():
+    params = load_params(PARAMS)
+    assert not params.publish.enabled and params.publish.bucket is None and params.storage.dvc_remote is None
+
+
+def test_publishing_enabled_without_a_bucket_says_which_key_to_give():
+    assert "publish: publishing is enabled but no bucket is set: give publish.bucket" in problem_lines(
+        params_error({"publish.enabled": True}))
+
+
+def test_publishing_a_model_the_pipeline_does_not_train_lists_its_students():
+    message = params_error({"publish.enabled": True, "publish.bucket": "b", "publish.students": {"teacher": "t"}})
+    assert "publish.students: teacher is not a student of this pipeline; valid: student_baseline, student_kd" in message
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("publish.students", {"student_kd": "Student KD"}, "published name 'Student KD'"),
+    ("publish.aliases", ["latest"], "alias 'latest'"),
+    ("publish.gate.metric", "latency", "unknown metric 'latency'; valid: accuracy, macro_f1"),
+    ("publish.part_size_mb", 4, "greater than or equal to 5"),
+    ("storage.dvc_remote", "my-bucket/distill", "expected s3://<bucket>[/<prefix>]"),
+    ("storage.retry_mode", "forever", "'standard', 'adaptive' or 'legacy'"),
+])
+def test_a_bad_storage_or_publish_value_is_named_by_its_key(key, value, problem):
+    [line] = problem_lines(params_error({key: value}))
+    assert line.startswith(f"{key}:") and problem in line
+
+
+def test_a_credential_in_params_is_refused_like_any_unknown_key():
+    message = params_error({"storage.secret_access_key": "s3cr3t-value"})
+    [line] = problem_lines(message)
+    assert line.startswith("storage: unknown key(s) secret_access_key; allowed keys here: endpoint_url")
+    assert "s3cr3t-value" not in message

@@ -334,3 +334,54 @@ def test_the_store_stopped_mid_upload_fails_in_bounded_time_and_the_next_publish
     fetched = fetch_student(store(swift_server, bucket), Layout("students", "student-kd"), "latest", tmp_path)
     assert (fetched.folder / MODEL).read_bytes() == model_file
 
+
+
+def test_the_gate_re_scores_the_published_version_on_a_different_test_split(s3_env: S3Server, project: Paths) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tests.conftest import read_image_set
+
+    bucket = s3_env.make_bucket()
+    first = publish(settings(s3_env, bucket), project)["students"]["student_kd"]
+    published_model, _ = load_model(project.model("student_kd"))
+
+    # This run's test split holds other images (its last two thirds), and its student is worse.
+    table = pq.read_table(project.split("test"))
+    table = table.slice(len(table) // 3)
+    pq.write_table(table, project.split("test"))
+    pixels = np.asarray(table.column("image").combine_chunks().flatten(), np.uint8)
+    labels = np.asarray(table.column("label"), "<i8")
+    card = json.loads(project.card.read_text())
+    card["splits"]["test"]["sha256"] = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()
+    project.card.write_text(json.dumps(card))
+    shutil.rmtree(project.arrow_cache, ignore_errors=True)
+    make_worse(project)
+
+    kept = publish(settings(s3_env, bucket), project)["students"]["student_kd"]
+    test = read_image_set(project.split("test"))
+    with torch.no_grad():
+        predicted = published_model(test.images.float() / 255).argmax(1)
+    assert kept["action"] == "kept" and kept["published_version"] == first["version"]
+    assert kept["compared_on"] == "this run's test split (the published version re-scored)"
+    assert kept["published"] == pytest.approx(float((predicted == test.labels).float().mean()), abs=1e-6)
+    assert kept["candidate"] == json.loads(project.eval_metrics.read_text())["student_kd"]["accuracy"]
+
+
+def test_the_flow_records_each_decision_as_a_prefect_artifact(prefect_server, s3_env: S3Server, project: Paths) -> None:
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    from tasks.publish import publish_decisions
+
+    bucket = s3_env.make_bucket()
+    decision = publish(settings(s3_env, bucket), project)["students"]["student_kd"]
+
+    @flow
+    def record(root: Path) -> dict:
+        return publish_decisions(root)
+
+    record(project.root)
+    [row] = json.loads(Artifact.get("publish-decisions").data)
+    assert row["name"] == "student-kd" and row["action"] == "published" and row["version"] == decision["version"]
+    assert row["candidate"] == decision["candidate"] and row["uri"] == f"s3://{bucket}/students/student-kd/{decision['version']}/"

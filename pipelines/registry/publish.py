@@ -76,7 +76,7 @@ def publish(
     last, then move `latest` and `aliases` to it."""
     store.check_bucket()
     decision = Decision(manifest.name, manifest.model, manifest.version, "published", gate.metric,
-                        manifest.metrics[gate.metric], uri=store.uri(layout.version_key(manifest.version, "")))
+                        manifest.metrics[gate.metric], uri=store.uri(layout.version_key(manifest.version, "")) + "/")
     current = current_alias(store, layout, LATEST)
     if current is not None:
         published = read_manifest(store, layout, current.version, current.manifest_sha256)
