@@ -73,7 +73,7 @@ def publish_student(params: Params, paths: Paths, store: Any, model: str, name: 
         paths.model(model), folder, name=name, model=model,
         metrics={key: value for key, value in results[model].items() if isinstance(value, (int, float))},
         test_split_sha256=dataset["splits"]["test"]["sha256"], source=source, export=settings.export,
-        card=lambda manifest: render_card(manifest, results, dataset, trained_with, store.uri(layout.version_key("", ""))),
+        card=lambda manifest: render_card(manifest, results, dataset, trained_with, store.bucket, settings.prefix),
     )
     return publish_bundle(
         store, layout, folder, manifest, settings.gate, settings.aliases,

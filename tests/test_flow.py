@@ -68,8 +68,14 @@ def test_written_overrides_change_only_their_own_lines_in_the_file_s_style(tmp_p
 
 
 @pytest.mark.slow
-def test_flow_runs_end_to_end_records_the_override_and_leaves_dvc_nothing_to_do(prefect_server, project: Path) -> None:
-    results = distillation(overrides={"student.train.epochs": 2}, project_dir=str(project))
+@pytest.mark.swift
+def test_flow_runs_end_to_end_records_the_override_and_leaves_dvc_nothing_to_do(
+        prefect_server, project: Path, swift_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in swift_server.env.items():  # the worker's credentials for the object store
+        monkeypatch.setenv(name, value)
+    bucket = swift_server.make_bucket()
+    publishing = {"publish.enabled": True, "publish.bucket": bucket, "storage.endpoint_url": swift_server.endpoint_url}
+    results = distillation(overrides={"student.train.epochs": 2, **publishing}, project_dir=str(project))
 
     assert set(results) == {"teacher", "student_baseline", "student_kd"}
     assert results == json.loads((project / "metrics" / "eval.json").read_text())
@@ -82,6 +88,11 @@ def test_flow_runs_end_to_end_records_the_override_and_leaves_dvc_nothing_to_do(
     assert comparison is not None and "student_baseline" in comparison.data
     override = Artifact.get("params-overrides")
     assert override is not None and "student.train.epochs" in override.data
+    [decision] = json.loads(Artifact.get("publish-decisions").data)  # the student went to the bucket, as its row says
+    assert decision["action"] == "published" and decision["uri"] == f"s3://{bucket}/students/student-kd/{decision['version']}/"
+    stored = swift_server.client().list_objects_v2(Bucket=bucket, Prefix=f"students/student-kd/{decision['version']}/")
+    assert {item["Key"].rsplit("/", 1)[1] for item in stored["Contents"]} == {
+        "model.pt", "model_config.json", "model.pt2", "card.md", "manifest.json"}
 
     status = run(["dvc", "repro"], project)
     assert "Running stage" not in status.stdout

@@ -15,7 +15,7 @@ OTHERS = ("teacher", "student_baseline")
 
 
 def render_card(manifest: Manifest, results: dict[str, dict], dataset: dict[str, Any], settings: dict[str, Any],
-                bucket_uri: str) -> str:
+                bucket: str, prefix: str) -> str:
     """Markdown: `results` is metrics/eval.json, `dataset` the dataset card, `settings` the student's params."""
     models = [manifest.model, *(other for other in OTHERS if other in results and other != manifest.model)]
     header = "| metric | " + " | ".join(models) + " |"
@@ -35,7 +35,9 @@ def render_card(manifest: Manifest, results: dict[str, dict], dataset: dict[str,
     return "\n".join([
         f"# {manifest.name} {manifest.version}",
         "",
-        f"Distilled student `{manifest.model}` of the distillation pipeline, published {manifest.created_at}.",
+        f"Student `{manifest.model}` of the distillation pipeline, "
+        + ("trained on labels alone" if manifest.model == "student_baseline" else "distilled from its teacher")
+        + f"; built for publishing {manifest.created_at}.",
         "",
         "## Data",
         f"- source: `{dataset.get('source', '?')}`; classes: {', '.join(map(str, dataset.get('class_names', [])))}",
@@ -56,8 +58,9 @@ def render_card(manifest: Manifest, results: dict[str, dict], dataset: dict[str,
         *(dvc or ["- (no dvc.lock entry)"]),
         "",
         "## Use",
-        f"`python -m pipelines.fetch {manifest.name} {manifest.version}` downloads it from `{bucket_uri}`, checks "
-        "every file against manifest.json (size and SHA-256) and loads it. Without the pipeline's code:",
+        f"`python -m pipelines.fetch {manifest.name} {manifest.version} --bucket {bucket} --prefix {prefix}` "
+        "downloads it, checks every file against manifest.json (size and SHA-256) and loads it. Without the "
+        "pipeline's code:",
         "```python",
         "import torch",
         load,
