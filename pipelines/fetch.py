@@ -3,6 +3,7 @@
     python -m pipelines.fetch student-kd                     # the version `latest` points to
     python -m pipelines.fetch student-kd production --bucket my-models --dest /srv/models
     python -m pipelines.fetch student-kd 3f2a9c0d1e4b5a69    # one version
+    python -m pipelines.fetch student-kd --list              # its versions and aliases
 
 Every file is checked against the version's manifest (size and SHA-256) before the folder
 <dest>/<name>/<version>/ appears; a missing, cut short or changed object is refused, naming it. Bucket,
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--endpoint-url", help="an S3-compatible server (default: storage.endpoint_url, AWS_ENDPOINT_URL)")
     parser.add_argument("--dest", type=Path, default=Path("fetched"), help="download folder (default: fetched)")
     parser.add_argument("--params", type=Path, help="params file for the defaults (default: params.yaml, if present)")
+    parser.add_argument("--list", action="store_true", help="list the published versions and aliases; download nothing")
     args = parser.parse_args(argv)
     storage, publish = StorageParams(), PublishParams()
     if args.params or PARAMS_FILE.exists():
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     if not bucket:
         parser.error("no bucket: give --bucket (or publish.bucket in params.yaml)")
     try:
+        if args.list:
+            print(listing(args.name, bucket, args.prefix or publish.prefix, storage))
+            return
         fetched = fetch(args.name, args.ref, bucket, args.prefix or publish.prefix, args.dest, storage)
     except DataError as error:
         print(error, file=sys.stderr)
@@ -52,6 +57,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{manifest.name} {manifest.version} ({args.ref}): {len(manifest.objects)} files verified in "
           f"{fetched.folder}; test {metrics}; loaded {type(fetched.model).__name__} "
           f"({sum(p.numel() for p in fetched.model.parameters()):,} parameters)")
+
+
+def listing(name: str, bucket: str, prefix: str, storage: StorageParams = StorageParams()) -> str:
+    """A published name's versions, oldest first, each with its aliases, test accuracy and date."""
+    from pipelines.registry.fetch import list_published
+    from pipelines.registry.manifest import Layout
+    from pipelines.storage import ObjectStore, make_client
+
+    store = ObjectStore(make_client(storage), bucket)
+    aliases, manifests = list_published(store, Layout(prefix.strip("/"), name))
+    if not manifests:
+        return f"nothing is published as {name!r} under {store.uri(prefix.strip('/'))}/"
+    lines = [f"{'version':<16}  {'accuracy':>8}  {'created (UTC)':<29}  aliases"]
+    for manifest in manifests:
+        names = ", ".join(alias for alias, version in sorted(aliases.items()) if version == manifest.version)
+        lines.append(f"{manifest.version}  {manifest.metrics.get('accuracy', float('nan')):>8.4f}  "
+                     f"{manifest.created_at:<29}  {names}")
+    return "\n".join(lines)
 
 
 def fetch(name: str, ref: str, bucket: str, prefix: str, dest: Path, storage: StorageParams = StorageParams()):

@@ -385,3 +385,22 @@ def test_the_flow_records_each_decision_as_a_prefect_artifact(prefect_server, s3
     [row] = json.loads(Artifact.get("publish-decisions").data)
     assert row["name"] == "student-kd" and row["action"] == "published" and row["version"] == decision["version"]
     assert row["candidate"] == decision["candidate"] and row["uri"] == f"s3://{bucket}/students/student-kd/{decision['version']}/"
+
+
+def test_list_shows_each_version_with_its_aliases(s3_env: S3Server, project: Paths) -> None:
+    from pipelines.fetch import listing
+
+    bucket = s3_env.make_bucket()
+    trained = project.model("student_kd").read_bytes()
+    make_worse(project)
+    worse = publish(settings(s3_env, bucket), project)["students"]["student_kd"]
+    publish(settings(s3_env, bucket), project, promote=["student-kd", "latest", "production"])
+    project.model("student_kd").write_bytes(trained)
+    evaluate(load_params(SHIPPED_PARAMS, OVERRIDES), project)
+    better = publish(settings(s3_env, bucket), project)["students"]["student_kd"]
+
+    header, first, second = listing("student-kd", bucket, "students").splitlines()
+    assert header.split() == ["version", "accuracy", "created", "(UTC)", "aliases"]
+    assert first.startswith(f"{worse['version']}  {worse['candidate']:>8.4f}") and first.endswith("  production")
+    assert second.startswith(f"{better['version']}  {better['candidate']:>8.4f}") and second.endswith("  latest, staging")
+    assert listing("student-kd", bucket, "other") == f"nothing is published as 'student-kd' under s3://{bucket}/other/"

@@ -52,7 +52,7 @@ def build_bundle(
     manifest = Manifest(
         name=name, version=content_version(folder / MODEL), model=model, objects=entries(folder, files),
         metrics=metrics, test_split_sha256=test_split_sha256, source=source,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     )
     (folder / CARD).write_text(card(manifest))
     manifest = replace(manifest, objects=entries(folder, [*files, CARD]))

@@ -46,6 +46,19 @@ def list_aliases(store: ObjectStore, layout: Layout) -> list[str]:
     return sorted(key[len(prefix):].removesuffix(".json") for key in store.list_keys(prefix))
 
 
+def list_published(store: ObjectStore, layout: Layout) -> tuple[dict[str, str], list[Manifest]]:
+    """The aliases of a published name (alias -> version) and its versions' manifests, oldest first."""
+    aliases = {}
+    for alias in list_aliases(store, layout):
+        data = store.get_bytes(layout.alias_key(alias))
+        if data is not None:
+            aliases[alias] = Alias.from_json(data, store.uri(layout.alias_key(alias))).version
+    root = layout.version_key("", "") + "/"
+    versions = sorted({key[len(root):].split("/")[0] for key in store.list_keys(root) if key.endswith("/" + MANIFEST)})
+    manifests = [read_manifest(store, layout, version) for version in versions if is_version(version)]
+    return aliases, sorted(manifests, key=lambda manifest: manifest.created_at)
+
+
 def read_manifest(store: ObjectStore, layout: Layout, version: str, expected_sha256: str | None = None) -> Manifest:
     """The manifest of a published version, checked against the SHA-256 an alias recorded."""
     key = layout.version_key(version, MANIFEST)
