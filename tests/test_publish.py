@@ -23,6 +23,7 @@ from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_model, save_checkpoint
 from pipelines.distill import distill
 from pipelines.evaluate import evaluate
+from pipelines.fetch import listing
 from pipelines.models import build_model
 from pipelines.publish import publish
 from pipelines.registry.fetch import fetch_student
@@ -170,6 +171,13 @@ def test_a_better_student_moves_latest_and_the_aliases_and_promote_moves_product
     assert points_at("production") == worse["version"]  # production moves only when promoted
     publish(settings(server, bucket), project, promote=["student-kd", "staging", "production"])
     assert points_at("production") == better["version"]
+
+    header, first, second = listing("student-kd", bucket, "students").splitlines()  # fetch --list
+    assert header.split() == ["version", "accuracy", "created", "(UTC)", "aliases"]
+    assert first.startswith(f"{worse['version']}  {worse['candidate']:>8.4f}") and first.endswith("  ")
+    assert second.startswith(f"{better['version']}  {better['candidate']:>8.4f}")
+    assert second.endswith("  latest, production, staging")
+    assert listing("student-kd", bucket, "other") == f"nothing is published as 'student-kd' under s3://{bucket}/other/"
 
 
 @pytest.mark.parametrize("damage", ["changed", "cut short", "missing"])
@@ -386,21 +394,3 @@ def test_the_flow_records_each_decision_as_a_prefect_artifact(prefect_server, s3
     assert row["name"] == "student-kd" and row["action"] == "published" and row["version"] == decision["version"]
     assert row["candidate"] == decision["candidate"] and row["uri"] == f"s3://{bucket}/students/student-kd/{decision['version']}/"
 
-
-def test_list_shows_each_version_with_its_aliases(s3_env: S3Server, project: Paths) -> None:
-    from pipelines.fetch import listing
-
-    bucket = s3_env.make_bucket()
-    trained = project.model("student_kd").read_bytes()
-    make_worse(project)
-    worse = publish(settings(s3_env, bucket), project)["students"]["student_kd"]
-    publish(settings(s3_env, bucket), project, promote=["student-kd", "latest", "production"])
-    project.model("student_kd").write_bytes(trained)
-    evaluate(load_params(SHIPPED_PARAMS, OVERRIDES), project)
-    better = publish(settings(s3_env, bucket), project)["students"]["student_kd"]
-
-    header, first, second = listing("student-kd", bucket, "students").splitlines()
-    assert header.split() == ["version", "accuracy", "created", "(UTC)", "aliases"]
-    assert first.startswith(f"{worse['version']}  {worse['candidate']:>8.4f}") and first.endswith("  production")
-    assert second.startswith(f"{better['version']}  {better['candidate']:>8.4f}") and second.endswith("  latest, staging")
-    assert listing("student-kd", bucket, "other") == f"nothing is published as 'student-kd' under s3://{bucket}/other/"
