@@ -36,10 +36,11 @@ def test_dvc_repro_runs_every_stage_then_finds_nothing_to_redo(project: Path) ->
 
 
 @pytest.mark.slow
-def test_changing_a_student_s_param_reruns_only_that_student_evaluate_and_report(project: Path) -> None:
+def test_changing_a_student_s_param_reruns_only_that_student_evaluate_report_and_publish(project: Path) -> None:
     run(["dvc", "repro"], project)
     experiment = run(["dvc", "exp", "run", "--set-param", "distill.student_kd.losses.0.temperature=2.0"], project)
-    assert ran_stages(experiment.stdout) == ["teacher_features@student_kd", "distill@student_kd", "evaluate", "report"]
+    assert ran_stages(experiment.stdout) == ["teacher_features@student_kd", "distill@student_kd", "evaluate", "report",
+                                             "publish"]  # (publishing is off: it only records that)
     assert "temperature: 2.0" in (project / "params.yaml").read_text()
 
 
@@ -79,7 +80,8 @@ def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report
                                "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
     })
     rerun = run(["dvc", "repro"], project)
-    assert ran_stages(rerun.stdout) == ["teacher_features@student_t2", "distill@student_t2", "evaluate", "report"]
+    assert ran_stages(rerun.stdout) == ["teacher_features@student_t2", "distill@student_t2", "evaluate", "report",
+                                        "publish"]
     assert (project / "models" / "student_t2.pt").exists()
     assert (project / "metrics" / "train" / "student_t2" / "metrics.json").exists()
     results = json.loads((project / "metrics" / "eval.json").read_text())

@@ -14,7 +14,7 @@ from tasks.environment import DEFAULTS
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
 
 STAGES = ["prepare", "augment", "train_teacher", "train_student", "teacher_logits", "teacher_features", "distill",
-          "evaluate", "report"]
+          "evaluate", "report", "publish", "fetch", "remote"]  # the last two are commands, not dvc.yaml stages
 
 
 def modules_loaded_by(code: str, env: dict[str, str] | None = None) -> set[str]:
