@@ -62,6 +62,9 @@ def main() -> None:
         sys.exit(EXIT_BAD_PARAMS)
     print(f"DVC remote {REMOTE!r} -> {storage.dvc_remote} (the default): commit .dvc/config; `dvc push` sends the "
           f"data and models there, `make pull` gets them back")
+    if storage.addressing_style == "virtual" and storage.endpoint_url:
+        print("note: DVC's S3 remote addresses a custom endpoint path-style; for virtual-hosted URLs add "
+              "`s3 =\n    addressing_style = virtual` to your AWS profile (~/.aws/config)")
 
 
 if __name__ == "__main__":

@@ -107,3 +107,27 @@ def test_dvc_pushes_to_and_pulls_from_an_s3_remote(s3_env: S3Server, tmp_path: P
     data.unlink()
     run(["dvc", "pull"], repo)
     assert data.read_bytes() == content
+
+
+def test_make_remote_commits_what_every_clone_needs_and_keeps_the_profile_and_credentials_out(tmp_path: Path) -> None:
+    from pipelines.config.storage import StorageParams
+    from pipelines.remote import configure_remote
+
+    run(["git", "init", "-q"], tmp_path)
+    run(["dvc", "init", "-q"], tmp_path)
+    settings = {"dvc_remote": "s3://models-bucket/distill", "endpoint_url": "http://127.0.0.1:9000",
+                "region": "eu-west-1", "profile": "team"}
+    configure_remote(StorageParams(**settings), tmp_path)
+    committed = (tmp_path / ".dvc" / "config").read_text()
+    for line in ("remote = storage", "url = s3://models-bucket/distill", "endpointurl = http://127.0.0.1:9000",
+                 "region = eu-west-1", "connect_timeout = 10", "read_timeout = 60"):
+        assert line in committed
+    assert "profile" not in committed and "secret" not in committed and "access_key" not in committed
+    assert "profile = team" in (tmp_path / ".dvc" / "config.local").read_text()
+    assert ".dvc/config.local" not in run(["git", "status", "--porcelain", "--untracked-files=all"], tmp_path).stdout
+
+    # Settings removed from params are removed from the remote.
+    configure_remote(StorageParams(dvc_remote="s3://models-bucket/distill"), tmp_path)
+    committed = (tmp_path / ".dvc" / "config").read_text()
+    assert "endpointurl" not in committed and "region" not in committed
+    assert "profile" not in (tmp_path / ".dvc" / "config.local").read_text()
