@@ -144,11 +144,9 @@ def copy_project(root: Path, names: tuple[str, ...]) -> None:
     shutil.copy2(SHIPPED_PARAMS, root / "params.yaml")
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh clone-like copy of the project (git repo with one commit, DVC initialised), tiny params."""
-    root = tmp_path / "project"
-    root.mkdir()
+def make_project(root: Path) -> Path:
+    """A fresh clone-like copy of the project in `root` (git repo with one commit, DVC initialised), tiny params."""
+    root.mkdir(parents=True)
     copy_project(root, PROJECT_FILES)
     from tasks.params import write_overrides
 
@@ -159,6 +157,29 @@ def project(tmp_path: Path) -> Path:
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "project copy"], root)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh clone-like copy of the project (git repo with one commit, DVC initialised), tiny params."""
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `dvc repro` of a fresh project copy, shared by the tests that start from a reproduced pipeline."""
+    root = make_project(tmp_path_factory.mktemp("reproduced") / "project")
+    run(["dvc", "repro"], root)
+    return root
+
+
+@pytest.fixture
+def reproduced_project(reproduced_template: Path, tmp_path: Path) -> Path:
+    """A project copy after `dvc repro` (every output, dvc.lock and the DVC cache), of this test's own: what
+    the `project` fixture gives after a full run, without running the pipeline again."""
+    root = tmp_path / "project"
+    shutil.copytree(reproduced_template, root, symlinks=True)
     return root
 
 

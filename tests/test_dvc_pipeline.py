@@ -36,8 +36,9 @@ def test_dvc_repro_runs_every_stage_then_finds_nothing_to_redo(project: Path) ->
 
 
 @pytest.mark.slow
-def test_changing_a_student_s_param_reruns_only_that_student_evaluate_report_and_publish(project: Path) -> None:
-    run(["dvc", "repro"], project)
+def test_changing_a_student_s_param_reruns_only_that_student_evaluate_report_and_publish(
+        reproduced_project: Path) -> None:
+    project = reproduced_project  # after one dvc repro
     experiment = run(["dvc", "exp", "run", "--set-param", "distill.student_kd.losses.0.temperature=2.0"], project)
     assert ran_stages(experiment.stdout) == ["teacher_features@student_kd", "distill@student_kd", "evaluate", "report",
                                              "publish"]  # (publishing is off: it only records that)
@@ -51,8 +52,8 @@ def changed_stages(project: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_code_changes_rerun_only_the_stages_that_run_that_code(project: Path) -> None:
-    run(["dvc", "repro"], project)
+def test_code_changes_rerun_only_the_stages_that_run_that_code(reproduced_project: Path) -> None:
+    project = reproduced_project  # after one dvc repro
     method = project / "pipelines" / "kd" / "kd.py"
     method.write_text(method.read_text() + "\n# an edit of the distillation method\n")
     # Not the teacher, not the baseline: the student, and the stage storing its teacher features (which asks
@@ -73,8 +74,8 @@ def test_code_changes_rerun_only_the_stages_that_run_that_code(project: Path) ->
 
 
 @pytest.mark.slow
-def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report(project: Path) -> None:
-    run(["dvc", "repro"], project)
+def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report(reproduced_project: Path) -> None:
+    project = reproduced_project  # after one dvc repro
     write_overrides(project / "params.yaml", {
         "distill.student_t2": {"losses": [{"method": "kd", "weight": 0.5, "temperature": 2.0}, {"method": "ce", "weight": 0.5}],
                                "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
@@ -93,8 +94,8 @@ def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report
 
 
 @pytest.mark.slow
-def test_a_stage_failing_on_bad_params_keeps_the_last_good_artifacts(project: Path) -> None:
-    run(["dvc", "repro"], project)
+def test_a_stage_failing_on_bad_params_keeps_the_last_good_artifacts(reproduced_project: Path) -> None:
+    project = reproduced_project  # after one dvc repro
     teacher = (project / "models" / "teacher.pt").read_bytes()
     good_params = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(good_params.replace("lr: 0.05", "lr: -0.05"))

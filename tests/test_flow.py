@@ -100,8 +100,9 @@ def test_flow_runs_end_to_end_records_the_override_and_leaves_dvc_nothing_to_do(
 
 
 @pytest.mark.slow
-def test_command_line_flow_after_dvc_repro_redoes_nothing_quietly_and_prints_the_report(project: Path) -> None:
-    run(["dvc", "repro"], project)
+def test_command_line_flow_after_dvc_repro_redoes_nothing_quietly_and_prints_the_report(
+        reproduced_project: Path) -> None:
+    project = reproduced_project  # after one dvc repro
     models = {path.name: path.stat().st_mtime_ns for path in (project / "models").glob("*.pt")}
 
     result = run(["python", "-m", "flows.distillation"], project)
