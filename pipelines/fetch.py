@@ -17,11 +17,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.config import PARAMS_FILE
 from pipelines.config.storage import PublishParams, StorageParams
 from pipelines.core.errors import DataError
 from pipelines.core.stage import EXIT_BAD_DATA, params_or_exit
+
+if TYPE_CHECKING:
+    from pipelines.registry.fetch import Fetched
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,8 +81,9 @@ def listing(name: str, bucket: str, prefix: str, storage: StorageParams = Storag
     return "\n".join(lines)
 
 
-def fetch(name: str, ref: str, bucket: str, prefix: str, dest: Path, storage: StorageParams = StorageParams()):
-    """Download, verify and load published `name` at `ref` (pipelines.registry.fetch.Fetched)."""
+def fetch(name: str, ref: str, bucket: str, prefix: str, dest: Path,
+          storage: StorageParams = StorageParams()) -> Fetched:
+    """Download, verify and load published `name` at `ref`."""
     from pipelines.registry.fetch import fetch_student
     from pipelines.registry.manifest import Layout
     from pipelines.storage import ObjectStore, make_client

@@ -16,11 +16,16 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Params, ParamsError
 from pipelines.core.paths import Paths
 from pipelines.core.stage import run_stage
+
+if TYPE_CHECKING:
+    from pipelines.registry.manifest import Layout
+    from pipelines.registry.publish import Decision
+    from pipelines.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ def publish(params: Params, paths: Paths = Paths(), promote: list[str] | None = 
     return record
 
 
-def publish_student(params: Params, paths: Paths, store: Any, model: str, name: str) -> Any:
+def publish_student(params: Params, paths: Paths, store: ObjectStore, model: str, name: str) -> Decision:
     """Build `model`'s bundle, then publish it under `name` if it passes the gate."""
     from pipelines.registry.bundle import build_bundle, describe_source
     from pipelines.registry.card import render_card
@@ -82,7 +87,7 @@ def publish_student(params: Params, paths: Paths, store: Any, model: str, name: 
     )
 
 
-def rescore(params: Params, paths: Paths, store: Any, layout: Any, version: str) -> float:
+def rescore(params: Params, paths: Paths, store: ObjectStore, layout: Layout, version: str) -> float:
     """The gate metric of a published version on this run's test split (the published figure was measured
     on another one)."""
     import torch
@@ -100,7 +105,7 @@ def rescore(params: Params, paths: Paths, store: Any, layout: Any, version: str)
     return float(metrics[params.publish.gate.metric])
 
 
-def store_of(params: Params) -> Any:
+def store_of(params: Params) -> ObjectStore:
     from pipelines.storage import ObjectStore, make_client
 
     if not params.publish.bucket:
