@@ -30,15 +30,20 @@ def resolve(store: ObjectStore, layout: Layout, ref: str) -> tuple[str, str | No
     recorded (None for a version named directly)."""
     if is_version(ref):
         return ref, None
-    key = layout.alias_key(ref)
-    data = store.get_bytes(key)
-    if data is None:
+    alias = read_alias(store, layout, ref)
+    if alias is None:
         aliases = list_aliases(store, layout)
         known = f"its aliases: {', '.join(aliases)}" if aliases else "nothing is published under that name"
-        raise RegistryError(f"{store.uri(key)}: no alias {ref!r} of {layout.name!r} ({known}); give an alias or a "
-                            f"{VERSION_DIGITS}-digit version")
-    alias = Alias.from_json(data, store.uri(key))
+        raise RegistryError(f"{store.uri(layout.alias_key(ref))}: no alias {ref!r} of {layout.name!r} ({known}); "
+                            f"give an alias or a {VERSION_DIGITS}-digit version")
     return alias.version, alias.manifest_sha256
+
+
+def read_alias(store: ObjectStore, layout: Layout, alias: str) -> Alias | None:
+    """What `alias` points at, or None if the name has no such alias."""
+    key = layout.alias_key(alias)
+    data = store.get_bytes(key)
+    return None if data is None else Alias.from_json(data, store.uri(key))
 
 
 def list_aliases(store: ObjectStore, layout: Layout) -> list[str]:
@@ -50,9 +55,8 @@ def list_published(store: ObjectStore, layout: Layout) -> tuple[dict[str, str], 
     """The aliases of a published name (alias -> version) and its versions' manifests, oldest first."""
     aliases = {}
     for alias in list_aliases(store, layout):
-        data = store.get_bytes(layout.alias_key(alias))
-        if data is not None:
-            aliases[alias] = Alias.from_json(data, store.uri(layout.alias_key(alias))).version
+        if (target := read_alias(store, layout, alias)) is not None:
+            aliases[alias] = target.version
     root = layout.version_key("", "") + "/"
     versions = sorted({key[len(root):].split("/")[0] for key in store.list_keys(root) if key.endswith("/" + MANIFEST)})
     manifests = [read_manifest(store, layout, version) for version in versions if is_version(version)]
@@ -61,11 +65,18 @@ def list_published(store: ObjectStore, layout: Layout) -> tuple[dict[str, str], 
 
 def read_manifest(store: ObjectStore, layout: Layout, version: str, expected_sha256: str | None = None) -> Manifest:
     """The manifest of a published version, checked against the SHA-256 an alias recorded."""
+    return read_manifest_and_digest(store, layout, version, expected_sha256)[0]
+
+
+def read_manifest_and_digest(store: ObjectStore, layout: Layout, version: str,
+                             expected_sha256: str | None = None) -> tuple[Manifest, str]:
+    """read_manifest, and the SHA-256 of the manifest's bytes (what an alias to the version records)."""
     key = layout.version_key(version, MANIFEST)
     data = store.get_bytes(key)
     if data is None:
         raise RegistryError(f"{store.uri(key)}: no such published version of {layout.name!r}")
-    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and digest != expected_sha256:
         raise RegistryError(f"{store.uri(key)}: changed after it was published (its SHA-256 differs from the one "
                             f"its alias recorded): refusing to use it; publish the student again")
     manifest = Manifest.from_json(data, store.uri(key))
@@ -73,7 +84,7 @@ def read_manifest(store: ObjectStore, layout: Layout, version: str, expected_sha
     if manifest.version != version or model is None or not model.sha256.startswith(version):
         raise RegistryError(f"{store.uri(key)}: does not describe version {version} (its {MODEL} has another "
                             f"digest): refusing to use it")
-    return manifest
+    return manifest, digest
 
 
 def download_version(store: ObjectStore, layout: Layout, ref: str, dest: Path) -> Fetched:
@@ -89,9 +100,10 @@ def download_version(store: ObjectStore, layout: Layout, ref: str, dest: Path) -
     try:
         for entry in manifest.objects:
             key = layout.version_key(version, entry.file)
-            if store.head(key) is None:
+            downloaded = store.download(key, staging / entry.file)
+            if downloaded is None:
                 raise RegistryError(f"{store.uri(key)}: missing: manifest.json lists it, the bucket does not have it")
-            size, sha256 = store.download(key, staging / entry.file)
+            size, sha256 = downloaded
             if size != entry.size:
                 raise RegistryError(f"{store.uri(key)}: {size} bytes, manifest.json says {entry.size}: cut short or "
                                     f"changed after publishing; refusing it")

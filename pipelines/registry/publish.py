@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipelines.config.storage import ALIAS_NAME, GateParams
-from pipelines.registry.fetch import read_manifest, resolve
+from pipelines.registry.fetch import read_alias, read_manifest, read_manifest_and_digest, resolve
 from pipelines.registry.manifest import LATEST, MANIFEST, Alias, Layout, Manifest, RegistryError
 from pipelines.storage import ObjectStore
 from pipelines.storage.objects import Progress
@@ -77,7 +77,7 @@ def publish(
     store.check_bucket()
     decision = Decision(manifest.name, manifest.model, manifest.version, "published", gate.metric,
                         manifest.metrics[gate.metric], uri=store.uri(layout.version_key(manifest.version, "")) + "/")
-    current = current_alias(store, layout, LATEST)
+    current = read_alias(store, layout, LATEST)
     if current is not None:
         published = read_manifest(store, layout, current.version, current.manifest_sha256)
         decision.published_version = published.version
@@ -111,12 +111,6 @@ def publish(
     return decision
 
 
-def current_alias(store: ObjectStore, layout: Layout, alias: str) -> Alias | None:
-    key = layout.alias_key(alias)
-    data = store.get_bytes(key)
-    return None if data is None else Alias.from_json(data, store.uri(key))
-
-
 def move_alias(store: ObjectStore, layout: Layout, alias: str, version: str, manifest_sha256: str) -> None:
     """Point `alias` at `version`: one PUT of a small object, so a reader sees the old target or the new one."""
     moved_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -129,7 +123,6 @@ def promote(store: ObjectStore, layout: Layout, ref: str, alias: str) -> str:
     if not ALIAS_NAME.fullmatch(alias):
         raise RegistryError(f"alias {alias!r}: use lowercase letters, digits, '_' and '-'")
     version, manifest_sha256 = resolve(store, layout, ref)
-    read_manifest(store, layout, version, manifest_sha256)  # the version exists, its manifest unchanged
-    data = store.get_bytes(layout.version_key(version, MANIFEST)) or b""
-    move_alias(store, layout, alias, version, manifest_sha256 or hashlib.sha256(data).hexdigest())
+    _, digest = read_manifest_and_digest(store, layout, version, manifest_sha256)  # exists, unchanged
+    move_alias(store, layout, alias, version, digest)
     return version

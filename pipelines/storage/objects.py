@@ -92,15 +92,24 @@ class ObjectStore:
                     return None
                 raise
 
-    def download(self, key: str, path: Path) -> tuple[int, str]:
-        """Stream the object into `path`; return its size and SHA-256 (the caller compares them)."""
+    def download(self, key: str, path: Path) -> tuple[int, str] | None:
+        """Stream the object into `path`; return its size and SHA-256 (the caller compares them), or None if
+        there is no such object."""
+        from botocore.exceptions import ClientError
+
         digest, size = hashlib.sha256(), 0
-        with s3_errors(self.client, self.uri(key)), open(path, "wb") as out:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            for chunk in iter(lambda: body.read(READ_CHUNK), b""):
-                digest.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
+        with s3_errors(self.client, self.uri(key)):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "NoSuchKey":
+                    return None
+                raise
+            with open(path, "wb") as out:
+                for chunk in iter(lambda: body.read(READ_CHUNK), b""):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
         return size, digest.hexdigest()
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
