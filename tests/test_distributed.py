@@ -19,7 +19,6 @@ import torch
 from pipelines.augment import augment
 from pipelines.config import Params, ParamsError, load_params
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.training import RegularizationParams
 from pipelines.core.launch import torchrun_arguments
 from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_checkpoint, load_model
@@ -38,12 +37,12 @@ WORKER = PROJECT_ROOT / "tests" / "ddp_worker.py"
 
 
 def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1, strategy: str = "ddp",
-                    model: str = "plain") -> dict:
-    """tests/ddp_worker.py's weights after training in `processes` processes."""
+                    model: str = "plain", regularization: str = "none") -> dict:
+    """tests/ddp_worker.py's weights (and metrics) after training in `processes` processes."""
     out = tmp_path / f"{name}.pt"
     launch = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-    run([*launch, str(WORKER), str(out), str(grad_accum_steps), strategy, model], tmp_path)
+    run([*launch, str(WORKER), str(out), str(grad_accum_steps), strategy, model, regularization], tmp_path)
     return torch.load(out, weights_only=True)
 
 
@@ -93,6 +92,27 @@ def test_a_two_stage_pipeline_trains_the_weights_of_one_process_accumulating_the
     assert max_difference(one, piped) <= 1e-5
 
 
+@pytest.mark.slow
+def test_fsdp_shards_train_the_ema_l1_and_early_stopping_of_one_process(tmp_path: Path) -> None:
+    # The EMA, the L1 gradient and early stopping's best weights work on each process's shards.
+    one = trained_weights(tmp_path, "one", processes=1, regularization="all")
+    sharded = trained_weights(tmp_path, "sharded", processes=2, strategy="fsdp", regularization="all")
+    stopped = [(run["metrics"]["epochs"], run["metrics"]["best_epoch"]) for run in (one, sharded)]
+    assert stopped == [(2, 1), (2, 1)]  # stopped after epoch 2, epoch 1's weights put back
+    assert max_difference(one, sharded) <= 1e-5
+
+
+@pytest.mark.slow
+def test_pipeline_stages_train_the_ema_l1_and_early_stopping_of_one_process(tmp_path: Path) -> None:
+    # ... and on each stage's layers.
+    one = trained_weights(tmp_path, "one", processes=1, grad_accum_steps=4, model="cnn", regularization="all")
+    piped = trained_weights(tmp_path, "piped", processes=2, strategy="pipeline", model="cnn", regularization="all")
+    stopped = [(run["metrics"]["epochs"], run["metrics"]["best_epoch"]) for run in (one, piped)]
+    assert stopped == [(3, 2), (3, 2)]  # epoch 3 was worse: epoch 2's weights put back
+    assert set(piped["state_dict"]) == set(one["state_dict"])
+    assert max_difference(one, piped) <= 1e-5
+
+
 @pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
 def test_lr_scaling_multiplies_every_group_s_learning_rate_by_the_processes_or_their_root(scaling: str, factor: float) -> None:
     weights, biases = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
@@ -102,15 +122,6 @@ def test_lr_scaling_multiplies_every_group_s_learning_rate_by_the_processes_or_t
 
 
 TWO_PROCESSES = Runtime(torch.device("cpu"), rank=0, world_size=2)  # what is refused is refused before any collective
-
-
-@pytest.mark.parametrize("strategy", ["fsdp", "pipeline"])
-@pytest.mark.parametrize("regularization", [{"ema_decay": 0.99}, {"l1": 1e-4},
-                                            {"early_stopping": {"metric": "val_loss", "patience": 2}}])
-def test_fsdp_and_the_pipeline_refuse_what_they_cannot_do_yet_by_name(regularization: dict, strategy: str) -> None:
-    settings = RegularizationParams(weight_decay=0.0, weight_decay_mode="coupled", **regularization)
-    with pytest.raises(ParamsError, match=f"strategy {strategy} does not support regularization.{next(iter(regularization))}"):
-        parallelize(torch.nn.Linear(2, 2), CrossEntropy(), TWO_PROCESSES, DistributedParams(strategy=strategy), settings)
 
 
 @pytest.mark.parametrize("model, settings, message", [
@@ -123,9 +134,8 @@ def test_the_pipeline_names_what_it_cannot_split_or_schedule(model, settings: di
                                              in_channels=1, image_size=(8, 8), num_classes=4, pixel_mean=(0.5,),
                                              pixel_std=(0.3,)))
     settings = {"strategy": "pipeline", **settings}
-    none = RegularizationParams(weight_decay=0.0, weight_decay_mode="coupled")
     with pytest.raises(ParamsError, match=re.escape(message)):
-        parallelize(model, CrossEntropy(), TWO_PROCESSES, DistributedParams(**settings), none)
+        parallelize(model, CrossEntropy(), TWO_PROCESSES, DistributedParams(**settings))
 
 
 def test_the_pipeline_splits_the_built_in_models_into_runs_of_balanced_size() -> None:

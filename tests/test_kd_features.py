@@ -280,3 +280,25 @@ def test_two_processes_distill_with_a_feature_based_method(distill_root, method:
     assert "device cpu x 2" in result.stderr + result.stdout
     assert torch.load(paths.heads("student_kd"), weights_only=True)  # what it learned, averaged by DDP with the student
     load_model(paths.model("student_kd"))
+
+
+@pytest.mark.slow
+def test_under_fsdp_the_live_teacher_is_sharded_and_the_student_learns_what_it_learns_under_ddp(distill_root) -> None:
+    paths, params_file = distill_root  # no teacher_features stage ran: the teacher runs live beside the student
+    command = [sys.executable, "-m", "pipelines.distill", "--student", "student_kd", "--params", str(params_file),
+               "--root", str(paths.root)]
+    learned, logs = {}, {}
+    for strategy in ("ddp", "fsdp"):
+        write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu", "distributed.nproc_per_node": 2,
+                                      "distributed.strategy": strategy,
+                                      "distill.student_kd.losses": [{"method": "fitnet"}, {"method": "ce"}]})
+        logs[strategy] = run(command, PROJECT_ROOT).stderr
+        learned[strategy] = {**load_checkpoint(paths.model("student_kd")).state_dict,
+                             **torch.load(paths.heads("student_kd"), weights_only=True)}
+
+    assert "the teacher runs live" in logs["ddp"] and "the teacher runs live" in logs["fsdp"]
+    assert "is sharded" not in logs["ddp"]  # under ddp each process holds the whole teacher
+    assert "the live ConvNet is sharded across 2 processes: this one holds" in logs["fsdp"]
+    assert learned["ddp"].keys() == learned["fsdp"].keys()
+    for key, value in learned["ddp"].items():
+        assert (value.float() - learned["fsdp"][key].float()).abs().max() <= 1e-5, key

@@ -20,7 +20,7 @@ from pipelines.config.training import EarlyStoppingParams, GradClipParams, Model
 from pipelines.data.images import ImageSet
 from pipelines.engine.early_stopping import EarlyStopping
 from pipelines.engine.objective import Batch, CrossEntropy
-from pipelines.engine.optim import build_optimizer, l1_penalty
+from pipelines.engine.optim import add_l1_gradient, build_optimizer
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.inference import validate
 from pipelines.engine.loop import fit
@@ -161,31 +161,37 @@ def test_coupled_decay_with_adam_enters_the_gradient_and_so_is_normalized_away()
 # --- L1 ---------------------------------------------------------------------------------------------
 
 
-def test_l1_penalty_is_the_sum_of_absolute_weights_excluding_biases_and_norms():
-    model = nn.Sequential(layer(), nn.BatchNorm1d(2).double())
-    with torch.no_grad():
-        model[1].weight.fill_(-7.0)
-        model[1].bias.fill_(9.0)
-    assert l1_penalty(model).item() == pytest.approx(1.0 + 2.0 + 0.5 + 3.0)
-
-
-def test_l1_adds_l1_times_sign_of_w_to_the_weight_gradients_and_nothing_to_the_biases():
+def test_l1_adds_l1_times_sign_of_w_to_the_weight_gradients_and_nothing_to_biases_or_norms():
     coefficient = 0.03
     x = torch.tensor([[1.0, -0.5], [0.25, 2.0], [-1.5, 0.75]], dtype=torch.float64)
 
-    def gradients(with_l1: bool):
-        linear = layer()
-        linear.zero_grad()
-        loss = linear(x).pow(2).mean()
-        objective = loss + coefficient * l1_penalty(linear) if with_l1 else loss
-        objective.backward()
-        return linear.weight.grad, linear.bias.grad
+    def gradients(with_l1: bool) -> list[torch.Tensor]:
+        model = nn.Sequential(layer(), nn.BatchNorm1d(2).double())
+        model.zero_grad()  # drop the hand-set gradients
+        model(x).pow(2).mean().backward()
+        if with_l1:
+            add_l1_gradient(model, coefficient)
+        return [parameter.grad for parameter in model.parameters()]
 
-    weight_grad, bias_grad = gradients(with_l1=False)
-    weight_grad_l1, bias_grad_l1 = gradients(with_l1=True)
+    weight, bias, norm_weight, norm_bias = gradients(with_l1=False)
+    weight_l1, *others_l1 = gradients(with_l1=True)
     signs = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
-    assert torch.allclose(weight_grad_l1, weight_grad + coefficient * signs, rtol=0, atol=1e-15)
-    assert torch.equal(bias_grad_l1, bias_grad)
+    assert torch.allclose(weight_l1, weight + coefficient * signs, rtol=0, atol=1e-15)
+    for plain, with_l1 in zip([bias, norm_weight, norm_bias], others_l1):
+        assert torch.equal(with_l1, plain)
+
+
+def test_the_l1_gradient_is_that_of_the_penalty_added_to_the_loss():
+    coefficient = 0.03
+    x = torch.tensor([[1.0, -0.5], [0.25, 2.0], [-1.5, 0.75]], dtype=torch.float64)
+    added, penalized = layer(), layer()
+    added.zero_grad()
+    penalized.zero_grad()
+    added(x).pow(2).mean().backward()
+    add_l1_gradient(added, coefficient)
+    (penalized(x).pow(2).mean() + coefficient * penalized.weight.abs().sum()).backward()
+    assert torch.equal(added.weight.grad, penalized.weight.grad)
+    assert torch.equal(added.bias.grad, penalized.bias.grad)
 
 
 # --- gradient clipping ------------------------------------------------------------------------------
@@ -301,12 +307,12 @@ def test_val_loss_improves_downwards():
 
 def test_early_stopping_keeps_a_copy_of_the_best_weights():
     model = nn.Linear(2, 2)
-    early = stopper("val_accuracy", patience=3)
-    early.update(0.7, model)
+    early = EarlyStopping(EarlyStoppingParams(metric="val_accuracy", patience=3), model)
+    early.update(0.7)
     best = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     with torch.no_grad():
         model.weight.add_(1.0)  # training goes on in place
-    early.update(0.6, model)  # worse: the best weights stay those of epoch 0
+    early.update(0.6)  # worse: the best weights stay those of epoch 0
     with torch.no_grad():
         model.weight.fill_(0.0)
     assert early.best_state.keys() == best.keys()
@@ -378,12 +384,11 @@ def test_fit_with_ema_returns_the_moving_average_of_the_weights():
     _, first, _ = trained(epochs=1)
     _, second, _ = trained(epochs=2)
 
-    assert type(kept) is type(model) and kept is not model
-    assert [name for name, _ in kept.named_parameters()] == [name for name, _ in model.named_parameters()]
-    assert_same_weights(model, second)  # the EMA does not change how the raw model trains
-    # The first update copies the weights; the second averages: 0.9 * w1 + 0.1 * w2.
+    assert kept is model  # holding the average, put into it at the end
+    # The first update copies the weights; the second averages: 0.9 * w1 + 0.1 * w2, where w1 and w2 are the
+    # weights of runs without EMA: averaging does not change how the weights train.
     for name, tensor in kept.state_dict().items():
         expected = decay_rate * first.state_dict()[name] + (1 - decay_rate) * second.state_dict()[name]
         assert torch.allclose(tensor, expected, rtol=0, atol=1e-6), name
-    assert not torch.equal(kept[1].weight, model[1].weight)
+    assert not torch.equal(kept[1].weight, second[1].weight)
     assert metrics["val_loss"] == pytest.approx(validate(kept, image_set(), CPU)["val_loss"], rel=1e-6)

@@ -1,6 +1,7 @@
-"""Resumable training (pipelines/engine/resume.py): a stage killed mid-epoch, or a torchrun worker killed
-and restarted, continues from its last saved training state and ends with the weights and the training log
-of a run that was never interrupted; saves of other params are not resumed; a damaged save is named."""
+"""Resumable training (pipelines/engine/resume.py): a stage killed mid-epoch, or a torchrun worker of an FSDP
+run killed and restarted, continues from its last saved training state (the EMA of the weights and early
+stopping's best ones included) and ends with the weights and the training log of a run that was never
+interrupted; saves of other params are not resumed; a damaged save is named."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ from pipelines.prepare import prepare
 from tasks.params import write_overrides
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, run
 
-# 20 optimizer steps per epoch on the tiny transfer set; a save every 7 steps falls mid-epoch.
+# 20 optimizer steps per epoch on the tiny transfer set; a save every 7 steps falls mid-epoch. Dropout: the
+# RNG state must come back too; the EMA's weights and early stopping's best ones (it never stops here, and
+# puts the best epoch's weights back at the end) are part of the state.
 RESUMABLE = {**TINY_OVERRIDES, "device": "cpu", "teacher.train.epochs": 30, "checkpoint.interval_steps": 7,
-             "teacher.model.dropout": 0.2}  # dropout: the RNG state must come back too
+             "teacher.model.dropout": 0.2, "teacher.regularization.ema_decay": 0.9,
+             "teacher.regularization.early_stopping": {"metric": "val_loss", "patience": 30}}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +111,9 @@ def test_a_stage_killed_mid_epoch_resumes_to_the_weights_and_log_of_an_uninterru
 def test_a_killed_torchrun_worker_is_restarted_and_resumes_to_the_weights_of_an_uninterrupted_run(
     prepared: Paths, tmp_path: Path
 ) -> None:
-    two_processes = {"distributed.nproc_per_node": 2, "distributed.max_restarts": 1, "distributed.timeout_s": 60}
+    # Sharded: each rank saves and loads its own shards. 4 epochs: the restart at step 28 is in the second.
+    two_processes = {"distributed.nproc_per_node": 2, "distributed.strategy": "fsdp", "distributed.max_restarts": 1,
+                     "distributed.timeout_s": 60, "teacher.train.epochs": 4}
     reference, command = project(prepared, tmp_path / "reference", **two_processes)
     run(command, PROJECT_ROOT)
 

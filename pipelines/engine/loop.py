@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 from dvclive import Live
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import TrainingParams
 from pipelines.core.atomic import atomic_path
 from pipelines.data.images import ImageSet
 from pipelines.engine.early_stopping import EarlyStopping
+from pipelines.engine.ema import WeightAverage
 from pipelines.engine.objective import Batch, Objective
-from pipelines.engine.optim import build_optimizer
+from pipelines.engine.optim import add_l1_gradient, build_optimizer
 from pipelines.engine.parallel import parallelize
 from pipelines.engine.resume import Progress, Resume, TrainedState
 from pipelines.engine.runtime import Runtime
@@ -53,8 +53,8 @@ def fit(
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train `model` to minimize `objective` on `train_set`, validating on `val_set` every epoch.
 
-    Returns the module to keep (the EMA of the weights when `ema_decay` is set, else `model`, restored to
-    its best epoch under early stopping) and its final metrics. Logs the learning rate every step, and the
+    Returns `model` holding the weights to keep (the EMA of the weights when `ema_decay` is set, restored to
+    its best epoch under early stopping) and their final metrics. Logs the learning rate every step, and the
     train loss (with the objective's terms), validation loss and accuracy every epoch, to dvclive in
     `log_dir` (written atomically). `distributed` says how several processes share the work and how many
     micro-batches (`grad_accum_steps`) make one optimizer step; the batch size is the global one either way.
@@ -65,7 +65,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     objective.setup(model, train_set)
     objective.to(device)
-    parallel = parallelize(model, objective, runtime, distributed, training.regularization)
+    parallel = parallelize(model, objective, runtime, distributed)
     regularization = training.regularization
     epochs = training.train.epochs
     batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
@@ -73,11 +73,9 @@ def fit(
     optimizer = build_optimizer(parallel.trained, training.optimizer, regularization)
     scale_learning_rate(optimizer, distributed.lr_scaling, runtime.world_size)  # before the schedule reads it
     schedule = build_schedule(optimizer, training.schedule, epochs, steps)
-    ema = None
-    if regularization.ema_decay is not None:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(regularization.ema_decay), use_buffers=True)
-    kept = ema.module if ema is not None else model  # the weights that are validated and saved
-    stopper = EarlyStopping(regularization.early_stopping) if regularization.early_stopping else None
+    # The EMA and early stopping read the weights this process holds (the model, its shards, its stage's layers).
+    ema = WeightAverage(parallel.held, regularization.ema_decay) if regularization.ema_decay is not None else None
+    stopper = EarlyStopping(regularization.early_stopping, parallel.held) if regularization.early_stopping else None
 
     batch_of = batch_source(train_set, runtime)
     # Every rank draws the same permutation, then takes its part of each global batch.
@@ -85,9 +83,11 @@ def fit(
     progress = Progress(order=order.get_state())
     sums: dict[str, torch.Tensor | float] = {}  # per loss term: sum over the epoch's images, then its count
     # What a resumable run saves and loads with DCP (pipelines/engine/resume.py): the trained modules with
-    # their optimizer and the EMA weights; besides them, the progress and each rank's RNG states and sums.
+    # their optimizer, the EMA weights and early stopping's best ones; besides them, the progress and each
+    # rank's RNG states and sums.
     state = {"trained": TrainedState(parallel.checkpointed, optimizer),
-             **({"ema": ema} if ema is not None else {})}
+             **({"ema": ema} if ema is not None else {}),
+             **({"best": stopper.best_state} if stopper is not None else {})}
     saved = resume.latest() if resume is not None else None
     if saved is not None:
         progress, sums = resume.load(saved, state)
@@ -97,7 +97,7 @@ def fit(
 
     def save() -> None:
         progress.schedule = schedule.scheduler.state_dict()
-        progress.early_stopping = {k: v for k, v in vars(stopper).items() if k != "params"} if stopper else {}
+        progress.early_stopping = stopper.counters() if stopper else {}
         resume.save(state, progress, sums, live_dir)
 
     with atomic_path(log_dir) if (log_dir and runtime.is_main) else nullcontext() as live_dir:
@@ -122,13 +122,15 @@ def fit(
                     for name, value in {"loss": loss, **terms}.items():
                         sums[name] = sums.get(name, 0.0) + value.detach() * count
                     sums["count"] = sums.get("count", 0.0) + count
+                if regularization.l1:
+                    add_l1_gradient(parallel.held, regularization.l1)
                 parallel.clip_gradients(regularization.grad_clip)
                 if live:
                     live.step = step
                     live.log_metric("lr", optimizer.param_groups[0]["lr"])
                 optimizer.step()
                 if ema is not None:
-                    ema.update_parameters(model)
+                    ema.update()
                 schedule.after_step()
                 step += 1
                 progress.batch, progress.step = progress.batch + 1, step
@@ -137,7 +139,9 @@ def fit(
 
             metrics = {f"train_{name}": value for name, value in parallel.epoch_means(sums).items()}
             sums = {}
-            metrics |= parallel.validate(kept, val_set)
+            with ema.applied() if ema is not None else nullcontext():  # the weights kept are validated
+                metrics |= parallel.validate(model, val_set)
+                stop = stopper is not None and stopper.update(metrics[stopper.params.metric])
             schedule.after_epoch(metrics)
             if live:
                 live.step = step - 1  # epoch metrics sit at the epoch's last optimizer step
@@ -147,7 +151,6 @@ def fit(
             if runtime.is_main:
                 summary = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
                 log.info("epoch %d/%d step %d %s", epoch + 1, epochs, step, summary)
-            stop = stopper is not None and stopper.update(metrics[stopper.params.metric], kept)
             progress = Progress(epoch=epoch + 1, step=step, order=order.get_state(), metrics=metrics, stopped=stop)
             if resume is not None:
                 save()
@@ -157,9 +160,11 @@ def fit(
                 break
 
         result = {"epochs": progress.epoch, "steps": step, **metrics}
-        if stopper is not None and stopper.best_state is not None:  # None: the metric was never a number
-            kept.load_state_dict(stopper.best_state)
-            result |= {"best_epoch": stopper.best_epoch + 1, **parallel.validate(kept, val_set)}
+        if ema is not None:
+            ema.copy_to_model()
+        if stopper is not None and stopper.best_epoch >= 0:  # -1: the metric was never a number
+            parallel.held.load_state_dict(stopper.best_state)
+            result |= {"best_epoch": stopper.best_epoch + 1, **parallel.validate(model, val_set)}
         parallel.gather()
         objective.teardown()
         if live:
@@ -170,7 +175,7 @@ def fit(
             if device.type == "cuda":
                 live.log_metric("peak_gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, plot=False)
             live.end()
-    return kept, result
+    return model, result
 
 
 def batch_source(train_set: ImageSet, runtime: Runtime) -> Callable[[torch.Tensor], Batch]:

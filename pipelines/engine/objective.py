@@ -44,6 +44,11 @@ class Objective(nn.Module):
         """The loss of `model` on `batch` (the model's own forward runs here) and its terms, each a scalar."""
         raise NotImplementedError
 
+    def inference_models(self) -> list[nn.Module]:
+        """Models the objective runs without training them (a live teacher), once `setup` has run: the
+        strategy places them as it places the model (pipelines/engine/parallel.py shards them under fsdp)."""
+        return []
+
     def teardown(self) -> None:
         """Detach what `setup` attached to the model (forward hooks): called by `fit` once training is over."""
 

@@ -64,10 +64,16 @@ def _decay_decoupled(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             torch._foreach_mul_([p for p in group["params"] if p.grad is not None], factor)
 
 
-def l1_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum of |w| over the weights (tensors with more than one dim: not biases or normalization parameters)."""
-    return sum(parameter.abs().sum() for parameter in model.parameters() if parameter.ndim > 1)
-
+@torch.no_grad()
+def add_l1_gradient(model: nn.Module, coefficient: float) -> None:
+    """`regularization.l1`: add the gradient of coefficient * sum |w| over the weights (tensors with more than
+    one dim: not biases or normalization parameters), coefficient * sign(w), to their gradients, after
+    backward: what adding the penalty to the loss gives, without reading whole weights, so each process adds
+    it to the part it holds (an FSDP shard, a pipeline stage's layers). Weights without a gradient (another
+    stage's layers) are left alone."""
+    for parameter in model.parameters():
+        if parameter.ndim > 1 and parameter.grad is not None:
+            parameter.grad.add_(parameter.sign(), alpha=coefficient)
 
 
 def clip_gradients(parameters: Iterable[nn.Parameter], clip: GradClipParams | None) -> None:

@@ -11,11 +11,16 @@ picks it:
     pipeline  the model's layers split across the processes, every batch flowing through them in
               micro-batches (pipelines/engine/pipeline.py)
 
-The checkpoint is always the plain model's full state dict, which one process loads.
+The checkpoint is always the plain model's full state dict, which one process loads. What reads the weights
+besides the optimizer (the EMA, early stopping's best epoch, the L1 penalty's gradient) works on `held`, the
+part of the model this process holds: the whole model, its shards, or its stage's layers. A live teacher
+(pipelines/kd/teacher.py) runs under the student's strategy: sharded per block under fsdp, whole on every
+process under ddp.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -28,13 +33,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.training import GradClipParams, RegularizationParams
+from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
+from pipelines.engine.ema import local
 from pipelines.engine.inference import validate
 from pipelines.engine.objective import Batch, Objective
-from pipelines.engine.optim import clip_gradients, l1_penalty
+from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import steps_per_epoch
+
+log = logging.getLogger(__name__)
 
 BatchOf = Callable[[torch.Tensor], Batch]  # a batch of the training set's rows, on the device
 StepTerms = tuple[int, torch.Tensor, dict[str, torch.Tensor]]  # images, loss and loss terms of one micro-batch
@@ -68,15 +76,15 @@ class DataParallel:
     each global batch; a step's gradient is that of the mean loss over the global batch."""
 
     def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams,
-                 regularization: RegularizationParams, wrapped: nn.Module | None = None) -> None:
+                 wrapped: nn.Module | None = None) -> None:
         self.model, self.objective, self.runtime, self.params = model, objective, runtime, params
-        self.l1 = regularization.l1
         self.wrapped = wrapped  # DDP or FSDP's Trainee; None in one process
         # What this process trains (the optimizer's parameters, each once: an objective may keep a reference to
         # the model, and so list its parameters too) and saves to resume (pipelines/engine/resume.py).
         both = [*model.parameters(), *objective.parameters()]
         self.trained = list({id(parameter): parameter for parameter in both}.values())
         self.checkpointed: nn.Module = nn.ModuleDict({"model": model, "objective": objective})
+        self.held: nn.Module = model  # the model's weights as this process holds them (under FSDP, its shards)
 
     def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
         """Optimizer steps per epoch of `train_set` in global batches of `batch_size`."""
@@ -94,9 +102,8 @@ class DataParallel:
             with self.wrapped.no_sync() if self.wrapped is not None and not last else nullcontext():
                 with self.runtime.autocast():
                     loss, terms = self.wrapped(batch) if self.wrapped is not None else self.objective(self.model, batch)
-                total = loss + self.l1 * l1_penalty(self.model) if self.l1 else loss
                 # The step's gradient is that of the mean over all its rows.
-                (total * (len(micro) / len(rows)) if micro_steps > 1 else total).backward()
+                (loss * (len(micro) / len(rows)) if micro_steps > 1 else loss).backward()
             yield len(micro), loss, terms
 
     def clip_gradients(self, clip: GradClipParams | None) -> None:
@@ -112,9 +119,15 @@ class DataParallel:
         return dict(zip(sums, (totals[:-1] / totals[-1]).tolist()))
 
     def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
-        """Validation loss and accuracy on the whole split: every rank holds the same weights, so each
-        validates on its own with no gather."""
-        return validate(model, val_set, self.runtime.device)
+        """Validation loss and accuracy on the whole split: every rank holds the same weights (FSDP gathers
+        them block by block), so each validates on its own; the main rank's figures are sent to the others,
+        so that every rank takes the same early-stopping decision whatever its kernels rounded."""
+        metrics = [validate(model, val_set, self.runtime.device)]
+        if isinstance(model, FSDPModule):
+            model.reshard()  # FSDP keeps the root's weights gathered after a forward; the EMA may be swapped out next
+        if self.runtime.distributed:
+            dist.broadcast_object_list(metrics, src=0)
+        return metrics[0]
 
     def gather(self) -> None:
         """Make the main process's model whole for saving (FSDP gathers in `full_state_dict` instead)."""
@@ -125,7 +138,6 @@ def parallelize(
     objective: Objective,
     runtime: Runtime,
     params: DistributedParams,
-    regularization: RegularizationParams,
 ) -> DataParallel:
     """How `model` trains under `objective` on this runtime's processes (see the module's doc). `model` stays
     the module the caller holds."""
@@ -134,25 +146,23 @@ def parallelize(
         if compiled:
             model.compile()
     if not runtime.distributed:
-        return DataParallel(model, objective, runtime, params, regularization)
+        return DataParallel(model, objective, runtime, params)
     if params.sync_batchnorm and runtime.device.type != "cuda":
         raise ParamsError(
             f"distributed.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only, and these processes run on "
             f"{runtime.device.type}; set it to false (each process then normalizes over its share of the batch)"
         )
-    if params.strategy != "ddp":
-        refuse_whole_weight_regularization(params.strategy, regularization)
     if params.strategy == "pipeline":
         from pipelines.engine.pipeline import PipelineParallel
 
-        return PipelineParallel(model, objective, runtime, params, regularization)
+        return PipelineParallel(model, objective, runtime, params)
     if params.sync_batchnorm:
         for name, child in list(model.named_children()):  # in place, so `model` stays the module the caller holds
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
     if params.strategy == "ddp":
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         wrapped = DistributedDataParallel(Trainee(model, objective), device_ids=device_ids)
-        return DataParallel(model, objective, runtime, params, regularization, wrapped)
+        return DataParallel(model, objective, runtime, params, wrapped)
     for block in blocks(model):
         if compiled:
             block.compile()
@@ -160,17 +170,23 @@ def parallelize(
     fully_shard(model)
     if any(True for _ in objective.parameters()):
         fully_shard(objective)
-    return DataParallel(model, objective, runtime, params, regularization, Trainee(model, objective))
+    for frozen in objective.inference_models():  # a live teacher: each process holds its shards only
+        shard_for_inference(frozen, runtime)
+    return DataParallel(model, objective, runtime, params, Trainee(model, objective))
 
 
-def refuse_whole_weight_regularization(strategy: str, regularization: RegularizationParams) -> None:
-    """FSDP and the pipeline hold parts of the weights on each process: what reads them whole is refused."""
-    unsupported = [key for key, on in (("ema_decay", regularization.ema_decay is not None),
-                                       ("early_stopping", regularization.early_stopping is not None),
-                                       ("l1", regularization.l1 > 0)) if on]
-    if unsupported:
-        raise ParamsError(f"distributed.strategy {strategy} does not support regularization.{', '.join(unsupported)} "
-                          f"yet (they read whole weights): use strategy ddp, or turn them off")
+def shard_for_inference(model: nn.Module, runtime: Runtime) -> None:
+    """FSDP2 over a model that only runs forwards (a live teacher): its blocks and then the rest sharded,
+    each gathered for its forward and freed after it (the root too, which training keeps gathered)."""
+    name = type(model).__name__  # before fully_shard renames the class (FSDP<name>)
+    for block in blocks(model):
+        fully_shard(block)
+    fully_shard(model, reshard_after_forward=True)
+    if runtime.is_main:
+        held = sum(local(parameter).numel() for parameter in model.parameters())
+        total = sum(parameter.numel() for parameter in model.parameters())
+        log.info("the live %s is sharded across %d processes: this one holds %d of its %d parameters",
+                 name, runtime.world_size, held, total)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

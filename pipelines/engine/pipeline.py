@@ -13,7 +13,8 @@ the end the main rank gathers every rank's layers, so it saves the whole model.
 
 A pipeline's tensors keep one shape from step to step, hence its limits: `train.batch_size` must be a multiple
 of `microbatches`, and an epoch's last, incomplete batch is left out. The objective must read only the
-model's logits (not its inner layers), and what reads whole weights (EMA, early stopping, L1) is refused.
+model's logits (not its inner layers). The EMA, early stopping's best weights and the L1 penalty's gradient
+work on each rank's own layers (`held`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.training import GradClipParams, RegularizationParams
+from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.inference import val_metrics
 from pipelines.engine.objective import Objective
@@ -42,9 +43,8 @@ SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 class PipelineParallel(DataParallel):
     """This rank's run of the model's layers as one stage of the pipeline (see the module's doc)."""
 
-    def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams,
-                 regularization: RegularizationParams) -> None:
-        super().__init__(model, objective, runtime, params, regularization)
+    def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams) -> None:
+        super().__init__(model, objective, runtime, params)
         if params.grad_accum_steps > 1:
             raise ParamsError("distributed.grad_accum_steps: under strategy pipeline every batch is already split "
                               "into distributed.microbatches; set grad_accum_steps to 1")
@@ -59,8 +59,8 @@ class PipelineParallel(DataParallel):
         self.stage_layers = nn.Sequential(*self.parts[self.rank])
         is_last = self.rank == self.last_rank
         self.trained = [*self.stage_layers.parameters(), *(objective.parameters() if is_last else ())]
-        self.checkpointed = nn.ModuleDict({f"stage{self.rank}": self.stage_layers,
-                                           **({"objective": objective} if is_last else {})})
+        self.held = nn.ModuleDict({f"stage{self.rank}": self.stage_layers})  # names unique across the ranks
+        self.checkpointed = nn.ModuleDict({**self.held, **({"objective": objective} if is_last else {})})
         self.schedule = None  # built by steps_per_epoch, once the batch size fixes the shapes between stages
         self.batch_size = 0  # the global batch: validation flows in batches of it too
         self._batch_of: BatchOf | None = None

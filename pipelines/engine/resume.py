@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultSavePlanner
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -118,8 +119,13 @@ class Resume:
         partial = final.with_name(final.name + PARTIAL)
         partial.mkdir(parents=True, exist_ok=True)
         torch.save(_rank_state(self.runtime, sums), partial / f"rank-{self.runtime.rank}.pt")
+        # Every rank, then DCP's own barrier. What every rank holds a copy of is written from the main rank's:
+        # copies can differ (batch norm's running statistics, which each rank updates from its share of the
+        # batch; DDP sends the main rank's to the others before each forward), and the main rank's are those
+        # the final checkpoint keeps.
         with _one_process_is_meant():
-            dcp.save({**state, "progress": progress}, checkpoint_id=partial, no_dist=not self.runtime.distributed)  # every rank, then DCP's own barrier
+            dcp.save({**state, "progress": progress}, checkpoint_id=partial, no_dist=not self.runtime.distributed,
+                     planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True))
         if self.runtime.is_main:
             if live_dir is not None and live_dir.exists():
                 shutil.copytree(live_dir, partial / "live")

@@ -49,6 +49,10 @@ class Term(nn.Module):
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
+    def inference_models(self) -> list[nn.Module]:
+        """The models the term runs without training them (the live teacher), after `setup`."""
+        return []
+
     def teardown(self) -> None:
         """Remove what `setup` attached to the model (its forward hooks)."""
 
@@ -89,6 +93,10 @@ class Distillation(Objective):
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         for term in self.terms:
             term.setup(model, train_set)
+
+    def inference_models(self) -> list[nn.Module]:
+        models = {id(model): model for term in self.terms for model in term.inference_models()}
+        return list(models.values())  # the teacher once, however many terms read it
 
     def teardown(self) -> None:
         for term in self.terms:

@@ -105,6 +105,9 @@ class FeatureTerm(Term):
         teachers = self.teacher.features(batch, students[0].device)
         return [(student, teachers[(teacher, self.of_inputs)]) for student, (_, teacher) in zip(students, self.pairs)]
 
+    def inference_models(self) -> list[nn.Module]:
+        return [self.teacher.model] if self.teacher.live else []
+
     def teardown(self) -> None:
         if self.captured is not None:
             self.captured.remove()
