@@ -1,9 +1,11 @@
 """A training run for the parity tests, the same in one process or under torchrun:
 
-    python tests/ddp_worker.py OUT.pt [grad_accum_steps [strategy [model [regularization]]]]
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt 1 fsdp
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt 1 pipeline-1f1b cnn
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt 1 fsdp plain all
+    python tests/ddp_worker.py OUT.pt [--accum K] [--strategy S] [--model M] [--regularization R] [--resume DIR]
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt --strategy fsdp
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt \
+        --strategy pipeline-1f1b --model cnn
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt --strategy fsdp \
+        --regularization all
 
 `fit` trains on 512 seeded random 8x8 images, global batch 16: 32 steps. The `plain` model has no batch norm
 (so that each process's share of a batch trains exactly as the whole batch would; torch's SyncBatchNorm needs
@@ -12,9 +14,15 @@ which sees the same micro-batches as one process accumulating gradients over 4. 
 up to 3 epochs with what reads the weights besides the optimizer: an EMA, an L1 penalty and early stopping on
 the EMA's validation loss with patience 1 (the plain model stops after epoch 2 and keeps epoch 1's weights, the
 cnn keeps epoch 2's of 3: either way, weights saved at an earlier epoch are put back).
+With `--resume DIR` the training state is saved into DIR every 7 steps and resumed from it; with
+`--kill-after-step N` too, every process SIGKILLs itself once the save of step N is complete.
 The main rank saves the trained weights (gathered from the shards or the stages) and the metrics to OUT.pt.
 """
 
+import argparse
+import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.config.checkpoint import CheckpointParams  # noqa: E402
 from pipelines.config.distributed import DistributedParams  # noqa: E402
 from pipelines.config.optim import SGDParams  # noqa: E402
 from pipelines.config.schedules import ConstantSchedule  # noqa: E402
@@ -33,6 +42,7 @@ from pipelines.data.images import ImageSet  # noqa: E402
 from pipelines.engine.loop import fit  # noqa: E402
 from pipelines.engine.objective import CrossEntropy  # noqa: E402
 from pipelines.engine.parallel import full_state_dict  # noqa: E402
+from pipelines.engine.resume import Resume  # noqa: E402
 from pipelines.core.stage import leave_now  # noqa: E402
 from pipelines.engine.runtime import init_runtime, shutdown  # noqa: E402
 from pipelines.models import ModelConfig, build_model  # noqa: E402
@@ -46,38 +56,64 @@ REGULARIZATION = {
 }
 
 
-def main(out: Path, grad_accum_steps: int, strategy: str, model_name: str, regularization: str) -> None:
+class KilledAfter(Resume):
+    """Resume's saves, then a SIGKILL of this process once the save of `step` is complete."""
+
+    def __init__(self, *args, step: int) -> None:
+        super().__init__(*args)
+        self.kill_step = step
+
+    def save(self, state, progress, sums, live_dir) -> None:
+        super().save(state, progress, sums, live_dir)
+        if progress.step == self.kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(arguments: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
     runtime = init_runtime("cpu", timeout_s=60)
     data = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (IMAGES, 1, 8, 8), generator=data, dtype=torch.uint8)
     labels = torch.randint(0, 4, (IMAGES,), generator=data)
     train = ImageSet(images, labels, ["a", "b", "c", "d"])
     torch.manual_seed(0)
-    if model_name == "plain":
+    if arguments.model == "plain":
         model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
     else:
         model = build_model(ModelConfig(arch="cnn", width=4, depth=2, blocks_per_stage=1, dropout=0.0, in_channels=1,
                                         image_size=(8, 8), num_classes=4, pixel_mean=(0.5,), pixel_std=(0.3,)))
     training = TrainingParams(
         model=ModelParams(width=1, depth=1, dropout=0.0),  # not used: the model is built above
-        train=TrainParams(epochs=1 if regularization == "none" else 3, batch_size=BATCH),
+        train=TrainParams(epochs=1 if arguments.regularization == "none" else 3, batch_size=BATCH),
         optimizer=SGDParams(name="sgd", lr=0.05, momentum=0.9),
         schedule=ConstantSchedule(name="constant"),
         regularization=RegularizationParams(weight_decay=1e-4, weight_decay_mode="coupled",
-                                            **REGULARIZATION[regularization]),
+                                            **REGULARIZATION[arguments.regularization]),
     )
+    resume = None
+    if arguments.resume is not None:
+        saving = (arguments.resume, CheckpointParams(interval_steps=7), runtime, "ddp_worker")
+        resume = KilledAfter(*saving, step=arguments.kill_after_step) if arguments.kill_after_step else Resume(*saving)
+    strategy, _, schedule = arguments.strategy.partition("-")
     kept, metrics = fit(model, train, train, CrossEntropy(), training, runtime, seed=0,
-                        distributed=DistributedParams(grad_accum_steps=grad_accum_steps, strategy=strategy.partition("-")[0],
-                                                              pipeline_schedule=strategy.partition("-")[2] or "gpipe",
-                                                              microbatches=4))
+                        distributed=DistributedParams(grad_accum_steps=arguments.accum, strategy=strategy,
+                                                      pipeline_schedule=schedule or "gpipe", microbatches=4),
+                        resume=resume)
     state = full_state_dict(kept)
     if runtime.is_main:
-        torch.save({"state_dict": state, "steps": metrics["steps"], "metrics": metrics}, out)
+        torch.save({"state_dict": state, "steps": metrics["steps"], "metrics": metrics}, arguments.out)
     shutdown(runtime)
     if runtime.distributed:
         leave_now()  # as the stages' workers do (pipelines/core/stage.py)
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:] + ["1", "ddp", "plain", "none"][len(sys.argv) - 2 :]
-    main(Path(arguments[0]), int(arguments[1]), arguments[2], arguments[3], arguments[4])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--accum", type=int, default=1, help="distributed.grad_accum_steps")
+    parser.add_argument("--strategy", default="ddp", help="ddp, fsdp, pipeline or pipeline-1f1b")
+    parser.add_argument("--model", choices=["plain", "cnn"], default="plain")
+    parser.add_argument("--regularization", choices=list(REGULARIZATION), default="none")
+    parser.add_argument("--resume", type=Path, help="a folder for the training state, saved every 7 steps")
+    parser.add_argument("--kill-after-step", type=int, help="SIGKILL every process once this step's save is done")
+    main(parser.parse_args())

@@ -1,6 +1,7 @@
-"""Training on several processes under torchrun (gloo on the CPU): DDP and FSDP2 parity with one process,
-gradient accumulation, the launcher the stages share (from the command line, `dvc repro` and the flow), several
-nodes on loopback, and a worker that dies."""
+"""Training on several processes under torchrun (gloo on the CPU): DDP, FSDP2 and pipeline parity with one
+process (with the EMA, L1 and early stopping too), gradient accumulation, a run resumed on another number of
+processes, the launcher the stages share (from the command line, `dvc repro` and the flow), several nodes on
+loopback, and a worker that dies."""
 
 from __future__ import annotations
 
@@ -36,14 +37,19 @@ from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, read_im
 WORKER = PROJECT_ROOT / "tests" / "ddp_worker.py"
 
 
+def worker(tmp_path: Path, name: str, processes: int, *options: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run tests/ddp_worker.py in `processes` processes, its output in tmp_path/<name>.pt."""
+    launch = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    return run([*launch, str(WORKER), str(tmp_path / f"{name}.pt"), *options], tmp_path, check=check)
+
+
 def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1, strategy: str = "ddp",
                     model: str = "plain", regularization: str = "none") -> dict:
     """tests/ddp_worker.py's weights (and metrics) after training in `processes` processes."""
-    out = tmp_path / f"{name}.pt"
-    launch = [sys.executable] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-    run([*launch, str(WORKER), str(out), str(grad_accum_steps), strategy, model, regularization], tmp_path)
-    return torch.load(out, weights_only=True)
+    worker(tmp_path, name, processes, "--accum", str(grad_accum_steps), "--strategy", strategy, "--model", model,
+           "--regularization", regularization)
+    return torch.load(tmp_path / f"{name}.pt", weights_only=True)
 
 
 def max_difference(one: dict, other: dict) -> float:
@@ -111,6 +117,30 @@ def test_pipeline_stages_train_the_ema_l1_and_early_stopping_of_one_process(tmp_
     assert stopped == [(3, 2), (3, 2)]  # epoch 3 was worse: epoch 2's weights put back
     assert set(piped["state_dict"]) == set(one["state_dict"])
     assert max_difference(one, piped) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("killed", "resumed"), [((2, "fsdp"), (1, "ddp")), ((1, "ddp"), (2, "fsdp"))],
+                         ids=["2-fsdp-then-1", "1-then-2-fsdp"])
+def test_a_run_killed_mid_epoch_resumes_on_another_number_of_processes_to_the_weights_of_an_uninterrupted_run(
+    tmp_path: Path, killed: tuple[int, str], resumed: tuple[int, str]
+) -> None:
+    uninterrupted = trained_weights(tmp_path, "uninterrupted", processes=1)
+    saves = tmp_path / "saves"
+    died = worker(tmp_path, "killed", killed[0], "--strategy", killed[1], "--resume", str(saves),
+                  "--kill-after-step", "14", check=False)
+    assert died.returncode != 0 and not (tmp_path / "killed.pt").exists()
+    assert sorted(path.name for path in saves.iterdir()) == ["step-00000007", "step-00000014"]
+
+    result = worker(tmp_path, "resumed", resumed[0], "--strategy", resumed[1], "--resume", str(saves))
+
+    assert f"resuming from {saves / 'step-00000014'} (step 14, epoch 1)" in result.stderr
+    assert re.search(rf"the save was made by {killed[0]} process(es)?, this run has {resumed[0]}", result.stderr)
+    finished = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert finished["steps"] == 32
+    assert max_difference(finished, uninterrupted) <= 1e-5
+    # The epoch's loss: its first 14 steps' sums came from the save, whatever process made them.
+    assert finished["metrics"]["train_loss"] == pytest.approx(uninterrupted["metrics"]["train_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])

@@ -1,7 +1,8 @@
 """Resumable training (pipelines/engine/resume.py): a stage killed mid-epoch, or a torchrun worker of an FSDP
 run killed and restarted, continues from its last saved training state (the EMA of the weights and early
 stopping's best ones included) and ends with the weights and the training log of a run that was never
-interrupted; saves of other params are not resumed; a damaged save is named."""
+interrupted; a stage that lost a worker resumes on fewer processes; saves of other params are not resumed; a
+damaged save is named."""
 
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ def kill_after_save(command: list[str], paths: Paths, step: int, victim=lambda s
     return stage
 
 
+def rank_1(stage: subprocess.Popen) -> int:
+    """The worker of local rank 1 of a stage running under torchrun."""
+    workers = subprocess.run(["pgrep", "-P", str(stage.pid)], capture_output=True, text=True).stdout.split()
+    return max(int(pid) for pid in workers)  # the last started
+
+
 def weights(paths: Paths) -> dict[str, torch.Tensor]:
     return load_checkpoint(paths.model("teacher")).state_dict
 
@@ -79,7 +86,7 @@ def max_difference(one: dict, other: dict) -> float:
 def logged(paths: Paths, metric: str) -> list[tuple[str, str]]:
     """(step, value) rows of one dvclive metric of the teacher's training log, without the timestamps."""
     rows = (paths.training_log("teacher") / "plots" / "metrics" / f"{metric}.tsv").read_text().splitlines()
-    return [tuple(row.split("\t")[1:]) for row in rows[1:]]
+    return [tuple(row.split("\t")[-2:]) for row in rows[1:]]  # (the lr log has no timestamps)
 
 
 @pytest.mark.slow
@@ -119,16 +126,30 @@ def test_a_killed_torchrun_worker_is_restarted_and_resumes_to_the_weights_of_an_
 
     restarted, command = project(prepared, tmp_path / "restarted", **two_processes)
 
-    def rank_1(stage: subprocess.Popen) -> int:
-        workers = subprocess.run(["pgrep", "-P", str(stage.pid)], capture_output=True, text=True).stdout.split()
-        return max(int(pid) for pid in workers)  # the last started: local rank 1
-
     stage = kill_after_save(command, restarted, step=28, victim=rank_1)
     stage.wait(timeout=300)
 
     assert stage.returncode == 0, "torchrun restarted the workers, which finished the run"
     assert max_difference(weights(restarted), weights(reference)) <= 1e-6
     assert logged(restarted, "lr") == logged(reference, "lr")
+
+
+@pytest.mark.slow
+def test_a_stage_that_lost_a_worker_resumes_on_fewer_processes(prepared: Paths, tmp_path: Path) -> None:
+    # Two FSDP processes, one of them killed in epoch 2 of 2 (no restarts: the stage fails); rerun on one.
+    paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2, "distributed.strategy": "fsdp",
+                                                             "distributed.nproc_per_node": 2})
+    kill_after_save(command, paths, step=28, victim=rank_1).wait(timeout=120)
+    assert not paths.model("teacher").exists()
+
+    write_overrides(paths.root / "params.yaml", {"distributed.nproc_per_node": 1})
+    result = run(command, PROJECT_ROOT)
+
+    assert "resuming from" in result.stderr and "the save was made by 2 processes, this run has 1" in result.stderr
+    checkpoint = load_checkpoint(paths.model("teacher"))
+    assert (checkpoint.metrics["epochs"], checkpoint.metrics["steps"]) == (2, 40)
+    assert [int(step) for step, _ in logged(paths, "lr")] == list(range(40))  # the log continued, each step once
+    assert saves(paths) == []
 
 
 def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path: Path) -> None:

@@ -8,10 +8,14 @@ A save is a folder `<checkpoint.folder>/<model>/step-<N>/` holding
                     order's generator, the schedule, early stopping)
     rank-<R>.pt     what differs from rank to rank: its RNG states (dropout) and its share of the epoch's sums
     live/           the dvclive log as it stood at that step, so that the resumed run appends to it
-    state.json      the fingerprint of what was trained (params, processes, input files) and the step
+    state.json      the fingerprint of what was trained (params, input files), the step, the processes
 Every rank writes into `step-<N>.partial/`, which the main rank renames once all have finished: a folder
 without the suffix is complete, and the next run sweeps partial ones. A run whose fingerprint differs (the
 params or the data changed) starts over and removes the saves. The stage removes them once it succeeds.
+
+A save may be resumed by another number of processes (pipelines/engine/training.py's fingerprint says when):
+DCP reads each tensor's saved pieces into however the loading ranks hold it, the epoch's loss sums go to the
+main rank, and each rank takes the RNG states of the saved rank of its number (rank 0's where there is none).
 """
 
 from __future__ import annotations
@@ -129,7 +133,8 @@ class Resume:
         if self.runtime.is_main:
             if live_dir is not None and live_dir.exists():
                 shutil.copytree(live_dir, partial / "live")
-            (partial / "state.json").write_text(json.dumps({"fingerprint": self.fingerprint, "step": progress.step}))
+            (partial / "state.json").write_text(json.dumps({"fingerprint": self.fingerprint, "step": progress.step,
+                                                            "world_size": self.runtime.world_size}))
             if final.exists():  # saved at this step before (an epoch end right after an interval)
                 shutil.rmtree(final)
             partial.rename(final)
@@ -143,21 +148,31 @@ class Resume:
         back; return the progress and this rank's share of the epoch's sums."""
         loaded = {**state, "progress": Progress()}
         try:
+            saved_world = json.loads((saved / "state.json").read_text())["world_size"]
             with _one_process_is_meant():
                 dcp.load(loaded, checkpoint_id=saved, no_dist=not self.runtime.distributed)
-            rank = torch.load(saved / f"rank-{self.runtime.rank}.pt", map_location="cpu", weights_only=True)
+            ranks = [torch.load(saved / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
+                     for rank in range(saved_world)]
         except (Exception, CheckpointException) as error:  # DCP's wraps a failure on any rank (a BaseException)
             raise CheckpointError(
                 f"{saved}: a saved training state that cannot be read ({str(error).splitlines()[0]}). Remove that "
                 f"folder to resume from the save before it, or set checkpoint.resume: never to start over"
             ) from None
-        torch.set_rng_state(rank["cpu_rng"])
-        if rank["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(rank["cuda_rng"], self.runtime.device)
+        own = ranks[self.runtime.rank] if self.runtime.rank < saved_world else ranks[0]
+        torch.set_rng_state(own["cpu_rng"])
+        if own["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(own["cuda_rng"], self.runtime.device)
+        sums = own["sums"]
         progress = loaded["progress"]
         log.info("resuming from %s (step %d, epoch %d)", saved, progress.step, progress.epoch + 1)
+        if saved_world != self.runtime.world_size:
+            log.info("the save was made by %s, this run has %d: the weights and optimizer state are resharded",
+                     f"{saved_world} process{'es' if saved_world > 1 else ''}", self.runtime.world_size)
+            # The epoch's sums so far, all on the main rank (they are all-reduced at the epoch's end).
+            total = {key: sum(rank["sums"][key] for rank in ranks) for key in sums}
+            sums = total if self.runtime.is_main else {key: value * 0 for key, value in total.items()}
         return progress, {key: value.to(self.runtime.device) if isinstance(value, torch.Tensor) else value
-                          for key, value in rank["sums"].items()}
+                          for key, value in sums.items()}
 
     def restore_log(self, saved: Path, live_dir: Path) -> None:
         """Put the dvclive log of `saved` where the resumed run logs, so it continues the same files."""

@@ -20,6 +20,7 @@ from pipelines.engine.objective import Objective
 from pipelines.engine.parallel import full_state_dict
 from pipelines.engine.resume import Resume, fingerprint, input_identity
 from pipelines.engine.runtime import Runtime, init_runtime, shutdown
+from pipelines.engine.schedules import steps_per_epoch
 from pipelines.models import ModelConfig, build_model, count_parameters
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def train_and_save(
     resume = None
     if params.checkpoint.resume == "auto":
         folder = paths.resume_states(params.checkpoint.folder, name)
-        resume = Resume(folder, params.checkpoint, runtime, run_fingerprint(name, training, params, paths, runtime))
+        resume = Resume(folder, params.checkpoint, runtime,
+                        run_fingerprint(name, training, params, paths, runtime, len(transfer)))
     kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
                         distributed, resume)
     state = full_state_dict(kept)  # under FSDP a collective: every rank takes part, the main one writes
@@ -73,15 +75,29 @@ def train_and_save(
     return metrics
 
 
-def run_fingerprint(name: str, training: TrainingParams, params: Params, paths: Paths, runtime: Runtime) -> str:
+def run_fingerprint(
+    name: str, training: TrainingParams, params: Params, paths: Paths, runtime: Runtime, examples: int
+) -> str:
     """What a saved training state must share with this run to be resumed: the model's training params (and a
-    distilled student's loss), the seed, the processes and how they split the work, the device, the inputs."""
+    distilled student's loss), the seed, how the processes split each batch, the device, the inputs.
+
+    The number of processes may change between none, ddp and fsdp (a node lost, or more GPUs): DCP reshards
+    the weights and optimizer state, and each step's global batch stays the same as long as the epoch's
+    steps do. A pipeline's saves hold its stages' layers, so it resumes only as the same pipeline; with
+    `lr_scaling` the learning rate depends on the number of processes."""
     distributed = params.distributed_for(training)
+    split = distributed.model_dump(include={"grad_accum_steps", "sync_batchnorm", "lr_scaling"})
+    if runtime.distributed and distributed.strategy == "pipeline":
+        split |= {"pipeline": distributed.model_dump(include={"microbatches", "pipeline_schedule"}),
+                  "world_size": runtime.world_size}
+    else:
+        batch_size = examples if training.train.batch_size == "full" else training.train.batch_size
+        split["epoch_steps"] = steps_per_epoch(examples, batch_size, runtime.world_size)
+    if distributed.lr_scaling != "none":
+        split["world_size"] = runtime.world_size
     return fingerprint(
         training=training.model_dump(), loss=params.distill[name].model_dump() if name in params.distill else None,
-        seed=params.seed, world_size=runtime.world_size, device=runtime.device.type,
-        distributed=distributed.model_dump(include={"strategy", "grad_accum_steps", "sync_batchnorm", "lr_scaling",
-                                                    "microbatches", "pipeline_schedule"}),
+        seed=params.seed, device=runtime.device.type, split=split,
         inputs=input_identity(paths.transfer, paths.split("val"), paths.card, paths.teacher_logits,
                               paths.model("teacher"), paths.teacher_features(name) / "manifest.json"),
     )
