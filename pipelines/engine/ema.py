@@ -61,8 +61,7 @@ class WeightAverage:
             yield
         finally:
             with torch.no_grad():
-                for tensor, saved in zip(self.tensors, own):
-                    local(tensor).copy_(saved)
+                self._copy(own, self.tensors)
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
