@@ -151,25 +151,26 @@ class Resume:
             saved_world = json.loads((saved / "state.json").read_text())["world_size"]
             with _one_process_is_meant():
                 dcp.load(loaded, checkpoint_id=saved, no_dist=not self.runtime.distributed)
-            ranks = [torch.load(saved / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
-                     for rank in range(saved_world)]
+            resharded = saved_world != self.runtime.world_size  # then every saved rank's sums are needed
+            ranks = {rank: torch.load(saved / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
+                     for rank in (range(saved_world) if resharded else [self.runtime.rank])}
         except (Exception, CheckpointException) as error:  # DCP's wraps a failure on any rank (a BaseException)
             raise CheckpointError(
                 f"{saved}: a saved training state that cannot be read ({str(error).splitlines()[0]}). Remove that "
                 f"folder to resume from the save before it, or set checkpoint.resume: never to start over"
             ) from None
-        own = ranks[self.runtime.rank] if self.runtime.rank < saved_world else ranks[0]
+        own = ranks[self.runtime.rank] if self.runtime.rank in ranks else ranks[0]  # a rank the save lacks: rank 0
         torch.set_rng_state(own["cpu_rng"])
         if own["cuda_rng"] is not None:
             torch.cuda.set_rng_state(own["cuda_rng"], self.runtime.device)
         sums = own["sums"]
         progress = loaded["progress"]
         log.info("resuming from %s (step %d, epoch %d)", saved, progress.step, progress.epoch + 1)
-        if saved_world != self.runtime.world_size:
+        if resharded:
             log.info("the save was made by %s, this run has %d: the weights and optimizer state are resharded",
                      f"{saved_world} process{'es' if saved_world > 1 else ''}", self.runtime.world_size)
             # The epoch's sums so far, all on the main rank (they are all-reduced at the epoch's end).
-            total = {key: sum(rank["sums"][key] for rank in ranks) for key in sums}
+            total = {key: sum(rank["sums"][key] for rank in ranks.values()) for key in sums}
             sums = total if self.runtime.is_main else {key: value * 0 for key, value in total.items()}
         return progress, {key: value.to(self.runtime.device) if isinstance(value, torch.Tensor) else value
                           for key, value in sums.items()}
