@@ -36,19 +36,20 @@ class WeightAverage:
         self.averages = [tensor.clone() for tensor in self.tensors]
         self.updates = torch.zeros((), dtype=torch.long)  # averaged so far (AveragedModel's n_averaged)
         self.average = get_ema_multi_avg_fn(decay)
+        # Grouped by dtype, once: torch's rule lerps floating tensors and rounds integer ones (batch counts).
+        self.groups: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for average, tensor in zip(self.averages, self.tensors):
+            pair = self.groups.setdefault(average.dtype, ([], []))
+            pair[0].append(local(average))
+            pair[1].append(local(tensor))
 
     @torch.no_grad()
     def update(self) -> None:
         """Take the weights as they are after this optimizer step into the average."""
         if self.updates == 0:
             self._copy(self.tensors, self.averages)
-        else:  # grouped by dtype: torch's rule lerps floating tensors and rounds integer ones (batch counts)
-            groups: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-            for average, tensor in zip(self.averages, self.tensors):
-                pair = groups.setdefault(average.dtype, ([], []))
-                pair[0].append(local(average))
-                pair[1].append(local(tensor))
-            for averages, tensors in groups.values():
+        else:
+            for averages, tensors in self.groups.values():
                 self.average(averages, tensors, self.updates)
         self.updates += 1
 
