@@ -119,20 +119,28 @@ def test_pipeline_stages_train_the_ema_l1_and_early_stopping_of_one_process(tmp_
     assert max_difference(one, piped) <= 1e-5
 
 
+PLAIN, CNN = ("--model", "plain"), ("--model", "cnn")  # the cnn's baseline accumulates a pipeline's micro-batches
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("killed", "resumed"), [((2, "fsdp"), (1, "ddp")), ((1, "ddp"), (2, "fsdp"))],
-                         ids=["2-fsdp-then-1", "1-then-2-fsdp"])
+@pytest.mark.parametrize(("killed", "resumed", "model"), [
+    ((2, "--strategy", "fsdp"), (1,), PLAIN),
+    ((1,), (2, "--strategy", "fsdp"), PLAIN),
+    ((3, "--strategy", "pipeline-1f1b"), (2, "--strategy", "pipeline"), CNN),  # the layers split anew
+    ((1, "--accum", "4"), (2, "--strategy", "pipeline"), CNN),
+], ids=["2-fsdp-then-1", "1-then-2-fsdp", "3-stage-pipeline-then-2", "1-then-2-stage-pipeline"])
 def test_a_run_killed_mid_epoch_resumes_on_another_number_of_processes_to_the_weights_of_an_uninterrupted_run(
-    tmp_path: Path, killed: tuple[int, str], resumed: tuple[int, str]
+    tmp_path: Path, killed: tuple, resumed: tuple, model: tuple[str, str]
 ) -> None:
-    uninterrupted = trained_weights(tmp_path, "uninterrupted", processes=1)
+    uninterrupted = trained_weights(tmp_path, "uninterrupted", processes=1, model=model[1],
+                                    grad_accum_steps=4 if model == CNN else 1)
     saves = tmp_path / "saves"
-    died = worker(tmp_path, "killed", killed[0], "--strategy", killed[1], "--resume", str(saves),
+    died = worker(tmp_path, "killed", killed[0], *killed[1:], *model, "--resume", str(saves),
                   "--kill-after-step", "14", check=False)
     assert died.returncode != 0 and not (tmp_path / "killed.pt").exists()
     assert sorted(path.name for path in saves.iterdir()) == ["step-00000007", "step-00000014"]
 
-    result = worker(tmp_path, "resumed", resumed[0], "--strategy", resumed[1], "--resume", str(saves))
+    result = worker(tmp_path, "resumed", resumed[0], *resumed[1:], *model, "--resume", str(saves))
 
     assert f"resuming from {saves / 'step-00000014'} (step 14, epoch 1)" in result.stderr
     assert re.search(rf"the save was made by {killed[0]} process(es)?, this run has {resumed[0]}", result.stderr)

@@ -1,8 +1,8 @@
 """Resumable training (pipelines/engine/resume.py): a stage killed mid-epoch, or a torchrun worker of an FSDP
 run killed and restarted, continues from its last saved training state (the EMA of the weights and early
 stopping's best ones included) and ends with the weights and the training log of a run that was never
-interrupted; a stage that lost a worker resumes on fewer processes; saves of other params are not resumed; a
-damaged save is named."""
+interrupted; a stage that lost a worker resumes on fewer processes, and a pipeline's save on another split of
+its layers or another strategy; saves of other params are not resumed; a damaged save is named."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pipelines.augment import augment
 from pipelines.config import ParamsError, load_params
 from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_checkpoint
+from pipelines.engine.runtime import Runtime
+from pipelines.engine.training import run_fingerprint
 from pipelines.prepare import prepare
 from tasks.params import write_overrides
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, run
@@ -150,6 +152,28 @@ def test_a_stage_that_lost_a_worker_resumes_on_fewer_processes(prepared: Paths, 
     assert (checkpoint.metrics["epochs"], checkpoint.metrics["steps"]) == (2, 40)
     assert [int(step) for step, _ in logged(paths, "lr")] == list(range(40))  # the log continued, each step once
     assert saves(paths) == []
+
+
+@pytest.mark.parametrize(("processes", "changes", "examples", "resumes"), [
+    (3, {"strategy": "pipeline", "pipeline_schedule": "1f1b"}, 320, True),  # the layers split anew
+    (2, {"strategy": "fsdp", "grad_accum_steps": 4}, 320, True),  # each step in the same 4 micro-batches
+    (1, {"grad_accum_steps": 4}, 320, True),
+    (2, {"strategy": "pipeline", "microbatches": 2}, 320, False),  # other micro-batches
+    (1, {"grad_accum_steps": 4}, 328, False),  # one more step per epoch (a pipeline leaves it out)
+    (3, {"strategy": "pipeline", "lr_scaling": "linear"}, 320, False),  # another learning rate
+])
+def test_a_pipeline_s_save_resumes_wherever_each_step_is_split_into_the_same_micro_batches(
+    prepared: Paths, processes: int, changes: dict, examples: int, resumes: bool
+) -> None:
+    def fingerprint(processes: int, examples: int, **distributed) -> str:
+        overrides = {**TINY_OVERRIDES, "teacher.train.batch_size": 16,
+                     **{f"distributed.{key}": value for key, value in distributed.items()}}
+        params = load_params(SHIPPED_PARAMS, overrides)
+        return run_fingerprint("teacher", params.teacher, params, prepared,
+                               Runtime(torch.device("cpu"), rank=0, world_size=processes), examples)
+
+    saved = fingerprint(2, 320, strategy="pipeline", microbatches=4, lr_scaling=changes.get("lr_scaling", "none"))
+    assert (fingerprint(processes, examples, **{"microbatches": 4, **changes}) == saved) is resumes
 
 
 def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ def fit(
              **({"best": stopper.best_state} if stopper is not None else {})}
     saved = resume.latest() if resume is not None else None
     if saved is not None:
-        progress, sums = resume.load(saved, state)
+        progress, sums = resume.load(saved, state, parallel.loss_rank)
         schedule.scheduler.load_state_dict(progress.schedule)
         if stopper is not None:
             vars(stopper).update(progress.early_stopping)

@@ -14,14 +14,15 @@ the end the main rank gathers every rank's layers, so it saves the whole model.
 A pipeline's tensors keep one shape from step to step, hence its limits: `train.batch_size` must be a multiple
 of `microbatches`, and an epoch's last, incomplete batch is left out. The objective must read only the
 model's logits (not its inner layers). The EMA, early stopping's best weights and the L1 penalty's gradient
-work on each rank's own layers (`held`).
+work on each rank's own layers (`held`), kept under the whole model's names: a resumable run's save is read
+by a pipeline of another number of stages, or by another strategy (pipelines/engine/resume.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from itertools import accumulate
+from itertools import accumulate, chain
 
 import torch
 import torch.distributed as dist
@@ -56,11 +57,13 @@ class PipelineParallel(DataParallel):
                               f"({runtime.world_size} processes), got {params.microbatches}")
         self.parts = split_layers(model, runtime.world_size)
         self.rank, self.last_rank = runtime.rank, runtime.world_size - 1
+        self.loss_rank = self.last_rank  # the only one that sees the losses
         self.stage_layers = nn.Sequential(*self.parts[self.rank])
         is_last = self.rank == self.last_rank
         self.trained = [*self.stage_layers.parameters(), *(objective.parameters() if is_last else ())]
-        self.held = nn.ModuleDict({f"stage{self.rank}": self.stage_layers})  # names unique across the ranks
-        self.checkpointed = nn.ModuleDict({**self.held, **({"objective": objective} if is_last else {})})
+        # Under the whole model's names, so that a save is resumed by a pipeline of another number of stages.
+        self.held = held_by_stage(model, self.parts[self.rank])
+        self.checkpointed = nn.ModuleDict({"model": self.held, **({"objective": objective} if is_last else {})})
         self.schedule = None  # built by steps_per_epoch, once the batch size fixes the shapes between stages
         self.batch_size = 0  # the global batch: validation flows in batches of it too
         self._batch_of: BatchOf | None = None
@@ -167,13 +170,32 @@ class PipelineParallel(DataParallel):
 
     def gather(self) -> None:
         """Every rank sends the weights of its layers to the main rank, which loads them into its whole model."""
-        mine = {id(tensor) for tensor in self.stage_layers.state_dict(keep_vars=True).values()}
-        owned = {name: tensor.detach().cpu() for name, tensor in self.model.state_dict(keep_vars=True).items()
-                 if id(tensor) in mine}
+        owned = {name: tensor.detach().cpu() for name, tensor in self.held.state_dict().items()}
         parts: list[dict[str, torch.Tensor]] | None = [{} for _ in range(self.last_rank + 1)] if self.rank == 0 else None
         dist.gather_object(owned, parts, dst=0)
         if parts is not None:
             self.model.load_state_dict({name: tensor for part in parts for name, tensor in part.items()})
+
+
+def held_by_stage(model: nn.Module, layers: list[nn.Module]) -> nn.Module:
+    """A module holding the parameters and buffers of `layers` (a stage's run of `model`'s layer sequence)
+    under the names they have in `model`: its state dict is the part of the model's that the stage trains."""
+    owned = {id(tensor) for layer in layers for tensor in chain(layer.parameters(), layer.buffers())}
+    view = nn.Module()
+    for path, module in model.named_modules():
+        for name, tensor in chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False)):
+            if id(tensor) not in owned:
+                continue
+            parent = view
+            for part in path.split(".") if path else ():
+                if not hasattr(parent, part):
+                    parent.add_module(part, nn.Module())
+                parent = getattr(parent, part)
+            if isinstance(tensor, nn.Parameter):
+                parent.register_parameter(name, tensor)
+            else:
+                parent.register_buffer(name, tensor, persistent=name not in module._non_persistent_buffers_set)
+    return view
 
 
 def split_layers(model: nn.Module, stages: int) -> list[list[nn.Module]]:

@@ -14,8 +14,9 @@ without the suffix is complete, and the next run sweeps partial ones. A run whos
 params or the data changed) starts over and removes the saves. The stage removes them once it succeeds.
 
 A save may be resumed by another number of processes (pipelines/engine/training.py's fingerprint says when):
-DCP reads each tensor's saved pieces into however the loading ranks hold it, the epoch's loss sums go to the
-main rank, and each rank takes the RNG states of the saved rank of its number (rank 0's where there is none).
+every rank saves what it holds under the whole model's names, DCP reads each tensor's saved pieces into however
+the loading ranks hold it (other FSDP shards, another pipeline split), the epoch's loss sums go to the rank that
+sums the losses, and each rank takes the RNG states of the saved rank of its number (rank 0's where there is none).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultSavePlanner
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
 from pipelines.config.checkpoint import CheckpointParams
@@ -65,18 +66,21 @@ class Progress:
 
 class TrainedState:
     """The trained modules and their optimizer as DCP's `Stateful`: get_state_dict / set_state_dict give
-    each rank its own shards (FSDP) or layers (a pipeline stage) under names unique across the ranks."""
+    each rank its own shards (FSDP) or layers (a pipeline stage) under the whole model's names, the
+    optimizer's state flattened to one entry per parameter, so that another split of the model finds its own."""
+
+    OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
     def __init__(self, trained: nn.Module, optimizer: Optimizer) -> None:
         self.trained, self.optimizer = trained, optimizer
 
     def state_dict(self) -> dict[str, Any]:
-        model, optimizer = get_state_dict(self.trained, self.optimizer)
+        model, optimizer = get_state_dict(self.trained, self.optimizer, options=self.OPTIONS)
         return {"model": model, "optimizer": optimizer}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_state_dict(self.trained, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"])
+                       optim_state_dict=state["optimizer"], options=self.OPTIONS)
 
 
 def fingerprint(**what: Any) -> str:
@@ -143,9 +147,10 @@ class Resume:
         if self.runtime.distributed:
             dist.barrier()
 
-    def load(self, saved: Path, state: dict[str, Any]) -> tuple[Progress, dict[str, Any]]:
+    def load(self, saved: Path, state: dict[str, Any], loss_rank: int = 0) -> tuple[Progress, dict[str, Any]]:
         """Load the save `saved` into the loop's objects in `state` (in place) and set this rank's RNG states
-        back; return the progress and this rank's share of the epoch's sums."""
+        back; return the progress and this rank's share of the epoch's sums (all of them on `loss_rank`, the
+        rank that sums the losses, when the save was made by another number of processes)."""
         loaded = {**state, "progress": Progress()}
         try:
             saved_world = json.loads((saved / "state.json").read_text())["world_size"]
@@ -169,9 +174,11 @@ class Resume:
         if resharded:
             log.info("the save was made by %s, this run has %d: the weights and optimizer state are resharded",
                      f"{saved_world} process{'es' if saved_world > 1 else ''}", self.runtime.world_size)
-            # The epoch's sums so far, all on the main rank (they are all-reduced at the epoch's end).
-            total = {key: sum(rank["sums"][key] for rank in ranks.values()) for key in sums}
-            sums = total if self.runtime.is_main else {key: value * 0 for key, value in total.items()}
+            # The epoch's sums so far, all on one rank (they are all-reduced at the epoch's end). A pipeline's
+            # first stages have none: the keys are those of any rank.
+            keys = {key: None for rank in ranks.values() for key in rank["sums"]}
+            total = {key: sum(rank["sums"].get(key, 0.0) for rank in ranks.values()) for key in keys}
+            sums = total if self.runtime.rank == loss_rank else {key: value * 0 for key, value in total.items()}
         return progress, {key: value.to(self.runtime.device) if isinstance(value, torch.Tensor) else value
                           for key, value in sums.items()}
 

@@ -81,18 +81,20 @@ def run_fingerprint(
     """What a saved training state must share with this run to be resumed: the model's training params (and a
     distilled student's loss), the seed, how the processes split each batch, the device, the inputs.
 
-    The number of processes may change between none, ddp and fsdp (a node lost, or more GPUs): DCP reshards
-    the weights and optimizer state, and each step's global batch stays the same as long as the epoch's
-    steps do. A pipeline's saves hold its stages' layers, so it resumes only as the same pipeline; with
-    `lr_scaling` the learning rate depends on the number of processes."""
+    The number of processes and the strategy may change (a node lost, more GPUs, a pipeline's model that now
+    fits on one device): each process saves what it holds under the whole model's names and DCP reshards it,
+    so a save resumes wherever each step's global batch is still split into the same micro-batches (a
+    pipeline's `microbatches`, otherwise `grad_accum_steps`) over the same steps per epoch (a pipeline leaves
+    an epoch's last, incomplete batch out). With `lr_scaling` the learning rate depends on the number of
+    processes, which must then stay the same."""
     distributed = params.distributed_for(training)
-    split = distributed.model_dump(include={"grad_accum_steps", "sync_batchnorm", "lr_scaling"})
+    batch_size = examples if training.train.batch_size == "full" else training.train.batch_size
+    split = distributed.model_dump(include={"sync_batchnorm", "lr_scaling"})
     if runtime.distributed and distributed.strategy == "pipeline":
-        split |= {"pipeline": distributed.model_dump(include={"microbatches", "pipeline_schedule"}),
-                  "world_size": runtime.world_size}
+        split |= {"micro_batches": distributed.microbatches, "epoch_steps": examples // batch_size}
     else:
-        batch_size = examples if training.train.batch_size == "full" else training.train.batch_size
-        split["epoch_steps"] = steps_per_epoch(examples, batch_size, runtime.world_size)
+        split |= {"micro_batches": distributed.grad_accum_steps,
+                  "epoch_steps": steps_per_epoch(examples, batch_size, runtime.world_size)}
     if distributed.lr_scaling != "none":
         split["world_size"] = runtime.world_size
     return fingerprint(
