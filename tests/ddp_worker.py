@@ -1,6 +1,6 @@
 """A training run for the parity tests, the same in one process or under torchrun:
 
-    python tests/ddp_worker.py OUT.pt [--accum K] [--strategy S] [--model M] [--regularization R] [--resume DIR]
+    python tests/ddp_worker.py OUT.pt [--accum K] [--strategy S] [--model M] [--regularization R] [--resume DIR] [--bf16]
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt --strategy fsdp
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt \
         --strategy pipeline-1f1b --model cnn
@@ -15,8 +15,10 @@ up to 3 epochs with what reads the weights besides the optimizer: an EMA, an L1 
 the EMA's validation loss with patience 1 (the plain model stops after epoch 2 and keeps epoch 1's weights, the
 cnn keeps epoch 2's of 3: either way, weights saved at an earlier epoch are put back).
 With `--resume DIR` the training state is saved into DIR every 7 steps and resumed from it; with
-`--kill-after-step N` too, every process SIGKILLs itself once the save of step N is complete.
-The main rank saves the trained weights (gathered from the shards or the stages) and the metrics to OUT.pt.
+`--kill-after-step N` too, every process SIGKILLs itself once the save of step N is complete. `--bf16` turns on
+bf16 (autocast, and FSDP2's bf16 policy under fsdp), which otherwise applies on CUDA only.
+The main rank saves the trained weights (gathered from the shards or the stages), the metrics, and the dtype
+each kind of layer's forward saw its weight in, to OUT.pt.
 """
 
 import argparse
@@ -24,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -72,6 +75,8 @@ class KilledAfter(Resume):
 def main(arguments: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
     runtime = init_runtime("cpu", timeout_s=60)
+    if arguments.bf16:  # bf16 applies on CUDA only; on the CPU too here, to run its code paths
+        runtime = replace(runtime, speed=runtime.speed.model_copy(update={"bf16": True}))
     data = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (IMAGES, 1, 8, 8), generator=data, dtype=torch.uint8)
     labels = torch.randint(0, 4, (IMAGES,), generator=data)
@@ -90,6 +95,11 @@ def main(arguments: argparse.Namespace) -> None:
         regularization=RegularizationParams(weight_decay=1e-4, weight_decay_mode="coupled",
                                             **REGULARIZATION[arguments.regularization]),
     )
+    forward_dtypes: dict[str, set[str]] = {}  # the dtype of each kind of layer's weight as its forward sees it
+    for layer in model.modules():
+        if isinstance(getattr(layer, "weight", None), torch.Tensor):
+            layer.register_forward_pre_hook(lambda layer, _: forward_dtypes.setdefault(
+                type(layer).__name__.removeprefix("FSDP"), set()).add(str(layer.weight.dtype).removeprefix("torch.")))
     resume = None
     if arguments.resume is not None:
         saving = (arguments.resume, CheckpointParams(interval_steps=7), runtime, "ddp_worker")
@@ -101,7 +111,8 @@ def main(arguments: argparse.Namespace) -> None:
                         resume=resume)
     state = full_state_dict(kept)
     if runtime.is_main:
-        torch.save({"state_dict": state, "steps": metrics["steps"], "metrics": metrics}, arguments.out)
+        torch.save({"state_dict": state, "steps": metrics["steps"], "metrics": metrics,
+                    "forward_dtypes": {kind: sorted(dtypes) for kind, dtypes in forward_dtypes.items()}}, arguments.out)
     shutdown(runtime)
     if runtime.distributed:
         leave_now()  # as the stages' workers do (pipelines/core/stage.py)
@@ -114,6 +125,7 @@ if __name__ == "__main__":
     parser.add_argument("--strategy", default="ddp", help="ddp, fsdp, pipeline or pipeline-1f1b")
     parser.add_argument("--model", choices=["plain", "cnn"], default="plain")
     parser.add_argument("--regularization", choices=list(REGULARIZATION), default="none")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (and FSDP2's bf16 policy) on the CPU")
     parser.add_argument("--resume", type=Path, help="a folder for the training state, saved every 7 steps")
     parser.add_argument("--kill-after-step", type=int, help="SIGKILL every process once this step's save is done")
     main(parser.parse_args())

@@ -45,10 +45,10 @@ def worker(tmp_path: Path, name: str, processes: int, *options: str, check: bool
 
 
 def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1, strategy: str = "ddp",
-                    model: str = "plain", regularization: str = "none") -> dict:
+                    model: str = "plain", regularization: str = "none", bf16: bool = False) -> dict:
     """tests/ddp_worker.py's weights (and metrics) after training in `processes` processes."""
     worker(tmp_path, name, processes, "--accum", str(grad_accum_steps), "--strategy", strategy, "--model", model,
-           "--regularization", regularization)
+           "--regularization", regularization, *(["--bf16"] if bf16 else []))
     return torch.load(tmp_path / f"{name}.pt", weights_only=True)
 
 
@@ -96,6 +96,22 @@ def test_a_two_stage_pipeline_trains_the_weights_of_one_process_accumulating_the
     assert one["steps"] == piped["steps"] == 32
     assert set(piped["state_dict"]) == set(one["state_dict"])  # the whole model, reassembled from both stages
     assert max_difference(one, piped) <= 1e-5
+
+
+@pytest.mark.slow
+def test_with_bf16_fsdp_gathers_the_weights_in_bf16_but_batch_norm_s_and_steps_fp32_shards(tmp_path: Path) -> None:
+    # bf16 applies on CUDA only; tests/ddp_worker.py --bf16 turns it on on the CPU to run the same code.
+    autocast = trained_weights(tmp_path, "autocast", processes=1, bf16=True)
+    sharded = trained_weights(tmp_path, "sharded", processes=2, strategy="fsdp", bf16=True)
+    normalized = trained_weights(tmp_path, "normalized", processes=2, strategy="fsdp", model="cnn", bf16=True)
+    # What each layer's forward sees: autocast alone casts per op, FSDP2's policy gathers bf16 weights.
+    assert autocast["forward_dtypes"] == {"Conv2d": ["float32"], "Linear": ["float32"]}
+    assert sharded["forward_dtypes"] == {"Conv2d": ["bfloat16"], "Linear": ["bfloat16"]}
+    assert normalized["forward_dtypes"] == {"Conv2d": ["bfloat16"], "BatchNorm2d": ["float32"], "Linear": ["bfloat16"]}
+    # The optimizer stepped fp32 shards, and the run trained as one process's bf16 autocast does, to within
+    # bf16's rounding (bf16 autocast against fp32 in one process differs by 6e-3).
+    assert {tensor.dtype for tensor in sharded["state_dict"].values()} == {torch.float32}
+    assert max_difference(autocast, sharded) <= 2e-2
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pipelines.config.base import Section
 
 
 class SpeedParams(Section):
-    bf16: bool = True  # autocast forward passes to bfloat16 (weights, gradients and optimizer stay float32)
+    bf16: bool = True  # autocast forward passes to bfloat16 (fsdp also gathers weights in bf16); steps stay fp32
     compile: bool = False  # torch.compile the model: slower first steps, faster after (worth it for long runs)
     channels_last: bool = True  # NHWC memory format for the model and its batches (faster convolutions)
     pin_memory: bool = True  # page-locked host batches, copied to the GPU without blocking

@@ -7,7 +7,8 @@ picks it:
               the objective together (so an objective's own parameters, an adapter, are averaged too);
               SyncBatchNorm when `sync_batchnorm`. One process is this without a wrapper.
     fsdp      the same split of the batch, with FSDP2 (`fully_shard`): each block of the model sharded across
-              the processes, then the model (and the objective, when it has parameters)
+              the processes, then the model (and the objective, when it has parameters); with bf16, under
+              FSDP2's mixed-precision policy (weights gathered in bf16, gradients reduced in fp32)
     pipeline  the model's layers split across the processes, every batch flowing through them in
               micro-batches (pipelines/engine/pipeline.py)
 
@@ -28,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.config.base import ParamsError
@@ -167,10 +168,10 @@ def parallelize(
     for block in blocks(model):
         if compiled:
             block.compile()
-        fully_shard(block)
-    fully_shard(model)
+        shard(block, runtime)
+    shard(model, runtime)
     if any(True for _ in objective.parameters()):
-        fully_shard(objective)
+        shard(objective, runtime)
     for frozen in objective.inference_models():  # a live teacher: each process holds its shards only
         shard_for_inference(frozen, runtime)
     return DataParallel(model, objective, runtime, params, Trainee(model, objective))
@@ -181,13 +182,30 @@ def shard_for_inference(model: nn.Module, runtime: Runtime) -> None:
     each gathered for its forward and freed after it (the root too, which training keeps gathered)."""
     name = type(model).__name__  # before fully_shard renames the class (FSDP<name>)
     for block in blocks(model):
-        fully_shard(block)
-    fully_shard(model, reshard_after_forward=True)
+        shard(block, runtime)
+    shard(model, runtime, reshard_after_forward=True)
     if runtime.is_main:
         held = sum(local(parameter).numel() for parameter in model.parameters())
         total = sum(parameter.numel() for parameter in model.parameters())
         log.info("the live %s is sharded across %d processes: this one holds %d of its %d parameters",
                  name, runtime.world_size, held, total)
+
+
+def shard(module: nn.Module, runtime: Runtime, reshard_after_forward: bool | None = None) -> None:
+    """FSDP2's `fully_shard` of `module`. With bf16 (`speed.bf16` where it applies) under FSDP2's
+    `MixedPrecisionPolicy`: each block's weights are all-gathered in bf16 (half the bytes, and no cast per op),
+    gradients reduced in fp32 into the fp32 shards that the optimizer steps; autocast still picks each op's
+    precision (the loss in fp32). Batch norm layers are sharded on their own first, their weights kept fp32:
+    torch's batch norm takes bf16 inputs with fp32 weights, not bf16 weights beside fp32 running statistics."""
+    policy = MixedPrecisionPolicy()
+    norms = [norm for norm in module.modules()
+             if isinstance(norm, nn.modules.batchnorm._BatchNorm) and not isinstance(norm, FSDPModule)]
+    if runtime.speed.bf16 and module not in norms:
+        for norm in norms:
+            fully_shard(norm, mp_policy=policy)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    options = {} if reshard_after_forward is None else {"reshard_after_forward": reshard_after_forward}
+    fully_shard(module, mp_policy=policy, **options)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
