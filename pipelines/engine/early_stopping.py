@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipelines.config.training import EarlyStoppingParams
-from pipelines.engine.ema import local
+from pipelines.engine.tensors import local
 
 
 class EarlyStopping:

@@ -18,13 +18,9 @@ from itertools import chain
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's part of a tensor (an FSDP shard's local tensor), for in-place updates."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+from pipelines.engine.tensors import local
 
 
 class WeightAverage:

@@ -36,7 +36,7 @@ from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
-from pipelines.engine.ema import local
+from pipelines.engine.tensors import local
 from pipelines.engine.inference import validate
 from pipelines.engine.objective import Batch, Objective
 from pipelines.engine.optim import clip_gradients
