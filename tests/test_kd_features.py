@@ -6,6 +6,7 @@ each method, in one process and in two."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,11 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.config import ParamsError
+from pipelines.config.distributed import DistributedParams
 from pipelines.core.paths import Paths
 from pipelines.data.images import ImageSet
 from pipelines.distill import distill
 from pipelines.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipelines.engine.objective import Batch
+from pipelines.engine.parallel import parallelize
+from pipelines.engine.runtime import Runtime
 from pipelines.kd.at import AT, attention
 from pipelines.kd.base import Context, Distillation
 from pipelines.kd.crd import CRD, nce_loss
@@ -302,3 +306,46 @@ def test_under_fsdp_the_live_teacher_is_sharded_and_the_student_learns_what_it_l
     assert learned["ddp"].keys() == learned["fsdp"].keys()
     for key, value in learned["ddp"].items():
         assert (value.float() - learned["fsdp"][key].float()).abs().max() <= 1e-5, key
+
+
+def test_a_pipeline_names_a_layer_it_does_not_run_as_one(setting) -> None:
+    # A pipeline runs `features`' layers one by one, never `features` itself, so its hooks would never fire.
+    student, context, train = setting
+    objective = Distillation([("fitnet", 1.0, FitNet.create(FitNet.Options(student_layer="features"), context))])
+    objective.setup(student, train)
+    parallel = parallelize(student, objective, Runtime(torch.device("cpu"), rank=0, world_size=2),
+                           DistributedParams(strategy="pipeline", microbatches=2))
+    with pytest.raises(ParamsError, match=re.escape("the student's loss reads layer(s) features, which a pipeline "
+                                                    "does not run as one")):
+        parallel.steps_per_epoch(train, 8)  # before any collective
+
+
+@pytest.mark.slow
+def test_under_a_pipeline_the_student_s_layer_outputs_reach_the_loss_and_it_learns_what_one_process_learns(
+    distill_root,
+) -> None:
+    # fitnet on a layer of the first stage, at on one of each stage (the student's layers split into stages:
+    # features.0 to 2, then features.3 to 5 and the head); the teacher runs live on the last stage.
+    paths, params_file = distill_root
+    losses = [{"method": "fitnet", "student_layer": "features.0", "teacher_layer": "features.3"},
+              {"method": "at", "layers": [["features.0", "features.3"], ["features.5", "features.7"]]},
+              {"method": "ce"}]
+    command = [sys.executable, "-m", "pipelines.distill", "--student", "student_kd", "--params", str(params_file),
+               "--root", str(paths.root)]
+    learned, logs = {}, {}
+    # One process accumulating the same 2 micro-batches sees the batches the pipeline's stages see (the batch
+    # size divides the 2514 training images: a pipeline leaves an epoch's last, incomplete batch out).
+    one, piped = {"grad_accum_steps": 2}, {"grad_accum_steps": 1, "nproc_per_node": 2, "strategy": "pipeline"}
+    for name, distributed in {"one": one, "piped": piped}.items():
+        write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu", "distill.student_kd.losses": losses,
+                                      "distill.student_kd.train.batch_size": 6, "distributed.microbatches": 2,
+                                      **{f"distributed.{key}": value for key, value in distributed.items()}})
+        logs[name] = run(command, PROJECT_ROOT).stderr
+        learned[name] = {**load_checkpoint(paths.model("student_kd")).state_dict,
+                         **torch.load(paths.heads("student_kd"), weights_only=True)}
+
+    assert "the teacher runs live" in logs["piped"]
+    assert learned["one"].keys() == learned["piped"].keys() and any(key.startswith("terms.0") for key in learned["one"])
+    for key, value in learned["one"].items():
+        assert (value.float() - learned["piped"][key].float()).abs().max() <= 2e-5, key  # after 419 steps
+

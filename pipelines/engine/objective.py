@@ -32,10 +32,6 @@ class Batch:
 class Objective(nn.Module):
     """Turns a batch into (loss, named terms). `setup` runs once before training starts, `teardown` after."""
 
-    # Whether the objective reads the model's inner layers (forward hooks), not only its output: a pipeline,
-    # which hands the objective the last stage's logits alone, refuses those.
-    reads_layers: bool = False
-
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         """Check what the objective needs of the training data and attach what it needs to the model (forward
         hooks, adapters sized to the model's features): called by `fit` before the optimizer is built."""
@@ -43,6 +39,15 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of `model` on `batch` (the model's own forward runs here) and its terms, each a scalar."""
         raise NotImplementedError
+
+    def layer_outputs(self) -> dict[str, torch.Tensor]:
+        """What the objective's forward hooks captured of the model's inner layers in the forward just run,
+        under names of its own: a pipeline carries them from the stage holding the layer to the last one."""
+        return {}
+
+    def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
+        """Take `outputs` (of `layer_outputs`, made on a pipeline's earlier stages) as what the hooks captured,
+        for the loss about to be computed from the model's output alone."""
 
     def inference_models(self) -> list[nn.Module]:
         """Models the objective runs without training them (a live teacher), once `setup` has run: the

@@ -9,11 +9,15 @@ forwards, then all backwards) or 1F1B (`pipeline_schedule`); the last rank compu
 each micro-batch's logits. torch scales the gradients by the number of micro-batches, so a step's gradient is
 that of the mean of the micro-batches' mean losses: what one process accumulating gradients over the same
 micro-batches computes (tests/test_distributed.py checks it). Validation flows through the same pipeline; at
-the end the main rank gathers every rank's layers, so it saves the whole model.
+the end the main rank gathers every rank's layers (and the last one's objective), so it saves the whole model.
+
+An objective that reads inner layers (feature-based distillation) captures their outputs with forward hooks,
+which fire on the rank that holds the layer: each stage passes what its layers captured, and what it received
+of the earlier stages', on to the next (`Carrying`), and the last rank hands them to the objective with the
+logits, so gradients flow back to the layers that made them. A live teacher runs whole on the last rank.
 
 A pipeline's tensors keep one shape from step to step, hence its limits: `train.batch_size` must be a multiple
-of `microbatches`, and an epoch's last, incomplete batch is left out. The objective must read only the
-model's logits (not its inner layers). The EMA, early stopping's best weights and the L1 penalty's gradient
+of `microbatches`, and an epoch's last, incomplete batch is left out. The EMA, early stopping's best weights and the L1 penalty's gradient
 work on each rank's own layers (`held`), kept under the whole model's names: a resumable run's save is read
 by a pipeline of another number of stages, or by another strategy (pipelines/engine/resume.py).
 """
@@ -21,7 +25,6 @@ by a pipeline of another number of stages, or by another strategy (pipelines/eng
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from itertools import accumulate, chain
 
 import torch
@@ -49,9 +52,6 @@ class PipelineParallel(DataParallel):
         if params.grad_accum_steps > 1:
             raise ParamsError("distributed.grad_accum_steps: under strategy pipeline every batch is already split "
                               "into distributed.microbatches; set grad_accum_steps to 1")
-        if objective.reads_layers:
-            raise ParamsError("distributed.strategy pipeline: this student's loss reads the model's inner layers "
-                              "(fitnet, at, rkd), which a pipeline splits across processes; use ddp or fsdp")
         if params.pipeline_schedule == "1f1b" and params.microbatches < runtime.world_size:
             raise ParamsError(f"distributed.microbatches: 1f1b needs at least one micro-batch per stage "
                               f"({runtime.world_size} processes), got {params.microbatches}")
@@ -64,6 +64,9 @@ class PipelineParallel(DataParallel):
         # Under the whole model's names, so that a save is resumed by a pipeline of another number of stages.
         self.held = held_by_stage(model, self.parts[self.rank])
         self.checkpointed = nn.ModuleDict({"model": self.held, **({"objective": objective} if is_last else {})})
+        if not is_last:
+            for frozen in objective.inference_models():
+                frozen.to("cpu")  # a live teacher runs on the last stage only, beside the loss
         self.schedule = None  # built by steps_per_epoch, once the batch size fixes the shapes between stages
         self.batch_size = 0  # the global batch: validation flows in batches of it too
         self._batch_of: BatchOf | None = None
@@ -82,21 +85,36 @@ class PipelineParallel(DataParallel):
     def _build_stage(self, microbatch: tuple[int, ...]) -> None:
         """This rank's pipeline stage and schedule, with the shapes of its input and output given (torch would
         otherwise infer them by running the stage once on uninitialized tensors, which batch norm's running
-        statistics would take in): one micro-batch of zeros through the whole model, in eval mode."""
+        statistics would take in): one micro-batch of zeros through the whole model, in eval mode. It also
+        tells which stage makes each inner layer's output that the objective reads (`Carrying`)."""
         self.model.eval()
         boundaries = [torch.zeros(microbatch, device=self.runtime.device)]
+        made: list[dict[str, torch.Tensor]] = []  # per stage, the layer outputs its forward captured
         with self.runtime.autocast():  # bf16 activations between the stages when it applies
+            self.model(boundaries[0])  # the whole model once: every layer output the objective reads
             for part in self.parts:
+                before = self.objective.layer_outputs()
                 boundaries.append(nn.Sequential(*part)(boundaries[-1]))
+                made.append({key: value for key, value in self.objective.layer_outputs().items()
+                             if before.get(key) is not value})
         self.model.train()
+        missed = set(self.objective.layer_outputs()) - {key for part in made for key in part}
+        if missed:
+            raise ParamsError(f"distributed.strategy pipeline: the student's loss reads layer(s) "
+                              f"{', '.join(sorted(key.partition(':')[2] for key in missed))}, which a pipeline does "
+                              f"not run as one (it runs their layers one by one); name one of those layers")
+        self.carried = [key for part in made for key in part]  # what reaches the last stage, in this order
         for index, part in enumerate(self.parts):
             if index != self.rank:
                 for layer in part:
                     layer.to("cpu")  # another rank trains it: only this rank's run stays on its device
         # Activations between stages carry gradients back; the images entering the first stage do not.
-        inputs, outputs = boundaries[self.rank].requires_grad_(self.rank > 0), boundaries[self.rank + 1].requires_grad_()
-        stage = PipelineStage(self.stage_layers, self.rank, self.last_rank + 1, self.runtime.device,
-                              input_args=inputs, output_args=outputs)
+        carried_in = [value for part in made[: self.rank] for value in part.values()]
+        inputs = (boundaries[self.rank].requires_grad_(self.rank > 0), *(value.requires_grad_() for value in carried_in))
+        outputs = (boundaries[self.rank + 1], *carried_in, *made[self.rank].values())
+        stage_module = Carrying(self.stage_layers, self.objective, list(made[self.rank]))
+        stage = PipelineStage(stage_module, self.rank, self.last_rank + 1, self.runtime.device,
+                              input_args=inputs, output_args=tuple(output.requires_grad_() for output in outputs))
         self.schedule = SCHEDULES[self.params.pipeline_schedule](stage, self.params.microbatches, loss_fn=self._loss)
         if self.runtime.speed.compile:
             self.stage_layers.compile()
@@ -114,11 +132,14 @@ class PipelineParallel(DataParallel):
                 self.schedule.step()
         yield from self._recorded
 
-    def _loss(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The objective's loss on one micro-batch's logits: the objective runs on them as its model's output."""
+    def _loss(self, output: tuple[torch.Tensor, ...], rows: torch.Tensor) -> torch.Tensor:
+        """The objective's loss on one micro-batch's logits (and the inner layers' outputs carried along):
+        the objective runs with them as its model's output and its hooks' captures."""
+        logits, *carried = output
         if self._validating:  # the schedule runs forwards only, and still asks for a loss: none is wanted
             return logits.new_zeros(())
-        loss, terms = self.objective(nn.Identity(), replace(self._batch_of(rows), images=logits))
+        self.objective.take_layer_outputs(dict(zip(self.carried, carried)))
+        loss, terms = self.objective(Given(logits), self._batch_of(rows))
         self._recorded.append((len(rows), loss.detach(), {name: value.detach() for name, value in terms.items()}))
         return loss
 
@@ -164,17 +185,47 @@ class PipelineParallel(DataParallel):
                 self.schedule.eval(padded.to(self.runtime.device).float().div_(255.0))
             elif self.rank == self.last_rank:
                 unused = torch.zeros(self.batch_size)  # the loss function's target, ignored
-                logits.append(self.schedule.eval(target=unused)[:count].float().cpu())
+                logits.append(self.schedule.eval(target=unused)[0][:count].float().cpu())
             else:
                 self.schedule.eval()
 
     def gather(self) -> None:
-        """Every rank sends the weights of its layers to the main rank, which loads them into its whole model."""
+        """Every rank sends the weights of its layers to the main rank, which loads them into its whole model;
+        the last rank sends what the objective learned (a connector) too."""
         owned = {name: tensor.detach().cpu() for name, tensor in self.held.state_dict().items()}
-        parts: list[dict[str, torch.Tensor]] | None = [{} for _ in range(self.last_rank + 1)] if self.rank == 0 else None
-        dist.gather_object(owned, parts, dst=0)
+        learned = self.objective.state_dict() if self.rank == self.last_rank else {}
+        parts: list[tuple[dict, dict]] | None = [({}, {}) for _ in range(self.last_rank + 1)] if self.rank == 0 else None
+        dist.gather_object((owned, {name: tensor.cpu() for name, tensor in learned.items()}), parts, dst=0)
         if parts is not None:
-            self.model.load_state_dict({name: tensor for part in parts for name, tensor in part.items()})
+            self.model.load_state_dict({name: tensor for part, _ in parts for name, tensor in part.items()})
+            self.objective.load_state_dict(parts[-1][1])
+
+
+class Carrying(nn.Module):
+    """A stage's layers, passing along the inner layers' outputs that the objective reads: it returns its
+    layers' output, what the earlier stages made (its inputs after the first), and what its own forward
+    captured (the objective's `layer_outputs` named `made`). Gradients flow back along each of them."""
+
+    def __init__(self, layers: nn.Module, objective: Objective, made: list[str]) -> None:
+        super().__init__()
+        self.layers, self.made = layers, made
+        self.objective = [objective]  # not a submodule: the objective is trained and saved apart
+
+    def forward(self, features: torch.Tensor, *carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.layers(features)
+        captured = self.objective[0].layer_outputs()
+        return (output, *carried, *(captured[key] for key in self.made))
+
+
+class Given(nn.Module):
+    """The model as the last stage's loss sees it: its output, already computed by the pipeline."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.output
 
 
 def held_by_stage(model: nn.Module, layers: list[nn.Module]) -> nn.Module:

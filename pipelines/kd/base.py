@@ -37,7 +37,6 @@ class Term(nn.Module):
     connector, a projection head) train with the student."""
 
     Options: ClassVar[type[Section]]  # the schema of the term's options (its keys besides `method` and `weight`)
-    reads_layers: ClassVar[bool] = False  # it reads inner layers (forward hooks), not only the logits
 
     @classmethod
     def create(cls, options: Section, context: Context) -> Term:
@@ -48,6 +47,13 @@ class Term(nn.Module):
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
+
+    def layer_outputs(self) -> dict[str, torch.Tensor]:
+        """What the term's forward hooks captured of the model's layers, by layer path (Objective's)."""
+        return {}
+
+    def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
+        """Take captures made elsewhere (Objective's)."""
 
     def inference_models(self) -> list[nn.Module]:
         """The models the term runs without training them (the live teacher), after `setup`."""
@@ -86,9 +92,14 @@ class Distillation(Objective):
         self.weights = [weight for _, weight, _ in terms]
         self.terms = nn.ModuleList(term for _, _, term in terms)
 
-    @property
-    def reads_layers(self) -> bool:
-        return any(term.reads_layers for term in self.terms)
+    def layer_outputs(self) -> dict[str, torch.Tensor]:
+        return {f"{index}:{path}": value for index, term in enumerate(self.terms)
+                for path, value in term.layer_outputs().items()}
+
+    def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
+        for index, term in enumerate(self.terms):
+            term.take_layer_outputs({key.partition(":")[2]: value for key, value in outputs.items()
+                                     if key.partition(":")[0] == str(index)})
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         for term in self.terms:

@@ -72,7 +72,6 @@ class FeatureTerm(Term):
     come from `context.teacher` (stored by the `teacher_features` stage, or the teacher run live). `setup`
     runs two images through both so that `build` can size what the term learns (a connector) to the layers."""
 
-    reads_layers = True
     of_inputs = False
 
     def __init__(self, pairs: list[tuple[str, str]], context: Context, keys: tuple[str, str]) -> None:
@@ -104,6 +103,12 @@ class FeatureTerm(Term):
         students = [self.captured.values[student] for student, _ in self.pairs]
         teachers = self.teacher.features(batch, students[0].device)
         return [(student, teachers[(teacher, self.of_inputs)]) for student, (_, teacher) in zip(students, self.pairs)]
+
+    def layer_outputs(self) -> dict[str, torch.Tensor]:
+        return dict(self.captured.values) if self.captured is not None else {}
+
+    def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
+        self.captured.values.update(outputs)
 
     def inference_models(self) -> list[nn.Module]:
         return [self.teacher.model] if self.teacher.live else []
