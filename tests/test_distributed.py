@@ -144,7 +144,9 @@ PLAIN, CNN = ("--model", "plain"), ("--model", "cnn")  # the cnn's baseline accu
     ((1,), (2, "--strategy", "fsdp"), PLAIN),
     ((3, "--strategy", "pipeline-1f1b"), (2, "--strategy", "pipeline"), CNN),  # the layers split anew
     ((1, "--accum", "4"), (2, "--strategy", "pipeline"), CNN),
-], ids=["2-fsdp-then-1", "1-then-2-fsdp", "3-stage-pipeline-then-2", "1-then-2-stage-pipeline"])
+    ((2, "--strategy", "pipeline"), (1, "--strategy", "pipeline"), CNN),  # one stage of every layer
+], ids=["2-fsdp-then-1", "1-then-2-fsdp", "3-stage-pipeline-then-2", "1-then-2-stage-pipeline",
+        "2-stage-pipeline-then-1"])
 def test_a_run_killed_mid_epoch_resumes_on_another_number_of_processes_to_the_weights_of_an_uninterrupted_run(
     tmp_path: Path, killed: tuple, resumed: tuple, model: tuple[str, str]
 ) -> None:

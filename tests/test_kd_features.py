@@ -333,13 +333,11 @@ def test_under_a_pipeline_the_student_s_layer_outputs_reach_the_loss_and_it_lear
     command = [sys.executable, "-m", "pipelines.distill", "--student", "student_kd", "--params", str(params_file),
                "--root", str(paths.root)]
     learned, logs = {}, {}
-    # One process accumulating the same 2 micro-batches sees the batches the pipeline's stages see (the batch
-    # size divides the 2514 training images: a pipeline leaves an epoch's last, incomplete batch out).
-    one, piped = {"grad_accum_steps": 2}, {"grad_accum_steps": 1, "nproc_per_node": 2, "strategy": "pipeline"}
-    for name, distributed in {"one": one, "piped": piped}.items():
+    # One process (a pipeline of one stage) accumulates the same 2 micro-batches the pipeline's stages see.
+    for name, processes in {"one": 1, "piped": 2}.items():
         write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu", "distill.student_kd.losses": losses,
-                                      "distill.student_kd.train.batch_size": 6, "distributed.microbatches": 2,
-                                      **{f"distributed.{key}": value for key, value in distributed.items()}})
+                                      "distill.student_kd.train.batch_size": 24, "distributed.microbatches": 2,
+                                      "distributed.strategy": "pipeline", "distributed.nproc_per_node": processes})
         logs[name] = run(command, PROJECT_ROOT).stderr
         learned[name] = {**load_checkpoint(paths.model("student_kd")).state_dict,
                          **torch.load(paths.heads("student_kd"), weights_only=True)}
@@ -347,5 +345,5 @@ def test_under_a_pipeline_the_student_s_layer_outputs_reach_the_loss_and_it_lear
     assert "the teacher runs live" in logs["piped"]
     assert learned["one"].keys() == learned["piped"].keys() and any(key.startswith("terms.0") for key in learned["one"])
     for key, value in learned["one"].items():
-        assert (value.float() - learned["piped"][key].float()).abs().max() <= 2e-5, key  # after 419 steps
+        assert (value.float() - learned["piped"][key].float()).abs().max() <= 1e-5, key
 

@@ -158,6 +158,7 @@ def test_a_stage_that_lost_a_worker_resumes_on_fewer_processes(prepared: Paths, 
     (3, {"strategy": "pipeline", "pipeline_schedule": "1f1b"}, 320, True),  # the layers split anew
     (2, {"strategy": "fsdp", "grad_accum_steps": 4}, 320, True),  # each step in the same 4 micro-batches
     (1, {"grad_accum_steps": 4}, 320, True),
+    (1, {"strategy": "pipeline"}, 328, True),  # one stage: the last, incomplete batch left out too
     (2, {"strategy": "pipeline", "microbatches": 2}, 320, False),  # other micro-batches
     (1, {"grad_accum_steps": 4}, 328, False),  # one more step per epoch (a pipeline leaves it out)
     (3, {"strategy": "pipeline", "lr_scaling": "linear"}, 320, False),  # another learning rate

@@ -10,7 +10,7 @@ picks it:
               the processes, then the model (and the objective, when it has parameters); with bf16, under
               FSDP2's mixed-precision policy (weights gathered in bf16, gradients reduced in fp32)
     pipeline  the model's layers split across the processes, every batch flowing through them in
-              micro-batches (pipelines/engine/pipeline.py)
+              micro-batches (pipelines/engine/pipeline.py); on one process, one stage of every layer
 
 The checkpoint is always the plain model's full state dict, which one process loads. What reads the weights
 besides the optimizer (the EMA, early stopping's best epoch, the L1 penalty's gradient) works on `held`, the
@@ -147,17 +147,17 @@ def parallelize(
     if not runtime.distributed or params.strategy == "ddp":
         if compiled:
             model.compile()
-    if not runtime.distributed:
-        return DataParallel(model, objective, runtime, params)
-    if params.sync_batchnorm and runtime.device.type != "cuda":
+    if params.sync_batchnorm and runtime.distributed and runtime.device.type != "cuda":
         raise ParamsError(
             f"distributed.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only, and these processes run on "
             f"{runtime.device.type}; set it to false (each process then normalizes over its share of the batch)"
         )
     if params.strategy == "pipeline":
-        from pipelines.engine.pipeline import PipelineParallel
+        from pipelines.engine.pipeline import OneStage, PipelineParallel  # (it builds on this module)
 
-        return PipelineParallel(model, objective, runtime, params)
+        return (PipelineParallel if runtime.distributed else OneStage)(model, objective, runtime, params)
+    if not runtime.distributed:
+        return DataParallel(model, objective, runtime, params)
     if params.sync_batchnorm:
         for name, child in list(model.named_children()):  # in place, so `model` stays the module the caller holds
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))

@@ -17,9 +17,10 @@ of the earlier stages', on to the next (`Carrying`), and the last rank hands the
 logits, so gradients flow back to the layers that made them. A live teacher runs whole on the last rank.
 
 A pipeline's tensors keep one shape from step to step, hence its limits: `train.batch_size` must be a multiple
-of `microbatches`, and an epoch's last, incomplete batch is left out. The EMA, early stopping's best weights and the L1 penalty's gradient
-work on each rank's own layers (`held`), kept under the whole model's names: a resumable run's save is read
-by a pipeline of another number of stages, or by another strategy (pipelines/engine/resume.py).
+of `microbatches`, and an epoch's last, incomplete batch is left out. The EMA, early stopping's best weights
+and the L1 penalty's gradient work on each rank's own layers (`held`), kept under the whole model's names: a
+resumable run's save is read by a pipeline of another number of stages, or by another strategy
+(pipelines/engine/resume.py).
 """
 
 from __future__ import annotations
@@ -44,17 +45,44 @@ from pipelines.engine.runtime import Runtime
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
 
+def check_pipeline(params: DistributedParams, runtime: Runtime) -> None:
+    """What a pipeline of this runtime's processes refuses of `params`, named."""
+    if params.grad_accum_steps > 1:
+        raise ParamsError("distributed.grad_accum_steps: under strategy pipeline every batch is already split "
+                          "into distributed.microbatches; set grad_accum_steps to 1")
+    if params.pipeline_schedule == "1f1b" and params.microbatches < runtime.world_size:
+        raise ParamsError(f"distributed.microbatches: 1f1b needs at least one micro-batch per stage "
+                          f"({runtime.world_size} processes), got {params.microbatches}")
+
+
+def pipeline_steps(train_set: ImageSet, batch_size: int, microbatches: int) -> int:
+    """Optimizer steps per epoch of a pipeline: whole batches only (the last, incomplete one would change the
+    pipeline's shapes), each a multiple of `microbatches`."""
+    if batch_size % microbatches:
+        raise ParamsError(f"train.batch_size {batch_size} is not a multiple of distributed.microbatches "
+                          f"{microbatches}: a pipeline's micro-batches are all the same size")
+    return len(train_set) // batch_size
+
+
+class OneStage(DataParallel):
+    """`strategy: pipeline` on one process: one stage holding every layer. Each batch still flows in
+    `microbatches` micro-batches (their gradients accumulated) and an epoch's last, incomplete batch is left
+    out, so the run trains as a pipeline of any number of stages does, and resumes its saves."""
+
+    def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams) -> None:
+        check_pipeline(params, runtime)
+        super().__init__(model, objective, runtime, params.model_copy(update={"grad_accum_steps": params.microbatches}))
+
+    def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
+        return pipeline_steps(train_set, batch_size, self.params.microbatches)
+
+
 class PipelineParallel(DataParallel):
     """This rank's run of the model's layers as one stage of the pipeline (see the module's doc)."""
 
     def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams) -> None:
         super().__init__(model, objective, runtime, params)
-        if params.grad_accum_steps > 1:
-            raise ParamsError("distributed.grad_accum_steps: under strategy pipeline every batch is already split "
-                              "into distributed.microbatches; set grad_accum_steps to 1")
-        if params.pipeline_schedule == "1f1b" and params.microbatches < runtime.world_size:
-            raise ParamsError(f"distributed.microbatches: 1f1b needs at least one micro-batch per stage "
-                              f"({runtime.world_size} processes), got {params.microbatches}")
+        check_pipeline(params, runtime)
         self.parts = split_layers(model, runtime.world_size)
         self.rank, self.last_rank = runtime.rank, runtime.world_size - 1
         self.loss_rank = self.last_rank  # the only one that sees the losses
@@ -68,18 +96,17 @@ class PipelineParallel(DataParallel):
             for frozen in objective.inference_models():
                 frozen.to("cpu")  # a live teacher runs on the last stage only, beside the loss
         self.schedule = None  # built by steps_per_epoch, once the batch size fixes the shapes between stages
+        self.carried: list[str] = []  # the objective's layer outputs that reach the last stage, in their order
         self.batch_size = 0  # the global batch: validation flows in batches of it too
         self._batch_of: BatchOf | None = None
         self._recorded: list[StepTerms] = []
         self._validating = False
 
     def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
-        if batch_size % self.params.microbatches:
-            raise ParamsError(f"train.batch_size {batch_size} is not a multiple of distributed.microbatches "
-                              f"{self.params.microbatches}: a pipeline's micro-batches are all the same size")
+        steps = pipeline_steps(train_set, batch_size, self.params.microbatches)
         self.batch_size = batch_size
         self._build_stage((batch_size // self.params.microbatches, *train_set.images.shape[1:]))
-        return len(train_set) // batch_size  # the last, incomplete batch would change the pipeline's shapes
+        return steps
 
     @torch.no_grad()
     def _build_stage(self, microbatch: tuple[int, ...]) -> None:
@@ -103,7 +130,7 @@ class PipelineParallel(DataParallel):
             raise ParamsError(f"distributed.strategy pipeline: the student's loss reads layer(s) "
                               f"{', '.join(sorted(key.partition(':')[2] for key in missed))}, which a pipeline does "
                               f"not run as one (it runs their layers one by one); name one of those layers")
-        self.carried = [key for part in made for key in part]  # what reaches the last stage, in this order
+        self.carried = [key for part in made for key in part]
         for index, part in enumerate(self.parts):
             if index != self.rank:
                 for layer in part:

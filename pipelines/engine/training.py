@@ -84,13 +84,13 @@ def run_fingerprint(
     The number of processes and the strategy may change (a node lost, more GPUs, a pipeline's model that now
     fits on one device): each process saves what it holds under the whole model's names and DCP reshards it,
     so a save resumes wherever each step's global batch is still split into the same micro-batches (a
-    pipeline's `microbatches`, otherwise `grad_accum_steps`) over the same steps per epoch (a pipeline leaves
-    an epoch's last, incomplete batch out). With `lr_scaling` the learning rate depends on the number of
+    pipeline's `microbatches`, otherwise `grad_accum_steps`) over the same steps per epoch (a pipeline, of one
+    stage too, leaves an epoch's last, incomplete batch out). With `lr_scaling` the learning rate depends on the number of
     processes, which must then stay the same."""
     distributed = params.distributed_for(training)
     batch_size = examples if training.train.batch_size == "full" else training.train.batch_size
     split = distributed.model_dump(include={"sync_batchnorm", "lr_scaling"})
-    if runtime.distributed and distributed.strategy == "pipeline":
+    if distributed.strategy == "pipeline":
         split |= {"micro_batches": distributed.microbatches, "epoch_steps": examples // batch_size}
     else:
         split |= {"micro_batches": distributed.grad_accum_steps,
