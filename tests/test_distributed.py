@@ -27,7 +27,7 @@ from pipelines.engine.inference import predict_logits
 from pipelines.engine.objective import CrossEntropy
 from pipelines.engine.loop import scale_learning_rate
 from pipelines.engine.parallel import parallelize
-from pipelines.engine.pipeline import split_layers
+from pipelines.engine.stages import split_layers
 from pipelines.engine.runtime import Runtime
 from pipelines.models import ModelConfig, build_model
 from pipelines.prepare import prepare

@@ -26,7 +26,6 @@ resumable run's save is read by a pipeline of another number of stages, or by an
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import accumulate, chain
 
 import torch
 import torch.distributed as dist
@@ -41,6 +40,7 @@ from pipelines.engine.inference import val_metrics
 from pipelines.engine.objective import Objective
 from pipelines.engine.parallel import BatchOf, DataParallel, StepTerms
 from pipelines.engine.runtime import Runtime
+from pipelines.engine.stages import Carrying, held_by_stage, split_layers
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -228,22 +228,6 @@ class PipelineParallel(DataParallel):
             self.objective.load_state_dict(parts[-1][1])
 
 
-class Carrying(nn.Module):
-    """A stage's layers, passing along the inner layers' outputs that the objective reads: it returns its
-    layers' output, what the earlier stages made (its inputs after the first), and what its own forward
-    captured (the objective's `layer_outputs` named `made`). Gradients flow back along each of them."""
-
-    def __init__(self, layers: nn.Module, objective: Objective, made: list[str]) -> None:
-        super().__init__()
-        self.layers, self.made = layers, made
-        self.objective = [objective]  # not a submodule: the objective is trained and saved apart
-
-    def forward(self, features: torch.Tensor, *carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        output = self.layers(features)
-        captured = self.objective[0].layer_outputs()
-        return (output, *carried, *(captured[key] for key in self.made))
-
-
 class Given(nn.Module):
     """The model as the last stage's loss sees it: its output, already computed by the pipeline."""
 
@@ -253,44 +237,3 @@ class Given(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.output
-
-
-def held_by_stage(model: nn.Module, layers: list[nn.Module]) -> nn.Module:
-    """A module holding the parameters and buffers of `layers` (a stage's run of `model`'s layer sequence)
-    under the names they have in `model`: its state dict is the part of the model's that the stage trains."""
-    owned = {id(tensor) for layer in layers for tensor in chain(layer.parameters(), layer.buffers())}
-    view = nn.Module()
-    for path, module in model.named_modules():
-        for name, tensor in chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False)):
-            if id(tensor) not in owned:
-                continue
-            parent = view
-            for part in path.split(".") if path else ():
-                if not hasattr(parent, part):
-                    parent.add_module(part, nn.Module())
-                parent = getattr(parent, part)
-            if isinstance(tensor, nn.Parameter):
-                parent.register_parameter(name, tensor)
-            else:
-                parent.register_buffer(name, tensor, persistent=name not in module._non_persistent_buffers_set)
-    return view
-
-
-def split_layers(model: nn.Module, stages: int) -> list[list[nn.Module]]:
-    """The model's layer sequence cut into `stages` contiguous runs of about equal parameter counts."""
-    if not hasattr(model, "layer_sequence"):
-        raise ParamsError(f"distributed.strategy pipeline: a {type(model).__name__} cannot be split into layers "
-                          f"(the built-in cnn and resnet can); use strategy ddp or fsdp for it")
-    layers = model.layer_sequence()
-    if len(layers) < stages:
-        raise ParamsError(f"distributed.strategy pipeline: the model has {len(layers)} layers, too few for "
-                          f"{stages} stages; use fewer processes (nproc_per_node) or a deeper model")
-    reached = list(accumulate(sum(parameter.numel() for parameter in layer.parameters()) for layer in layers))
-    cuts: list[int] = []
-    for stage in range(1, stages):  # cut where the running count comes closest to this stage's share
-        share = reached[-1] * stage / stages
-        cut = min(range(len(layers)), key=lambda index: abs(reached[index] - share)) + 1
-        low, high = (cuts[-1] if cuts else 0) + 1, len(layers) - (stages - stage)  # a layer for every stage
-        cuts.append(min(max(cut, low), high))
-    bounds = [0, *cuts, len(layers)]
-    return [layers[start:end] for start, end in zip(bounds, bounds[1:])]
