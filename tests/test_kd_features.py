@@ -324,8 +324,9 @@ def test_a_pipeline_names_a_layer_it_does_not_run_as_one(setting) -> None:
 def test_under_a_pipeline_the_student_s_layer_outputs_reach_the_loss_and_it_learns_what_one_process_learns(
     distill_root,
 ) -> None:
-    # fitnet on a layer of the first stage, at on one of each stage (the student's layers split into stages:
-    # features.0 to 2, then features.3 to 5 and the head); the teacher runs live on the last stage.
+    # Three stages (the student's normalization and features.0 to 2, features.3 to 5, the head): fitnet on a
+    # layer of the first, at on one of the first two, so their outputs pass through the middle one to reach
+    # the loss on the last; the teacher runs live on the last.
     paths, params_file = distill_root
     losses = [{"method": "fitnet", "student_layer": "features.0", "teacher_layer": "features.3"},
               {"method": "at", "layers": [["features.0", "features.3"], ["features.5", "features.7"]]},
@@ -334,7 +335,7 @@ def test_under_a_pipeline_the_student_s_layer_outputs_reach_the_loss_and_it_lear
                "--root", str(paths.root)]
     learned, logs = {}, {}
     # One process (a pipeline of one stage) accumulates the same 2 micro-batches the pipeline's stages see.
-    for name, processes in {"one": 1, "piped": 2}.items():
+    for name, processes in {"one": 1, "piped": 3}.items():
         write_overrides(params_file, {**TINY_OVERRIDES, "device": "cpu", "distill.student_kd.losses": losses,
                                       "distill.student_kd.train.batch_size": 24, "distributed.microbatches": 2,
                                       "distributed.strategy": "pipeline", "distributed.nproc_per_node": processes})
