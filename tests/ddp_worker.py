@@ -1,6 +1,7 @@
 """A training run for the parity tests, the same in one process or under torchrun:
 
-    python tests/ddp_worker.py OUT.pt [--accum K] [--strategy S] [--model M] [--regularization R] [--resume DIR] [--bf16]
+    python tests/ddp_worker.py OUT.pt [--accum K] [--strategy S] [--model M] [--regularization R] [--bf16] \
+        [--resume DIR [--kill-after-step N]]
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt --strategy fsdp
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt \
         --strategy pipeline-1f1b --model cnn

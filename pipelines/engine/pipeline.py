@@ -137,7 +137,8 @@ class PipelineParallel(DataParallel):
                     layer.to("cpu")  # another rank trains it: only this rank's run stays on its device
         # Activations between stages carry gradients back; the images entering the first stage do not.
         carried_in = [value for part in made[: self.rank] for value in part.values()]
-        inputs = (boundaries[self.rank].requires_grad_(self.rank > 0), *(value.requires_grad_() for value in carried_in))
+        inputs = (boundaries[self.rank].requires_grad_(self.rank > 0),
+                  *(value.requires_grad_() for value in carried_in))
         outputs = (boundaries[self.rank + 1], *carried_in, *made[self.rank].values())
         stage_module = Carrying(self.stage_layers, self.objective, list(made[self.rank]))
         stage = PipelineStage(stage_module, self.rank, self.last_rank + 1, self.runtime.device,
@@ -221,7 +222,9 @@ class PipelineParallel(DataParallel):
         the last rank sends what the objective learned (a connector) too."""
         owned = {name: tensor.detach().cpu() for name, tensor in self.held.state_dict().items()}
         learned = self.objective.state_dict() if self.rank == self.last_rank else {}
-        parts: list[tuple[dict, dict]] | None = [({}, {}) for _ in range(self.last_rank + 1)] if self.rank == 0 else None
+        parts: list[tuple[dict, dict]] | None = None
+        if self.rank == 0:
+            parts = [({}, {}) for _ in range(self.runtime.world_size)]
         dist.gather_object((owned, {name: tensor.cpu() for name, tensor in learned.items()}), parts, dst=0)
         if parts is not None:
             self.model.load_state_dict({name: tensor for part, _ in parts for name, tensor in part.items()})

@@ -85,8 +85,8 @@ def run_fingerprint(
     fits on one device): each process saves what it holds under the whole model's names and DCP reshards it,
     so a save resumes wherever each step's global batch is still split into the same micro-batches (a
     pipeline's `microbatches`, otherwise `grad_accum_steps`) over the same steps per epoch (a pipeline, of one
-    stage too, leaves an epoch's last, incomplete batch out). With `lr_scaling` the learning rate depends on the number of
-    processes, which must then stay the same."""
+    stage too, leaves an epoch's last, incomplete batch out). With `lr_scaling` the learning rate depends on
+    the number of processes, which must then stay the same."""
     distributed = params.distributed_for(training)
     batch_size = examples if training.train.batch_size == "full" else training.train.batch_size
     split = distributed.model_dump(include={"sync_batchnorm", "lr_scaling"})
