@@ -309,24 +309,26 @@ def test_under_fsdp_the_live_teacher_is_sharded_and_the_student_learns_what_it_l
 
 
 def test_a_pipeline_names_a_layer_it_does_not_run_as_one(setting) -> None:
-    # A pipeline runs `features`' layers one by one, never `features` itself, so its hooks would never fire.
+    # A pipeline runs `features`' layers one by one, never `features` itself, so its hooks would never fire:
+    # on the student, and on the live teacher run in the pipeline's stages (fitnet's teacher_layer: features).
     student, context, train = setting
     objective = Distillation([("fitnet", 1.0, FitNet.create(FitNet.Options(student_layer="features"), context))])
     objective.setup(student, train)
     parallel = parallelize(student, objective, Runtime(torch.device("cpu"), rank=0, world_size=2),
                            DistributedParams(strategy="pipeline", microbatches=2))
-    with pytest.raises(ParamsError, match=re.escape("the student's loss reads layer(s) features, which a pipeline "
-                                                    "does not run as one")):
+    with pytest.raises(ParamsError, match=re.escape("the student's loss reads layer(s) features, teacher's "
+                                                    "features, which a pipeline does not run as one")):
         parallel.steps_per_epoch(train, 8)  # before any collective
 
 
 @pytest.mark.slow
-def test_under_a_pipeline_the_student_s_layer_outputs_reach_the_loss_and_it_learns_what_one_process_learns(
+def test_under_a_pipeline_the_layer_outputs_of_student_and_live_teacher_reach_the_loss_from_their_stages(
     distill_root,
 ) -> None:
     # Three stages (the student's normalization and features.0 to 2, features.3 to 5, the head): fitnet on a
     # layer of the first, at on one of the first two, so their outputs pass through the middle one to reach
-    # the loss on the last; the teacher runs live on the last.
+    # the loss on the last. The live teacher is cut into three stages too, each run beside the student's: its
+    # features.3 (fitnet's, at's first) is made on the first or second stage and passed along the same way.
     paths, params_file = distill_root
     losses = [{"method": "fitnet", "student_layer": "features.0", "teacher_layer": "features.3"},
               {"method": "at", "layers": [["features.0", "features.3"], ["features.5", "features.7"]]},
@@ -344,6 +346,7 @@ def test_under_a_pipeline_the_student_s_layer_outputs_reach_the_loss_and_it_lear
                          **torch.load(paths.heads("student_kd"), weights_only=True)}
 
     assert "the teacher runs live" in logs["piped"]
+    assert "the live ConvNet runs in the pipeline's 3 stages: this one holds" in logs["piped"]
     assert learned["one"].keys() == learned["piped"].keys() and any(key.startswith("terms.0") for key in learned["one"])
     for key, value in learned["one"].items():
         assert (value.float() - learned["piped"][key].float()).abs().max() <= 1e-5, key

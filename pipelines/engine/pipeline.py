@@ -14,7 +14,12 @@ the end the main rank gathers every rank's layers (and the last one's objective)
 An objective that reads inner layers (feature-based distillation) captures their outputs with forward hooks,
 which fire on the rank that holds the layer: each stage passes what its layers captured, and what it received
 of the earlier stages', on to the next (`Carrying`), and the last rank hands them to the objective with the
-logits, so gradients flow back to the layers that made them. A live teacher runs whole on the last rank.
+logits, so gradients flow back to the layers that made them. A live teacher (an objective's inference model)
+runs in inference mode under the same strategy: cut into the same number of stages by its own parameter
+counts, each rank running its run of the teacher's layers (without gradients) beside its run of the model's,
+the teacher's activations and captured layers passed along with the model's; the last rank hands them to the
+objective, which then does not run the teacher itself. A teacher that cannot be cut (no `layer_sequence`)
+runs whole on the last rank.
 
 A pipeline's tensors keep one shape from step to step, hence its limits: `train.batch_size` must be a multiple
 of `microbatches`, and an epoch's last, incomplete batch is left out. The EMA, early stopping's best weights
@@ -25,6 +30,7 @@ resumable run's save is read by a pipeline of another number of stages, or by an
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -40,7 +46,9 @@ from pipelines.engine.inference import val_metrics
 from pipelines.engine.objective import Objective
 from pipelines.engine.parallel import BatchOf, DataParallel, StepTerms
 from pipelines.engine.runtime import Runtime
-from pipelines.engine.stages import Carrying, held_by_stage, split_layers
+from pipelines.engine.stages import Carrying, held_by_stage, made_by, split_layers
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -92,15 +100,34 @@ class PipelineParallel(DataParallel):
         # Under the whole model's names, so that a save is resumed by a pipeline of another number of stages.
         self.held = held_by_stage(model, self.parts[self.rank])
         self.checkpointed = nn.ModuleDict({"model": self.held, **({"objective": objective} if is_last else {})})
-        if not is_last:
-            for frozen in objective.inference_models():
-                frozen.to("cpu")  # a live teacher runs on the last stage only, beside the loss
+        self.frozen = self._split_inference_models()  # each live teacher cut into stages, and its runs
         self.schedule = None  # built by steps_per_epoch, once the batch size fixes the shapes between stages
         self.carried: list[str] = []  # the objective's layer outputs that reach the last stage, in their order
         self.batch_size = 0  # the global batch: validation flows in batches of it too
         self._batch_of: BatchOf | None = None
         self._recorded: list[StepTerms] = []
         self._validating = False
+
+    def _split_inference_models(self) -> list[tuple[nn.Module, list[list[nn.Module]]]]:
+        """Each live teacher and the runs of its layers the stages hold, cut as the model is (by its own
+        parameter counts). One that cannot be cut runs whole on the last stage, beside the loss."""
+        split = []
+        for frozen in self.objective.inference_models():
+            name, total = type(frozen).__name__, sum(parameter.numel() for parameter in frozen.parameters())
+            try:
+                parts = split_layers(frozen, self.runtime.world_size)
+            except ParamsError:
+                if self.runtime.is_main:
+                    log.info("the live %s cannot be cut into stages: it runs whole on the last one", name)
+                if self.rank != self.last_rank:
+                    frozen.to("cpu")
+                continue
+            split.append((frozen, parts))
+            if self.runtime.is_main:
+                held = sum(parameter.numel() for layer in parts[self.rank] for parameter in layer.parameters())
+                log.info("the live %s runs in the pipeline's %d stages: this one holds %d of its %d parameters",
+                         name, self.runtime.world_size, held, total)
+        return split
 
     def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
         steps = pipeline_steps(train_set, batch_size, self.params.microbatches)
@@ -112,37 +139,48 @@ class PipelineParallel(DataParallel):
     def _build_stage(self, microbatch: tuple[int, ...]) -> None:
         """This rank's pipeline stage and schedule, with the shapes of its input and output given (torch would
         otherwise infer them by running the stage once on uninitialized tensors, which batch norm's running
-        statistics would take in): one micro-batch of zeros through the whole model, in eval mode. It also
-        tells which stage makes each inner layer's output that the objective reads (`Carrying`)."""
+        statistics would take in): one micro-batch of zeros through the whole model (and live teachers), in
+        eval mode. It also tells which stage makes each inner layer's output that the objective reads."""
         self.model.eval()
-        boundaries = [torch.zeros(microbatch, device=self.runtime.device)]
-        made: list[dict[str, torch.Tensor]] = []  # per stage, the layer outputs its forward captured
+        images = torch.zeros(microbatch, device=self.runtime.device)
+        models = [self.model, *(frozen for frozen, _ in self.frozen)]
+        cuts = [self.parts, *(parts for _, parts in self.frozen)]
+        boundaries = [[images] for _ in models]  # per model, what enters each stage, then its output
+        made: list[dict[str, tuple[torch.Tensor, bool]]] = []  # per stage: what it captured, and if it is trained
+
+        def run(parts: list[nn.Module], bounds: list[torch.Tensor]) -> None:
+            bounds.append(nn.Sequential(*parts)(bounds[-1]))
+
         with self.runtime.autocast():  # bf16 activations between the stages when it applies
-            self.model(boundaries[0])  # the whole model once: every layer output the objective reads
-            for part in self.parts:
-                before = self.objective.layer_outputs()
-                boundaries.append(nn.Sequential(*part)(boundaries[-1]))
-                made.append({key: value for key, value in self.objective.layer_outputs().items()
-                             if before.get(key) is not value})
+            wanted = {key for model in models for key in made_by(self.objective, lambda model=model: model(images))}
+            for stage in range(len(self.parts)):
+                made.append({})
+                for index, (parts, bounds) in enumerate(zip(cuts, boundaries)):
+                    captured = made_by(self.objective, lambda parts=parts[stage], bounds=bounds: run(parts, bounds))
+                    made[-1].update({key: (value, index == 0) for key, value in captured.items()})
         self.model.train()
-        missed = set(self.objective.layer_outputs()) - {key for part in made for key in part}
+        missed = wanted - {key for part in made for key in part}
         if missed:
             raise ParamsError(f"distributed.strategy pipeline: the student's loss reads layer(s) "
                               f"{', '.join(sorted(key.partition(':')[2] for key in missed))}, which a pipeline does "
                               f"not run as one (it runs their layers one by one); name one of those layers")
         self.carried = [key for part in made for key in part]
-        for index, part in enumerate(self.parts):
-            if index != self.rank:
-                for layer in part:
-                    layer.to("cpu")  # another rank trains it: only this rank's run stays on its device
-        # Activations between stages carry gradients back; the images entering the first stage do not.
-        carried_in = [value for part in made[: self.rank] for value in part.values()]
-        inputs = (boundaries[self.rank].requires_grad_(self.rank > 0),
-                  *(value.requires_grad_() for value in carried_in))
-        outputs = (boundaries[self.rank + 1], *carried_in, *made[self.rank].values())
-        stage_module = Carrying(self.stage_layers, self.objective, list(made[self.rank]))
-        stage = PipelineStage(stage_module, self.rank, self.last_rank + 1, self.runtime.device,
-                              input_args=inputs, output_args=tuple(output.requires_grad_() for output in outputs))
+        for cut in cuts:
+            for index, part in enumerate(cut):
+                if index != self.rank:
+                    for layer in part:
+                        layer.to("cpu")  # another rank runs it: only this rank's run stays on its device
+        # Activations between stages carry gradients back, a teacher's and the images entering the first do not.
+        rank, carried_in = self.rank, [pair for part in made[: self.rank] for pair in part.values()]
+        inputs = [(boundaries[0][rank], rank > 0), *((bounds[rank], False) for bounds in boundaries[1:] if rank > 0),
+                  *carried_in]
+        outputs = [(boundaries[0][rank + 1], True), *((bounds[rank + 1], False) for bounds in boundaries[1:]),
+                   *carried_in, *made[rank].values()]
+        frozen = [nn.Sequential(*parts[rank]) for _, parts in self.frozen]
+        stage_module = Carrying(self.stage_layers, frozen, self.objective, list(made[rank]), first=rank == 0)
+        stage = PipelineStage(stage_module, rank, self.last_rank + 1, self.runtime.device,
+                              input_args=tuple(value.requires_grad_(grad) for value, grad in inputs),
+                              output_args=tuple(value.requires_grad_(grad) for value, grad in outputs))
         self.schedule = SCHEDULES[self.params.pipeline_schedule](stage, self.params.microbatches, loss_fn=self._loss)
         if self.runtime.speed.compile:
             self.stage_layers.compile()
@@ -163,7 +201,8 @@ class PipelineParallel(DataParallel):
     def _loss(self, output: tuple[torch.Tensor, ...], rows: torch.Tensor) -> torch.Tensor:
         """The objective's loss on one micro-batch's logits (and the inner layers' outputs carried along):
         the objective runs with them as its model's output and its hooks' captures."""
-        logits, *carried = output
+        logits, *teachers_and_carried = output
+        carried = teachers_and_carried[len(self.frozen):]  # the teachers' outputs: their captured layers matter
         if self._validating:  # the schedule runs forwards only, and still asks for a loss: none is wanted
             return logits.new_zeros(())
         self.objective.take_layer_outputs(dict(zip(self.carried, carried)))

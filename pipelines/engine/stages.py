@@ -1,10 +1,12 @@
 """How `distributed.strategy: pipeline` cuts a model into stages: the runs of its layer sequence each rank
 holds (`split_layers`), the part of the model's state a stage trains and saves (`held_by_stage`), and the
-module a stage runs (`Carrying`: its layers, and the inner layers' outputs the objective reads passed along).
-pipelines/engine/pipeline.py runs these stages under torch's schedules."""
+module a stage runs (`Carrying`: its layers, the same stage's layers of a live teacher split alongside, and
+the inner layers' outputs the objective reads passed along). pipelines/engine/pipeline.py runs these stages
+under torch's schedules."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import accumulate, chain
 
 import torch
@@ -15,19 +17,34 @@ from pipelines.engine.objective import Objective
 
 
 class Carrying(nn.Module):
-    """A stage's layers, passing along the inner layers' outputs that the objective reads: it returns its
-    layers' output, what the earlier stages made (its inputs after the first), and what its own forward
-    captured (the objective's `layer_outputs` named `made`). Gradients flow back along each of them."""
+    """A stage's layers, and the same stage's layers of each live teacher (`frozen`, run without gradients),
+    passing along the inner layers' outputs that the objective reads. The first stage takes the images, for
+    every model; a later one takes each model's activations and what the earlier stages made. It returns each
+    model's output, what the earlier stages made, and what its own forward captured (the objective's
+    `layer_outputs` named `made`). Gradients flow back along the trained model's tensors only."""
 
-    def __init__(self, layers: nn.Module, objective: Objective, made: list[str]) -> None:
+    def __init__(self, layers: nn.Module, frozen: list[nn.Module], objective: Objective, made: list[str],
+                 first: bool) -> None:
         super().__init__()
-        self.layers, self.made = layers, made
+        self.layers, self.made, self.first = layers, made, first
+        self.frozen = frozen  # a plain list: a teacher's layers are neither trained nor saved with the stage
         self.objective = [objective]  # not a submodule: the objective is trained and saved apart
 
-    def forward(self, features: torch.Tensor, *carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, features: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        count = len(self.frozen)
+        frozen_in, carried = ([features] * count, rest) if self.first else (rest[:count], rest[count:])
         output = self.layers(features)
+        with torch.no_grad():
+            frozen_out = [layers(inputs) for layers, inputs in zip(self.frozen, frozen_in)]
         captured = self.objective[0].layer_outputs()
-        return (output, *carried, *(captured[key] for key in self.made))
+        return (output, *frozen_out, *carried, *(captured[key] for key in self.made))
+
+
+def made_by(objective: Objective, run: Callable[[], object]) -> dict[str, torch.Tensor]:
+    """The objective's layer outputs that `run` (a forward of some layers) made anew, in their order."""
+    before = objective.layer_outputs()
+    run()
+    return {key: value for key, value in objective.layer_outputs().items() if before.get(key) is not value}
 
 
 def held_by_stage(model: nn.Module, layers: list[nn.Module]) -> nn.Module:

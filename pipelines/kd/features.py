@@ -16,6 +16,8 @@ from pipelines.data.images import ImageSet
 from pipelines.engine.objective import Batch
 from pipelines.kd.base import Context, Term
 
+TEACHER = "teacher's "  # what names the teacher's layers among a term's layer outputs (module paths have no space)
+
 
 def layer(model: nn.Module, path: str, key: str) -> nn.Module:
     """The module at `path` in `model`, or ParamsError naming params key `key` and the paths there are."""
@@ -105,10 +107,16 @@ class FeatureTerm(Term):
         return [(student, teachers[(teacher, self.of_inputs)]) for student, (_, teacher) in zip(students, self.pairs)]
 
     def layer_outputs(self) -> dict[str, torch.Tensor]:
-        return dict(self.captured.values) if self.captured is not None else {}
+        """The student's captured layers by path, and the live teacher's under `teacher's <path>`."""
+        if self.captured is None:
+            return {}
+        teacher = self.teacher.layer_outputs([(path, self.of_inputs) for _, path in self.pairs])
+        return dict(self.captured.values) | {f"{TEACHER}{path}": value for (path, _), value in teacher.items()}
 
     def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
-        self.captured.values.update(outputs)
+        self.captured.values.update({key: value for key, value in outputs.items() if not key.startswith(TEACHER)})
+        self.teacher.take_layer_outputs({(key.removeprefix(TEACHER), self.of_inputs): value
+                                         for key, value in outputs.items() if key.startswith(TEACHER)})
 
     def inference_models(self) -> list[nn.Module]:
         return [self.teacher.model] if self.teacher.live else []

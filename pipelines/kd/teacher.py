@@ -95,6 +95,7 @@ class Teacher:
         self.live: dict[Layer, Capture] = {}
         self.model: nn.Module | None = None
         self._last: torch.Tensor | None = None
+        self._given = False  # a pipeline's stages ran the teacher: its features come with the batch's logits
 
     def attach(self, layers: list[tuple[Layer, str]], device: torch.device) -> None:
         """Make the features of each (layer, params key naming it) available from `features`."""
@@ -116,7 +117,7 @@ class Teacher:
     def features(self, batch: Batch, device: torch.device) -> dict[Layer, torch.Tensor]:
         """The teacher's features of this batch's images, for every attached layer; the live teacher runs
         once per batch whatever the number of terms that ask."""
-        if self.live and batch.images is not self._last:
+        if self.live and not self._given and batch.images is not self._last:
             with torch.no_grad():
                 self.model(batch.images)
             self._last = batch.images
@@ -124,7 +125,20 @@ class Teacher:
         rows = batch.rows.cpu()
         return found | {layer: stored[rows].to(device) for layer, stored in self.stored.items()}
 
+    def layer_outputs(self, layers: list[Layer]) -> dict[Layer, torch.Tensor]:
+        """What the live teacher's hooks captured of those of `layers` it runs live, in its latest forward."""
+        return {layer: self.live[layer].values[layer[0]] for layer in layers
+                if layer in self.live and layer[0] in self.live[layer].values}
+
+    def take_layer_outputs(self, outputs: dict[Layer, torch.Tensor]) -> None:
+        """Take `outputs` as the live teacher's features of the batch about to be scored: a pipeline's stages
+        ran the teacher's layers (pipelines/engine/pipeline.py), so `features` no longer runs it."""
+        for layer, value in outputs.items():
+            self.live[layer].values[layer[0]] = value
+        self._given = self._given or bool(outputs)
+
     def detach(self) -> None:
         for one in self.live.values():
             one.remove()
         self.live = {}
+        self._given = False
