@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,35 @@ def test_the_pipeline_splits_the_built_in_models_into_runs_of_balanced_size() ->
         assert torch.equal(torch.nn.Sequential(*parts[0], *parts[1])(pixels), model(pixels))  # nothing left out
         sizes = [sum(parameter.numel() for layer in part for parameter in layer.parameters()) for part in parts]
         assert max(sizes) < 0.75 * sum(sizes)
+
+
+class WithLiveModel(CrossEntropy):
+    """Cross-entropy, and a model it runs without training it (as a live teacher is)."""
+
+    def __init__(self, frozen: torch.nn.Module) -> None:
+        super().__init__()
+        self.frozen = [frozen]  # not a submodule: it is neither trained nor saved
+
+    def inference_models(self) -> list[torch.nn.Module]:
+        return self.frozen
+
+
+def test_a_pipeline_cuts_a_live_teacher_into_its_stages_and_runs_one_it_cannot_cut_on_the_last(caplog) -> None:
+    config = ModelConfig(arch="cnn", width=8, depth=3, blocks_per_stage=1, dropout=0.0, in_channels=1,
+                         image_size=(8, 8), num_classes=10, pixel_mean=(0.5,), pixel_std=(0.3,))
+    teacher = build_model(config).eval()
+    first_run = split_layers(teacher, 2)[0]
+    held = sum(parameter.numel() for layer in first_run for parameter in layer.parameters())
+    total = sum(parameter.numel() for parameter in teacher.parameters())
+    for frozen, expected in ((teacher, f"the live ConvNet runs in the pipeline's 2 stages: this one holds {held} of "
+                                       f"its {total} parameters"),
+                             (torch.nn.Linear(64, 10), "the live Linear cannot be cut into stages: it runs whole on "
+                                                       "the last one")):
+        with caplog.at_level("INFO", logger="pipelines.engine.pipeline"):
+            parallelize(build_model(replace(config, width=2)), WithLiveModel(frozen), TWO_PROCESSES,
+                        DistributedParams(strategy="pipeline", microbatches=2))
+        assert expected in caplog.text
+    assert 0 < held < total
 
 
 def test_a_model_s_changes_to_the_distributed_section_apply_to_that_model_alone() -> None:
