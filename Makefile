@@ -29,8 +29,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup
 	$(BIN)/python -m flows.distillation
 
+# Two pytest-xdist workers: the tests marked `apart` in one, every other test in order in the other (conftest.py).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The tests without the end-to-end DVC/Prefect/torchrun runs.
 test-fast: setup

@@ -34,6 +34,13 @@ pytest_plugins = ["tests.s3_server", "tests.swift_server"]
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Two groups for pytest-xdist's `--dist loadgroup` (`make test`): the tests marked `apart`, which wait
+    mostly on I/O, run in a worker of their own while the other worker runs every other test in order."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("apart" if item.get_closest_marker("apart") else "suite"))
+
+
 def _shipped_params() -> Path:
     """A copy of params.yaml as committed (git's HEAD): the tests run on the shipped defaults, whatever the
     working file holds (a user's own data.source, or what a failed `dvc exp run` left). Outside a git
@@ -167,11 +174,16 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reproduced_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One `dvc repro` of a fresh project copy, shared by the tests that start from a reproduced pipeline."""
+def first_repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One `dvc repro` of a fresh project copy: its root and what it printed, shared by the tests that start
+    from a reproduced pipeline (treat it as read-only)."""
     root = make_project(tmp_path_factory.mktemp("reproduced") / "project")
-    run(["dvc", "repro"], root)
-    return root
+    return root, run(["dvc", "repro"], root).stdout
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(first_repro: tuple[Path, str]) -> Path:
+    return first_repro[0]
 
 
 @pytest.fixture

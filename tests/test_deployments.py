@@ -79,8 +79,11 @@ def prefect_api(tmp_path: Path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # The scheduler every 2 s, and a run queued behind the deployment's concurrency limit retried every 2 s
+    # (30 s by default): the tests wait for these, not for the pipeline.
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+               PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2")
     env.pop("PREFECT_API_URL", None)
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
@@ -122,6 +125,7 @@ def wait_for(predicate, timeout: float, what: str, step: float = 1.0):
 
 
 @pytest.mark.slow
+@pytest.mark.apart
 def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_its_run(
     prefect_api: str, s3_server: S3Server, tmp_path: Path
 ) -> None:
@@ -139,7 +143,8 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
                DISTILL_WORK_POOL="test-gpu", DISTILL_CRON="0 3 * * *", DISTILL_TIMEZONE="UTC",
                DISTILL_SCHEDULE_ACTIVE="true", DISTILL_DOCKER_POOL="test-docker", DISTILL_IMAGE="distill-pipeline:test",
-               DISTILL_DVC_CACHE=str(tmp_path / "dvc-cache"), DISTILL_AWS_DIR=str(tmp_path / "aws"))
+               DISTILL_DVC_CACHE=str(tmp_path / "dvc-cache"), DISTILL_AWS_DIR=str(tmp_path / "aws"),
+               PREFECT_WORKER_QUERY_SECONDS="2")  # the worker polls for runs every 2 s (10 s by default)
     prefect = [str(Path(sys.executable).parent / "prefect")]
     for command in (["work-pool", "create", "test-gpu", "--type", "process", "--overwrite"],
                     ["work-pool", "create", "test-docker", "--type", "docker", "--overwrite"],

@@ -23,9 +23,10 @@ def ran_stages(dvc_output: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_every_stage_then_finds_nothing_to_redo(project: Path) -> None:
-    first = run(["dvc", "repro"], project)
-    assert ran_stages(first.stdout) == list(resolved_stages())
+def test_dvc_repro_runs_every_stage_then_finds_nothing_to_redo(first_repro: tuple[Path, str],
+                                                               reproduced_project: Path) -> None:
+    project, (_, printed) = reproduced_project, first_repro  # a copy of a fresh project after its first repro
+    assert ran_stages(printed) == list(resolved_stages())
     results = json.loads((project / "metrics" / "eval.json").read_text())
     assert set(results) == {"teacher", "student_baseline", "student_kd"}
 
