@@ -29,9 +29,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup
 	$(BIN)/python -m flows.distillation
 
-# Two pytest-xdist workers: the tests marked `apart` in one, every other test in order in the other (conftest.py).
+# Two pytest-xdist workers, each taking the next test as it finishes one: many tests wait on I/O (an image
+# build, a scheduled worker, servers), so the two cores stay busy. Each worker builds the session fixtures.
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 
 # The tests without the end-to-end DVC/Prefect/torchrun runs.
 test-fast: setup

@@ -34,13 +34,6 @@ pytest_plugins = ["tests.s3_server", "tests.swift_server"]
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Two groups for pytest-xdist's `--dist loadgroup` (`make test`): the tests marked `apart`, which wait
-    mostly on I/O, run in a worker of their own while the other worker runs every other test in order."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("apart" if item.get_closest_marker("apart") else "suite"))
-
-
 def _shipped_params() -> Path:
     """A copy of params.yaml as committed (git's HEAD): the tests run on the shipped defaults, whatever the
     working file holds (a user's own data.source, or what a failed `dvc exp run` left). Outside a git

@@ -73,7 +73,6 @@ def pip_setting(name: str) -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.apart
 def test_the_image_builds_on_a_debian_base_and_runs_the_pipeline_as_its_user(tmp_path: Path) -> None:
     tools = [tool for tool in ("podman", "buildah", "debootstrap") if not shutil.which(tool)]
     if tools:

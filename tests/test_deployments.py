@@ -125,7 +125,6 @@ def wait_for(predicate, timeout: float, what: str, step: float = 1.0):
 
 
 @pytest.mark.slow
-@pytest.mark.apart
 def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_its_run(
     prefect_api: str, s3_server: S3Server, tmp_path: Path
 ) -> None:
