@@ -7,6 +7,7 @@
         --strategy pipeline-1f1b --model cnn
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt --strategy fsdp \
         --regularization all
+    python -m torch.distributed.run --standalone --nproc-per-node 4 tests/ddp_worker.py OUT.pt --strategy hsdp
 
 `fit` trains on 512 seeded random 8x8 images, global batch 16: 32 steps. The `plain` model has no batch norm
 (so that each process's share of a batch trains exactly as the whole batch would; torch's SyncBatchNorm needs
@@ -16,7 +17,8 @@ up to 3 epochs with what reads the weights besides the optimizer: an EMA, an L1 
 the EMA's validation loss with patience 1 (the plain model stops after epoch 2 and keeps epoch 1's weights, the
 cnn keeps epoch 2's of 3: either way, weights saved at an earlier epoch are put back).
 With `--resume DIR` the training state is saved into DIR every 7 steps and resumed from it; with
-`--kill-after-step N` too, every process SIGKILLs itself once the save of step N is complete. `--bf16` turns on
+`--kill-after-step N` too, every process SIGKILLs itself once the save of step N is complete. Strategy `hsdp` is
+fsdp with `fsdp_replicas: 2` (two copies of the model, each sharded over half the processes). `--bf16` turns on
 bf16 (autocast, and FSDP2's bf16 policy under fsdp), which otherwise applies on CUDA only.
 The main rank saves the trained weights (gathered from the shards or the stages), the metrics, and the dtype
 each kind of layer's forward saw its weight in, to OUT.pt.
@@ -106,9 +108,12 @@ def main(arguments: argparse.Namespace) -> None:
         saving = (arguments.resume, CheckpointParams(interval_steps=7), runtime, "ddp_worker")
         resume = KilledAfter(*saving, step=arguments.kill_after_step) if arguments.kill_after_step else Resume(*saving)
     strategy, _, schedule = arguments.strategy.partition("-")
+    replicas = 2 if strategy == "hsdp" else 1
     kept, metrics = fit(model, train, train, CrossEntropy(), training, runtime, seed=0,
-                        distributed=DistributedParams(grad_accum_steps=arguments.accum, strategy=strategy,
-                                                      pipeline_schedule=schedule or "gpipe", microbatches=4),
+                        distributed=DistributedParams(grad_accum_steps=arguments.accum,
+                                                      strategy="fsdp" if strategy == "hsdp" else strategy,
+                                                      fsdp_replicas=replicas, pipeline_schedule=schedule or "gpipe",
+                                                      microbatches=4),
                         resume=resume)
     state = full_state_dict(kept)
     if runtime.is_main:
@@ -123,7 +128,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--accum", type=int, default=1, help="distributed.grad_accum_steps")
-    parser.add_argument("--strategy", default="ddp", help="ddp, fsdp, pipeline or pipeline-1f1b")
+    parser.add_argument("--strategy", default="ddp", help="ddp, fsdp, hsdp, pipeline or pipeline-1f1b")
     parser.add_argument("--model", choices=["plain", "cnn"], default="plain")
     parser.add_argument("--regularization", choices=list(REGULARIZATION), default="none")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (and FSDP2's bf16 policy) on the CPU")

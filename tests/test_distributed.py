@@ -87,6 +87,17 @@ def test_two_fsdp_processes_sharding_the_model_train_the_weights_of_one_process(
 
 
 @pytest.mark.slow
+def test_four_hsdp_processes_holding_two_copies_sharded_in_halves_train_the_weights_of_one_process(
+    tmp_path: Path
+) -> None:
+    one = trained_weights(tmp_path, "one", processes=1)
+    hybrid = trained_weights(tmp_path, "hybrid", processes=4, strategy="hsdp")  # fsdp_replicas: 2
+    assert hybrid["steps"] == 32
+    assert set(hybrid["state_dict"]) == set(one["state_dict"])
+    assert max_difference(one, hybrid) <= 1e-5
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_a_two_stage_pipeline_trains_the_weights_of_one_process_accumulating_the_same_micro_batches(
     tmp_path: Path, schedule: str
@@ -143,10 +154,11 @@ PLAIN, CNN = ("--model", "plain"), ("--model", "cnn")  # the cnn's baseline accu
 @pytest.mark.parametrize(("killed", "resumed", "model"), [
     ((2, "--strategy", "fsdp"), (1,), PLAIN),
     ((1,), (2, "--strategy", "fsdp"), PLAIN),
+    ((4, "--strategy", "hsdp"), (2, "--strategy", "fsdp"), PLAIN),  # two copies of the model, then one
     ((3, "--strategy", "pipeline-1f1b"), (2, "--strategy", "pipeline"), CNN),  # the layers split anew
     ((1, "--accum", "4"), (2, "--strategy", "pipeline"), CNN),
     ((2, "--strategy", "pipeline"), (1, "--strategy", "pipeline"), CNN),  # one stage of every layer
-], ids=["2-fsdp-then-1", "1-then-2-fsdp", "3-stage-pipeline-then-2", "1-then-2-stage-pipeline",
+], ids=["2-fsdp-then-1", "1-then-2-fsdp", "4-hsdp-then-2-fsdp", "3-stage-pipeline-then-2", "1-then-2-stage-pipeline",
         "2-stage-pipeline-then-1"])
 def test_a_run_killed_mid_epoch_resumes_on_another_number_of_processes_to_the_weights_of_an_uninterrupted_run(
     tmp_path: Path, killed: tuple, resumed: tuple, model: tuple[str, str]
@@ -179,6 +191,13 @@ def test_lr_scaling_multiplies_every_group_s_learning_rate_by_the_processes_or_t
 
 
 TWO_PROCESSES = Runtime(torch.device("cpu"), rank=0, world_size=2)  # what is refused is refused before any collective
+
+
+def test_fsdp_replicas_that_do_not_divide_the_processes_are_named() -> None:
+    with pytest.raises(ParamsError, match=re.escape("distributed.fsdp_replicas: 3 copies of the model cannot be "
+                                                    "spread evenly over 2 processes")):
+        parallelize(torch.nn.Linear(2, 2), CrossEntropy(), TWO_PROCESSES,
+                    DistributedParams(strategy="fsdp", fsdp_replicas=3))
 
 
 @pytest.mark.parametrize("model, settings, message", [
@@ -270,6 +289,7 @@ def test_one_node_runs_torchrun_standalone_and_several_meet_at_the_rendezvous_en
     ("microbatches", 0, "distributed.microbatches: Input should be greater than or equal to 1"),
     ("pipeline_schedule", "zb", "distributed.pipeline_schedule: Input should be 'gpipe' or '1f1b'"),
     ("lr_scaling", "cubic", "distributed.lr_scaling: Input should be 'none', 'linear' or 'sqrt'"),
+    ("fsdp_replicas", 0, "fsdp_replicas must be nodes or at least 1"),
 ])
 def test_a_bad_distributed_param_is_named(key: str, value, message: str) -> None:
     with pytest.raises(ParamsError, match=r"distributed") as caught:
@@ -320,8 +340,9 @@ def test_the_teacher_stage_launches_its_own_workers_and_evaluate_scores_their_ch
 
 @pytest.mark.slow
 def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tmp_path: Path, tiny_params: Params) -> None:
-    nodes = [stage_root(tmp_path, tiny_params, f"node{index}", nproc_per_node=1, nnodes=2,
-                        rdzv_endpoint="127.0.0.1:29431", timeout_s=120) for index in range(2)]
+    # Two processes per node under HSDP by node: each node holds a copy of the model, sharded over its processes.
+    nodes = [stage_root(tmp_path, tiny_params, f"node{index}", nproc_per_node=2, nnodes=2, strategy="fsdp",
+                        fsdp_replicas="nodes", rdzv_endpoint="127.0.0.1:29431", timeout_s=120) for index in range(2)]
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     launchers = [subprocess.Popen([sys.executable, "-m", "pipelines.train_student", "--params", str(params_file),
                                    "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
@@ -329,7 +350,8 @@ def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tm
                  for paths, params_file in nodes]
     outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
     assert [launcher.returncode for launcher in launchers] == [0, 0], outputs
-    assert all("device cpu x 2" in output for output in outputs)  # one process on each of two nodes
+    assert all("device cpu x 4" in output for output in outputs)  # two processes on each of two nodes
+    assert "HSDP: 2 copies of the model, each sharded across 2 processes" in outputs[0] + outputs[1]
     written = [paths.model("student_baseline").exists() for paths, _ in nodes]
     assert sorted(written) == [False, True]  # the node of global rank 0 writes the checkpoint
 

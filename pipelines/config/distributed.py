@@ -22,6 +22,10 @@ class DistributedParams(Section):
     rdzv_id: str = "distill-pipeline"  # the run's rendezvous id: the same on every node of one run
     sync_batchnorm: bool = False  # batch norm statistics over the global batch rather than each process's share
     grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step; the batch size stays the global batch
+    # fsdp: the whole copies of the model the processes hold. 1: one copy, sharded over every process (FSDP);
+    # N: HSDP, N groups of processes each sharding a copy, gradients averaged between the groups; nodes: one
+    # copy per node, so that the per-block all-gathers stay inside each node and only gradients cross nodes.
+    fsdp_replicas: Literal["nodes"] | int = 1
     # The learning rate times the number of processes (linear) or its square root (sqrt): for when
     # train.batch_size is set to grow with them (a per-process batch times N); none: as the optimizer says.
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
@@ -34,6 +38,11 @@ class DistributedParams(Section):
     @classmethod
     def _positive(cls, value: str | int) -> str | int:
         return _auto_or_positive(value)
+
+    @field_validator("fsdp_replicas")
+    @classmethod
+    def _replicas(cls, value: str | int) -> str | int:
+        return _nodes_or_positive(value)
 
     def with_changes(self, changes: ModelDistributedParams | None) -> DistributedParams:
         """These settings with one model's changes (its section's `distributed`) applied."""
@@ -56,6 +65,7 @@ class ModelDistributedParams(Section):
     nproc_per_node: Literal["auto"] | int | None = None
     sync_batchnorm: bool | None = None
     grad_accum_steps: int | None = Field(None, ge=1)
+    fsdp_replicas: Literal["nodes"] | int | None = None
     lr_scaling: Literal["none", "linear", "sqrt"] | None = None
     microbatches: int | None = Field(None, ge=1)
     pipeline_schedule: Literal["gpipe", "1f1b"] | None = None
@@ -65,8 +75,19 @@ class ModelDistributedParams(Section):
     def _positive(cls, value: str | int | None) -> str | int | None:
         return value if value is None else _auto_or_positive(value)
 
+    @field_validator("fsdp_replicas")
+    @classmethod
+    def _replicas(cls, value: str | int | None) -> str | int | None:
+        return value if value is None else _nodes_or_positive(value)
+
 
 def _auto_or_positive(value: str | int) -> str | int:
     if isinstance(value, int) and value < 1:
         raise ValueError(f"nproc_per_node must be auto or at least 1, got {value}")
+    return value
+
+
+def _nodes_or_positive(value: str | int) -> str | int:
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"fsdp_replicas must be nodes or at least 1, got {value}")
     return value

@@ -8,7 +8,8 @@ picks it:
               SyncBatchNorm when `sync_batchnorm`. One process is this without a wrapper.
     fsdp      the same split of the batch, with FSDP2 (`fully_shard`): each block of the model sharded across
               the processes, then the model (and the objective, when it has parameters); with bf16, under
-              FSDP2's mixed-precision policy (weights gathered in bf16, gradients reduced in fp32)
+              FSDP2's mixed-precision policy (weights gathered in bf16, gradients reduced in fp32). With
+              `fsdp_replicas` N > 1, HSDP: a 2-D device mesh of N replicas, each sharded over its processes
     pipeline  the model's layers split across the processes, every batch flowing through them in
               micro-batches (pipelines/engine/pipeline.py); on one process, one stage of every layer
 
@@ -29,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -165,33 +167,51 @@ def parallelize(
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         wrapped = DistributedDataParallel(Trainee(model, objective), device_ids=device_ids)
         return DataParallel(model, objective, runtime, params, wrapped)
+    mesh = fsdp_mesh(runtime, params)
     for block in blocks(model):
         if compiled:
             block.compile()
-        shard(block, runtime)
-    shard(model, runtime)
+        shard(block, runtime, mesh)
+    shard(model, runtime, mesh)
     if any(True for _ in objective.parameters()):
-        shard(objective, runtime)
+        shard(objective, runtime, mesh)
     for frozen in objective.inference_models():  # a live teacher: each process holds its shards only
-        shard_for_inference(frozen, runtime)
+        shard_for_inference(frozen, runtime, mesh)
     return DataParallel(model, objective, runtime, params, Trainee(model, objective))
 
 
-def shard_for_inference(model: nn.Module, runtime: Runtime) -> None:
+def fsdp_mesh(runtime: Runtime, params: DistributedParams) -> DeviceMesh:
+    """The processes as FSDP2 lays the model over them: one dimension, the shards of one copy; with
+    `fsdp_replicas` N > 1 (HSDP), N rows of consecutive ranks (a node's processes, for `nodes`), each row
+    sharding one copy, the copies' gradients averaged down each column."""
+    replicas = runtime.nodes if params.fsdp_replicas == "nodes" else params.fsdp_replicas
+    if runtime.world_size % replicas:
+        raise ParamsError(f"distributed.fsdp_replicas: {replicas} copies of the model cannot be spread evenly over "
+                          f"{runtime.world_size} processes; pick a divisor of {runtime.world_size}, or nodes")
+    if replicas == 1:
+        return init_device_mesh(runtime.device.type, (runtime.world_size,), mesh_dim_names=("shard",))
+    if runtime.is_main:
+        log.info("HSDP: %d copies of the model, each sharded across %d processes", replicas,
+                 runtime.world_size // replicas)
+    return init_device_mesh(runtime.device.type, (replicas, runtime.world_size // replicas),
+                            mesh_dim_names=("replicate", "shard"))
+
+
+def shard_for_inference(model: nn.Module, runtime: Runtime, mesh: DeviceMesh) -> None:
     """FSDP2 over a model that only runs forwards (a live teacher): its blocks and then the rest sharded,
     each gathered for its forward and freed after it (the root too, which training keeps gathered)."""
     name = type(model).__name__  # before fully_shard renames the class (FSDP<name>)
     for block in blocks(model):
-        shard(block, runtime)
-    shard(model, runtime, reshard_after_forward=True)
+        shard(block, runtime, mesh)
+    shard(model, runtime, mesh, reshard_after_forward=True)
     if runtime.is_main:
         held = sum(local(parameter).numel() for parameter in model.parameters())
         total = sum(parameter.numel() for parameter in model.parameters())
         log.info("the live %s is sharded across %d processes: this one holds %d of its %d parameters",
-                 name, runtime.world_size, held, total)
+                 name, mesh.size(-1), held, total)
 
 
-def shard(module: nn.Module, runtime: Runtime, reshard_after_forward: bool | None = None) -> None:
+def shard(module: nn.Module, runtime: Runtime, mesh: DeviceMesh, reshard_after_forward: bool | None = None) -> None:
     """FSDP2's `fully_shard` of `module`. With bf16 (`speed.bf16` where it applies) under FSDP2's
     `MixedPrecisionPolicy`: each block's weights are all-gathered in bf16 (half the bytes, and no cast per op),
     gradients reduced in fp32 into the fp32 shards that the optimizer steps; autocast still picks each op's
@@ -202,10 +222,10 @@ def shard(module: nn.Module, runtime: Runtime, reshard_after_forward: bool | Non
              if isinstance(norm, nn.modules.batchnorm._BatchNorm) and not isinstance(norm, FSDPModule)]
     if runtime.speed.bf16 and module not in norms:
         for norm in norms:
-            fully_shard(norm, mp_policy=policy)
+            fully_shard(norm, mesh=mesh, mp_policy=policy)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     options = {} if reshard_after_forward is None else {"reshard_after_forward": reshard_after_forward}
-    fully_shard(module, mp_policy=policy, **options)
+    fully_shard(module, mesh=mesh, mp_policy=policy, **options)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

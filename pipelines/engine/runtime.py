@@ -23,6 +23,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    local_world_size: int | None = None  # the processes on this node (torchrun's LOCAL_WORLD_SIZE); None: all
     speed: SpeedParams = SpeedParams(bf16=False, compile=False, channels_last=False, pin_memory=False,
                                      data_on_device=False)  # what applies here: all off but on CUDA
 
@@ -39,6 +40,11 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def nodes(self) -> int:
+        """The nodes the processes run on (each with the same number of processes, as torchrun starts them)."""
+        return self.world_size // (self.local_world_size or self.world_size)
+
 
 def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams | None = None) -> Runtime:
     """The runtime of this process, from params' `device` and torchrun's environment. A collective that waits
@@ -49,6 +55,7 @@ def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams 
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
@@ -59,8 +66,9 @@ def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams 
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None,
                                 timeout=timedelta(seconds=timeout_s))
     if use_cuda and speed is not None:
-        return Runtime(chosen, rank, world_size, speed.model_copy(update={"bf16": speed.bf16 and torch.cuda.is_bf16_supported()}))
-    return Runtime(device=chosen, rank=rank, world_size=world_size)
+        bf16 = speed.bf16 and torch.cuda.is_bf16_supported()
+        return Runtime(chosen, rank, world_size, local_world_size, speed.model_copy(update={"bf16": bf16}))
+    return Runtime(device=chosen, rank=rank, world_size=world_size, local_world_size=local_world_size)
 
 
 def shutdown(runtime: Runtime) -> None:
