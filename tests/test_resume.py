@@ -177,6 +177,17 @@ def test_a_pipeline_s_save_resumes_wherever_each_step_is_split_into_the_same_mic
     assert (fingerprint(processes, examples, **{"microbatches": 4, **changes}) == saved) is resumes
 
 
+def test_a_model_s_own_distributed_changes_resume_as_the_section_s_do(prepared: Paths) -> None:
+    def fingerprint(processes: int, **overrides) -> str:
+        params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "teacher.train.batch_size": 16, **overrides})
+        return run_fingerprint("teacher", params.teacher, params, prepared,
+                               Runtime(torch.device("cpu"), rank=0, world_size=processes), 320)
+
+    saved = fingerprint(2, **{"distributed.nproc_per_node": 2, "distributed.strategy": "fsdp"})
+    assert fingerprint(1, **{"teacher.distributed": {"nproc_per_node": 1, "strategy": "ddp"}}) == saved
+    assert fingerprint(2, **{"teacher.distributed": {"nproc_per_node": 2, "grad_accum_steps": 2}}) != saved
+
+
 def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path: Path) -> None:
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
     stage = kill_after_save(command, paths, step=21)

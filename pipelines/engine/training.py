@@ -98,7 +98,9 @@ def run_fingerprint(
     if distributed.lr_scaling != "none":
         split["world_size"] = runtime.world_size
     return fingerprint(
-        training=training.model_dump(), loss=params.distill[name].model_dump() if name in params.distill else None,
+        # the model's own `distributed` changes are in `split` as far as they matter, as the section's are
+        training=training.model_dump(exclude={"distributed"}),
+        loss=params.distill[name].model_dump(exclude={"distributed"}) if name in params.distill else None,
         seed=params.seed, device=runtime.device.type, split=split,
         inputs=input_identity(paths.transfer, paths.split("val"), paths.card, paths.teacher_logits,
                               paths.model("teacher"), paths.teacher_features(name) / "manifest.json"),
