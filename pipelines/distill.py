@@ -12,6 +12,7 @@ from typing import Any
 
 from pipelines.config import Params, ParamsError
 from pipelines.config.distributed import DistributedParams
+from pipelines.core.launch import needs_workers, torchrun_arguments
 from pipelines.core.paths import Paths
 from pipelines.core.stage import run_stage
 
@@ -38,10 +39,17 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _distributed(params: Params, options: dict[str, Any]) -> DistributedParams:
-    """How the student runs: its own changes to `distributed`, else the student section's."""
+    """How the student runs: its own changes to `distributed`, else the student section's. Every student
+    (no --student) runs under one launch, which must then suit each of them."""
     name = options["student"]
-    training = params.student_training(name) if name in params.distill else params.student
-    return params.distributed_for(training)
+    if name is not None or not params.distill:
+        return params.distributed_for(params.student_training(name) if name in params.distill else params.student)
+    settings = {name: params.distributed_for(params.student_training(name)) for name in params.distill}
+    launches = {(needs_workers(each), *torchrun_arguments(each, "", [])) for each in settings.values()}
+    if len(launches) > 1:
+        raise ParamsError(f"the students {', '.join(settings)} run on different processes (their distributed "
+                          f"changes); train one at a time with --student NAME, as dvc repro's distill@NAME stages do")
+    return next(iter(settings.values()))
 
 
 if __name__ == "__main__":

@@ -193,11 +193,16 @@ def test_lr_scaling_multiplies_every_group_s_learning_rate_by_the_processes_or_t
 TWO_PROCESSES = Runtime(torch.device("cpu"), rank=0, world_size=2)  # what is refused is refused before any collective
 
 
-def test_fsdp_replicas_that_do_not_divide_the_processes_are_named() -> None:
-    with pytest.raises(ParamsError, match=re.escape("distributed.fsdp_replicas: 3 copies of the model cannot be "
-                                                    "spread evenly over 2 processes")):
-        parallelize(torch.nn.Linear(2, 2), CrossEntropy(), TWO_PROCESSES,
-                    DistributedParams(strategy="fsdp", fsdp_replicas=3))
+@pytest.mark.parametrize("settings, message", [
+    ({"strategy": "none"}, "distributed.strategy none runs one process, yet 2 were started"),
+    ({"sync_batchnorm": True}, "distributed.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only, and these "
+                               "processes run on cpu"),
+    ({"strategy": "fsdp", "fsdp_replicas": 3}, "distributed.fsdp_replicas: 3 copies of the model cannot be spread "
+                                               "evenly over 2 processes"),
+])
+def test_what_the_processes_cannot_run_is_named(settings: dict, message: str) -> None:
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parallelize(torch.nn.Linear(2, 2), CrossEntropy(), TWO_PROCESSES, DistributedParams(**settings))
 
 
 @pytest.mark.parametrize("model, settings, message", [
@@ -295,6 +300,31 @@ def test_a_bad_distributed_param_is_named(key: str, value, message: str) -> None
     with pytest.raises(ParamsError, match=r"distributed") as caught:
         load_params(SHIPPED_PARAMS, {f"distributed.{key}": value})
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("module, overrides, message", [
+    ("pipelines.train_teacher", {"distributed.strategy": "pipeline", "distributed.pipeline_schedule": "1f1b",
+                                 "distributed.microbatches": 1},
+     "distributed.microbatches: 1f1b needs at least one micro-batch per stage (2 processes), got 1"),
+    ("pipelines.train_student", {"distributed.sync_batchnorm": True}, "SyncBatchNorm runs on GPUs only"),
+    ("pipelines.distill", {"distill.student_small": {"losses": [{"method": "ce"}],
+                                                     "distributed": {"nproc_per_node": 1}}},
+     "the students student_kd, student_small run on different processes (their distributed changes); train one at "
+     "a time with --student NAME"),
+])
+def test_the_launcher_refuses_what_its_workers_would_before_starting_them(
+    tmp_path: Path, module: str, overrides: dict, message: str
+) -> None:
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(SHIPPED_PARAMS, params_file)
+    write_overrides(params_file, {"device": "cpu", "distributed.nproc_per_node": 2, **overrides})
+
+    result = run([sys.executable, "-m", module, "--params", str(params_file), "--root", str(tmp_path)], PROJECT_ROOT,
+                 check=False)
+
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and "[rank" not in result.stderr, "no worker was started"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def stage_root(tmp_path: Path, tiny_params: Params, name: str, section: str = "distributed",

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pipelines.config.base import Section
+from pipelines.config.base import ParamsError, Section
 
 
 class DistributedParams(Section):
@@ -48,6 +48,28 @@ class DistributedParams(Section):
         """These settings with one model's changes (its section's `distributed`) applied."""
         given = {} if changes is None else {key: value for key, value in changes.model_dump().items() if value is not None}
         return self.model_copy(update=given)
+
+    def check_processes(self, processes: int, nodes: int, device_type: str) -> None:
+        """What these settings cannot run on `processes` processes over `nodes` nodes of `device_type` (cuda,
+        cpu), named: the launcher asks before it starts any worker, the workers again (for a torchrun typed by
+        hand)."""
+        if self.strategy == "none" and processes > 1:
+            raise ParamsError(f"distributed.strategy none runs one process, yet {processes} were started (a torchrun "
+                              f"typed by hand?); set strategy ddp, fsdp or pipeline, or run the stage without torchrun")
+        if self.sync_batchnorm and processes > 1 and device_type != "cuda":
+            raise ParamsError(f"distributed.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only, and these "
+                              f"processes run on {device_type}; set it to false (each process then normalizes over "
+                              f"its share of the batch)")
+        replicas = nodes if self.fsdp_replicas == "nodes" else self.fsdp_replicas
+        if self.strategy == "fsdp" and processes % replicas:
+            raise ParamsError(f"distributed.fsdp_replicas: {replicas} copies of the model cannot be spread evenly "
+                              f"over {processes} processes; pick a divisor of {processes}, or nodes")
+        if self.strategy == "pipeline" and self.grad_accum_steps > 1:
+            raise ParamsError("distributed.grad_accum_steps: under strategy pipeline every batch is already split "
+                              "into distributed.microbatches; set grad_accum_steps to 1")
+        if self.strategy == "pipeline" and self.pipeline_schedule == "1f1b" and self.microbatches < processes:
+            raise ParamsError(f"distributed.microbatches: 1f1b needs at least one micro-batch per stage "
+                              f"({processes} processes), got {self.microbatches}")
 
     @field_validator("rdzv_endpoint")
     @classmethod

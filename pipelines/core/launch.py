@@ -40,12 +40,23 @@ def torchrun_arguments(params: DistributedParams, module: str, arguments: list[s
     return [*launch, "-m", module, *arguments]
 
 
-def launch_workers(params: DistributedParams) -> None:
+def device_type(device: str) -> str:
+    """The kind of device params' `device` (auto, cpu, cuda) gives this machine."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def launch_workers(params: DistributedParams, device: str) -> None:
     """Run this command's module under torchrun with the workers params ask for; exit 1 naming the failed
-    rank (and its traceback) if one fails for good."""
+    rank (and its traceback) if one fails for good. What the workers would refuse of the params is refused
+    first (ParamsError), before any of them starts."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
     module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
     # Gloo (the CPU backend) connects its processes as they first talk rather than all at start-up: its eager
     # full-mesh connect races with itself when torchrun restarts the workers (half the restarts failed or hung

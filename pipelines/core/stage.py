@@ -42,16 +42,16 @@ def run_stage(
     params_file, root = options.pop("params"), options.pop("root")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = params_or_exit(params_file)
-    if distributed is not None and needs_workers(settings := distributed(params, options)):
-        launch_workers(settings)  # the workers run this same command under torchrun
-        return
     if under_torchrun():  # a failing worker's traceback reaches torchrun's report of the failed rank
         from torch.distributed.elastic.multiprocessing.errors import record
 
         stage = record(stage)
     try:
+        if distributed is not None and needs_workers(settings := distributed(params, options)):
+            launch_workers(settings, params.device)  # the workers run this same command under torchrun
+            return
         stage(params, Paths(root), **options)
-    except ParamsError as error:  # found by the stage itself (a distillation method's options)
+    except ParamsError as error:  # found by the stage or the launcher (a method's options, too few micro-batches)
         print(error, file=sys.stderr)
         sys.exit(EXIT_BAD_PARAMS)
     except DataError as error:  # the user's data, not a bug: the message says what to fix, no traceback

@@ -34,7 +34,6 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
@@ -145,15 +144,11 @@ def parallelize(
 ) -> DataParallel:
     """How `model` trains under `objective` on this runtime's processes (see the module's doc). `model` stays
     the module the caller holds."""
+    params.check_processes(runtime.world_size, runtime.nodes, runtime.device.type)
     compiled = runtime.speed.compile  # torch.compile: the model here, each block under FSDP, a stage's layers
     if not runtime.distributed or params.strategy == "ddp":
         if compiled:
             model.compile()
-    if params.sync_batchnorm and runtime.distributed and runtime.device.type != "cuda":
-        raise ParamsError(
-            f"distributed.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only, and these processes run on "
-            f"{runtime.device.type}; set it to false (each process then normalizes over its share of the batch)"
-        )
     if params.strategy == "pipeline":
         from pipelines.engine.pipeline import OneStage, PipelineParallel  # (it builds on this module)
 
@@ -184,10 +179,7 @@ def fsdp_mesh(runtime: Runtime, params: DistributedParams) -> DeviceMesh:
     """The processes as FSDP2 lays the model over them: one dimension, the shards of one copy; with
     `fsdp_replicas` N > 1 (HSDP), N rows of consecutive ranks (a node's processes, for `nodes`), each row
     sharding one copy, the copies' gradients averaged down each column."""
-    replicas = runtime.nodes if params.fsdp_replicas == "nodes" else params.fsdp_replicas
-    if runtime.world_size % replicas:
-        raise ParamsError(f"distributed.fsdp_replicas: {replicas} copies of the model cannot be spread evenly over "
-                          f"{runtime.world_size} processes; pick a divisor of {runtime.world_size}, or nodes")
+    replicas = runtime.nodes if params.fsdp_replicas == "nodes" else params.fsdp_replicas  # a divisor (checked)
     if replicas == 1:
         return init_device_mesh(runtime.device.type, (runtime.world_size,), mesh_dim_names=("shard",))
     if runtime.is_main:

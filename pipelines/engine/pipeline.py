@@ -53,16 +53,6 @@ log = logging.getLogger(__name__)
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
 
-def check_pipeline(params: DistributedParams, runtime: Runtime) -> None:
-    """What a pipeline of this runtime's processes refuses of `params`, named."""
-    if params.grad_accum_steps > 1:
-        raise ParamsError("distributed.grad_accum_steps: under strategy pipeline every batch is already split "
-                          "into distributed.microbatches; set grad_accum_steps to 1")
-    if params.pipeline_schedule == "1f1b" and params.microbatches < runtime.world_size:
-        raise ParamsError(f"distributed.microbatches: 1f1b needs at least one micro-batch per stage "
-                          f"({runtime.world_size} processes), got {params.microbatches}")
-
-
 def pipeline_steps(train_set: ImageSet, batch_size: int, microbatches: int) -> int:
     """Optimizer steps per epoch of a pipeline: whole batches only (the last, incomplete one would change the
     pipeline's shapes), each a multiple of `microbatches`."""
@@ -78,7 +68,6 @@ class OneStage(DataParallel):
     out, so the run trains as a pipeline of any number of stages does, and resumes its saves."""
 
     def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams) -> None:
-        check_pipeline(params, runtime)
         super().__init__(model, objective, runtime, params.model_copy(update={"grad_accum_steps": params.microbatches}))
 
     def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
@@ -90,7 +79,6 @@ class PipelineParallel(DataParallel):
 
     def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams) -> None:
         super().__init__(model, objective, runtime, params)
-        check_pipeline(params, runtime)
         self.parts = split_layers(model, runtime.world_size)
         self.rank, self.last_rank = runtime.rank, runtime.world_size - 1
         self.loss_rank = self.last_rank  # the only one that sees the losses

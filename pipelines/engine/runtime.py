@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.config.speed import SpeedParams
+from pipelines.core.launch import device_type
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams 
     section) applies on CUDA; bf16 only where the GPU supports it."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("params.yaml device: cuda, but no CUDA device is available (use auto or cpu)")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = device_type(device) == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
