@@ -200,18 +200,26 @@ def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path:
     assert load_checkpoint(paths.model("teacher")).metrics["steps"] == 40
 
 
-def test_a_damaged_save_is_named_with_what_to_do(prepared: Paths, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damaged, message", [
+    ("*.distcp", "{newest}: a saved training state that cannot be read"),
+    ("state.json", "{newest}/state.json: the record of a saved training state cannot be read"),
+])
+def test_a_damaged_save_is_named_with_what_to_do_and_the_saves_before_it_are_kept(
+    prepared: Paths, tmp_path: Path, damaged: str, message: str
+) -> None:
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
     kill_after_save(command, paths, step=21).wait()
-    newest = saves(paths)[-1]
-    for shard in newest.glob("*.distcp"):
-        shard.write_bytes(shard.read_bytes()[:20])
+    left = saves(paths)
+    newest = left[-1]
+    for file in newest.glob(damaged):
+        file.write_bytes(file.read_bytes()[:20])
 
     result = run(command, PROJECT_ROOT, check=False)
 
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"{newest}: a saved training state that cannot be read" in result.stderr
-    assert "Remove that folder to resume from the save before it, or set checkpoint.resume: never" in result.stderr
+    assert message.format(newest=newest) in result.stderr
+    assert "to resume from the save before it, or set checkpoint.resume: never" in result.stderr
+    assert saves(paths) == left and len(left) > 1
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

@@ -11,7 +11,8 @@ A save is a folder `<checkpoint.folder>/<model>/step-<N>/` holding
     state.json      the fingerprint of what was trained (params, input files), the step, the processes
 Every rank writes into `step-<N>.partial/`, which the main rank renames once all have finished: a folder
 without the suffix is complete, and the next run sweeps partial ones. A run whose fingerprint differs (the
-params or the data changed) starts over and removes the saves. The stage removes them once it succeeds.
+params or the data changed) starts over and removes the saves; one whose newest save cannot be read stops,
+naming it, and keeps the saves before it. The stage removes them once it succeeds.
 
 A save may be resumed by another number of processes (pipelines/engine/training.py's fingerprint says when):
 every rank saves what it holds under the whole model's names, DCP reads each tensor's saved pieces into however
@@ -106,18 +107,23 @@ class Resume:
     def latest(self) -> Path | None:
         """The newest complete save of this fingerprint, the same on every rank (the main rank decides). The
         main rank first sweeps what killed runs left half-written, and saves of other params or data."""
-        chosen: list[Path | None] = [None]
+        chosen: list[Path | CheckpointError | None] = [None]
         if self.runtime.is_main:
             for partial in self.folder.glob(f"step-*{PARTIAL}"):
                 shutil.rmtree(partial, ignore_errors=True)
             saves = self._complete()
-            if saves and self._saved_fingerprint(saves[-1]) != self.fingerprint:
-                log.info("%s: saved training states are of other params or data: starting over", self.folder)
-                self.remove()
-                saves = []
-            chosen = [saves[-1] if saves else None]
+            try:
+                if saves and self._saved_fingerprint(saves[-1]) != self.fingerprint:
+                    log.info("%s: saved training states are of other params or data: starting over", self.folder)
+                    self.remove()
+                    saves = []
+                chosen = [saves[-1] if saves else None]
+            except CheckpointError as error:  # every rank raises it, none waits for the main one
+                chosen = [error]
         if self.runtime.distributed:
             dist.broadcast_object_list(chosen, src=0)
+        if isinstance(chosen[0], CheckpointError):
+            raise chosen[0]
         return chosen[0]
 
     def save(self, state: dict[str, Any], progress: Progress, sums: dict[str, Any], live_dir: Path | None) -> None:
@@ -199,11 +205,17 @@ class Resume:
         return sorted(saves, key=lambda path: path.name)
 
     @staticmethod
-    def _saved_fingerprint(saved: Path) -> str | None:
+    def _saved_fingerprint(saved: Path) -> str:
+        """The fingerprint `saved` was made with; CheckpointError if its state.json cannot be read (a save is
+        renamed complete only after that file is written: it was damaged since, and the saves before it are
+        kept rather than swept as another run's)."""
         try:
             return json.loads((saved / "state.json").read_text())["fingerprint"]
-        except (OSError, ValueError, KeyError):
-            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(
+                f"{saved / 'state.json'}: the record of a saved training state cannot be read ({error}). Remove "
+                f"{saved} to resume from the save before it, or set checkpoint.resume: never to start over"
+            ) from None
 
 
 def _rank_state(runtime: Runtime, sums: dict[str, torch.Tensor | float]) -> dict[str, Any]:
