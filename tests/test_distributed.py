@@ -408,3 +408,27 @@ def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path
     assert launcher.returncode == 1
     assert "pipelines.train_teacher failed on rank 1 (exit code -9)" in rest
     assert not paths.model("teacher").exists()
+
+
+@pytest.mark.slow
+def test_workers_end_with_a_launcher_killed_outright(tmp_path: Path, tiny_params: Params) -> None:
+    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2)
+    write_overrides(params_file, {"teacher.train.epochs": 50})
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    launcher = subprocess.Popen([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file),
+                                 "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in launcher.stdout:  # until the workers train (the main rank logs its first epoch)
+        if line.startswith("[rank0]:") and "epoch 1/50" in line:
+            break
+    pattern = f"-u -m pipelines.train_teacher --params {params_file}"
+    assert len(subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split()) == 2
+
+    launcher.kill()  # SIGKILL: torchrun's agent cannot stop its workers itself
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", "--", pattern]).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", "--", pattern]).returncode == 1, "no worker trains on alone"
+    assert not paths.model("teacher").exists()
+

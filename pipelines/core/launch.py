@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 
 from pipelines.config.distributed import DistributedParams
 
@@ -18,6 +20,21 @@ from pipelines.config.distributed import DistributedParams
 def under_torchrun() -> bool:
     """Whether this process is a worker that torchrun started (or a `torchrun ...` typed by hand)."""
     return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def end_with_agent(poll_s: float = 1.0) -> None:
+    """End this worker when its torchrun agent ends. torchrun starts each worker in a session of its own and
+    stops them when it stops, but an agent killed outright (SIGKILL, the OOM killer) cannot: its workers would
+    train on and write alone. A daemon thread sees the worker handed to another parent and ends it."""
+    agent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == agent:
+            time.sleep(poll_s)
+        print(f"torchrun's agent (pid {agent}) is gone: this worker stops", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-agent", daemon=True).start()
 
 
 def processes_per_node(params: DistributedParams) -> int:

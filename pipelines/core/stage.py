@@ -17,7 +17,7 @@ from typing import Any
 from pipelines.config import PARAMS_FILE, Params, ParamsError, load_params
 from pipelines.config.distributed import DistributedParams
 from pipelines.core.errors import DataError
-from pipelines.core.launch import launch_workers, needs_workers, under_torchrun
+from pipelines.core.launch import end_with_agent, launch_workers, needs_workers, under_torchrun
 from pipelines.core.paths import Paths
 
 EXIT_BAD_PARAMS = 2
@@ -46,6 +46,7 @@ def run_stage(
         from torch.distributed.elastic.multiprocessing.errors import record
 
         stage = record(stage)
+        end_with_agent()
     try:
         if distributed is not None and needs_workers(settings := distributed(params, options)):
             launch_workers(settings, params.device)  # the workers run this same command under torchrun
