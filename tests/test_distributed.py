@@ -368,22 +368,46 @@ def test_the_teacher_stage_launches_its_own_workers_and_evaluate_scores_their_ch
     assert [path.name for path in paths.root.rglob(".*tmp-*")] == [], "no temporary files left by either rank"
 
 
-@pytest.mark.slow
-def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tmp_path: Path, tiny_params: Params) -> None:
-    # Two processes per node under HSDP by node: each node holds a copy of the model, sharded over its processes.
-    nodes = [stage_root(tmp_path, tiny_params, f"node{index}", nproc_per_node=2, nnodes=2, strategy="fsdp",
-                        fsdp_replicas="nodes", rdzv_endpoint="127.0.0.1:29431", timeout_s=120) for index in range(2)]
+def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dict[str, Path]
+              ) -> tuple[list[Paths], list[subprocess.CompletedProcess]]:
+    """Two launchers on loopback, a node each with its own project root, two processes per node under HSDP by
+    node (each node holds a copy of the model, sharded over its processes); `resume_folder`: each node's
+    checkpoint.folder by name."""
+    nodes = [stage_root(tmp_path, tiny_params, name, nproc_per_node=2, nnodes=2, strategy="fsdp",
+                        fsdp_replicas="nodes", rdzv_endpoint=f"127.0.0.1:{port}", timeout_s=120)
+             for name in resume_folder]
+    for (_, params_file), folder in zip(nodes, resume_folder.values()):
+        write_overrides(params_file, {"checkpoint.folder": str(folder)})
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     launchers = [subprocess.Popen([sys.executable, "-m", "pipelines.train_student", "--params", str(params_file),
                                    "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for paths, params_file in nodes]
     outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
-    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs
+    return [paths for paths, _ in nodes], [subprocess.CompletedProcess(launcher.args, launcher.returncode, output)
+                                           for launcher, output in zip(launchers, outputs)]
+
+
+@pytest.mark.slow
+def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tmp_path: Path, tiny_params: Params) -> None:
+    shared = tmp_path / "shared-resume"  # what a shared file system gives both nodes
+    nodes, results = two_nodes(tmp_path, tiny_params, 29431, {"node0": shared, "node1": shared})
+    outputs = [result.stdout for result in results]
+    assert [result.returncode for result in results] == [0, 0], outputs
     assert all("device cpu x 4" in output for output in outputs)  # two processes on each of two nodes
     assert "HSDP: 2 copies of the model, each sharded across 2 processes" in outputs[0] + outputs[1]
-    written = [paths.model("student_baseline").exists() for paths, _ in nodes]
+    written = [paths.model("student_baseline").exists() for paths in nodes]
     assert sorted(written) == [False, True]  # the node of global rank 0 writes the checkpoint
+    assert not shared.exists(), "the saves are removed once the stage succeeds"
+
+
+@pytest.mark.slow
+def test_nodes_that_do_not_share_the_resume_folder_are_refused_before_training(tmp_path: Path, tiny_params: Params) -> None:
+    nodes, results = two_nodes(tmp_path, tiny_params, 29432, {"node0": tmp_path / "own0", "node1": tmp_path / "own1"})
+    assert [result.returncode for result in results] == [1, 1]
+    assert all("checkpoint.folder: the nodes do not share" in result.stdout for result in results)
+    assert "set it to a folder every node reads and writes (a shared file system)" in results[0].stdout
+    assert not any(paths.model("student_baseline").exists() for paths in nodes)
 
 
 @pytest.mark.slow

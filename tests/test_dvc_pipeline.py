@@ -53,6 +53,18 @@ def changed_stages(project: Path) -> list[str]:
 
 
 @pytest.mark.slow
+def test_how_processes_meet_restart_or_load_batches_retrains_nothing_and_how_steps_split_retrains_every_model(
+        reproduced_project: Path) -> None:
+    project = reproduced_project  # after one dvc repro
+    write_overrides(project / "params.yaml", {"distributed.timeout_s": 60, "distributed.max_restarts": 2,
+                                              "distributed.rdzv_endpoint": "10.0.0.1:29500", "speed.pin_memory": False})
+    assert changed_stages(project) == []
+
+    write_overrides(project / "params.yaml", {"distributed.grad_accum_steps": 2})
+    assert changed_stages(project) == ["distill@student_kd", "train_student", "train_teacher"]
+
+
+@pytest.mark.slow
 def test_code_changes_rerun_only_the_stages_that_run_that_code(reproduced_project: Path) -> None:
     project = reproduced_project  # after one dvc repro
     method = project / "pipelines" / "kd" / "kd.py"

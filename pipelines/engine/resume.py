@@ -26,6 +26,8 @@ import hashlib
 import json
 import logging
 import shutil
+import socket
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +44,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
+from pipelines.config.base import ParamsError
 from pipelines.config.checkpoint import CheckpointParams
 from pipelines.core.errors import CheckpointError
 from pipelines.engine.runtime import Runtime
@@ -107,6 +110,8 @@ class Resume:
     def latest(self) -> Path | None:
         """The newest complete save of this fingerprint, the same on every rank (the main rank decides). The
         main rank first sweeps what killed runs left half-written, and saves of other params or data."""
+        if self.runtime.nodes > 1:
+            self._check_shared()
         chosen: list[Path | CheckpointError | None] = [None]
         if self.runtime.is_main:
             for partial in self.folder.glob(f"step-*{PARTIAL}"):
@@ -199,6 +204,28 @@ class Resume:
             shutil.rmtree(self.folder, ignore_errors=True)
             if self.folder.parent.exists() and not any(self.folder.parent.iterdir()):
                 self.folder.parent.rmdir()  # the folder of every model's saves, now empty
+
+    def _check_shared(self) -> None:
+        """ParamsError unless every process sees the main one's folder: the processes of several nodes write
+        each save together and resume from the one the main process picks, so each node's own folder would
+        pile up halves of saves that none of them can resume."""
+        token = [uuid.uuid4().hex]
+        probe = self.folder / f".shared-{token[0]}" if self.runtime.is_main else None
+        if probe is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            probe.write_text("written by the main process; every node must see it")
+        dist.broadcast_object_list(token, src=0)
+        sees = (self.folder / f".shared-{token[0]}").exists()
+        hosts: list[str | None] = [None] * self.runtime.world_size
+        dist.all_gather_object(hosts, None if sees else socket.gethostname())
+        if probe is not None:
+            probe.unlink()
+        blind = sorted({host for host in hosts if host is not None})
+        if blind:
+            raise ParamsError(f"checkpoint.folder: the nodes do not share {self.folder} (the processes on "
+                              f"{', '.join(blind)} do not see what the main process writes there); set it to a "
+                              f"folder every node reads and writes (a shared file system), or checkpoint.resume: "
+                              f"never to train without saves")
 
     def _complete(self) -> list[Path]:
         saves = [path for path in self.folder.glob("step-*") if not path.name.endswith(PARTIAL)]
