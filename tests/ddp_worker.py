@@ -1,6 +1,6 @@
 """A training run for the parity tests, the same in one process or under torchrun:
 
-    python tests/ddp_worker.py OUT.pt [--accum K] [--strategy S] [--model M] [--regularization R] [--bf16] \
+    python tests/ddp_worker.py OUT.pt [--accum K] [--batch B] [--strategy S] [--model M] [--regularization R] [--bf16] \
         [--resume DIR [--kill-after-step N]]
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt --strategy fsdp
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT.pt \
@@ -9,7 +9,7 @@
         --regularization all
     python -m torch.distributed.run --standalone --nproc-per-node 4 tests/ddp_worker.py OUT.pt --strategy hsdp
 
-`fit` trains on 512 seeded random 8x8 images, global batch 16: 32 steps. The `plain` model has no batch norm
+`fit` trains on 512 seeded random 8x8 images, global batch 16 (or B): 32 steps. The `plain` model has no batch norm
 (so that each process's share of a batch trains exactly as the whole batch would; torch's SyncBatchNorm needs
 GPUs); the `cnn` one is the built-in cnn with batch norm, for the pipeline (`strategy pipeline`, 4 micro-batches),
 which sees the same micro-batches as one process accumulating gradients over 4. Regularization `all` trains
@@ -92,7 +92,7 @@ def main(arguments: argparse.Namespace) -> None:
                                         image_size=(8, 8), num_classes=4, pixel_mean=(0.5,), pixel_std=(0.3,)))
     training = TrainingParams(
         model=ModelParams(width=1, depth=1, dropout=0.0),  # not used: the model is built above
-        train=TrainParams(epochs=1 if arguments.regularization == "none" else 3, batch_size=BATCH),
+        train=TrainParams(epochs=1 if arguments.regularization == "none" else 3, batch_size=arguments.batch),
         optimizer=SGDParams(name="sgd", lr=0.05, momentum=0.9),
         schedule=ConstantSchedule(name="constant"),
         regularization=RegularizationParams(weight_decay=1e-4, weight_decay_mode="coupled",
@@ -128,6 +128,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--accum", type=int, default=1, help="distributed.grad_accum_steps")
+    parser.add_argument("--batch", type=int, default=BATCH, help="train.batch_size, the global batch")
     parser.add_argument("--strategy", default="ddp", help="ddp, fsdp, hsdp, pipeline or pipeline-1f1b")
     parser.add_argument("--model", choices=["plain", "cnn"], default="plain")
     parser.add_argument("--regularization", choices=list(REGULARIZATION), default="none")

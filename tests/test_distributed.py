@@ -46,10 +46,10 @@ def worker(tmp_path: Path, name: str, processes: int, *options: str, check: bool
 
 
 def trained_weights(tmp_path: Path, name: str, processes: int, grad_accum_steps: int = 1, strategy: str = "ddp",
-                    model: str = "plain", regularization: str = "none", bf16: bool = False) -> dict:
+                    model: str = "plain", regularization: str = "none", bf16: bool = False, batch: int = 16) -> dict:
     """tests/ddp_worker.py's weights (and metrics) after training in `processes` processes."""
     worker(tmp_path, name, processes, "--accum", str(grad_accum_steps), "--strategy", strategy, "--model", model,
-           "--regularization", regularization, *(["--bf16"] if bf16 else []))
+           "--regularization", regularization, "--batch", str(batch), *(["--bf16"] if bf16 else []))
     return torch.load(tmp_path / f"{name}.pt", weights_only=True)
 
 
@@ -72,6 +72,19 @@ def test_two_ddp_processes_with_half_the_batch_each_train_the_weights_of_one_pro
     assert one["steps"] == two["steps"] == 32  # at least 20 optimizer steps
     assert max_difference(one, two) <= 1e-5
     assert max_difference(one, two_accumulating) <= 1e-5
+
+
+@pytest.mark.slow
+def test_processes_given_unequal_shares_of_each_batch_train_the_weights_of_one_process(tmp_path: Path) -> None:
+    # 15 rows a step: 8 and 7 on two processes (in micro-batches of 4 and 4, 4 and 3), the epoch's last 2
+    # rows one each; 16 rows on three processes: 6, 5 and 5.
+    one = trained_weights(tmp_path, "one", processes=1, batch=15)
+    two = trained_weights(tmp_path, "two", processes=2, batch=15, grad_accum_steps=2)
+    assert one["steps"] == two["steps"] == 35
+    assert max_difference(one, two) <= 1e-5
+    whole = trained_weights(tmp_path, "whole", processes=1)
+    three = trained_weights(tmp_path, "three", processes=3, strategy="fsdp")
+    assert max_difference(whole, three) <= 1e-5
 
 
 @pytest.mark.slow

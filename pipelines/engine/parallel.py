@@ -105,8 +105,11 @@ class DataParallel:
             with self.wrapped.no_sync() if self.wrapped is not None and not last else nullcontext():
                 with self.runtime.autocast():
                     loss, terms = self.wrapped(batch) if self.wrapped is not None else self.objective(self.model, batch)
-                # The step's gradient is that of the mean over all its rows.
-                (loss * (len(micro) / len(rows)) if micro_steps > 1 else loss).backward()
+                # The step's gradient is that of the mean over all its rows: DDP and FSDP average the processes'
+                # gradients, so each micro-batch's mean loss weighs its share of the step's rows times N (1 for
+                # a process's whole, equal share; more or less where the rows do not divide evenly).
+                share = len(micro) * self.runtime.world_size / len(step_rows)
+                (loss * share if share != 1 else loss).backward()
             yield len(micro), loss, terms
 
     def clip_gradients(self, clip: GradClipParams | None) -> None:
