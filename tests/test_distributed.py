@@ -340,6 +340,24 @@ def test_the_launcher_refuses_what_its_workers_would_before_starting_them(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_missing_input_stops_the_stage_with_its_message_alone_on_one_process_or_several(
+    tmp_path: Path, processes: int
+) -> None:
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(SHIPPED_PARAMS, params_file)
+    write_overrides(params_file, {"device": "cpu", "distributed.nproc_per_node": processes})
+
+    result = run([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file), "--root",
+                  str(tmp_path)], PROJECT_ROOT, check=False)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert f"{tmp_path}/data/prepared/card.json: no such file; run the stage that writes it (dvc repro)" in output
+    if processes > 1:
+        assert "pipelines.train_teacher failed on rank" in output and "'s message is above" in output
+
+
 def stage_root(tmp_path: Path, tiny_params: Params, name: str, section: str = "distributed",
                **distributed) -> tuple[Paths, Path]:
     """A root with the tiny prepared data and transfer set, and a params file asking for `distributed` in
@@ -417,9 +435,10 @@ def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tm
 @pytest.mark.slow
 def test_nodes_that_do_not_share_the_resume_folder_are_refused_before_training(tmp_path: Path, tiny_params: Params) -> None:
     nodes, results = two_nodes(tmp_path, tiny_params, 29432, {"node0": tmp_path / "own0", "node1": tmp_path / "own1"})
-    assert [result.returncode for result in results] == [1, 1]
+    assert [result.returncode for result in results] == [2, 2]  # a params error, as in one process
     assert all("checkpoint.folder: the nodes do not share" in result.stdout for result in results)
     assert "set it to a folder every node reads and writes (a shared file system)" in results[0].stdout
+    assert all("Traceback" not in result.stdout and "'s message is above" in result.stdout for result in results)
     assert not any(paths.model("student_baseline").exists() for paths in nodes)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class DataError(ValueError):
     """Data that cannot be read as asked; the message names the file and what to change."""
@@ -10,3 +12,9 @@ class DataError(ValueError):
 class CheckpointError(DataError):
     """A checkpoint or model file that cannot be read; the message names the file and how to get it back."""
 
+
+def require_input(path: Path) -> Path:
+    """`path`, or DataError if no file is there: a stage's input that the stage before it writes."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; run the stage that writes it (dvc repro) or `dvc pull {path}`")
+    return path

@@ -83,6 +83,10 @@ def launch_workers(params: DistributedParams, device: str) -> None:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
     except ChildFailedError as error:
         failed = ", ".join(f"rank {rank} (exit code {failure.exitcode})" for rank, failure in error.failures.items())
+        rank, first = error.get_first_failure()
+        if first.exitcode in (1, 2) and not os.path.isfile(first.error_file):  # no traceback: a user's error
+            print(f"{module} failed on {failed}: rank {rank}'s message is above", file=sys.stderr)
+            sys.exit(first.exitcode)  # as in one process: 2 for params, 1 for data
         print(f"{module} failed on {failed}\n{error}", file=sys.stderr)
         sys.exit(1)
 

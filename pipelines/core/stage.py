@@ -42,35 +42,42 @@ def run_stage(
     params_file, root = options.pop("params"), options.pop("root")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = params_or_exit(params_file)
-    if under_torchrun():  # a failing worker's traceback reaches torchrun's report of the failed rank
-        from torch.distributed.elastic.multiprocessing.errors import record
+    if distributed is not None and needs_workers(settings := exit_on_user_error(distributed, params, options)):
+        exit_on_user_error(launch_workers, settings, params.device)  # the workers run this command under torchrun
+        return
+    if not under_torchrun():
+        exit_on_user_error(stage, params, Paths(root), **options)
+        return
+    from torch.distributed.elastic.multiprocessing.errors import record
 
-        stage = record(stage)
-        end_with_agent()
+    end_with_agent()
+    # A bug's traceback reaches torchrun's report of the failed rank; a user's error is its message alone.
+    record(exit_on_user_error)(stage, params, Paths(root), **options)
+    leave_now()
+
+
+def exit_on_user_error(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)`; on an error the user can act on, its message alone on stderr and exit 2
+    (params: a method's options, too few micro-batches for the processes) or 1 (data, a checkpoint)."""
     try:
-        if distributed is not None and needs_workers(settings := distributed(params, options)):
-            launch_workers(settings, params.device)  # the workers run this same command under torchrun
-            return
-        stage(params, Paths(root), **options)
-    except ParamsError as error:  # found by the stage or the launcher (a method's options, too few micro-batches)
+        return function(*args, **kwargs)
+    except (ParamsError, DataError) as error:  # DataError: the user's data, not a bug; the message says what to fix
         print(error, file=sys.stderr)
-        sys.exit(EXIT_BAD_PARAMS)
-    except DataError as error:  # the user's data, not a bug: the message says what to fix, no traceback
-        print(error, file=sys.stderr)
-        sys.exit(EXIT_BAD_DATA)
-    if under_torchrun():
-        leave_now()
+        code = EXIT_BAD_PARAMS if isinstance(error, ParamsError) else EXIT_BAD_DATA
+        if under_torchrun():
+            leave_now(code)  # its process group may still be up, which the interpreter's teardown can abort on
+        sys.exit(code)
 
 
-def leave_now() -> None:
-    """End a torchrun worker whose stage succeeded without the interpreter's teardown. After FSDP, DTensor's
+def leave_now(code: int = 0) -> None:
+    """End a torchrun worker with exit code `code` without the interpreter's teardown. After FSDP, DTensor's
     caches keep the device mesh, and so gloo's threads, alive past destroy_process_group; their C++
     destructors at interpreter exit then abort the process now and then ("terminate called without an
     active exception", exit -6, on torch 2.13), failing a stage whose outputs are written."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def params_or_exit(path: Path, overrides: dict[str, Any] | None = None) -> Params:

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipelines.config.data import NormalizeParams
 from pipelines.core.atomic import write_json
-from pipelines.core.errors import DataError
+from pipelines.core.errors import DataError, require_input
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def write_card(path: Path, card: DatasetCard) -> None:
 
 
 def read_card(path: Path) -> DatasetCard:
-    data = json.loads(path.read_text())
+    data = json.loads(require_input(path).read_text())
     data["image_shape"] = tuple(data["image_shape"])
     data["splits"] = {name: SplitSummary(**split) for name, split in data["splits"].items()}
     return DatasetCard(**data)

@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 
 from pipelines.core.atomic import atomic_path
-from pipelines.core.errors import DataError
+from pipelines.core.errors import DataError, require_input
 
 # Rows per record batch when a Parquet file is copied to Arrow: about this many bytes of pixels each.
 ARROW_BATCH_BYTES = 32 * 2**20
@@ -86,7 +86,7 @@ def open_image_set(path: Path, cache_dir: Path) -> ImageSet:
 
     Labels and the other per-row numbers are read into memory (8 bytes a row); pixels stay on disk and
     the page cache until a batch asks for them."""
-    metadata = pq.read_schema(path).metadata or {}
+    metadata = pq.read_schema(require_input(path)).metadata or {}
     if b"image_shape" not in metadata or b"class_names" not in metadata:
         raise DataError(f"{path}: not an image table of this pipeline (no image_shape/class_names metadata)")
     image_shape = tuple(json.loads(metadata[b"image_shape"]))
