@@ -427,6 +427,9 @@ def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tm
     assert [result.returncode for result in results] == [0, 0], outputs
     assert all("device cpu x 4" in output for output in outputs)  # two processes on each of two nodes
     assert "HSDP: 2 copies of the model, each sharded across 2 processes" in outputs[0] + outputs[1]
+    prefixes = [{prefix for prefix in ("[rank0]:", "[rank1]:", "[rank2]:", "[rank3]:") if prefix in output}
+                for output in outputs]
+    assert sorted(map(sorted, prefixes)) == [["[rank0]:", "[rank1]:"], ["[rank2]:", "[rank3]:"]]  # global ranks
     written = [paths.model("student_baseline").exists() for paths in nodes]
     assert sorted(written) == [False, True]  # the node of global rank 0 writes the checkpoint
     assert not shared.exists(), "the saves are removed once the stage succeeds"

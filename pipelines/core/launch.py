@@ -3,7 +3,7 @@ with one process the stage runs in this process; with more (params' `distributed
 becomes torchrun's agent and starts the stage's workers, the same command under torchrun.
 
 torchrun (torch.distributed.run) does the process management: the rendezvous, the workers' environment,
-their output (each line prefixed with its local rank, `[rank0]:`), restarts, and the failure report that
+their output (each line prefixed with its global rank, `[rank0]:`), restarts, and the failure report that
 names the failed rank with its own traceback.
 """
 
@@ -48,7 +48,7 @@ def processes_per_node(params: DistributedParams) -> int:
 def torchrun_arguments(params: DistributedParams, module: str, arguments: list[str]) -> list[str]:
     """torchrun's command line that runs `python -m module arguments` in each worker."""
     launch = ["--nproc-per-node", str(processes_per_node(params)), "--max-restarts", str(params.max_restarts),
-              "--role", "rank", "--tee", "3"]
+              "--tee", "3"]
     if params.nnodes == 1:
         launch += ["--standalone"]  # a free local port: runs on one node never collide
     else:
@@ -79,6 +79,7 @@ def launch_workers(params: DistributedParams, device: str) -> None:
     # full-mesh connect races with itself when torchrun restarts the workers (half the restarts failed or hung
     # on torch 2.13 with two processes on loopback; none did lazily).
     os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
+    os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]:")  # (torchrun's: the local rank)
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
     except ChildFailedError as error:
