@@ -470,6 +470,28 @@ def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path
 
 
 @pytest.mark.slow
+def test_a_stopped_worker_fails_the_stage_after_the_collective_timeout_saying_so(tmp_path: Path, tiny_params: Params) -> None:
+    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2, timeout_s=5)
+    write_overrides(params_file, {"teacher.train.epochs": 50})
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    launcher = subprocess.Popen([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file),
+                                 "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in launcher.stdout:
+        if line.startswith("[rank0]:") and "epoch 1/50" in line:
+            break
+    workers = subprocess.run(["pgrep", "-f", "--", f"-u -m pipelines.train_teacher --params {params_file}"],
+                             capture_output=True, text=True).stdout.split()
+    stopped = time.monotonic()
+    os.kill(max(int(pid) for pid in workers), signal.SIGSTOP)  # rank 1 hangs: alive, silent
+    rest = launcher.communicate(timeout=120)[0]
+    # The timeout, then torchrun's 30 s of grace for the stopped worker to end on SIGTERM before its SIGKILL.
+    assert time.monotonic() - stopped < 5 + 30 + 20
+    assert launcher.returncode == 1
+    assert "rank 0 waited longer than distributed.timeout_s (5 s) for the other processes in a collective" in rest
+
+
+@pytest.mark.slow
 def test_workers_end_with_a_launcher_killed_outright(tmp_path: Path, tiny_params: Params) -> None:
     paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2)
     write_overrides(params_file, {"teacher.train.epochs": 50})

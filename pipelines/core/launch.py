@@ -89,6 +89,9 @@ def launch_workers(params: DistributedParams, device: str) -> None:
             print(f"{module} failed on {failed}: rank {rank}'s message is above", file=sys.stderr)
             sys.exit(first.exitcode)  # as in one process: 2 for params, 1 for data
         print(f"{module} failed on {failed}\n{error}", file=sys.stderr)
+        if "timed out" in str(first.message).lower():  # gloo's words; NCCL's watchdog aborts the process instead
+            print(f"rank {rank} waited longer than distributed.timeout_s ({params.timeout_s} s) for the other processes "
+                  f"in a collective: one of them stopped answering (hung, stopped, or its node lost)", file=sys.stderr)
         sys.exit(1)
 
 
