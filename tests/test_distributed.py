@@ -232,6 +232,13 @@ def test_the_pipeline_names_what_it_cannot_split_or_schedule(model, settings: di
         parallelize(model, CrossEntropy(), TWO_PROCESSES, DistributedParams(**settings))
 
 
+def test_lr_scaling_counts_the_processes_sharing_out_each_batch_which_a_pipeline_s_stages_do_not() -> None:
+    model = build_model(ModelConfig(arch="cnn", width=4, depth=2, blocks_per_stage=1, dropout=0.0, in_channels=1,
+                                    image_size=(8, 8), num_classes=4, pixel_mean=(0.5,), pixel_std=(0.3,)))
+    piped = parallelize(model, CrossEntropy(), TWO_PROCESSES, DistributedParams(strategy="pipeline", microbatches=2))
+    assert piped.batch_shares == 1
+
+
 def test_the_pipeline_splits_the_built_in_models_into_runs_of_balanced_size() -> None:
     for arch in ("cnn", "resnet"):
         model = build_model(ModelConfig(arch=arch, width=8, depth=3, blocks_per_stage=2, dropout=0.0, in_channels=1,
@@ -324,6 +331,10 @@ def test_a_bad_distributed_param_is_named(key: str, value, message: str) -> None
                                                      "distributed": {"nproc_per_node": 1}}},
      "the students student_kd, student_small run on different processes (their distributed changes); train one at "
      "a time with --student NAME"),
+    ("pipelines.distill", {"distill.student_small": {"losses": [{"method": "ce"}],
+                                                     "distributed": {"strategy": "fsdp", "fsdp_replicas": 3}}},
+     "distributed.fsdp_replicas: 3 copies of the model cannot be spread evenly over 2 processes"),
+    ("pipelines.distill --student nosuch", {}, "no student 'nosuch' in params.yaml's distill section"),
 ])
 def test_the_launcher_refuses_what_its_workers_would_before_starting_them(
     tmp_path: Path, module: str, overrides: dict, message: str
@@ -331,9 +342,10 @@ def test_the_launcher_refuses_what_its_workers_would_before_starting_them(
     params_file = tmp_path / "params.yaml"
     shutil.copy(SHIPPED_PARAMS, params_file)
     write_overrides(params_file, {"device": "cpu", "distributed.nproc_per_node": 2, **overrides})
+    module, *options = module.split()
 
-    result = run([sys.executable, "-m", module, "--params", str(params_file), "--root", str(tmp_path)], PROJECT_ROOT,
-                 check=False)
+    result = run([sys.executable, "-m", module, "--params", str(params_file), "--root", str(tmp_path), *options],
+                 PROJECT_ROOT, check=False)
 
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and "[rank" not in result.stderr, "no worker was started"
@@ -399,16 +411,16 @@ def test_the_teacher_stage_launches_its_own_workers_and_evaluate_scores_their_ch
     assert [path.name for path in paths.root.rglob(".*tmp-*")] == [], "no temporary files left by either rank"
 
 
-def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dict[str, Path]
-              ) -> tuple[list[Paths], list[subprocess.CompletedProcess]]:
+def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dict[str, Path],
+              changes: tuple[dict, dict] = ({}, {})) -> tuple[list[Paths], list[subprocess.CompletedProcess]]:
     """Two launchers on loopback, a node each with its own project root, two processes per node under HSDP by
     node (each node holds a copy of the model, sharded over its processes); `resume_folder`: each node's
-    checkpoint.folder by name."""
+    checkpoint.folder by name; `changes`: each node's own param changes."""
     nodes = [stage_root(tmp_path, tiny_params, name, nproc_per_node=2, nnodes=2, strategy="fsdp",
                         fsdp_replicas="nodes", rdzv_endpoint=f"127.0.0.1:{port}", timeout_s=120)
              for name in resume_folder]
-    for (_, params_file), folder in zip(nodes, resume_folder.values()):
-        write_overrides(params_file, {"checkpoint.folder": str(folder)})
+    for (_, params_file), folder, own in zip(nodes, resume_folder.values(), changes):
+        write_overrides(params_file, {"checkpoint.folder": str(folder), **own})
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     launchers = [subprocess.Popen([sys.executable, "-m", "pipelines.train_student", "--params", str(params_file),
                                    "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
@@ -443,6 +455,43 @@ def test_nodes_that_do_not_share_the_resume_folder_are_refused_before_training(t
     assert "set it to a folder every node reads and writes (a shared file system)" in results[0].stdout
     assert all("Traceback" not in result.stdout and "'s message is above" in result.stdout for result in results)
     assert not any(paths.model("student_baseline").exists() for paths in nodes)
+
+
+@pytest.mark.slow
+def test_nodes_started_with_different_params_are_refused_before_training(tmp_path: Path, tiny_params: Params) -> None:
+    shared = tmp_path / "shared-resume"
+    nodes, results = two_nodes(tmp_path, tiny_params, 29433, {"node0": shared, "node1": shared},
+                               changes=({}, {"student.optimizer.lr": 0.5}))
+    assert [result.returncode for result in results] == [2, 2], [result.stdout for result in results]
+    assert all("the processes were started with different params or inputs: rank 2 on " in result.stdout
+               for result in results)
+    assert not any(paths.model("student_baseline").exists() for paths in nodes)
+
+
+@pytest.mark.slow
+def test_a_node_left_alone_at_the_rendezvous_fails_after_the_timeout_naming_the_endpoint(
+    tmp_path: Path, tiny_params: Params
+) -> None:
+    paths, params_file = stage_root(tmp_path, tiny_params, "node0", nproc_per_node=1, nnodes=2,
+                                    rdzv_endpoint="127.0.0.1:29434", timeout_s=5)
+    started = time.monotonic()
+    result = run([sys.executable, "-m", "pipelines.train_student", "--params", str(params_file), "--root",
+                  str(paths.root)], PROJECT_ROOT, check=False)
+    assert result.returncode == 1 and time.monotonic() - started < 60
+    assert ("pipelines.train_student: the 2 nodes did not meet at distributed.rdzv_endpoint 127.0.0.1:29434 "
+            "(rdzv_id distill-pipeline) within distributed.timeout_s (5 s)") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_batch_smaller_than_the_processes_is_refused(tmp_path: Path, tiny_params: Params) -> None:
+    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2)
+    write_overrides(params_file, {"student.train.batch_size": 1})
+    result = run([sys.executable, "-m", "pipelines.train_student", "--params", str(params_file), "--root",
+                  str(paths.root)], PROJECT_ROOT, check=False)
+    assert result.returncode == 2
+    assert ("student_baseline's train.batch_size: 1 rows a step cannot be shared out over 2 processes"
+            in result.stdout + result.stderr)
 
 
 @pytest.mark.slow

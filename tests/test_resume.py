@@ -161,7 +161,7 @@ def test_a_stage_that_lost_a_worker_resumes_on_fewer_processes(prepared: Paths, 
     (1, {"strategy": "pipeline"}, 328, True),  # one stage: the last, incomplete batch left out too
     (2, {"strategy": "pipeline", "microbatches": 2}, 320, False),  # other micro-batches
     (1, {"grad_accum_steps": 4}, 328, False),  # one more step per epoch (a pipeline leaves it out)
-    (3, {"strategy": "pipeline", "lr_scaling": "linear"}, 320, False),  # another learning rate
+    (3, {"strategy": "pipeline", "lr_scaling": "linear"}, 320, True),  # (a pipeline's rate is not scaled)
 ])
 def test_a_pipeline_s_save_resumes_wherever_each_step_is_split_into_the_same_micro_batches(
     prepared: Paths, processes: int, changes: dict, examples: int, resumes: bool
@@ -186,6 +186,14 @@ def test_a_model_s_own_distributed_changes_resume_as_the_section_s_do(prepared: 
     saved = fingerprint(2, **{"distributed.nproc_per_node": 2, "distributed.strategy": "fsdp"})
     assert fingerprint(1, **{"teacher.distributed": {"nproc_per_node": 1, "strategy": "ddp"}}) == saved
     assert fingerprint(2, **{"teacher.distributed": {"nproc_per_node": 2, "grad_accum_steps": 2}}) != saved
+
+
+def test_a_save_made_with_bf16_is_not_resumed_without_it(prepared: Paths) -> None:
+    params = load_params(SHIPPED_PARAMS, TINY_OVERRIDES)
+    runtimes = [Runtime(torch.device("cuda"), speed=params.speed.model_copy(update={"bf16": bf16}))
+                for bf16 in (True, False)]
+    bf16, fp32 = (run_fingerprint("teacher", params.teacher, params, prepared, runtime, 320) for runtime in runtimes)
+    assert bf16 != fp32
 
 
 def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path: Path) -> None:

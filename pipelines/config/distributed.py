@@ -61,7 +61,7 @@ class DistributedParams(Section):
                               f"processes run on {device_type}; set it to false (each process then normalizes over "
                               f"its share of the batch)")
         replicas = nodes if self.fsdp_replicas == "nodes" else self.fsdp_replicas
-        if self.strategy == "fsdp" and processes % replicas:
+        if self.strategy == "fsdp" and processes > 1 and processes % replicas:
             raise ParamsError(f"distributed.fsdp_replicas: {replicas} copies of the model cannot be spread evenly "
                               f"over {processes} processes; pick a divisor of {processes}, or nodes")
         if self.strategy == "pipeline" and self.grad_accum_steps > 1:

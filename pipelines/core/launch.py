@@ -53,7 +53,8 @@ def torchrun_arguments(params: DistributedParams, module: str, arguments: list[s
         launch += ["--standalone"]  # a free local port: runs on one node never collide
     else:
         launch += ["--nnodes", str(params.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", params.rdzv_endpoint,
-                   "--rdzv-id", params.rdzv_id, "--rdzv-conf", f"join_timeout={params.timeout_s}"]
+                   "--rdzv-id", params.rdzv_id,
+                   "--rdzv-conf", f"join_timeout={params.timeout_s},read_timeout={params.timeout_s}"]
     return [*launch, "-m", module, *arguments]
 
 
@@ -71,6 +72,7 @@ def launch_workers(params: DistributedParams, device: str) -> None:
     rank (and its traceback) if one fails for good. What the workers would refuse of the params is refused
     first (ParamsError), before any of them starts."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
     params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
@@ -82,6 +84,13 @@ def launch_workers(params: DistributedParams, device: str) -> None:
     os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]:")  # (torchrun's: the local rank)
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
+    except RendezvousError as error:
+        print(f"{module}: the {params.nnodes} nodes did not meet at distributed.rdzv_endpoint {params.rdzv_endpoint} "
+              f"(rdzv_id {params.rdzv_id}) within distributed.timeout_s ({params.timeout_s} s): "
+              f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no answer'}. Start the same "
+              f"command on every node, with an rdzv_endpoint (host:port of one of them) that each one reaches",
+              file=sys.stderr)
+        sys.exit(1)
     except ChildFailedError as error:
         failed = ", ".join(f"rank {rank} (exit code {failure.exitcode})" for rank, failure in error.failures.items())
         rank, first = error.get_first_failure()

@@ -74,7 +74,7 @@ def fit(
     batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
     steps = parallel.steps_per_epoch(train_set, batch_size)
     optimizer = build_optimizer(parallel.trained, training.optimizer, regularization)
-    scale_learning_rate(optimizer, distributed.lr_scaling, runtime.world_size)  # before the schedule reads it
+    scale_learning_rate(optimizer, distributed.lr_scaling, parallel.batch_shares)  # before the schedule reads it
     schedule = build_schedule(optimizer, training.schedule, epochs, steps)
     # The EMA and early stopping read the weights this process holds (the model, its shards, its stage's layers).
     ema = WeightAverage(parallel.held, regularization.ema_decay) if regularization.ema_decay is not None else None
@@ -218,8 +218,9 @@ def _fits_on_device(train_set: ImageSet, runtime: Runtime) -> bool:
 
 
 def scale_learning_rate(optimizer: torch.optim.Optimizer, scaling: str, world_size: int) -> None:
-    """`distributed.lr_scaling`: the learning rate times the number of processes (linear, Goyal et al. 2017)
-    or its square root (sqrt); none leaves it as the optimizer section says."""
+    """`distributed.lr_scaling`: the learning rate times the number of processes sharing out each batch
+    (`world_size`; 1 for a pipeline's stages) (linear, Goyal et al. 2017) or its square root (sqrt); none
+    leaves it as the optimizer section says."""
     factor = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[scaling]
     for group in optimizer.param_groups:
         group["lr"] *= factor

@@ -88,6 +88,7 @@ class DataParallel:
         self.checkpointed: nn.Module = nn.ModuleDict({"model": model, "objective": objective})
         self.held: nn.Module = model  # the model's weights as this process holds them (under FSDP, its shards)
         self.loss_rank = 0  # the rank whose loss sums `epoch_means` reads (all are all-reduced)
+        self.batch_shares = runtime.world_size  # the processes that share out each batch's rows
 
     def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
         """Optimizer steps per epoch of `train_set` in global batches of `batch_size`."""

@@ -82,6 +82,7 @@ class PipelineParallel(DataParallel):
         self.parts = split_layers(model, runtime.world_size)
         self.rank, self.last_rank = runtime.rank, runtime.world_size - 1
         self.loss_rank = self.last_rank  # the only one that sees the losses
+        self.batch_shares = 1  # every stage sees every row of the batch
         self.stage_layers = nn.Sequential(*self.parts[self.rank])
         is_last = self.rank == self.last_rank
         self.trained = [*self.stage_layers.parameters(), *(objective.parameters() if is_last else ())]

@@ -26,14 +26,12 @@ import hashlib
 import json
 import logging
 import shutil
-import socket
-import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.distributed as dist
@@ -48,6 +46,7 @@ from pipelines.config.base import ParamsError
 from pipelines.config.checkpoint import CheckpointParams
 from pipelines.core.errors import CheckpointError
 from pipelines.engine.runtime import Runtime
+from pipelines.engine.save_folder import check_shared, claim
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +91,11 @@ def fingerprint(**what: Any) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def input_identity(*files: Path) -> list[tuple[str, int, int]]:
-    """Size and modification time of each existing input: a rewritten input (new data) changes them."""
-    return [(path.name, stat.st_size, stat.st_mtime_ns) for path in files if path.exists() for stat in [path.stat()]]
+def input_identity(*files: Path, times: bool = True) -> list[tuple[str, int, int]]:
+    """Size and modification time of each existing input: a rewritten input (new data) changes them. Without
+    `times`, sizes alone (the same files on two nodes have their own times)."""
+    return [(path.name, stat.st_size, stat.st_mtime_ns if times else 0)
+            for path in files if path.exists() for stat in [path.stat()]]
 
 
 class Resume:
@@ -102,6 +103,7 @@ class Resume:
 
     def __init__(self, folder: Path, params: CheckpointParams, runtime: Runtime, fingerprint: str) -> None:
         self.folder, self.params, self.runtime, self.fingerprint = folder, params, runtime, fingerprint
+        self.lock: IO[str] | None = None  # the main rank's hold on the folder (pipelines/engine/save_folder.py)
 
     def due(self, step: int) -> bool:
         """Whether to save after optimizer step `step` (besides every epoch end)."""
@@ -109,9 +111,17 @@ class Resume:
 
     def latest(self) -> Path | None:
         """The newest complete save of this fingerprint, the same on every rank (the main rank decides). The
-        main rank first sweeps what killed runs left half-written, and saves of other params or data."""
+        main rank first claims the folder for this run, then sweeps what killed runs left half-written, and
+        saves of other params or data. A problem the main rank finds is raised on every rank."""
+        claimed: list[ParamsError | None] = [None]
+        if self.runtime.is_main:
+            try:
+                self.lock = claim(self.folder)
+            except ParamsError as error:
+                claimed = [error]
+        self._raise_everywhere(claimed)
         if self.runtime.nodes > 1:
-            self._check_shared()
+            check_shared(self.folder, self.runtime)
         chosen: list[Path | CheckpointError | None] = [None]
         if self.runtime.is_main:
             for partial in self.folder.glob(f"step-*{PARTIAL}"):
@@ -120,16 +130,22 @@ class Resume:
             try:
                 if saves and self._saved_fingerprint(saves[-1]) != self.fingerprint:
                     log.info("%s: saved training states are of other params or data: starting over", self.folder)
-                    self.remove()
+                    for save in saves:
+                        shutil.rmtree(save)
                     saves = []
                 chosen = [saves[-1] if saves else None]
-            except CheckpointError as error:  # every rank raises it, none waits for the main one
+            except CheckpointError as error:
                 chosen = [error]
+        return self._raise_everywhere(chosen)
+
+    def _raise_everywhere(self, found: list[Any]) -> Any:
+        """The main rank's `found[0]`, sent to every rank; raised there if it is an error (none waits for the
+        main one in a collective it will never join)."""
         if self.runtime.distributed:
-            dist.broadcast_object_list(chosen, src=0)
-        if isinstance(chosen[0], CheckpointError):
-            raise chosen[0]
-        return chosen[0]
+            dist.broadcast_object_list(found, src=0)
+        if isinstance(found[0], Exception):
+            raise found[0]
+        return found[0]
 
     def save(self, state: dict[str, Any], progress: Progress, sums: dict[str, Any], live_dir: Path | None) -> None:
         """Save `state` (the loop's objects, see `fit`) with `progress` and this rank's RNG states and `sums`,
@@ -199,33 +215,14 @@ class Resume:
             shutil.copytree(saved / "live", live_dir, dirs_exist_ok=True)
 
     def remove(self) -> None:
-        """Remove every save of this model (the stage succeeded, or they are of other params)."""
+        """Remove every save of this model and the folder (the stage succeeded), letting go of its lock."""
         if self.runtime.is_main:
             shutil.rmtree(self.folder, ignore_errors=True)
+            if self.lock is not None:
+                self.lock.close()  # (its file went with the folder)
+                self.lock = None
             if self.folder.parent.exists() and not any(self.folder.parent.iterdir()):
                 self.folder.parent.rmdir()  # the folder of every model's saves, now empty
-
-    def _check_shared(self) -> None:
-        """ParamsError unless every process sees the main one's folder: the processes of several nodes write
-        each save together and resume from the one the main process picks, so each node's own folder would
-        pile up halves of saves that none of them can resume."""
-        token = [uuid.uuid4().hex]
-        probe = self.folder / f".shared-{token[0]}" if self.runtime.is_main else None
-        if probe is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            probe.write_text("written by the main process; every node must see it")
-        dist.broadcast_object_list(token, src=0)
-        sees = (self.folder / f".shared-{token[0]}").exists()
-        hosts: list[str | None] = [None] * self.runtime.world_size
-        dist.all_gather_object(hosts, None if sees else socket.gethostname())
-        if probe is not None:
-            probe.unlink()
-        blind = sorted({host for host in hosts if host is not None})
-        if blind:
-            raise ParamsError(f"checkpoint.folder: the nodes do not share {self.folder} (the processes on "
-                              f"{', '.join(blind)} do not see what the main process writes there); set it to a "
-                              f"folder every node reads and writes (a shared file system), or checkpoint.resume: "
-                              f"never to train without saves")
 
     def _complete(self) -> list[Path]:
         saves = [path for path in self.folder.glob("step-*") if not path.name.endswith(PARTIAL)]

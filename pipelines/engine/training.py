@@ -4,11 +4,13 @@ save the checkpoint (the teacher, the baseline student and each distilled studen
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from pipelines.config import Params
+from pipelines.config import Params, ParamsError
 from pipelines.config.training import ModelParams, TrainingParams
 from pipelines.core.atomic import atomic_path
 from pipelines.core.paths import Paths
@@ -55,6 +57,13 @@ def train_and_save(
         "%s: %d parameters, %d training images, device %s x %d",
         name, count_parameters(model), len(transfer), runtime.device, runtime.world_size,
     )
+    batch_size = len(transfer) if training.train.batch_size == "full" else training.train.batch_size
+    if distributed.strategy != "pipeline" and batch_size < runtime.world_size:
+        raise ParamsError(f"{name}'s train.batch_size: {batch_size} rows a step cannot be shared out over "
+                          f"{runtime.world_size} processes (each takes its own rows); use a batch of at least "
+                          f"{runtime.world_size}, or fewer processes")
+    if runtime.distributed:
+        same_run_everywhere(runtime, run_fingerprint(name, training, params, paths, runtime, len(transfer), times=False))
     resume = None
     if params.checkpoint.resume == "auto":
         folder = paths.resume_states(params.checkpoint.folder, name)
@@ -75,18 +84,34 @@ def train_and_save(
     return metrics
 
 
+def same_run_everywhere(runtime: Runtime, run: str) -> None:
+    """ParamsError on every process unless all were started with the same params and inputs (`run`: their
+    fingerprint without file times, which differ between nodes). Nodes started from another params.yaml or
+    other data would otherwise train one model from two runs, or wait at its end for the longer one."""
+    seen: list[tuple[str, str] | None] = [None] * runtime.world_size
+    dist.all_gather_object(seen, (run, socket.gethostname()))
+    odd = [f"rank {rank} on {host}" for rank, (other, host) in enumerate(seen) if other != seen[0][0]]
+    if odd:
+        raise ParamsError(f"the processes were started with different params or inputs: {', '.join(odd)} against "
+                          f"rank 0 on {seen[0][1]}; start every node from the same params.yaml and data (the same "
+                          f"commit, then dvc pull)")
+
+
 def run_fingerprint(
-    name: str, training: TrainingParams, params: Params, paths: Paths, runtime: Runtime, examples: int
+    name: str, training: TrainingParams, params: Params, paths: Paths, runtime: Runtime, examples: int,
+    times: bool = True,
 ) -> str:
     """What a saved training state must share with this run to be resumed: the model's training params (and a
-    distilled student's loss), the seed, how the processes split each batch, the device, the inputs.
+    distilled student's loss), the seed, how the processes split each batch, the device and bf16, the inputs
+    (their sizes and, with `times`, modification times).
 
     The number of processes and the strategy may change (a node lost, more GPUs, a pipeline's model that now
     fits on one device): each process saves what it holds under the whole model's names and DCP reshards it,
     so a save resumes wherever each step's global batch is still split into the same micro-batches (a
     pipeline's `microbatches`, otherwise `grad_accum_steps`) over the same steps per epoch (a pipeline, of one
     stage too, leaves an epoch's last, incomplete batch out). With `lr_scaling` the learning rate depends on
-    the number of processes, which must then stay the same."""
+    the number of processes (outside a pipeline, whose stages do not share out the batch), which must then
+    stay the same."""
     distributed = params.distributed_for(training)
     batch_size = examples if training.train.batch_size == "full" else training.train.batch_size
     split = distributed.model_dump(include={"sync_batchnorm", "lr_scaling"})
@@ -95,13 +120,13 @@ def run_fingerprint(
     else:
         split |= {"micro_batches": distributed.grad_accum_steps,
                   "epoch_steps": steps_per_epoch(examples, batch_size, runtime.world_size)}
-    if distributed.lr_scaling != "none":
+    if distributed.lr_scaling != "none" and distributed.strategy != "pipeline":
         split["world_size"] = runtime.world_size
     return fingerprint(
         # the model's own `distributed` changes are in `split` as far as they matter, as the section's are
         training=training.model_dump(exclude={"distributed"}),
         loss=params.distill[name].model_dump(exclude={"distributed"}) if name in params.distill else None,
-        seed=params.seed, device=runtime.device.type, split=split,
+        seed=params.seed, device=runtime.device.type, bf16=runtime.speed.bf16, split=split,
         inputs=input_identity(paths.transfer, paths.split("val"), paths.card, paths.teacher_logits,
-                              paths.model("teacher"), paths.teacher_features(name) / "manifest.json"),
+                              paths.model("teacher"), paths.teacher_features(name) / "manifest.json", times=times),
     )

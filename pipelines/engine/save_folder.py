@@ -1,0 +1,61 @@
+"""The folder a model's training states are saved in (`checkpoint.folder`/<model>), as pipelines/engine/resume.py
+needs it: one that this run can write, that no other run of the same model is using at the same time (two
+runs would take each other's saves for another params' and sweep them), and that every node sees."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import IO
+
+import torch.distributed as dist
+
+from pipelines.config.base import ParamsError
+from pipelines.engine.runtime import Runtime
+
+
+def claim(folder: Path) -> IO[str]:
+    """Create `folder` and hold its lock (an exclusive `flock` on `folder/.lock`) until the returned file is
+    closed or the process ends; ParamsError if it cannot be written or another run holds it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = (folder / ".lock").open("a+")
+    except OSError as error:
+        raise ParamsError(f"checkpoint.folder: cannot write {folder} ({error.strerror}); set it to a folder this "
+                          f"user can write, or checkpoint.resume: never to train without saves") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ParamsError(f"checkpoint.folder: another run of this model is saving into {folder} ({holder}); wait "
+                          f"for it to end, or give this run a checkpoint.folder of its own") from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    return lock
+
+
+def check_shared(folder: Path, runtime: Runtime) -> None:
+    """ParamsError unless every process sees the main one's `folder` (a collective): the processes of several
+    nodes write each save together and resume from the one the main process picks, so each node's own folder
+    would pile up halves of saves that none of them can resume."""
+    token = [uuid.uuid4().hex]
+    probe = folder / f".shared-{token[0]}" if runtime.is_main else None
+    if probe is not None:
+        probe.write_text("written by the main process; every node must see it")
+    dist.broadcast_object_list(token, src=0)
+    sees = (folder / f".shared-{token[0]}").exists()
+    hosts: list[str | None] = [None] * runtime.world_size
+    dist.all_gather_object(hosts, None if sees else socket.gethostname())
+    if probe is not None:
+        probe.unlink()
+    blind = sorted({host for host in hosts if host is not None})
+    if blind:
+        raise ParamsError(f"checkpoint.folder: the nodes do not share {folder} (the processes on {', '.join(blind)} "
+                          f"do not see what the main process writes there); set it to a folder every node reads "
+                          f"and writes (a shared file system), or checkpoint.resume: never to train without saves")

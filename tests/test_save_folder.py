@@ -1,0 +1,32 @@
+"""The folder a model's training states are saved in (pipelines/engine/save_folder.py): one run of a model at a
+time, and a folder that cannot be written named before any training."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ParamsError
+from pipelines.engine.save_folder import claim
+
+
+def test_a_second_run_of_the_model_is_refused_while_the_first_holds_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / ".resume" / "teacher"
+    first = claim(folder)
+    with pytest.raises(ParamsError, match=re.escape(
+            f"checkpoint.folder: another run of this model is saving into {folder} (pid {os.getpid()} on "
+            f"{socket.gethostname()}); wait for it to end, or give this run a checkpoint.folder of its own")):
+        claim(folder)
+    first.close()  # the first run ends (or dies: the system lets go of its lock)
+    claim(folder).close()
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder would go")
+    with pytest.raises(ParamsError, match=re.escape(f"checkpoint.folder: cannot write {blocked / 'teacher'}")):
+        claim(blocked / "teacher")
