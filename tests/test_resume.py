@@ -208,19 +208,20 @@ def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path:
     assert load_checkpoint(paths.model("teacher")).metrics["steps"] == 40
 
 
-@pytest.mark.parametrize("damaged, message", [
-    ("*.distcp", "{newest}: a saved training state that cannot be read"),
-    ("state.json", "{newest}/state.json: the record of a saved training state cannot be read"),
+@pytest.mark.parametrize("damaged, kept, message", [
+    ("*.distcp", 20, "{newest}: a saved training state that cannot be read"),
+    ("rank-0.pt", 0, "{newest}: a saved training state that cannot be read (EOFError)"),
+    ("state.json", 20, "{newest}/state.json: the record of a saved training state cannot be read"),
 ])
 def test_a_damaged_save_is_named_with_what_to_do_and_the_saves_before_it_are_kept(
-    prepared: Paths, tmp_path: Path, damaged: str, message: str
+    prepared: Paths, tmp_path: Path, damaged: str, kept: int, message: str
 ) -> None:
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
     kill_after_save(command, paths, step=21).wait()
     left = saves(paths)
     newest = left[-1]
-    for file in newest.glob(damaged):
-        file.write_bytes(file.read_bytes()[:20])
+    for file in newest.glob(damaged):  # cut short, to its first `kept` bytes
+        file.write_bytes(file.read_bytes()[:kept])
 
     result = run(command, PROJECT_ROOT, check=False)
 

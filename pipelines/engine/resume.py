@@ -188,7 +188,7 @@ class Resume:
                      for rank in (range(saved_world) if resharded else [self.runtime.rank])}
         except (Exception, CheckpointException) as error:  # DCP's wraps a failure on any rank (a BaseException)
             raise CheckpointError(
-                f"{saved}: a saved training state that cannot be read ({str(error).splitlines()[0]}). Remove that "
+                f"{saved}: a saved training state that cannot be read ({first_line(error)}). Remove that "
                 f"folder to resume from the save before it, or set checkpoint.resume: never to start over"
             ) from None
         own = ranks[self.runtime.rank] if self.runtime.rank in ranks else ranks[0]  # a rank the save lacks: rank 0
@@ -240,6 +240,11 @@ class Resume:
                 f"{saved / 'state.json'}: the record of a saved training state cannot be read ({error}). Remove "
                 f"{saved} to resume from the save before it, or set checkpoint.resume: never to start over"
             ) from None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type where it has none (EOFError of a truncated file)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _rank_state(runtime: Runtime, sums: dict[str, torch.Tensor | float]) -> dict[str, Any]:
