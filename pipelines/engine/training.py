@@ -62,7 +62,7 @@ def train_and_save(
         raise ParamsError(f"{name}'s train.batch_size: {batch_size} rows a step cannot be shared out over "
                           f"{runtime.world_size} processes (each takes its own rows); use a batch of at least "
                           f"{runtime.world_size}, or fewer processes")
-    if runtime.distributed:
+    if runtime.nodes > 1:  # (one node's processes all read the launcher's params and files)
         same_run_everywhere(runtime, run_fingerprint(name, training, params, paths, runtime, len(transfer), times=False))
     resume = None
     if params.checkpoint.resume == "auto":
