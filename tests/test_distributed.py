@@ -494,23 +494,34 @@ def test_a_batch_smaller_than_the_processes_is_refused(tmp_path: Path, tiny_para
             in result.stdout + result.stderr)
 
 
-@pytest.mark.slow
-def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path, tiny_params: Params) -> None:
-    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2, timeout_s=60)
+def teacher_training(tmp_path: Path, tiny_params: Params, **distributed) -> tuple[Paths, subprocess.Popen, str]:
+    """The teacher stage on 2 processes (50 epochs), once the main rank has logged its first epoch: its
+    paths, its launcher and the `pgrep -f` pattern of its 2 workers."""
+    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2, **distributed)
     write_overrides(params_file, {"teacher.train.epochs": 50})
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     launcher = subprocess.Popen([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file),
                                  "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in launcher.stdout:  # until the workers have trained an epoch (the main rank logs it)
+    for line in launcher.stdout:
         if line.startswith("[rank0]:") and "epoch 1/50" in line:
             break
-    workers = subprocess.run(["pgrep", "-f", "--", f"-u -m pipelines.train_teacher --params {params_file}"],
-                             capture_output=True, text=True).stdout.split()
-    assert len(workers) == 2
-    worker = max(int(pid) for pid in workers)  # the last started: local rank 1
+    pattern = f"-u -m pipelines.train_teacher --params {params_file}"
+    assert len(subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split()) == 2
+    return paths, launcher, pattern
+
+
+def rank_1_of(pattern: str) -> int:
+    """The worker of local rank 1 (the last started) of those `pattern` finds."""
+    return max(int(pid) for pid in subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True,
+                                                  text=True).stdout.split())
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path, tiny_params: Params) -> None:
+    paths, launcher, workers = teacher_training(tmp_path, tiny_params, timeout_s=60)
     killed = time.monotonic()
-    os.kill(worker, signal.SIGKILL)
+    os.kill(rank_1_of(workers), signal.SIGKILL)
     rest = launcher.communicate(timeout=120)[0]
     assert time.monotonic() - killed < 60, "the stage failed within the collective timeout, not later"
     assert launcher.returncode == 1
@@ -520,19 +531,9 @@ def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path
 
 @pytest.mark.slow
 def test_a_stopped_worker_fails_the_stage_after_the_collective_timeout_saying_so(tmp_path: Path, tiny_params: Params) -> None:
-    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2, timeout_s=5)
-    write_overrides(params_file, {"teacher.train.epochs": 50})
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    launcher = subprocess.Popen([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file),
-                                 "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in launcher.stdout:
-        if line.startswith("[rank0]:") and "epoch 1/50" in line:
-            break
-    workers = subprocess.run(["pgrep", "-f", "--", f"-u -m pipelines.train_teacher --params {params_file}"],
-                             capture_output=True, text=True).stdout.split()
+    _, launcher, workers = teacher_training(tmp_path, tiny_params, timeout_s=5)
     stopped = time.monotonic()
-    os.kill(max(int(pid) for pid in workers), signal.SIGSTOP)  # rank 1 hangs: alive, silent
+    os.kill(rank_1_of(workers), signal.SIGSTOP)  # rank 1 hangs: alive, silent
     rest = launcher.communicate(timeout=120)[0]
     # The timeout, then torchrun's 30 s of grace for the stopped worker to end on SIGTERM before its SIGKILL.
     assert time.monotonic() - stopped < 5 + 30 + 20
@@ -542,18 +543,7 @@ def test_a_stopped_worker_fails_the_stage_after_the_collective_timeout_saying_so
 
 @pytest.mark.slow
 def test_workers_end_with_a_launcher_killed_outright(tmp_path: Path, tiny_params: Params) -> None:
-    paths, params_file = stage_root(tmp_path, tiny_params, "root", nproc_per_node=2)
-    write_overrides(params_file, {"teacher.train.epochs": 50})
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    launcher = subprocess.Popen([sys.executable, "-m", "pipelines.train_teacher", "--params", str(params_file),
-                                 "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in launcher.stdout:  # until the workers train (the main rank logs its first epoch)
-        if line.startswith("[rank0]:") and "epoch 1/50" in line:
-            break
-    pattern = f"-u -m pipelines.train_teacher --params {params_file}"
-    assert len(subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split()) == 2
-
+    paths, launcher, pattern = teacher_training(tmp_path, tiny_params)
     launcher.kill()  # SIGKILL: torchrun's agent cannot stop its workers itself
     launcher.wait()
     deadline = time.monotonic() + 10
