@@ -18,3 +18,8 @@ def require_input(path: Path) -> Path:
     if not path.is_file():
         raise DataError(f"{path}: no such file; run the stage that writes it (dvc repro) or `dvc pull {path}`")
     return path
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type where it has none (EOFError of a truncated file)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]

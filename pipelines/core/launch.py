@@ -15,6 +15,7 @@ import threading
 import time
 
 from pipelines.config.distributed import DistributedParams
+from pipelines.core.errors import first_line
 
 
 def under_torchrun() -> bool:
@@ -87,7 +88,7 @@ def launch_workers(params: DistributedParams, device: str) -> None:
     except RendezvousError as error:
         print(f"{module}: the {params.nnodes} nodes did not meet at distributed.rdzv_endpoint {params.rdzv_endpoint} "
               f"(rdzv_id {params.rdzv_id}) within distributed.timeout_s ({params.timeout_s} s): "
-              f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no answer'}. Start the same "
+              f"{type(error).__name__}: {first_line(error)}. Start the same "
               f"command on every node, with an rdzv_endpoint (host:port of one of them) that each one reaches",
               file=sys.stderr)
         sys.exit(1)

@@ -44,7 +44,7 @@ from torch.optim import Optimizer
 
 from pipelines.config.base import ParamsError
 from pipelines.config.checkpoint import CheckpointParams
-from pipelines.core.errors import CheckpointError
+from pipelines.core.errors import CheckpointError, first_line
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.save_folder import check_shared, claim
 
@@ -240,11 +240,6 @@ class Resume:
                 f"{saved / 'state.json'}: the record of a saved training state cannot be read ({error}). Remove "
                 f"{saved} to resume from the save before it, or set checkpoint.resume: never to start over"
             ) from None
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message, or its type where it has none (EOFError of a truncated file)."""
-    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _rank_state(runtime: Runtime, sums: dict[str, torch.Tensor | float]) -> dict[str, Any]:
