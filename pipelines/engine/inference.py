@@ -40,6 +40,26 @@ def validate(model: nn.Module, val_set: ImageSet, device: torch.device) -> dict[
     return val_metrics(predict_logits(model, val_set.images, device), val_set.labels)
 
 
+@torch.no_grad()
+def val_sums(model: nn.Module, val_set: ImageSet, start: int, stop: int, batches: int,
+             device: torch.device) -> torch.Tensor:
+    """[summed cross-entropy, correct predictions] (float64, on `device`) of `model` in eval mode on rows
+    [start, stop) of `val_set`, in `batches` forward passes of nearly equal size (empty ones when there are
+    fewer rows): processes that share out a split must run the same number of forwards (FSDP gathers weights)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    try:
+        for index in range(batches):
+            first, last = (start + (stop - start) * part // batches for part in (index, index + 1))
+            logits = model(val_set.images[first:last].to(device).float().div_(255.0)).float()
+            labels = val_set.labels[first:last].to(device)
+            sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum()])
+    finally:
+        model.train(was_training)
+    return sums
+
+
 def val_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Validation loss and accuracy of logits [N, classes] (on the CPU) for their labels."""
     return {

@@ -60,9 +60,10 @@ def fit(
     micro-batches (`grad_accum_steps`) make one optimizer step; the batch size is the global one either way.
     """
     device = runtime.device
-    # Under FSDP on several processes the model (and a live teacher) stays in host memory until `fully_shard`
-    # moves each block to the device as it shards it: a model larger than one device is never whole on one.
-    if not (runtime.distributed and distributed.strategy == "fsdp"):
+    # Under FSDP or a pipeline on several processes the model (and a live teacher) stays in host memory until
+    # `fully_shard` moves each block to the device as it shards it, or the pipeline moves this rank's layers:
+    # a model larger than one device is never whole on one.
+    if not (runtime.distributed and distributed.strategy in ("fsdp", "pipeline")):
         model.to(device)
     if runtime.speed.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -23,6 +23,7 @@ process under ddp.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -38,7 +39,7 @@ from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.tensors import local
-from pipelines.engine.inference import validate
+from pipelines.engine.inference import INFERENCE_BATCH_SIZE, val_sums, validate
 from pipelines.engine.objective import Batch, Objective
 from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
@@ -126,15 +127,21 @@ class DataParallel:
         return dict(zip(sums, (totals[:-1] / totals[-1]).tolist()))
 
     def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
-        """Validation loss and accuracy on the whole split: every rank holds the same weights (FSDP gathers
-        them block by block), so each validates on its own; the main rank's figures are sent to the others,
-        so that every rank takes the same early-stopping decision whatever its kernels rounded."""
-        metrics = [validate(model, val_set, self.runtime.device)]
+        """Validation loss and accuracy on the whole split. Every rank holds the same weights (FSDP gathers them
+        block by block) and scores its own contiguous share of the split; their sums are gathered and added in
+        rank order, so every rank gets the same figures and takes the same early-stopping decision."""
+        if not self.runtime.distributed:
+            return validate(model, val_set, self.runtime.device)
+        world, rank = self.runtime.world_size, self.runtime.rank
+        bounds = [len(val_set) * index // world for index in range(world + 1)]  # shares differ by a row at most
+        batches = max(1, math.ceil(math.ceil(len(val_set) / world) / INFERENCE_BATCH_SIZE))
+        sums = val_sums(model, val_set, bounds[rank], bounds[rank + 1], batches, self.runtime.device)
         if isinstance(model, FSDPModule):
             model.reshard()  # FSDP keeps the root's weights gathered after a forward; the EMA may be swapped out next
-        if self.runtime.distributed:
-            dist.broadcast_object_list(metrics, src=0)
-        return metrics[0]
+        every = [torch.empty_like(sums) for _ in range(world)]
+        dist.all_gather(every, sums)
+        loss, correct = sum(every).tolist()
+        return {"val_loss": loss / len(val_set), "val_accuracy": correct / len(val_set)}
 
     def gather(self) -> None:
         """Make the main process's model whole for saving (FSDP gathers in `full_state_dict` instead)."""

@@ -108,8 +108,7 @@ class PipelineParallel(DataParallel):
             except ParamsError:
                 if self.runtime.is_main:
                     log.info("the live %s cannot be cut into stages: it runs whole on the last one", name)
-                if self.rank != self.last_rank:
-                    frozen.to("cpu")
+                frozen.to(self.runtime.device if self.rank == self.last_rank else "cpu")
                 continue
             split.append((frozen, parts))
             if self.runtime.is_main:
@@ -128,24 +127,34 @@ class PipelineParallel(DataParallel):
     def _build_stage(self, microbatch: tuple[int, ...]) -> None:
         """This rank's pipeline stage and schedule, with the shapes of its input and output given (torch would
         otherwise infer them by running the stage once on uninitialized tensors, which batch norm's running
-        statistics would take in): one micro-batch of zeros through the whole model (and live teachers), in
-        eval mode. It also tells which stage makes each inner layer's output that the objective reads."""
+        statistics would take in): one micro-batch of zeros through the model (and live teachers) in eval mode,
+        stage by stage, each layer visiting the device for its shapes and dtypes (under autocast), so that no
+        device ever holds more than its run and one other layer. It also tells which stage makes each inner
+        layer's output that the objective reads: which those are, one forward of the whole models in host
+        memory, where `fit` left them, says."""
         self.model.eval()
-        images = torch.zeros(microbatch, device=self.runtime.device)
         models = [self.model, *(frozen for frozen, _ in self.frozen)]
         cuts = [self.parts, *(parts for _, parts in self.frozen)]
+        images = torch.zeros(microbatch, device=self.runtime.device)
         boundaries = [[images] for _ in models]  # per model, what enters each stage, then its output
         made: list[dict[str, tuple[torch.Tensor, bool]]] = []  # per stage: what it captured, and if it is trained
 
-        def run(parts: list[nn.Module], bounds: list[torch.Tensor]) -> None:
-            bounds.append(nn.Sequential(*parts)(bounds[-1]))
+        def run(stage: int, parts: list[nn.Module], bounds: list[torch.Tensor]) -> None:
+            output = bounds[-1]
+            for layer in parts:
+                output = layer.to(self.runtime.device)(output)
+                if stage != self.rank:
+                    layer.to("cpu")  # another rank runs it: only this rank's run stays on its device
+            bounds.append(output)
 
         with self.runtime.autocast():  # bf16 activations between the stages when it applies
-            wanted = {key for model in models for key in made_by(self.objective, lambda model=model: model(images))}
+            whole = torch.zeros(microbatch, device=next(self.model.parameters()).device)
+            wanted = {key for model in models for key in made_by(self.objective, lambda model=model: model(whole))}
             for stage in range(len(self.parts)):
                 made.append({})
                 for index, (parts, bounds) in enumerate(zip(cuts, boundaries)):
-                    captured = made_by(self.objective, lambda parts=parts[stage], bounds=bounds: run(parts, bounds))
+                    captured = made_by(self.objective,
+                                       lambda stage=stage, parts=parts[stage], bounds=bounds: run(stage, parts, bounds))
                     made[-1].update({key: (value, index == 0) for key, value in captured.items()})
         self.model.train()
         missed = wanted - {key for part in made for key in part}
@@ -154,11 +163,6 @@ class PipelineParallel(DataParallel):
                               f"{', '.join(sorted(key.partition(':')[2] for key in missed))}, which a pipeline does "
                               f"not run as one (it runs their layers one by one); name one of those layers")
         self.carried = [key for part in made for key in part]
-        for cut in cuts:
-            for index, part in enumerate(cut):
-                if index != self.rank:
-                    for layer in part:
-                        layer.to("cpu")  # another rank runs it: only this rank's run stays on its device
         # Activations between stages carry gradients back, a teacher's and the images entering the first do not.
         rank, carried_in = self.rank, [pair for part in made[: self.rank] for pair in part.values()]
         inputs = [(boundaries[0][rank], rank > 0), *((bounds[rank], False) for bounds in boundaries[1:] if rank > 0),
