@@ -17,6 +17,8 @@ import time
 from pipelines.config.distributed import DistributedParams
 from pipelines.core.errors import first_line
 
+SHUTDOWN_GRACE_S = 5  # seconds between torchrun's SIGTERM to the remaining workers and its SIGKILL
+
 
 def under_torchrun() -> bool:
     """Whether this process is a worker that torchrun started (or a `torchrun ...` typed by hand)."""
@@ -78,11 +80,11 @@ def launch_workers(params: DistributedParams, device: str) -> None:
 
     params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
     module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
-    # Gloo (the CPU backend) connects its processes as they first talk rather than all at start-up: its eager
-    # full-mesh connect races with itself when torchrun restarts the workers (half the restarts failed or hung
-    # on torch 2.13 with two processes on loopback; none did lazily).
-    os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
     os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]:")  # (torchrun's: the local rank)
+    # When the workers fail for good, torchrun sends the survivors SIGTERM, then SIGKILL after this grace (30 s
+    # by default). The workers keep no SIGTERM handler (every write is atomic), so only a worker that cannot
+    # run, one stopped or stuck in the kernel, ever waits it out: the stage fails that much sooner.
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_GRACE_S))
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
     except RendezvousError as error:
