@@ -17,8 +17,6 @@ import time
 from pipelines.config.distributed import DistributedParams
 from pipelines.core.errors import first_line
 
-SHUTDOWN_GRACE_S = 5  # seconds between torchrun's SIGTERM to the remaining workers and its SIGKILL
-
 
 def under_torchrun() -> bool:
     """Whether this process is a worker that torchrun started (or a `torchrun ...` typed by hand)."""
@@ -81,10 +79,6 @@ def launch_workers(params: DistributedParams, device: str) -> None:
     params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
     module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
     os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]:")  # (torchrun's: the local rank)
-    # When the workers fail for good, torchrun sends the survivors SIGTERM, then SIGKILL after this grace (30 s
-    # by default). The workers keep no SIGTERM handler (every write is atomic), so only a worker that cannot
-    # run, one stopped or stuck in the kernel, ever waits it out: the stage fails that much sooner.
-    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_GRACE_S))
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
     except RendezvousError as error:
