@@ -65,24 +65,11 @@ def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams 
         chosen = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None,
-                                timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size,
-                                store=attempt_store(rank, world_size, timedelta(seconds=timeout_s)))
+                                timeout=timedelta(seconds=timeout_s))
     if use_cuda and speed is not None:
         bf16 = speed.bf16 and torch.cuda.is_bf16_supported()
         return Runtime(chosen, rank, world_size, local_world_size, speed.model_copy(update={"bf16": bf16}))
     return Runtime(device=chosen, rank=rank, world_size=world_size, local_world_size=local_world_size)
-
-
-def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
-    """torchrun's key-value store (MASTER_ADDR:MASTER_PORT) seen under a prefix of this attempt
-    (TORCHELASTIC_RESTART_COUNT). The agent keeps one store across restarts, so without it the processes of
-    a restart read the keys of the attempt before, gloo's and NCCL's addresses of processes now dead: after
-    a restart of 2 processes on loopback, gloo's first collective failed ("Connection refused") in 13 runs of
-    16 without the prefix, 0 of 16 with it. Rank 0 hosts the store where torchrun's agent does not."""
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                          is_master=rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
-                          timeout=timeout)
-    return dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown(runtime: Runtime) -> None:
