@@ -3,7 +3,7 @@
 last (torchrun's TORCHELASTIC_RESTART_COUNT against `--max-restarts`), rank 1 then kills itself, so torchrun
 stops the others and starts them all again; the last attempt prints what it gathered and ends.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 --max-restarts 5 tests/restart_worker.py 5
+    python -m torch.distributed.run --standalone --nproc-per-node 2 --max-restarts 3 tests/restart_worker.py 3
 """
 
 import os
