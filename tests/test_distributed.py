@@ -481,7 +481,7 @@ def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tm
 def test_a_worker_killed_on_one_of_two_nodes_restarts_both_and_the_run_resumes_to_its_end(
     tmp_path: Path, tiny_params: Params
 ) -> None:
-    # (2 restarts: in one run of 10, on a busy CI machine, the nodes gave up after their one restart; the
+    # (2 restarts: in one run of 12, on a busy CI machine, the nodes gave up after their one restart; the
     # output that would say why was cut short.)
     shared = tmp_path / "shared-resume"
     restartable = {"distributed.max_restarts": 2, "student.train.epochs": 4}
