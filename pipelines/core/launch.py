@@ -17,17 +17,6 @@ import time
 from pipelines.config.distributed import DistributedParams
 from pipelines.core.errors import first_line
 
-# What the launcher sets for torchrun (unless the environment already says otherwise):
-TORCHRUN_ENVIRONMENT = {
-    # Output lines prefixed with the global rank (torchrun's own prefix is the local rank).
-    "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[rank${rank}]:",
-    # A fresh key-value store for the workers of each rendezvous round, on a free port of global rank 0's
-    # node, instead of the agent's, which outlives restarts: there the processes of a restart read the
-    # addresses that the dead round's processes had published for gloo and NCCL, and their first collective
-    # failed ("Connection refused", or a hang until the timeout) in 13 of 16 restarts of two processes.
-    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-}
-
 
 def under_torchrun() -> bool:
     """Whether this process is a worker that torchrun started (or a `torchrun ...` typed by hand)."""
@@ -89,8 +78,11 @@ def launch_workers(params: DistributedParams, device: str) -> None:
 
     params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
     module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
-    for name, value in TORCHRUN_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
+    # Gloo (the CPU backend) connects its processes as they first talk rather than all at start-up: its eager
+    # full-mesh connect races with itself when torchrun restarts the workers (half the restarts failed or hung
+    # on torch 2.13 with two processes on loopback; none did lazily).
+    os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
+    os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]:")  # (torchrun's: the local rank)
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
     except RendezvousError as error:
