@@ -21,7 +21,7 @@ import torch
 from pipelines.augment import augment
 from pipelines.config import Params, ParamsError, load_params
 from pipelines.config.distributed import DistributedParams
-from pipelines.core.launch import torchrun_arguments
+from pipelines.core.launch import RDZV_BACKEND, torchrun_arguments
 from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_checkpoint, load_model
 from pipelines.engine.inference import predict_logits
@@ -297,14 +297,14 @@ def test_a_model_s_changes_to_the_distributed_section_apply_to_that_model_alone(
     assert (distilled.strategy, distilled.nnodes, distilled.grad_accum_steps) == ("ddp", 2, 1)
 
 
-def test_one_node_runs_torchrun_standalone_and_several_meet_at_the_rendezvous_endpoint() -> None:
+def test_one_node_rendezvous_on_a_free_local_port_and_several_at_the_rendezvous_endpoint() -> None:
     one_node = torchrun_arguments(DistributedParams(nproc_per_node=2), "pipelines.train_teacher", ["--root", "r"])
     assert one_node[-4:] == ["-m", "pipelines.train_teacher", "--root", "r"]
-    assert "--standalone" in one_node and one_node[one_node.index("--nproc-per-node") + 1] == "2"
+    for flag, value in (("--nproc-per-node", "2"), ("--rdzv-backend", RDZV_BACKEND), ("--rdzv-endpoint", "localhost:0")):
+        assert one_node[one_node.index(flag) + 1] == value
     nodes = torchrun_arguments(DistributedParams(nproc_per_node=1, nnodes=3, rdzv_endpoint="10.1.2.3:29400",
                                                  rdzv_id="run7"), "pipelines.distill", [])
-    assert "--standalone" not in nodes
-    for flag, value in (("--nnodes", "3"), ("--rdzv-backend", "c10d"), ("--rdzv-endpoint", "10.1.2.3:29400"),
+    for flag, value in (("--nnodes", "3"), ("--rdzv-backend", RDZV_BACKEND), ("--rdzv-endpoint", "10.1.2.3:29400"),
                         ("--rdzv-id", "run7")):
         assert nodes[nodes.index(flag) + 1] == value
 
@@ -416,10 +416,12 @@ def test_the_teacher_stage_launches_its_own_workers_and_evaluate_scores_their_ch
 
 
 def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dict[str, Path],
-              changes: tuple[dict, dict] = ({}, {})) -> tuple[list[Paths], list[subprocess.CompletedProcess]]:
+              changes: tuple[dict, dict] = ({}, {}), kill_after: str | None = None
+              ) -> tuple[list[Paths], list[subprocess.CompletedProcess]]:
     """Two launchers on loopback, a node each with its own project root, two processes per node under HSDP by
     node (each node holds a copy of the model, sharded over its processes); `resume_folder`: each node's
-    checkpoint.folder by name; `changes`: each node's own param changes."""
+    checkpoint.folder by name; `changes`: each node's own param changes; `kill_after`: once the first node
+    prints a line holding it, the second node's last worker is SIGKILLed."""
     nodes = [stage_root(tmp_path, tiny_params, name, nproc_per_node=2, nnodes=2, strategy="fsdp",
                         fsdp_replicas="nodes", rdzv_endpoint=f"127.0.0.1:{port}", timeout_s=120)
              for name in resume_folder]
@@ -430,7 +432,15 @@ def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dic
                                    "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for paths, params_file in nodes]
+    seen = ""
+    if kill_after is not None:
+        for line in launchers[0].stdout:
+            seen += line
+            if kill_after in line:
+                break
+        os.kill(rank_1_of(f"-u -m pipelines.train_student --params {nodes[1][1]}"), signal.SIGKILL)
     outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
+    outputs[0] = seen + outputs[0]
     return [paths for paths, _ in nodes], [subprocess.CompletedProcess(launcher.args, launcher.returncode, output)
                                            for launcher, output in zip(launchers, outputs)]
 

@@ -17,6 +17,8 @@ import time
 from pipelines.config.distributed import DistributedParams
 from pipelines.core.errors import first_line
 
+RDZV_BACKEND = "c10d-fresh-rounds"  # torchrun's c10d rendezvous, each round's workers apart (core/rendezvous.py)
+
 
 def under_torchrun() -> bool:
     """Whether this process is a worker that torchrun started (or a `torchrun ...` typed by hand)."""
@@ -49,12 +51,11 @@ def processes_per_node(params: DistributedParams) -> int:
 def torchrun_arguments(params: DistributedParams, module: str, arguments: list[str]) -> list[str]:
     """torchrun's command line that runs `python -m module arguments` in each worker."""
     launch = ["--nproc-per-node", str(processes_per_node(params)), "--max-restarts", str(params.max_restarts),
-              "--tee", "3"]
-    if params.nnodes == 1:
-        launch += ["--standalone"]  # a free local port: runs on one node never collide
+              "--tee", "3", "--rdzv-backend", RDZV_BACKEND]
+    if params.nnodes == 1:  # torchrun's --standalone: a store on a free local port, so runs never collide
+        launch += ["--rdzv-endpoint", "localhost:0", "--rdzv-id", "standalone"]
     else:
-        launch += ["--nnodes", str(params.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", params.rdzv_endpoint,
-                   "--rdzv-id", params.rdzv_id,
+        launch += ["--nnodes", str(params.nnodes), "--rdzv-endpoint", params.rdzv_endpoint, "--rdzv-id", params.rdzv_id,
                    "--rdzv-conf", f"join_timeout={params.timeout_s},read_timeout={params.timeout_s}"]
     return [*launch, "-m", module, *arguments]
 
@@ -76,12 +77,11 @@ def launch_workers(params: DistributedParams, device: str) -> None:
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
+    from pipelines.core import rendezvous
+
     params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
     module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
-    # Gloo (the CPU backend) connects its processes as they first talk rather than all at start-up: its eager
-    # full-mesh connect races with itself when torchrun restarts the workers (half the restarts failed or hung
-    # on torch 2.13 with two processes on loopback; none did lazily).
-    os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
+    rendezvous.register()  # each round of workers meets in a key space of its own (restarts)
     os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]:")  # (torchrun's: the local rank)
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from pipelines.config.speed import SpeedParams
 from pipelines.core.launch import device_type
+from pipelines.core.rendezvous import workers_store
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,10 @@ def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams 
     else:
         chosen = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_s)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None,
-                                timeout=timedelta(seconds=timeout_s))
+                                timeout=timeout, rank=rank, world_size=world_size,
+                                store=workers_store(rank, world_size, timeout))
     if use_cuda and speed is not None:
         bf16 = speed.bf16 and torch.cuda.is_bf16_supported()
         return Runtime(chosen, rank, world_size, local_world_size, speed.model_copy(update={"bf16": bf16}))
