@@ -132,6 +132,24 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
     return result
 
 
+def local_rank_1(pgrep: list[str]) -> int:
+    """The torchrun worker of local rank 1 among the processes `pgrep [ARGS]` finds, by its LOCAL_RANK (pids
+    wrap around, so the last started is not always the largest)."""
+    def local_rank(pid: str) -> bytes | None:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except FileNotFoundError:  # ended since
+            return None
+        return next((entry[len(b"LOCAL_RANK="):] for entry in environ if entry.startswith(b"LOCAL_RANK=")), None)
+
+    def parent(pid: str) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+
+    found = subprocess.run(["pgrep", *pgrep], capture_output=True, text=True).stdout.split()
+    [worker] = [pid for pid in found if local_rank(pid) == b"1" and local_rank(parent(pid)) is None]  # not a fork
+    return int(worker)
+
+
 def copy_project(root: Path, names: tuple[str, ...]) -> None:
     """Copy these files and folders of the project into `root` (no bytecode), with the shipped params.yaml."""
     for name in names:

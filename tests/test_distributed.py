@@ -33,7 +33,7 @@ from pipelines.engine.runtime import Runtime
 from pipelines.models import ModelConfig, build_model
 from pipelines.prepare import prepare
 from tasks.params import write_overrides
-from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set, run
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, local_rank_1, read_image_set, run
 
 WORKER = PROJECT_ROOT / "tests" / "ddp_worker.py"
 
@@ -421,7 +421,7 @@ def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dic
     """Two launchers on loopback, a node each with its own project root, two processes per node under HSDP by
     node (each node holds a copy of the model, sharded over its processes); `resume_folder`: each node's
     checkpoint.folder by name; `changes`: each node's own param changes; `kill_after`: once the first node
-    prints a line holding it, the second node's last worker is SIGKILLed."""
+    prints a line holding it, the second node's worker of local rank 1 is SIGKILLed."""
     nodes = [stage_root(tmp_path, tiny_params, name, nproc_per_node=2, nnodes=2, strategy="fsdp",
                         fsdp_replicas="nodes", rdzv_endpoint=f"127.0.0.1:{port}", timeout_s=120)
              for name in resume_folder]
@@ -438,7 +438,7 @@ def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dic
             seen += line
             if kill_after in line:
                 break
-        os.kill(rank_1_of(f"-u -m pipelines.train_student --params {nodes[1][1]}"), signal.SIGKILL)
+        os.kill(local_rank_1(["-f", "--", f"-u -m pipelines.train_student --params {nodes[1][1]}"]), signal.SIGKILL)
     outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
     outputs[0] = seen + outputs[0]
     return [paths for paths, _ in nodes], [subprocess.CompletedProcess(launcher.args, launcher.returncode, output)
@@ -525,17 +525,11 @@ def teacher_training(tmp_path: Path, tiny_params: Params, **distributed) -> tupl
     return paths, launcher, pattern
 
 
-def rank_1_of(pattern: str) -> int:
-    """The worker of local rank 1 (the last started) of those `pattern` finds."""
-    return max(int(pid) for pid in subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True,
-                                                  text=True).stdout.split())
-
-
 @pytest.mark.slow
 def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path, tiny_params: Params) -> None:
     paths, launcher, workers = teacher_training(tmp_path, tiny_params, timeout_s=60)
     killed = time.monotonic()
-    os.kill(rank_1_of(workers), signal.SIGKILL)
+    os.kill(local_rank_1(["-f", "--", workers]), signal.SIGKILL)
     rest = launcher.communicate(timeout=120)[0]
     assert time.monotonic() - killed < 60, "the stage failed within the collective timeout, not later"
     assert launcher.returncode == 1
@@ -547,7 +541,7 @@ def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path
 def test_a_stopped_worker_fails_the_stage_after_the_collective_timeout_saying_so(tmp_path: Path, tiny_params: Params) -> None:
     _, launcher, workers = teacher_training(tmp_path, tiny_params, timeout_s=5)
     stopped = time.monotonic()
-    os.kill(rank_1_of(workers), signal.SIGSTOP)  # rank 1 hangs: alive, silent
+    os.kill(local_rank_1(["-f", "--", workers]), signal.SIGSTOP)  # rank 1 hangs: alive, silent
     rest = launcher.communicate(timeout=120)[0]
     # The timeout, then torchrun's 30 s of grace for the stopped worker to end on SIGTERM before its SIGKILL.
     assert time.monotonic() - stopped < 5 + 30 + 20

@@ -33,9 +33,12 @@ def test_a_worker_killed_on_one_of_two_nodes_restarts_both_and_the_run_resumes_t
     nodes, results = two_nodes(tmp_path, tiny_params, 29435, {"node0": shared, "node1": shared},
                                changes=(restartable, restartable), kill_after="epoch 2/4")
     outputs = [result.stdout for result in results]
-    assert [result.returncode for result in results] == [0, 0], "\n\n".join(output[-6000:] for output in outputs)
-    assert "failed (exitcode: -9) local_rank: 1" in outputs[1]  # the second node's agent saw its worker killed ...
-    assert sum(output.count("pipelines.engine.resume INFO resuming from") for output in outputs) == 4  # ... all 4 resumed
+    tails = "\n\n".join(output[-6000:] for output in outputs)
+    assert [result.returncode for result in results] == [0, 0], tails
+    # The second node's agent saw its workers fail (torchrun names the first by whole-second timestamps: the
+    # killed worker, or its peer that its death stopped), and all 4 processes resumed from the last save.
+    assert re.search(r"failed \(exitcode: -?\d+\) local_rank: [01] ", outputs[1]), tails
+    assert sum(output.count("pipelines.engine.resume INFO resuming from") for output in outputs) == 4, tails
     assert [paths.model("student_baseline").exists() for paths in nodes] == [True, False]
     assert load_checkpoint(nodes[0].model("student_baseline")).metrics["epochs"] == 4
     assert not shared.exists()

@@ -25,7 +25,7 @@ from pipelines.engine.runtime import Runtime
 from pipelines.engine.training import run_fingerprint
 from pipelines.prepare import prepare
 from tasks.params import write_overrides
-from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, run
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, local_rank_1, run
 
 # 20 optimizer steps per epoch on the tiny transfer set; a save every 7 steps falls mid-epoch. Dropout: the
 # RNG state must come back too; the EMA's weights and early stopping's best ones (it never stops here, and
@@ -72,8 +72,7 @@ def kill_after_save(command: list[str], paths: Paths, step: int, victim=lambda s
 
 def rank_1(stage: subprocess.Popen) -> int:
     """The worker of local rank 1 of a stage running under torchrun."""
-    workers = subprocess.run(["pgrep", "-P", str(stage.pid)], capture_output=True, text=True).stdout.split()
-    return max(int(pid) for pid in workers)  # the last started
+    return local_rank_1(["-P", str(stage.pid)])
 
 
 def weights(paths: Paths) -> dict[str, torch.Tensor]:
