@@ -4,7 +4,9 @@ Started by hand it is the launcher (`launch_workers`, as a stage's command is): 
 for 2 CPU processes and RESTARTS restarts. Each worker joins the process group as the stages' workers do
 (`init_runtime`), then its first collective gathers every rank's attempt number. In every attempt but the
 last (torchrun's TORCHELASTIC_RESTART_COUNT), rank 1 then kills itself, so torchrun stops the other and starts
-both again; the last attempt prints what it gathered and ends.
+both again; the last attempt prints what it gathered and ends. Under a torchrun typed by hand
+(`torchrun --standalone --nproc-per-node 2 --max-restarts RESTARTS -m tests.restart_worker RESTARTS`) it is
+that torchrun's worker.
 """
 
 import os

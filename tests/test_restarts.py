@@ -16,10 +16,12 @@ from tests.test_distributed import two_nodes
 
 
 @pytest.mark.slow
-def test_after_each_restart_the_processes_meet_again_not_at_the_dead_round_s_addresses() -> None:
-    # torchrun's agent keeps its key-value store across restarts: there, without the launcher's rendezvous, a
+@pytest.mark.parametrize("launch", [[], ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                         "--max-restarts", "3"]], ids=["launcher", "torchrun-by-hand"])
+def test_after_each_restart_the_processes_meet_again_not_at_the_dead_round_s_addresses(launch: list[str]) -> None:
+    # torchrun's agent keeps its key-value store across restarts: there, without a key space per round, a
     # restarted process read a dead one's address and its first collective failed ("Connection refused").
-    result = run([sys.executable, "-m", "tests.restart_worker", "3"], PROJECT_ROOT)
+    result = run([sys.executable, *launch, "-m", "tests.restart_worker", "3"], PROJECT_ROOT)
     gathered = sorted(re.findall(r"rank (\d) gathered attempts (\[[\d, ]*\])", result.stdout + result.stderr))
     assert gathered == [("0", "[3, 3]"), ("1", "[3, 3]")], result.stderr
 

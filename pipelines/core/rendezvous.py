@@ -12,6 +12,7 @@ Node 0's agent draws a key for the round and writes it into the round's own (pre
 every agent reads it back and puts it into its workers' environment. The workers then join the process group
 through the same store seen under that key (`workers_store`), so no round reads another's keys. The store
 stays where torchrun keeps it, in node 0's agent, so a worker that exits early takes nothing down with it.
+Under a torchrun typed by hand on one node the workers take a key space per restart instead.
 """
 
 from __future__ import annotations
@@ -80,8 +81,12 @@ def register() -> None:
 
 def workers_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store | None:
     """This worker's view of torchrun's store for the process group: the round's key space when the
-    launcher's agent started it, None (torchrun's env:// store as it is) under a torchrun typed by hand."""
+    launcher's agent started it, or under a torchrun typed by hand on one node, whose single agent counts
+    every restart (TORCHELASTIC_RESTART_COUNT); None (torchrun's env:// store as it is) under a torchrun
+    typed by hand on several nodes, where only the agent whose worker died counts a restart."""
     round_key = os.environ.get(ROUND_VARIABLE)
+    if round_key is None and os.environ.get("GROUP_WORLD_SIZE") == "1":
+        round_key = f"restart-{os.environ['TORCHELASTIC_RESTART_COUNT']}"
     if round_key is None:
         return None
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 hosts it (torchrun's rule)
