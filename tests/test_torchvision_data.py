@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.data.sources import torchvision as torchvision_data
+from pipelines.data.sources import torchvision_downloads
 from pipelines.core.errors import DataError
 from pipelines.data.sources.base import Source
 from pipelines.data.sources.torchvision import open_torchvision
@@ -208,9 +208,9 @@ def serve_from(monkeypatch: pytest.MonkeyPatch):
             empty = folder.parent / f"{folder.name}-empty"
             empty.mkdir(exist_ok=True)
             mirrors = (servers.enter_context(http_server(empty)), servers.enter_context(http_server(folder)))
-            monkeypatch.setitem(torchvision_data.MIRRORS, name, mirrors)
+            monkeypatch.setitem(torchvision_downloads.MIRRORS, name, mirrors)
             if md5s is not None:
-                monkeypatch.setitem(torchvision_data.DOWNLOADS, name, md5s)
+                monkeypatch.setitem(torchvision_downloads.DOWNLOADS, name, md5s)
 
         yield serve
 
@@ -259,7 +259,7 @@ def closed_port() -> int:
 def test_offline_without_the_files_says_what_to_get_from_where_and_where_to_put_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, folder: str, files: list[str]):
     mirror = f"http://127.0.0.1:{closed_port()}/"
-    monkeypatch.setitem(torchvision_data.MIRRORS, name, (mirror,))
+    monkeypatch.setitem(torchvision_downloads.MIRRORS, name, (mirror,))
     with pytest.raises(DataError) as raised:
         open_torchvision(name, tmp_path)
     message = str(raised.value)

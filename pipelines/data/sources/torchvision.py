@@ -20,59 +20,23 @@ beside the CPU torch wheel this project installs, and reading these formats take
 from __future__ import annotations
 
 import gzip
-import hashlib
-import logging
 import math
 import pickle
-import shutil
 import struct
-import tarfile
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from pipelines.config.data import TORCHVISION_DATASETS, DataParams
-from pipelines.core.atomic import atomic_path
 from pipelines.core.errors import DataError
 from pipelines.data.sources.base import Source
-
-log = logging.getLogger(__name__)
-
-# Where each dataset's files are downloaded from: a file's URL is a mirror followed by its name.
-MIRRORS: dict[str, tuple[str, ...]] = {
-    "MNIST": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-    "FashionMNIST": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-    "CIFAR10": ("https://www.cs.toronto.edu/~kriz/",),
-    "CIFAR100": ("https://www.cs.toronto.edu/~kriz/",),
-}
-
-# The files each dataset downloads, with torchvision's md5 sums of them.
-DOWNLOADS: dict[str, dict[str, str]] = {
-    "MNIST": {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    },
-    "FashionMNIST": {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    },
-    "CIFAR10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
-    "CIFAR100": {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
-}
-
-TIMEOUT_S = 15  # seconds a download waits for the network before it counts as failed
+from pipelines.data.sources.torchvision_downloads import DOWNLOADS, extract, fetch_missing
 
 MNIST_CLASSES: dict[str, list[str]] = {
     "MNIST": [str(digit) for digit in range(10)],
@@ -123,8 +87,8 @@ def open_torchvision(name: str, download_dir: Path) -> Source:
 def _mnist(name: str, root: Path) -> Source:
     raw = root / name / "raw"
     missing = [file for file in DOWNLOADS[name] if _idx_file(raw, file.removesuffix(".gz")) is None]
-    _fetch_missing(name, root, raw, missing,
-                   "the .gz files, or the uncompressed idx files torchvision extracts from them")
+    fetch_missing(name, root, raw, missing,
+                  "the .gz files, or the uncompressed idx files torchvision extracts from them")
     images = [_idx_file(raw, f"{part}-images-idx3-ubyte") for part in MNIST_PARTS]
     labels = [_idx_labels(_idx_file(raw, f"{part}-labels-idx1-ubyte")) for part in MNIST_PARTS]
     shapes = [_idx_image_header(path) for path in images]
@@ -209,9 +173,9 @@ def _cifar(name: str, root: Path) -> Source:
     if not all((folder / file).is_file() for file in files):
         archive = root / layout.archive
         if not archive.is_file():
-            _fetch_missing(name, root, root, [layout.archive],
-                           f"or its extracted folder {layout.folder}/ holding {', '.join(files)}")
-        _extract(archive, folder, files)
+            fetch_missing(name, root, root, [layout.archive],
+                          f"or its extracted folder {layout.folder}/ holding {', '.join(files)}")
+        extract(archive, folder, files)
     class_names = [str(class_name) for class_name in _pickled(folder / layout.meta, layout.names_key)]
     data_files = [folder / file for file in (*layout.train, *layout.test)]
     labels = [np.asarray(_pickled(path, layout.labels_key), np.int64) for path in data_files]
@@ -258,33 +222,7 @@ def _pickled(path: Path, key: str) -> Any:
     return entry[key]
 
 
-def _extract(archive: Path, folder: Path, files: list[str]) -> None:
-    """Extract `files` of the archive's `folder.name`/ into `folder`.
-
-    Only those regular files are written, under their bare names, so a crafted archive cannot place
-    anything elsewhere (no absolute paths, no `..`, no links); they go to a temporary folder first, which
-    replaces `folder` only once every file is there."""
-    wanted = {f"{folder.name}/{file}": file for file in files}
-    log.info("extracting %s", archive)
-    try:
-        with atomic_path(folder) as tmp, tarfile.open(archive, "r:gz") as tar:
-            tmp.mkdir()
-            for member in tar:
-                file = wanted.get(member.name.removeprefix("./"))
-                if file is not None and member.isfile():
-                    with tar.extractfile(member) as source, (tmp / file).open("wb") as target:
-                        shutil.copyfileobj(source, target)
-            missing = [file for file in files if not (tmp / file).is_file()]
-            if missing:
-                raise DataError(f"{archive}: no {', '.join(missing)} under {folder.name}/ in this archive; "
-                                "delete it to download it again")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise DataError(
-            f"{archive}: not a readable .tar.gz archive ({error}); delete it to download it again"
-        ) from None
-
-
-# --- shared: the Source, downloads -----------------------------------------------------------------
+# --- shared: the Source ---------------------------------------------------------------------------
 
 
 def _source(labels: list[np.ndarray], class_names: list[str], image_shape: tuple[int, int, int],
@@ -305,46 +243,3 @@ def _source(labels: list[np.ndarray], class_names: list[str], image_shape: tuple
 
     return Source(all_labels, class_names, image_shape, batches,
                   {"test": np.arange(len(all_labels) - test_rows, len(all_labels))})
-
-
-def _fetch_missing(name: str, root: Path, folder: Path, files: list[str], alternative: str) -> None:
-    """Download each of `files` into `folder`; if one cannot be, a DataError saying how to get the rest."""
-    for index, file in enumerate(files):
-        failures = []
-        for url in _urls(name, file):
-            try:
-                _download(url, folder / file, DOWNLOADS[name][file])
-                break
-            except (OSError, HTTPException, ValueError) as error:  # URLError, timeouts, md5 mismatch
-                failures.append(f"{url}: {error}")
-        else:
-            raise _missing(name, root, folder, files[index:], failures, alternative)
-
-
-def _download(url: str, target: Path, md5: str) -> None:
-    """`url` saved as `target`: written to a temporary file beside it, renamed once its md5 matches."""
-    log.info("downloading %s to %s", url, target.parent)
-    digest = hashlib.md5(usedforsecurity=False)
-    request = urllib.request.Request(url, headers={"User-Agent": "distill-pipeline"})
-    with atomic_path(target) as tmp:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, tmp.open("wb") as out:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5:
-            raise ValueError(f"md5 {digest.hexdigest()}, expected {md5} (a damaged or changed download)")
-
-
-def _urls(name: str, file: str) -> list[str]:
-    return [f"{mirror}{file}" for mirror in MIRRORS[name]]
-
-
-def _missing(name: str, root: Path, folder: Path, files: list[str], failures: list[str], alternative: str) -> DataError:
-    lines = [f"{name}: {', '.join(files)} not in {folder}, and downloading failed:"]
-    lines += [f"  {failure}" for failure in failures]
-    lines.append(f"Download {'them' if len(files) > 1 else 'it'} and put {'them' if len(files) > 1 else 'it'} "
-                 f"in {folder} ({alternative}):")
-    lines += [f"  {' or '.join(_urls(name, file))}" for file in files]
-    lines.append(f"or set data.download_dir (now {root}) to a folder that already holds {name}, "
-                 "such as an existing torchvision dataset root.")
-    return DataError("\n".join(lines))
