@@ -538,6 +538,16 @@ def test_a_killed_worker_fails_the_stage_promptly_naming_its_rank(tmp_path: Path
 
 
 @pytest.mark.slow
+def test_a_worker_s_uncaught_error_reaches_the_output_with_its_rank_once_and_fails_the_command() -> None:
+    result = run([sys.executable, "-m", "tests.crash_worker"], PROJECT_ROOT, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "[rank1]:ValueError: an error nothing catches" in output  # torchrun's prefix, not torch's hook's too
+    assert "[rank1]:[rank1]:" not in output
+    assert "tests.crash_worker failed on rank 1 (exit code 1)" in output
+
+
+@pytest.mark.slow
 def test_a_stopped_worker_fails_the_stage_after_the_collective_timeout_saying_so(tmp_path: Path, tiny_params: Params) -> None:
     _, launcher, workers = teacher_training(tmp_path, tiny_params, timeout_s=5)
     stopped = time.monotonic()

@@ -18,6 +18,7 @@ from pipelines.config.distributed import DistributedParams
 from pipelines.core.errors import first_line
 
 RDZV_BACKEND = "c10d-fresh-rounds"  # torchrun's c10d rendezvous, each round's workers apart (core/rendezvous.py)
+LINE_PREFIX_VARIABLE = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"  # torchrun's prefix of each worker's lines
 
 
 def under_torchrun() -> bool:
@@ -82,7 +83,7 @@ def launch_workers(params: DistributedParams, device: str) -> None:
     params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
     module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
     rendezvous.register()  # each round of workers meets in a key space of its own (restarts)
-    os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[rank${rank}]:")  # (torchrun's: the local rank)
+    os.environ.setdefault(LINE_PREFIX_VARIABLE, "[rank${rank}]:")  # (torchrun's: the local rank)
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))
     except RendezvousError as error:

@@ -9,6 +9,7 @@ CUDA only: on the CPU every one of them is off.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.config.speed import SpeedParams
-from pipelines.core.launch import device_type
+from pipelines.core.launch import LINE_PREFIX_VARIABLE, device_type
 from pipelines.core.rendezvous import workers_store
 
 
@@ -66,9 +67,12 @@ def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams 
         chosen = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s)
+        excepthook = sys.excepthook
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=chosen if use_cuda else None,
                                 timeout=timeout, rank=rank, world_size=world_size,
                                 store=workers_store(rank, world_size, timeout))
+        if os.environ.get(LINE_PREFIX_VARIABLE):  # torchrun prefixes each line with the rank already: torch's
+            sys.excepthook = excepthook           # hook would prefix a traceback's lines a second time
     if use_cuda and speed is not None:
         bf16 = speed.bf16 and torch.cuda.is_bf16_supported()
         return Runtime(chosen, rank, world_size, local_world_size, speed.model_copy(update={"bf16": bf16}))
