@@ -4,8 +4,8 @@ torchrun's agent keeps one key-value store (MASTER_ADDR:MASTER_PORT) for as long
 workers of every round meet there under the same keys. After a restart the new processes can read the
 addresses that the dead round's processes had published for gloo or NCCL, and their first collective fails
 ("Connection refused") or hangs until the timeout: 7 of 9 runs of `tests/restart_worker.py` (two processes
-on loopback, three restarts, torch 2.13) did without this backend, 0 of 16 with it. A per-restart prefix
-cannot fix it: each node's agent counts only its own restarts.
+on loopback, three restarts, torch 2.13) did without this backend, 0 of 46 with it. A key space per restart
+(TORCHELASTIC_RESTART_COUNT) works on one node only: each node's agent counts only its own restarts.
 
 So the launcher's agents use this backend: the c10d rendezvous itself, plus one step once the nodes have met.
 Node 0's agent draws a key for the round and writes it into the round's own (prefixed) rendezvous store;
