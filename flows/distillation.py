@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow
 
 from pipelines.config import PARAMS_FILE, ParamsError
+from pipelines.config.loader import load_yaml
 from pipelines.core.paths import Paths
 from pipelines.core.stage import EXIT_BAD_PARAMS, params_or_exit
 from pipelines.kd import check_students
@@ -41,13 +41,14 @@ def distillation(overrides: dict[str, Any] | None = None, project_dir: str = "."
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`key.path=value` strings -> {key.path: value}, each value read as YAML (5 -> int, [1, 2] -> list)."""
+    """`key.path=value` strings -> {key.path: value}, each value read as YAML (5 -> int, [1, 2] -> list) the
+    way params.yaml is read: bad YAML, or a mapping giving a key twice, is a ParamsError."""
     overrides = {}
     for item in items:
         key, separator, value = item.partition("=")
         if not separator or not key:
             raise ParamsError(f"override {item!r}: expected key.path=value, e.g. teacher.train.epochs=5")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = load_yaml(value, f"override {item!r}")
     return overrides
 
 
@@ -64,7 +65,7 @@ def main() -> None:
     # Fail fast on bad params, before a Prefect server starts; the flow validates again itself.
     params_file = Path(args.project_dir) / PARAMS_FILE
     try:
-        check_students(params_or_exit(params_file, overrides), str(params_file))
+        check_students(params_or_exit(params_file, overrides))
     except ParamsError as error:
         print(error, file=sys.stderr)
         sys.exit(EXIT_BAD_PARAMS)

@@ -57,7 +57,8 @@ def _distributed(params: Params, options: dict[str, Any]) -> DistributedParams:
 
 def _check_student(params: Params, student: str | None) -> None:
     if student is not None and student not in params.distill:
-        raise ParamsError(f"no student {student!r} in params.yaml's distill section; students: {', '.join(params.distill)}")
+        raise ParamsError(f"no student {student!r} in {params.source}'s distill section; students: "
+                          f"{', '.join(params.distill)}")
 
 
 if __name__ == "__main__":

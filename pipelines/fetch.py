@@ -6,7 +6,8 @@
     python -m pipelines.fetch student-kd --list              # its versions and aliases
 
 Every file is checked against the version's manifest (size and SHA-256) before the folder
-<dest>/<name>/<version>/ appears; a missing, cut short or changed object is refused, naming it. Bucket,
+<dest>/<name>/<version>/ appears; a missing, cut short or changed object is refused, naming it, and a
+manifest that lists anything but plain file names is refused before anything is written. Bucket,
 prefix and the S3 settings default to params.yaml's `publish` and `storage` sections when the file is there;
 credentials and AWS_ENDPOINT_URL come from the environment as boto3 reads them. In Python:
 `pipelines.registry.fetch.fetch_student(store, Layout(prefix, name), ref, dest).model`.
@@ -69,8 +70,9 @@ def listing(name: str, bucket: str, prefix: str, storage: StorageParams = Storag
     from pipelines.registry.manifest import Layout
     from pipelines.storage import ObjectStore, make_client
 
+    layout = Layout(prefix.strip("/"), name)  # a name that is not one is refused before S3 is asked
     store = ObjectStore(make_client(storage), bucket)
-    aliases, manifests = list_published(store, Layout(prefix.strip("/"), name))
+    aliases, manifests = list_published(store, layout)
     if not manifests:
         return f"nothing is published as {name!r} under {store.uri(prefix.strip('/'))}/"
     lines = [f"{'version':<16}  {'accuracy':>8}  {'created (UTC)':<29}  aliases"]
@@ -88,7 +90,8 @@ def fetch(name: str, ref: str, bucket: str, prefix: str, dest: Path,
     from pipelines.registry.manifest import Layout
     from pipelines.storage import ObjectStore, make_client
 
-    return fetch_student(ObjectStore(make_client(storage), bucket), Layout(prefix.strip("/"), name), ref, dest)
+    layout = Layout(prefix.strip("/"), name)  # a name that is not one is refused before S3 is asked
+    return fetch_student(ObjectStore(make_client(storage), bucket), layout, ref, dest)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,14 @@ def prepare(params: Params, paths: Paths = Paths()):
     from pipelines.core.errors import DataError
     from pipelines.data.card import DatasetCard, PixelStats, check_normalize, write_card
     from pipelines.data.sources import load_source
-    from pipelines.data.split import assign_splits
+    from pipelines.data.split import assign_splits, require_two_classes
     from pipelines.data.writer import write_images
 
     data = params.data
-    source = load_source(data)
+    source = load_source(data, params.storage)
+    require_two_classes(source.labels, source.class_names, data.source)
     check_normalize(data.normalize, source.image_shape[0])
-    rows = assign_splits(source.labels, source.fixed_splits, data.split, params.seed)
+    rows = assign_splits(source.labels, source.class_names, source.fixed_splits, data.split, params.seed)
     split_of = np.empty(len(source.labels), np.int8)  # the split index of every row
     for index, name in enumerate(SPLITS):
         split_of[rows[name]] = index

@@ -4,7 +4,8 @@
 
 What every clone needs (the URL, endpoint, region, timeouts) goes into .dvc/config, which is committed; the
 profile, which names one user's credentials, into .dvc/config.local, which git ignores. No credential is
-ever written: DVC's S3 remote reads them from the environment (AWS_ACCESS_KEY_ID, ...) or the profile.
+ever written: DVC's S3 remote reads them from the environment (AWS_ACCESS_KEY_ID, ...) or the profile, and an
+endpoint URL with a user name or password in it is refused (it would go into the committed file).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from pipelines.config import PARAMS_FILE, ParamsError
 from pipelines.config.storage import StorageParams
 from pipelines.core.stage import EXIT_BAD_PARAMS, params_or_exit
+from pipelines.storage.client import redact
 
 REMOTE = "storage"
 
@@ -36,6 +38,10 @@ def configure_remote(storage: StorageParams, root: Path = Path(".")) -> list[lis
     """Run the `dvc remote` commands that make `storage.dvc_remote` the default remote; return them."""
     if not storage.dvc_remote:
         raise ParamsError("storage.dvc_remote: not set; give the remote's URL, e.g. s3://my-bucket/distill")
+    if storage.endpoint_url and redact(storage.endpoint_url) != storage.endpoint_url:
+        raise ParamsError(f"storage.endpoint_url: {redact(storage.endpoint_url)} holds a user name or password, "
+                          f"which would go into .dvc/config (committed): take it out of the URL; S3 credentials "
+                          f"come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or storage.profile")
     dvc = [sys.executable, "-m", "dvc", "remote"]
     commands = [[*dvc, "add", "--default", "--force", REMOTE, storage.dvc_remote]]
     for option, value, local in remote_settings(storage):

@@ -28,7 +28,8 @@ def teacher_features(params: Params, paths: Paths = Paths(), student: str | None
 
     check_students(params)
     if student is not None and student not in params.distill:
-        raise ParamsError(f"no student {student!r} in params.yaml's distill section; students: {', '.join(params.distill)}")
+        raise ParamsError(f"no student {student!r} in {params.source}'s distill section; students: "
+                          f"{', '.join(params.distill)}")
     runtime = init_runtime(params.device, params.distributed.timeout_s)
     transfer = open_image_set(paths.transfer, paths.arrow_cache)
     manifests = {}

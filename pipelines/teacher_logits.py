@@ -20,7 +20,7 @@ def teacher_logits(params: Params, paths: Paths = Paths()):
     """Write the logits [transfer images, classes] as float32 .npy, rows aligned with transfer.parquet;
     return them (a memory-mapped tensor)."""
     from pipelines.data.images import open_image_set
-    from pipelines.data.logits import open_logits, write_logits
+    from pipelines.data.logits import check_finite, open_logits, write_logits
     from pipelines.engine.checkpoint import load_model
     from pipelines.engine.inference import iter_logits
     from pipelines.engine.runtime import init_runtime
@@ -35,6 +35,9 @@ def teacher_logits(params: Params, paths: Paths = Paths()):
             stored[start : start + len(logits)] = logits.numpy()
             agree += int((logits.argmax(1) == transfer.labels[start : start + len(logits)]).sum())
             start += len(logits)
+        # (before the file replaces the last one: a teacher that diverged leaves the good logits in place)
+        check_finite(stored, f"{paths.model('teacher')}'s logits of {paths.transfer}",
+                     "the teacher diverged or was damaged: retrain it with `dvc repro train_teacher`")
     log.info("teacher logits for %d transfer images (teacher accuracy on them %.4f)", len(transfer),
              agree / len(transfer))
     return open_logits(paths.teacher_logits)

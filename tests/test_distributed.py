@@ -338,7 +338,7 @@ def test_a_bad_distributed_param_is_named(key: str, value, message: str) -> None
     ("pipelines.distill", {"distill.student_small": {"losses": [{"method": "ce"}],
                                                      "distributed": {"strategy": "fsdp", "fsdp_replicas": 3}}},
      "distributed.fsdp_replicas: 3 copies of the model cannot be spread evenly over 2 processes"),
-    ("pipelines.distill --student nosuch", {}, "no student 'nosuch' in params.yaml's distill section"),
+    ("pipelines.distill --student nosuch", {}, "no student 'nosuch' in {params_file}'s distill section"),
 ])
 def test_the_launcher_refuses_what_its_workers_would_before_starting_them(
     tmp_path: Path, module: str, overrides: dict, message: str
@@ -351,7 +351,7 @@ def test_the_launcher_refuses_what_its_workers_would_before_starting_them(
     result = run([sys.executable, "-m", module, "--params", str(params_file), "--root", str(tmp_path), *options],
                  PROJECT_ROOT, check=False)
 
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message.format(params_file=params_file) in result.stderr
     assert "Traceback" not in result.stderr and "[rank" not in result.stderr, "no worker was started"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
 

@@ -41,8 +41,8 @@ def test_changing_a_student_s_param_reruns_only_that_student_evaluate_report_and
         reproduced_project: Path) -> None:
     project = reproduced_project  # after one dvc repro
     experiment = run(["dvc", "exp", "run", "--set-param", "distill.student_kd.losses.0.temperature=2.0"], project)
-    assert ran_stages(experiment.stdout) == ["teacher_features@student_kd", "distill@student_kd", "evaluate", "report",
-                                             "publish"]  # (publishing is off: it only records that)
+    assert ran_stages(experiment.stdout) == ["check_params", "teacher_features@student_kd", "distill@student_kd",
+                                             "evaluate", "report", "publish"]  # (publish: off, it records that)
     assert "temperature: 2.0" in (project / "params.yaml").read_text()
 
 
@@ -58,10 +58,10 @@ def test_how_processes_meet_restart_or_load_batches_retrains_nothing_and_how_ste
     project = reproduced_project  # after one dvc repro
     write_overrides(project / "params.yaml", {"distributed.timeout_s": 60, "distributed.max_restarts": 2,
                                               "distributed.rdzv_endpoint": "10.0.0.1:29500", "speed.pin_memory": False})
-    assert changed_stages(project) == []
+    assert changed_stages(project) == ["check_params"]  # which checks every key, and writes what it wrote before
 
     write_overrides(project / "params.yaml", {"distributed.grad_accum_steps": 2})
-    assert changed_stages(project) == ["distill@student_kd", "train_student", "train_teacher"]
+    assert changed_stages(project) == ["check_params", "distill@student_kd", "train_student", "train_teacher"]
 
 
 @pytest.mark.slow
@@ -69,9 +69,9 @@ def test_code_changes_rerun_only_the_stages_that_run_that_code(reproduced_projec
     project = reproduced_project  # after one dvc repro
     method = project / "pipelines" / "kd" / "kd.py"
     method.write_text(method.read_text() + "\n# an edit of the distillation method\n")
-    # Not the teacher, not the baseline: the student, and the stage storing its teacher features (which asks
-    # pipelines/kd which layers the student reads).
-    assert changed_stages(project) == ["distill@student_kd", "teacher_features@student_kd"]
+    # Not the teacher, not the baseline: the student, the stage storing its teacher features (which asks
+    # pipelines/kd which layers the student reads) and the check of params.yaml (which asks it what a method takes).
+    assert changed_stages(project) == ["check_params", "distill@student_kd", "teacher_features@student_kd"]
 
     run(["dvc", "repro"], project)
     wording = project / "pipelines" / "evaluation" / "report.py"
@@ -94,8 +94,8 @@ def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report
                                "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
     })
     rerun = run(["dvc", "repro"], project)
-    assert ran_stages(rerun.stdout) == ["teacher_features@student_t2", "distill@student_t2", "evaluate", "report",
-                                        "publish"]
+    assert ran_stages(rerun.stdout) == ["check_params", "teacher_features@student_t2", "distill@student_t2", "evaluate",
+                                        "report", "publish"]
     assert (project / "models" / "student_t2.pt").exists()
     assert (project / "metrics" / "train" / "student_t2" / "metrics.json").exists()
     results = json.loads((project / "metrics" / "eval.json").read_text())
@@ -176,6 +176,7 @@ def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
     paths = Paths(Path("."))
     models = ("teacher", "student_baseline", "student_kd")  # those of the shipped params.yaml
     written = {
+        str(paths.params_check),
         *(str(paths.split(name)) for name in SPLITS),
         str(paths.card),
         str(paths.transfer),
@@ -194,6 +195,15 @@ def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
     assert declared == written
 
 
+def test_the_check_of_every_param_comes_first_and_every_other_stage_waits_for_it() -> None:
+    check, *others = resolved_stages().values()
+    assert check.name == "check_params"
+    assert [(str(dep), dep.params) for dep in check.deps if not str(dep).startswith("pipelines/")] == [
+        ("params.yaml", [])]  # no keys: all of them
+    assert [(str(out), out.use_cache, out.persist) for out in check.outs] == [("reports/params_check.txt", True, True)]
+    assert all("reports/params_check.txt" in [str(dep) for dep in stage.deps] for stage in others)
+
+
 def test_a_distilled_student_is_one_dvc_stage_per_name_in_params() -> None:
     distill = {name: stage for name, stage in resolved_stages().items() if name.startswith("distill@")}
     assert list(distill) == ["distill@student_kd"]
@@ -207,7 +217,8 @@ def test_a_distilled_student_is_one_dvc_stage_per_name_in_params() -> None:
 LAYERS = {  # each library package, and the packages it may import
     "config": set(),
     "core": {"config"},
-    "data": {"config", "core"},
+    "storage": {"config", "core"},
+    "data": {"config", "core", "storage"},
     "models": {"config", "core"},
     "engine": {"config", "core", "data", "models"},
     "kd": {"config", "core", "data", "models", "engine"},

@@ -13,7 +13,7 @@ import pytest
 from tasks.environment import DEFAULTS
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
 
-STAGES = ["prepare", "augment", "train_teacher", "train_student", "teacher_logits", "teacher_features", "distill",
+STAGES = ["check_params", "prepare", "augment", "train_teacher", "train_student", "teacher_logits", "teacher_features", "distill",
           "evaluate", "report", "publish", "fetch", "remote"]  # the last two are commands, not dvc.yaml stages
 
 

@@ -190,10 +190,10 @@ def test_teacher_features_that_fit_are_stored_and_read_back_as_the_live_teacher_
     assert manifest["layers"]["features.output"]["shape"] == [8, 4, 4]
 
     stored = Teacher(context.paths.model("teacher"), folder)
-    stored.attach([(layer, "key") for layer in LAYERS], torch.device("cpu"))
+    stored.attach([(layer, "key") for layer in LAYERS], torch.device("cpu"), len(train))
     assert stored.model is None and not stored.live  # nothing runs the teacher
     live = Teacher(context.paths.model("teacher"), tmp_path / "no-cache")
-    live.attach([(layer, "key") for layer in LAYERS], torch.device("cpu"))
+    live.attach([(layer, "key") for layer in LAYERS], torch.device("cpu"), len(train))
     rows = torch.tensor([5, 0, 11])
     batch = Batch(images=train.images[rows].float() / 255, labels=train.labels[rows], rows=rows)
     from_disk, computed = stored.features(batch, torch.device("cpu")), live.features(batch, torch.device("cpu"))
@@ -209,7 +209,7 @@ def test_teacher_features_too_big_for_the_cache_are_not_stored_and_the_teacher_r
     assert [path.name for path in folder.iterdir()] == ["manifest.json"]
     teacher = Teacher(context.paths.model("teacher"), folder)
     with caplog.at_level("INFO"):
-        teacher.attach([(LAYERS[0], "key")], torch.device("cpu"))
+        teacher.attach([(LAYERS[0], "key")], torch.device("cpu"), len(train))
     assert teacher.model is not None and "the teacher runs live beside the student (the features take" in caplog.text
 
 

@@ -99,7 +99,7 @@ def test_parquet_schema_is_fixed_size_uint8_images_with_shape_label_and_metadata
 
 
 def test_read_image_set_returns_exactly_the_source_images_of_the_split(prepared, params, digits):
-    rows = assign_splits(digits.labels.numpy(), {}, params.data.split, params.seed)
+    rows = assign_splits(digits.labels.numpy(), digits.class_names, {}, params.data.split, params.seed)
     for name in SPLITS:
         loaded = read_image_set(prepared.split(name))
         expected = ImageSet(digits.images[rows[name]], digits.labels[rows[name]], digits.class_names)

@@ -57,8 +57,9 @@ def saves(paths: Paths) -> list[Path]:
     return sorted(paths.resume_states(".resume", "teacher").glob("step-*"))
 
 
-def kill_after_save(command: list[str], paths: Paths, step: int, victim=lambda stage: stage.pid) -> subprocess.Popen:
-    """Start `command`, SIGKILL (the process `victim` picks) once the training state of `step` is saved."""
+def kill_after_save(command: list[str], paths: Paths, step: int, victim=lambda stage: stage.pid,
+                    sent: signal.Signals = signal.SIGKILL) -> subprocess.Popen:
+    """Start `command`, send `sent` to the process `victim` picks once the training state of `step` is saved."""
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     stage = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = paths.resume_states(".resume", "teacher") / f"step-{step:08d}"
@@ -66,7 +67,7 @@ def kill_after_save(command: list[str], paths: Paths, step: int, victim=lambda s
     while not target.exists() and stage.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert target.exists(), "the run saved its training state"
-    os.kill(victim(stage), signal.SIGKILL)
+    os.kill(victim(stage), sent)
     return stage
 
 
@@ -90,16 +91,24 @@ def logged(paths: Paths, metric: str) -> list[tuple[str, str]]:
     return [tuple(row.split("\t")[-2:]) for row in rows[1:]]  # (the lr log has no timestamps)
 
 
-@pytest.mark.slow
-def test_a_stage_killed_mid_epoch_resumes_to_the_weights_and_log_of_an_uninterrupted_run(
-    prepared: Paths, tmp_path: Path
-) -> None:
-    reference, command = project(prepared, tmp_path / "reference")
+@pytest.fixture(scope="module")
+def uninterrupted(prepared: Paths, tmp_path_factory: pytest.TempPathFactory) -> Paths:
+    """The teacher stage of RESUMABLE run from start to end."""
+    reference, command = project(prepared, tmp_path_factory.mktemp("uninterrupted") / "reference")
     run(command, PROJECT_ROOT)
+    return reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_stage_killed_mid_epoch_resumes_to_the_weights_and_log_of_an_uninterrupted_run(
+    prepared: Paths, uninterrupted: Paths, tmp_path: Path, sent: signal.Signals
+) -> None:
+    reference = uninterrupted
     assert saves(reference) == [] and not (reference.root / ".resume").exists(), "a finished stage removes its saves"
 
     killed, command = project(prepared, tmp_path / "killed")
-    stage = kill_after_save(command, killed, step=28)  # in epoch 2 of 30
+    stage = kill_after_save(command, killed, step=28, sent=sent)  # in epoch 2 of 30
     stage.wait()
     assert not killed.model("teacher").exists()
     assert saves(killed), "the killed run's saves are there to resume from"

@@ -30,3 +30,23 @@ def test_a_folder_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     blocked.write_text("a file where the folder would go")
     with pytest.raises(ParamsError, match=re.escape(f"checkpoint.folder: cannot write {blocked / 'teacher'}")):
         claim(blocked / "teacher")
+
+
+def test_a_model_folder_a_killed_run_left_holding_only_its_lock_is_swept_by_the_next_run_of_any_model(
+        tmp_path: Path) -> None:
+    saves = tmp_path / ".resume"
+    abandoned = saves / "student_kd"
+    abandoned.mkdir(parents=True)
+    (abandoned / ".lock").write_text("pid 1 on a-host\n")  # a SIGKILLed run's: no process holds it
+    resumable = saves / "student_baseline"
+    (resumable / "step-00000100").mkdir(parents=True)  # a save to resume from is not a leftover
+    (resumable / ".lock").write_text("pid 2 on a-host\n")
+    running = claim(saves / "student_dkd")
+
+    claim(saves / "teacher").close()
+
+    assert not abandoned.exists()
+    assert (resumable / "step-00000100").is_dir()
+    assert (saves / "student_dkd" / ".lock").exists()  # a running run's folder is left alone
+    running.close()
+

@@ -239,6 +239,18 @@ def test_a_corrupt_image_file_is_named(tmp_path: Path):
         load_source(params_for(f"imagefolder:{root}").data)
 
 
+@pytest.mark.parametrize("damage", ["zero bytes", "truncated"])
+def test_a_zero_byte_or_truncated_image_file_is_named(tmp_path: Path, damage: str):
+    root = image_folder(tmp_path / "images", rgb=False)
+    image = root / "dog" / "3.png"
+    whole = image.read_bytes()
+    image.write_bytes(b"" if damage == "zero bytes" else whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"dog/3\.png: "):
+        data = load_source(params_for(f"imagefolder:{root}").data)
+        for _ in data.batches(7):  # a truncated file may pass its header and fail as its pixels are decoded
+            pass
+
+
 def test_a_class_folder_without_images_is_named(tmp_path: Path):
     root = image_folder(tmp_path / "images", rgb=False)
     (root / "empty").mkdir()

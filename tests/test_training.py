@@ -24,6 +24,7 @@ from pipelines.distill import distill
 from pipelines.engine.training import model_config
 from pipelines.models import ModelConfig, build_model, count_parameters
 from pipelines.engine.schedules import steps_per_epoch
+from pipelines.core.errors import DataError
 from pipelines.core.paths import Paths
 from pipelines.engine.inference import predict_logits
 from pipelines.prepare import prepare
@@ -195,7 +196,8 @@ def test_distill_refuses_logits_whose_row_count_does_not_match_the_transfer_set(
     paths.teacher_logits.parent.mkdir(parents=True)
     np.save(paths.teacher_logits, stored[:-1])
 
-    with pytest.raises(ValueError, match=f"{len(stored) - 1} teacher logits for {len(stored)} training images"):
+    with pytest.raises(DataError, match=f"the stored teacher logits are {len(stored) - 1} rows of 10 classes, the "
+                                        f"transfer set {len(stored)} images of 10"):
         distill(params, paths)
     assert not paths.model("student_kd").exists()
     assert not paths.training_log("student_kd").exists()

@@ -3,6 +3,8 @@ one way to turn pydantic's errors into lines that name the key path in the file.
 
 from __future__ import annotations
 
+import re
+import reprlib
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -32,6 +34,13 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
+# How an error line shows the value given: short, however long or deep the value (YAML aliases can build a
+# list of millions of items from a few lines).
+VALUE_REPR = reprlib.Repr()
+VALUE_REPR.maxlevel, VALUE_REPR.maxstring, VALUE_REPR.maxother = 2, 100, 100
+PLAIN_KEY = re.compile(r"[^.\s'\"]([^.'\"]*[^.\s'\"])?")  # reads one way in a dotted path; others are quoted
+
+
 def error_lines(error: ValidationError, raw: Any, prefix: str = "") -> list[str]:
     """One `  key.path: problem (got value)` line per error of validating `raw`; `prefix` is the key path of
     `raw` itself inside the file (e.g. `distill.student_kd`)."""
@@ -39,25 +48,34 @@ def error_lines(error: ValidationError, raw: Any, prefix: str = "") -> list[str]
     for item in error.errors():
         path = ".".join(part for part in (prefix, _key_path(item["loc"], raw)) if part) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
-        got = "" if item["type"] in ("missing", "value_error") else f" (got {item['input']!r})"
+        got = "" if item["type"] in ("missing", "value_error") else f" (got {VALUE_REPR.repr(item['input'])})"
         lines.append(f"  {path}: {message}{got}")
     return lines
 
 
+def key_path(parts: tuple[Any, ...]) -> str:
+    """The dotted path of these keys (list positions as numbers); a key with a dot or a quote in it, space at
+    either end, or an empty one, is quoted so that the path reads one way: distill.'..'."""
+    return ".".join(str(part) if PLAIN_KEY.fullmatch(str(part)) else repr(str(part)) for part in parts)
+
+
 def _key_path(loc: tuple[Any, ...], raw: Any) -> str:
-    """The dotted key path of a pydantic error location, without the union tags pydantic inserts."""
-    parts: list[str] = []
+    """The dotted path of a pydantic error location, without the union tags pydantic inserts, nor its
+    `[key]` mark of an error in a key itself (a student's name): the path then ends at that key."""
+    parts: list[Any] = []
     node = raw
     for part in loc:
+        if part == "[key]":
+            continue
         if isinstance(node, dict) and node.get("name") == part and part not in node:
             continue  # the tag of a discriminated union (e.g. 'sgd'), not a key of the file
         if node is not None and not isinstance(node, (dict, list)):
             continue  # the tag of a plain union (e.g. 'constrained-int' of batch_size): a value has no keys
-        parts.append(str(part))
+        parts.append(part)
         if isinstance(node, dict):
             node = node.get(part)
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]  # an item of a list (e.g. schedules.0), whose own keys may follow
         else:
             node = None
-    return ".".join(parts)
+    return key_path(tuple(parts))

@@ -9,9 +9,9 @@ distributed) may be replaced for one student, so students can differ in size as 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from pipelines.config.base import Section
 from pipelines.config.distributed import ModelDistributedParams
@@ -21,7 +21,28 @@ from pipelines.config.training import SECTIONS, ModelParams, RegularizationParam
 
 # Model names the pipeline itself uses; a student cannot take one.
 RESERVED_NAMES = ("teacher", "student_baseline")
-STUDENT_NAME = re.compile(r"[A-Za-z0-9_-]+")  # it names a DVC stage and a file
+NAME = re.compile(r"[A-Za-z0-9_-]+")  # a student's or a study dataset's name names a DVC stage, a file, a folder
+NAME_CHARACTERS = "use only letters, digits, '_' and '-'"
+
+
+def _student_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise ValueError(f"a student's name names its DVC stage and its model file: {NAME_CHARACTERS}")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"the pipeline's own models are named {' and '.join(RESERVED_NAMES)}: name the student "
+                         f"otherwise")
+    return name
+
+
+def _dataset_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise ValueError(f"a dataset's name names its runs' folders: {NAME_CHARACTERS}")
+    return name
+
+
+# Checked as a key: an error names the key path down to the name itself (distill.a/b: ...).
+StudentName = Annotated[str, AfterValidator(_student_name)]
+DatasetName = Annotated[str, AfterValidator(_dataset_name)]
 
 
 class LossTerm(Section):
@@ -91,26 +112,18 @@ class KDStudyParams(Section):
     pipeline, trained on each dataset with each seed; then a student under each named loss."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    datasets: dict[str, StudyDataset] = Field(default_factory=lambda: {"digits": StudyDataset()}, min_length=1)
+    datasets: dict[DatasetName, StudyDataset] = Field(default_factory=lambda: {"digits": StudyDataset()}, min_length=1)
     # name -> a student's loss terms, as in `distill`; or a whole student ({losses: [...], train: {...}}) to
     # change its budget or settings too
-    losses: dict[str, list[LossTerm] | StudentParams] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _names_are_student_names(self) -> KDStudyParams:
-        check_student_names({name: None for name in self.losses})
-        for name in self.datasets:
-            if not STUDENT_NAME.fullmatch(name):
-                raise ValueError(f"kd_study.datasets.{name}: use letters, digits, '_' and '-'")
-        return self
+    losses: dict[StudentName, list[LossTerm] | StudentParams] = Field(min_length=1)
 
 
-def check_student_names(students: dict[str, StudentParams | None]) -> None:
+def _at_least_one(students: dict[str, StudentParams]) -> dict[str, StudentParams]:
     if not students:
         raise ValueError("no student: name at least one, e.g. student_kd: {losses: [{method: kd, weight: 0.9}, "
                          "{method: ce, weight: 0.1}]}")
-    for name in students:
-        if not STUDENT_NAME.fullmatch(name) or name in RESERVED_NAMES:
-            raise ValueError(
-                f"student name {name!r}: use letters, digits, '_' and '-', and none of {', '.join(RESERVED_NAMES)}"
-            )
+    return students
+
+
+# The `distill` section: each distilled student by its name.
+Students = Annotated[dict[StudentName, StudentParams], AfterValidator(_at_least_one)]

@@ -8,18 +8,18 @@ code 2. (A distillation method's own options are checked by pipelines.kd, see pi
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from pipelines.config.base import ParamsError, Section, error_lines
 from pipelines.config.checkpoint import CheckpointParams
 from pipelines.config.data import AugmentParams, DataParams
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.distill import (RESERVED_NAMES, KDStudyParams, StudentParams, TeacherFeaturesParams,
-                                      check_student_names)
+from pipelines.config.distill import RESERVED_NAMES, KDStudyParams, Students, TeacherFeaturesParams
+from pipelines.config.loader import load_yaml
 from pipelines.config.speed import SpeedParams
 from pipelines.config.storage import PublishParams, StorageParams
 from pipelines.config.study import StudyParams, replace_sections
@@ -48,13 +48,20 @@ class Params(Section):
     augment: AugmentParams
     teacher: TrainingParams
     student: TrainingParams
-    distill: dict[str, StudentParams]
+    distill: Students
     teacher_features: TeacherFeaturesParams = TeacherFeaturesParams()
     evaluate: EvaluateParams
     storage: StorageParams = StorageParams()
     publish: PublishParams = PublishParams()
     study: StudyParams
     kd_study: KDStudyParams
+
+    _source: str = PrivateAttr(str(PARAMS_FILE))  # the file read (validate_params), named by later checks' errors
+
+    @property
+    def source(self) -> str:
+        """The file these params were read from, as a ParamsError about them names it."""
+        return self._source
 
     @property
     def model_names(self) -> list[str]:
@@ -75,7 +82,6 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _derived_settings_valid(self) -> Params:
-        check_student_names(self.distill)
         for name in self.distill:
             self.student_training(name)
         self.study_settings()
@@ -96,13 +102,17 @@ def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None
 
 
 def read_raw_params(path: Path) -> dict[str, Any]:
-    """The YAML mapping in `path`, or ParamsError if the file is missing or not a mapping."""
+    """The YAML mapping in `path`, or ParamsError if the file cannot be read, is not YAML, gives a key
+    twice (pipelines/config/loader.py) or is not a mapping."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot be read: {error.strerror}") from None
+    raw = load_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections (seed, data, ...), got {type(raw).__name__}")
     return raw
@@ -112,33 +122,42 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     """A copy of `raw` with each dotted key (`teacher.train.epochs`) set to its value."""
     result = copy.deepcopy(raw)
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = result
-        for depth, key in enumerate(parents):
-            if isinstance(node, list):  # an item of a list, by its index (distill.student_kd.losses.0.weight)
-                node = node[list_index(node, key, dotted)]
-                continue
-            if node.get(key) is None:  # a missing section, or one left `null` (teacher.distributed: null)
-                node[key] = {}
-            child = node[key]
-            if not isinstance(child, (dict, list)):
-                prefix = ".".join(parents[: depth + 1])
-                raise ParamsError(f"override {dotted}: {prefix} is a value, not a section")
-            node = child
-        node[list_index(node, leaf, dotted) if isinstance(node, list) else leaf] = value
+        set_dotted(result, dotted, value)
     return result
+
+
+def set_dotted(document: dict[str, Any], dotted: str, value: Any, section: Callable[[], Any] = dict) -> None:
+    """Set key path `dotted` of `document` to `value`: each key a mapping's, or a list item's position
+    (distill.student_kd.losses.0.weight). A missing section on the way, or one left `null`
+    (teacher.distributed: null), becomes `section()`; a path through a plain value is a ParamsError."""
+    *parents, leaf = dotted.split(".")
+    node: Any = document
+    for depth, key in enumerate(parents):
+        if isinstance(node, list):
+            child = node[list_index(node, key, dotted)]
+        else:
+            if node.get(key) is None:
+                node[key] = section()
+            child = node[key]
+        if not isinstance(child, (dict, list)):
+            raise ParamsError(f"override {dotted}: {'.'.join(parents[: depth + 1])} is a value, not a section")
+        node = child
+    node[list_index(node, leaf, dotted) if isinstance(node, list) else leaf] = value
 
 
 def list_index(items: list[Any], key: str, dotted: str) -> int:
     """The position `key` names in `items`, or ParamsError for override `dotted`."""
-    if not key.isdigit() or int(key) >= len(items):
+    if not (key.isascii() and key.isdigit()) or int(key) >= len(items):
         raise ParamsError(f"override {dotted}: {key!r} is not the index of one of the list's {len(items)} items")
     return int(key)
 
 
 def validate_params(raw: dict[str, Any], source: str = str(PARAMS_FILE)) -> Params:
-    """Validate a params mapping; ParamsError lists `key.path: problem (got value)` per error."""
+    """Validate a params mapping read from `source`; ParamsError lists `key.path: problem (got value)` per
+    error under a first line naming `source`. The Params remember `source` for later checks' messages."""
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as error:
         raise ParamsError("\n".join([f"{source}: invalid parameters", *error_lines(error, raw)])) from None
+    params._source = source
+    return params

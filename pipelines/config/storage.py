@@ -1,8 +1,9 @@
 """The `storage` and `publish` sections: where S3 is and how to reach it, and which students are published there.
 
-`storage` is read by everything that talks to S3 (publishing, fetching, `make remote` for DVC's remote). It
-holds no secret: credentials come from the environment (`AWS_ACCESS_KEY_ID`, ...), an AWS profile or an
-instance role, as boto3 finds them, and an unknown key such as `secret_access_key` is refused like any other.
+`storage` is read by everything that talks to S3 (publishing, fetching, a `parquet:s3://...` data source,
+`make remote` for DVC's remote). It holds no secret: credentials come from the environment
+(`AWS_ACCESS_KEY_ID`, ...), an AWS profile or an instance role, as boto3 finds them, and an unknown key such
+as `secret_access_key` is refused like any other.
 """
 
 from __future__ import annotations

@@ -57,6 +57,11 @@ class Paths:
         return self.root / folder / name
 
     @property
+    def params_check(self) -> Path:
+        """What stage check_params writes once params.yaml is valid: the same bytes every time."""
+        return self.root / "reports" / "params_check.txt"
+
+    @property
     def eval_metrics(self) -> Path:
         return self.root / "metrics" / "eval.json"
 

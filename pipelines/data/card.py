@@ -12,7 +12,7 @@ import numpy as np
 
 from pipelines.config.data import NormalizeParams
 from pipelines.core.atomic import write_json
-from pipelines.core.errors import DataError, require_input
+from pipelines.core.errors import DataError, first_line, require_input
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,19 @@ def write_card(path: Path, card: DatasetCard) -> None:
 
 
 def read_card(path: Path) -> DatasetCard:
-    data = json.loads(require_input(path).read_text())
-    data["image_shape"] = tuple(data["image_shape"])
-    data["splits"] = {name: SplitSummary(**split) for name, split in data["splits"].items()}
-    return DatasetCard(**data)
+    """The card in `path`; a DataError naming it when it is cut short, damaged or not a card of this pipeline."""
+    require_input(path)
+    try:
+        data = json.loads(path.read_text())
+        data["image_shape"] = tuple(data["image_shape"])
+        data["splits"] = {name: SplitSummary(**split) for name, split in data["splits"].items()}
+        return DatasetCard(**data)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # bad JSON, a field missing or unknown
+        detail = f"no {error}" if isinstance(error, KeyError) else first_line(error)
+        raise DataError(
+            f"{path}: not a readable dataset card of this pipeline ({detail}): it was cut short or damaged. Get the "
+            f"last good one back with `dvc checkout --force {path}`, or rerun prepare (`dvc repro prepare`)"
+        ) from None
 
 
 class PixelStats:

@@ -21,10 +21,12 @@ import torch
 from filelock import FileLock
 
 from pipelines.core.atomic import atomic_path
-from pipelines.core.errors import DataError, require_input
+from pipelines.core.errors import DataError, first_line, require_input
 
 # Rows per record batch when a Parquet file is copied to Arrow: about this many bytes of pixels each.
 ARROW_BATCH_BYTES = 32 * 2**20
+# The stage that writes the image files of each folder (pipelines.core.paths.Paths, dvc.yaml's outs).
+WRITTEN_BY = {"prepared": "prepare", "transfer": "augment"}
 
 
 class MappedImages:
@@ -85,12 +87,21 @@ def open_image_set(path: Path, cache_dir: Path) -> ImageSet:
     """A Parquet image file of this pipeline, its pixels memory-mapped from an Arrow copy in `cache_dir`.
 
     Labels and the other per-row numbers are read into memory (8 bytes a row); pixels stay on disk and
-    the page cache until a batch asks for them."""
-    metadata = pq.read_schema(require_input(path)).metadata or {}
-    if b"image_shape" not in metadata or b"class_names" not in metadata:
-        raise DataError(f"{path}: not an image table of this pipeline (no image_shape/class_names metadata)")
-    image_shape = tuple(json.loads(metadata[b"image_shape"]))
-    table = pa.ipc.open_file(pa.memory_map(str(_arrow_copy(path, cache_dir, image_shape)))).read_all()
+    the page cache until a batch asks for them. A file cut short or damaged is a DataError naming it and how
+    to get it back (pyarrow alone says "Parquet magic bytes not found", naming no file)."""
+    try:
+        metadata = pq.read_schema(require_input(path)).metadata or {}
+        if b"image_shape" not in metadata or b"class_names" not in metadata:
+            raise DataError(f"{path}: not an image table of this pipeline (no image_shape/class_names metadata)")
+        image_shape = tuple(json.loads(metadata[b"image_shape"]))
+        table = _read_arrow_copy(path, cache_dir, image_shape)
+    except (OSError, pa.ArrowException) as error:
+        stage = WRITTEN_BY.get(path.parent.name)
+        rerun = f"rerun {stage} (`dvc repro {stage}`)" if stage else "rerun the stage that writes it (`dvc repro`)"
+        raise DataError(
+            f"{path}: not a readable Parquet file of this pipeline ({first_line(error)}): it was cut short or "
+            f"damaged. Get the last good one back with `dvc checkout --force {path}`, or {rerun}"
+        ) from None
     columns = {
         name: torch.from_numpy(table.column(name).to_numpy().copy())
         for name in table.column_names
@@ -102,6 +113,16 @@ def open_image_set(path: Path, cache_dir: Path) -> ImageSet:
         class_names=json.loads(metadata[b"class_names"]),
         columns=columns,
     )
+
+
+def _read_arrow_copy(path: Path, cache_dir: Path, image_shape: tuple[int, int, int]) -> pa.Table:
+    """The memory-mapped Arrow copy of `path`; a copy that cannot be read (damaged in the cache) is made again."""
+    copy = _arrow_copy(path, cache_dir, image_shape)
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(copy))).read_all()
+    except (OSError, pa.ArrowException):
+        copy.unlink(missing_ok=True)
+        return pa.ipc.open_file(pa.memory_map(str(_arrow_copy(path, cache_dir, image_shape)))).read_all()
 
 
 def _arrow_copy(path: Path, cache_dir: Path, image_shape: tuple[int, int, int]) -> Path:

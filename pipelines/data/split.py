@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.model_selection import train_test_split
 
@@ -10,8 +12,18 @@ from pipelines.core.errors import DataError
 from pipelines.core.paths import SPLITS
 
 
+def require_two_classes(labels: np.ndarray, class_names: list[str], source: str) -> None:
+    """A classifier needs images of two classes at least: one class would train and score 100%, learning nothing."""
+    found = [class_names[label] for label in np.unique(labels)]
+    if len(found) < 2:
+        raise DataError(
+            f"data.source {source}: images of {len(found)} class ({', '.join(found) or 'none'}); prepare needs "
+            "at least two classes: add images of another (an image folder: one sub-folder of images per class)"
+        )
+
+
 def assign_splits(
-    labels: np.ndarray, fixed: dict[str, np.ndarray], split: SplitParams, seed: int
+    labels: np.ndarray, class_names: list[str], fixed: dict[str, np.ndarray], split: SplitParams, seed: int
 ) -> dict[str, np.ndarray]:
     """Sorted row indices of train/val/test: the splits in `fixed` as given, the others a seeded split of the
     remaining rows that keeps each class's share and the `split` proportions among themselves."""
@@ -35,10 +47,26 @@ def assign_splits(
                     rest, train_size=shares[1] / sum(shares[1:]), stratify=labels[rest], random_state=seed
                 )
                 rows[missing[1]], rows[missing[2]] = second, third
-    except ValueError as error:  # scikit-learn's reason: a class too small, a split smaller than the classes
-        raise DataError(
-            f"cannot split {len(remaining)} images into {', '.join(missing)} keeping every class in each: {error}. "
-            "Add images, change data.split, or fix the splits with split folders"
-        ) from None
+    except ValueError as error:  # scikit-learn's reason names classes by index: name them, and what they need
+        raise DataError(_too_few_images(labels[remaining], class_names, missing, split, error)) from None
     return {name: np.sort(np.asarray(rows[name], np.int64)) for name in SPLITS}
 
+
+def _too_few_images(
+    labels: np.ndarray, class_names: list[str], missing: list[str], split: SplitParams, error: ValueError
+) -> str:
+    """Why `labels` cannot be split into the `missing` splits: the classes with fewer images than it takes to
+    give each split one at its share (or scikit-learn's reason, where every class has that many)."""
+    shares = {name: getattr(split, name) for name in missing}
+    needed = max(len(missing), math.ceil(sum(shares.values()) / min(shares.values()) - 1e-9))
+    counts = np.bincount(labels, minlength=len(class_names))
+    small = [index for index in np.argsort(counts, kind="stable") if 0 < counts[index] < needed]
+    proportions = ", ".join(f"{name} {share:g}" for name, share in shares.items())
+    if small:
+        found = ", ".join(f"{class_names[i]!r} ({counts[i]} image{'s' if counts[i] > 1 else ''})" for i in small)
+        reason = (f"too few images in class{'es' if len(small) > 1 else ''} {found}: each class needs at least "
+                  f"{needed} to give every split one at data.split's shares ({proportions})")
+    else:
+        reason = f"{error} (data.split: {proportions})"
+    return (f"cannot split {len(labels)} images into {', '.join(missing)} keeping every class in each: {reason}. "
+            "Add images to those classes, change data.split, or fix the splits with split folders")

@@ -27,6 +27,7 @@ from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import TrainingParams
 from pipelines.core.atomic import atomic_path
 from pipelines.data.images import ImageSet
+from pipelines.engine.divergence import DivergenceWatch
 from pipelines.engine.early_stopping import EarlyStopping
 from pipelines.engine.ema import WeightAverage
 from pipelines.engine.objective import Batch, Objective
@@ -80,6 +81,7 @@ def fit(
     # The EMA and early stopping read the weights this process holds (the model, its shards, its stage's layers).
     ema = WeightAverage(parallel.held, regularization.ema_decay) if regularization.ema_decay is not None else None
     stopper = EarlyStopping(regularization.early_stopping, parallel.held) if regularization.early_stopping else None
+    divergence = DivergenceWatch(parallel.held, runtime)  # a non-finite loss or weight stops the run
 
     batch_of = batch_source(train_set, runtime)
     # Every rank draws the same permutation, then takes its part of each global batch.
@@ -100,6 +102,7 @@ def fit(
             vars(stopper).update(progress.early_stopping)
 
     def save() -> None:
+        divergence.check(progress.epoch)  # a diverged state is never saved
         progress.schedule = schedule.scheduler.state_dict()
         progress.early_stopping = stopper.counters() if stopper else {}
         resume.save(state, progress, sums, live_dir)
@@ -126,6 +129,7 @@ def fit(
                     for name, value in {"loss": loss, **terms}.items():
                         sums[name] = sums.get(name, 0.0) + value.detach() * count
                     sums["count"] = sums.get("count", 0.0) + count
+                divergence.watch(step + 1, sums.get("loss"), optimizer.param_groups[0]["lr"])
                 if regularization.l1:
                     add_l1_gradient(parallel.held, regularization.l1)
                 parallel.clip_gradients(regularization.grad_clip)
@@ -141,6 +145,7 @@ def fit(
                 if resume is not None and resume.due(step) and progress.batch < steps:
                     save()
 
+            divergence.check(epoch)
             metrics = {f"train_{name}": value for name, value in parallel.epoch_means(sums).items()}
             sums = {}
             with ema.applied() if ema is not None else nullcontext():  # the weights kept are validated

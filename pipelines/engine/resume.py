@@ -218,11 +218,19 @@ class Resume:
         """Remove every save of this model and the folder (the stage succeeded), letting go of its lock."""
         if self.runtime.is_main:
             shutil.rmtree(self.folder, ignore_errors=True)
-            if self.lock is not None:
-                self.lock.close()  # (its file went with the folder)
-                self.lock = None
             if self.folder.parent.exists() and not any(self.folder.parent.iterdir()):
                 self.folder.parent.rmdir()  # the folder of every model's saves, now empty
+            self.release()
+
+    def release(self) -> None:
+        """Let go of the folder after a run that failed: it goes too unless it holds a save to resume from (a
+        killed run's is swept by the next run of any model: pipelines/engine/save_folder.py's `claim`)."""
+        if not self.runtime.is_main or self.lock is None:
+            return
+        lock, self.lock = self.lock, None
+        if not self._complete():
+            self.remove()
+        lock.close()
 
     def _complete(self) -> list[Path]:
         saves = [path for path in self.folder.glob("step-*") if not path.name.endswith(PARTIAL)]

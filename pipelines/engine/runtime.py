@@ -16,6 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from pipelines.config.base import ParamsError
 from pipelines.config.speed import SpeedParams
 from pipelines.core.launch import LINE_PREFIX_VARIABLE, device_type
 from pipelines.core.rendezvous import workers_store
@@ -54,7 +55,7 @@ def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams 
     longer than `timeout_s` for another rank (one that died, say) fails instead of hanging. `speed` (params'
     section) applies on CUDA; bf16 only where the GPU supports it."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("params.yaml device: cuda, but no CUDA device is available (use auto or cpu)")
+        raise ParamsError("device: cuda, but no CUDA device is available (use auto or cpu)")
     use_cuda = device_type(device) == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

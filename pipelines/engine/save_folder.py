@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -19,25 +20,54 @@ from pipelines.engine.runtime import Runtime
 
 def claim(folder: Path) -> IO[str]:
     """Create `folder` and hold its lock (an exclusive `flock` on `folder/.lock`) until the returned file is
-    closed or the process ends; ParamsError if it cannot be written or another run holds it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = (folder / ".lock").open("a+")
-    except OSError as error:
-        raise ParamsError(f"checkpoint.folder: cannot write {folder} ({error.strerror}); set it to a folder this "
-                          f"user can write, or checkpoint.resume: never to train without saves") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
-        raise ParamsError(f"checkpoint.folder: another run of this model is saving into {folder} ({holder}); wait "
-                          f"for it to end, or give this run a checkpoint.folder of its own") from None
+    closed or the process ends; ParamsError if it cannot be written or another run holds it. First sweep the
+    folders of other models that a killed run left holding nothing but their lock."""
+    sweep_abandoned(folder.parent)
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = (folder / ".lock").open("a+")
+        except OSError as error:
+            raise ParamsError(f"checkpoint.folder: cannot write {folder} ({error.strerror}); set it to a folder this "
+                              f"user can write, or checkpoint.resume: never to train without saves") from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise ParamsError(f"checkpoint.folder: another run of this model is saving into {folder} ({holder}); "
+                              f"wait for it to end, or give this run a checkpoint.folder of its own") from None
+        if _still_in_place(lock, folder / ".lock"):
+            break
+        lock.close()  # swept between the open and the lock (by `sweep_abandoned` of another run): again
     lock.truncate(0)
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
     return lock
+
+
+def sweep_abandoned(parent: Path) -> None:
+    """Remove each model folder under `parent` that holds only a lock no running process holds: what a run
+    that failed or was killed before its first save left."""
+    for folder in parent.glob("*/"):
+        if {entry.name for entry in folder.iterdir()} != {".lock"}:
+            continue
+        with (folder / ".lock").open("a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a run holds it
+            if _still_in_place(lock, folder / ".lock") and {entry.name for entry in folder.iterdir()} == {".lock"}:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _still_in_place(lock: IO[str], path: Path) -> bool:
+    """Whether the open lock file is still the file at `path` (not one removed, or replaced, since)."""
+    try:
+        return os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def check_shared(folder: Path, runtime: Runtime) -> None:

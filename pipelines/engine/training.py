@@ -17,6 +17,7 @@ from pipelines.core.paths import Paths
 from pipelines.data.card import DatasetCard, read_card
 from pipelines.data.images import open_image_set
 from pipelines.engine.checkpoint import save_checkpoint
+from pipelines.engine.divergence import TrainingDiverged
 from pipelines.engine.loop import fit
 from pipelines.engine.objective import Objective
 from pipelines.engine.parallel import full_state_dict
@@ -69,8 +70,19 @@ def train_and_save(
         folder = paths.resume_states(params.checkpoint.folder, name)
         resume = Resume(folder, params.checkpoint, runtime,
                         run_fingerprint(name, training, params, paths, runtime, len(transfer)))
-    kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.training_log(name),
-                        distributed, resume)
+    try:
+        kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed,
+                            paths.training_log(name), distributed, resume)
+    except BaseException as error:
+        if resume is not None:
+            resume.release()  # a failed run's folder goes unless it holds saves to resume from
+        if isinstance(error, TrainingDiverged):
+            key = section_of(name, params)
+            kept = "is kept as it was" if paths.model(name).exists() else "is not written"
+            raise error.about(name, f"{paths.model(name)} {kept}. Lower {key}.optimizer.lr, warm up "
+                                    f"({key}.schedule.warmup) or clip the gradients "
+                                    f"({key}.regularization.grad_clip)") from None
+        raise
     state = full_state_dict(kept)  # under FSDP a collective: every rank takes part, the main one writes
     learned = full_state_dict(objective) if heads is not None else {}
     if runtime.is_main:
@@ -82,6 +94,13 @@ def train_and_save(
             resume.remove()  # the model is saved: its training states have served
     shutdown(runtime)
     return metrics
+
+
+def section_of(name: str, params: Params) -> str:
+    """The params section that holds model `name`'s optimizer: its own, or the student section it takes."""
+    if name == "teacher":
+        return "teacher"
+    return f"distill.{name}" if name in params.distill and "optimizer" in params.distill[name].overrides else "student"
 
 
 def same_run_everywhere(runtime: Runtime, run: str) -> None:

@@ -40,8 +40,9 @@ METHODS: dict[str, type[Term]] = {
 }
 
 
-def check_students(params: Params, source: str = "params.yaml") -> None:
-    """Every student's terms and their options; ParamsError naming each bad key, as params validation does."""
+def check_students(params: Params) -> None:
+    """Every student's terms and their options; ParamsError naming each bad key and the file read
+    (params.source), as params validation does."""
     problems = []
     for name, student in params.distill.items():
         for index, term in enumerate(student.losses):
@@ -53,7 +54,7 @@ def check_students(params: Params, source: str = "params.yaml") -> None:
             except ValueError as error:
                 problems.append(f"  {prefix}.method: {error}")
     if problems:
-        raise ParamsError("\n".join([f"{source}: invalid parameters", *problems]))
+        raise ParamsError("\n".join([f"{params.source}: invalid parameters", *problems]))
 
 
 def term_options(term: LossTerm) -> Section:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pipelines.config.base import Section
+from pipelines.core.errors import DataError
 from pipelines.core.paths import Paths
 from pipelines.data.images import ImageSet
 from pipelines.data.logits import open_logits
@@ -75,8 +76,11 @@ class TeacherLogits(Term):
         return open_logits(context.paths.teacher_logits)
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
-        if len(self.teacher_logits) != len(train_set):
-            raise ValueError(f"{len(self.teacher_logits)} teacher logits for {len(train_set)} training images")
+        rows, classes = self.teacher_logits.shape
+        if (rows, classes) != (len(train_set), len(train_set.class_names)):
+            raise DataError(f"the stored teacher logits are {rows} rows of {classes} classes, the transfer set "
+                            f"{len(train_set)} images of {len(train_set.class_names)}: they were computed for "
+                            f"other data; rerun `dvc repro teacher_logits`")
 
     def teacher(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.teacher_logits[batch.rows].to(logits.device)

@@ -89,7 +89,8 @@ class FeatureTerm(Term):
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         device = next(model.parameters()).device
         student_key, teacher_key = self.keys
-        self.teacher.attach([((teacher, self.of_inputs), teacher_key) for _, teacher in self.pairs], device)
+        self.teacher.attach([((teacher, self.of_inputs), teacher_key) for _, teacher in self.pairs], device,
+                            len(train_set))
         self.captured = Capture(model, [(student, student_key) for student, _ in self.pairs], self.of_inputs)
         sample = Batch(images=train_set.images[:2].to(device).float().div_(255.0), labels=train_set.labels[:2],
                        rows=torch.arange(2))

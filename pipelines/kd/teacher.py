@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from pipelines.core.atomic import atomic_path
+from pipelines.core.errors import DataError, first_line
 from pipelines.data.images import ImageSet
+from pipelines.data.logits import check_finite
 from pipelines.engine.checkpoint import load_model
 from pipelines.engine.objective import Batch
 from pipelines.kd.features import Capture
@@ -66,7 +68,9 @@ def write_teacher_features(folder: Path, teacher_path: Path, transfer: ImageSet,
                     for layer in layers:
                         values = captures[layer].values[layer[0]]
                         stored[layer_name(layer)][start : start + len(values)] = values.float().cpu().numpy()
-                for array in stored.values():
+                for name, array in stored.items():  # a teacher that diverged leaves the stored features in place
+                    check_finite(array, f"{teacher_path}'s features of {name}",
+                                 "the teacher diverged or was damaged: retrain it with `dvc repro train_teacher`")
                     array.flush()
                 del stored  # close the maps before the folder is renamed into place
                 manifest.update(cached=True, reason=f"the features take {size / 2**30:.3f} GiB, within "
@@ -76,6 +80,38 @@ def write_teacher_features(folder: Path, teacher_path: Path, transfer: ImageSet,
                 one.remove()
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The stored features' manifest, None where there is none; DataError if it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not {"images", "layers", "cached"} <= manifest.keys():
+            raise ValueError("not a manifest of the teacher_features stage")
+        return manifest
+    except ValueError as error:
+        raise DataError(f"{path}: cannot be read ({first_line(error)}): cut short or damaged; get it back with "
+                        f"`dvc checkout --force {path.parent}`, or rerun `dvc repro teacher_features`") from None
+
+
+def open_features(folder: Path, manifest: dict, name: str) -> torch.Tensor:
+    """The stored features of layer `name` (memory-mapped), checked against the manifest: DataError naming the
+    file and what to rerun when it cannot be read, has another shape, or holds a value that is not finite."""
+    path = folder / manifest["layers"][name]["file"]
+    expected = [manifest["images"], *manifest["layers"][name]["shape"]]
+    rerun = f"rerun `dvc repro teacher_features` (or `dvc checkout --force {folder}`)"
+    try:
+        stored = np.load(path, mmap_mode="c")
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"{path}: not readable teacher features ({first_line(error)}): cut short or damaged; "
+                        f"{rerun}") from None
+    if list(stored.shape) != expected:
+        raise DataError(f"{path}: teacher features of shape {list(stored.shape)}, its manifest says {expected}; "
+                        f"{rerun}")
+    check_finite(stored, str(path), rerun)
+    return torch.from_numpy(stored)
 
 
 def capture(model: nn.Module, layers: list[Layer]) -> dict[Layer, Capture]:
@@ -89,22 +125,25 @@ class Teacher:
 
     def __init__(self, model_path: Path, cache: Path) -> None:
         self.model_path, self.cache = model_path, cache
-        manifest = cache / MANIFEST
-        self.manifest = json.loads(manifest.read_text()) if manifest.exists() else None
+        self.manifest = read_manifest(cache / MANIFEST)
         self.stored: dict[Layer, torch.Tensor] = {}
         self.live: dict[Layer, Capture] = {}
         self.model: nn.Module | None = None
         self._last: torch.Tensor | None = None
         self._given = False  # a pipeline's stages ran the teacher: its features come with the batch's logits
 
-    def attach(self, layers: list[tuple[Layer, str]], device: torch.device) -> None:
-        """Make the features of each (layer, params key naming it) available from `features`."""
+    def attach(self, layers: list[tuple[Layer, str]], device: torch.device, images: int) -> None:
+        """Make the features of each (layer, params key naming it) available from `features`, for a training
+        set of `images` rows."""
         for layer, key in layers:
             name = layer_name(layer)
             if self.manifest and self.manifest["cached"] and name in self.manifest["layers"]:
+                if self.manifest["images"] != images:
+                    raise DataError(f"{self.cache}: teacher features of {self.manifest['images']} images, the "
+                                    f"transfer set has {images}: they were stored for other data; rerun "
+                                    f"`dvc repro teacher_features`")
                 if layer not in self.stored:
-                    self.stored[layer] = torch.from_numpy(np.load(self.cache / self.manifest["layers"][name]["file"],
-                                                                  mmap_mode="c"))
+                    self.stored[layer] = open_features(self.cache, self.manifest, name)
                     log.info("teacher features of %s: read from %s (%s)", name, self.cache, self.manifest["reason"])
             elif layer not in self.live:
                 if self.model is None:

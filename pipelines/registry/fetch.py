@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.registry.manifest import (LATEST, MANIFEST, MODEL, VERSION_DIGITS, Alias, Layout, Manifest, RegistryError,
-                                         is_version)
+                                         is_alias, is_version, shown)
 from pipelines.storage import ObjectStore
 
 
@@ -30,6 +30,9 @@ def resolve(store: ObjectStore, layout: Layout, ref: str) -> tuple[str, str | No
     recorded (None for a version named directly)."""
     if is_version(ref):
         return ref, None
+    if not is_alias(ref):
+        raise RegistryError(f"{shown(ref)}: neither a {VERSION_DIGITS}-digit version nor an alias name (lowercase "
+                            f"letters, digits, '_' and '-', e.g. latest)")
     alias = read_alias(store, layout, ref)
     if alias is None:
         aliases = list_aliases(store, layout)
@@ -47,8 +50,11 @@ def read_alias(store: ObjectStore, layout: Layout, alias: str) -> Alias | None:
 
 
 def list_aliases(store: ObjectStore, layout: Layout) -> list[str]:
+    """The aliases of a published name: the keys aliases/<alias>.json with an alias name; any other key
+    there (written by hand, or by someone else) is not an alias and is passed over."""
     prefix = layout.alias_key("x")[: -len("x.json")]
-    return sorted(key[len(prefix):].removesuffix(".json") for key in store.list_keys(prefix))
+    names = (key[len(prefix):].removesuffix(".json") for key in store.list_keys(prefix) if key.endswith(".json"))
+    return sorted(name for name in names if is_alias(name))
 
 
 def list_published(store: ObjectStore, layout: Layout) -> tuple[dict[str, str], list[Manifest]]:
@@ -81,6 +87,8 @@ def read_manifest_and_digest(store: ObjectStore, layout: Layout, version: str,
                             f"its alias recorded): refusing to use it; publish the student again")
     manifest = Manifest.from_json(data, store.uri(key))
     model = manifest.entry(MODEL)
+    if manifest.name != layout.name:
+        raise RegistryError(f"{store.uri(key)}: describes {manifest.name!r}, not {layout.name!r}: refusing to use it")
     if manifest.version != version or model is None or not model.sha256.startswith(version):
         raise RegistryError(f"{store.uri(key)}: does not describe version {version} (its {MODEL} has another "
                             f"digest): refusing to use it")
@@ -90,7 +98,8 @@ def read_manifest_and_digest(store: ObjectStore, layout: Layout, version: str,
 def download_version(store: ObjectStore, layout: Layout, ref: str, dest: Path) -> Fetched:
     """Download version or alias `ref` into `dest/<name>/<version>/`, each file checked against the manifest;
     RegistryError naming the first object that is missing, cut short or changed. The folder appears only
-    once every file is verified."""
+    once every file is verified; a manifest that lists anything but plain file names is refused before
+    anything is written (Manifest.from_json), so every file lands directly in the version's folder."""
     version, manifest_sha256 = resolve(store, layout, ref)
     manifest = read_manifest(store, layout, version, manifest_sha256)
     target = dest / layout.name / version

@@ -4,11 +4,13 @@ Retries are botocore's own (`standard` mode: exponential backoff with jitter, on
 throttling and 5xx answers), bounded by `max_attempts` and the timeouts, so an unreachable store fails in
 bounded time. Messages name the endpoint, the bucket or object and what to check; they are built from the
 error's code and the server's message only, so no credential can appear in them (boto3 never puts the
-secret key in an exception, and the exceptions are not chained).
+secret key in an exception, and the exceptions are not chained), and every URL in them goes through
+`redact`, which hides the user name and password an endpoint URL may carry (http://user:password@host).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,14 +30,29 @@ class StorageError(DataError):
     """S3 could not be reached, or refused a request: the message says where and what to check."""
 
 
+# The userinfo of a URL (`user:password@` after `scheme://`, up to the host): it never reaches a message.
+USERINFO = re.compile(r"(?<=://)[^\s/?#\"'<>]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user name and password of every URL in it replaced by `***`."""
+    return USERINFO.sub("***@", text)
+
+
+def aws_session(settings: StorageParams = StorageParams()) -> Any:
+    """A boto3 session of storage.profile (unset: AWS_PROFILE, the AWS_* variables, an instance role)."""
+    import boto3
+
+    with setup_errors():
+        return boto3.Session(profile_name=settings.profile)
+
+
 def make_client(settings: StorageParams = StorageParams()) -> Any:
     """A boto3 S3 client. Unset endpoint, region and profile fall back to boto3's own lookup (AWS_ENDPOINT_URL,
     AWS_DEFAULT_REGION, AWS_PROFILE, ~/.aws). Checksums are sent where a request requires them only: S3's newer
     default checksum headers are not understood by every S3-compatible server; the object code sends Content-MD5
     on every upload, which they all check."""
-    import boto3
     from botocore.config import Config
-    from botocore.exceptions import ProfileNotFound
 
     config = Config(
         retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},  # the first try included
@@ -45,12 +62,37 @@ def make_client(settings: StorageParams = StorageParams()) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
+    session = aws_session(settings)
+    with setup_errors():  # the credentials are looked up here: a key id without its secret fails now
+        return session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
+
+
+@contextmanager
+def setup_errors() -> Iterator[None]:
+    """botocore's errors while a session or a client is set up, before any request, as a StorageError."""
+    from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError, ProfileNotFound
+
     try:
-        session = boto3.Session(profile_name=settings.profile)
-    except ProfileNotFound:
-        raise StorageError(f"storage.profile: no AWS profile {settings.profile!r} in ~/.aws/config or "
-                           f"~/.aws/credentials") from None
-    return session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
+        yield
+    except ProfileNotFound as error:
+        raise StorageError(f"storage.profile (or AWS_PROFILE): no AWS profile {error.kwargs.get('profile')!r} in "
+                           f"~/.aws/config or ~/.aws/credentials") from None
+    except (NoCredentialsError, PartialCredentialsError) as error:
+        raise StorageError(credentials_text("S3 client", error)) from None
+    except BotoCoreError as error:  # botocore's own messages hold no secret; a URL in them is redacted
+        raise StorageError(f"S3 client: {redact(str(error))}") from None
+    except ValueError:  # botocore's "Invalid endpoint: <the URL>", which may hold a password: not repeated
+        raise StorageError("storage.endpoint_url (or --endpoint-url, AWS_ENDPOINT_URL): not a URL of an S3 "
+                           "endpoint; give http(s)://<host>[:<port>]") from None
+
+
+def credentials_text(what: str, error: Exception) -> str:
+    """No credentials, or a key id without its secret (botocore's message names the missing variable)."""
+    from botocore.exceptions import PartialCredentialsError
+
+    if isinstance(error, PartialCredentialsError):
+        return f"{what}: incomplete S3 credentials ({error}): {CREDENTIALS_HINT}"
+    return f"{what}: no S3 credentials found: {CREDENTIALS_HINT}"
 
 
 @contextmanager
@@ -59,11 +101,11 @@ def s3_errors(client: Any, what: str) -> Iterator[None]:
     from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError, HTTPClientError,
                                      NoCredentialsError, PartialCredentialsError)
 
-    endpoint = client.meta.endpoint_url
+    endpoint = redact(client.meta.endpoint_url)
     try:
         yield
-    except (NoCredentialsError, PartialCredentialsError):
-        raise StorageError(f"{what}: no S3 credentials found: {CREDENTIALS_HINT}") from None
+    except (NoCredentialsError, PartialCredentialsError) as error:
+        raise StorageError(credentials_text(what, error)) from None
     except (ConnectionError, HTTPClientError) as error:  # refused, timed out, cut: after botocore's retries
         attempts = client.meta.config.retries.get("total_max_attempts", "several")
         raise StorageError(
@@ -71,9 +113,9 @@ def s3_errors(client: Any, what: str) -> Iterator[None]:
             f"storage.endpoint_url (or AWS_ENDPOINT_URL) and the network, then run again"
         ) from None
     except ClientError as error:
-        raise StorageError(f"{what}: {client_error_text(error, endpoint)}") from None
-    except BotoCoreError as error:  # botocore's own messages hold no credentials
-        raise StorageError(f"{what}: {error}") from None
+        raise StorageError(f"{what}: {redact(client_error_text(error, endpoint))}") from None
+    except BotoCoreError as error:  # botocore's own messages hold no secret; a URL in them is redacted
+        raise StorageError(f"{what}: {redact(str(error))}") from None
 
 
 def client_error_text(error: Any, endpoint: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipelines.storage.client import StorageError, s3_errors
+from pipelines.storage.client import StorageError, redact, s3_errors
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ class ObjectStore:
             except ClientError as error:  # a HEAD answer has no body, so no code beyond its status
                 status = error.response.get("Error", {}).get("Code")
                 if status in ("404", "NoSuchBucket"):
-                    raise StorageError(f"{self.uri()}: no such bucket at {self.client.meta.endpoint_url}: create "
-                                       f"it, or fix the bucket's name") from None
+                    raise StorageError(f"{self.uri()}: no such bucket at {redact(self.client.meta.endpoint_url)}: "
+                                       f"create it, or fix the bucket's name") from None
                 if status != "403":
                     raise
                 # Forbidden: a listing's answer says why (a wrong secret, an unknown key id, a policy).

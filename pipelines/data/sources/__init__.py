@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 
 from pipelines.config.data import SOURCES, DataParams
+from pipelines.config.storage import StorageParams
 from pipelines.data.sources.base import Source, resize
 from pipelines.data.sources.digits import read_digits
 from pipelines.data.sources.imagefolder import read_imagefolder
@@ -29,10 +30,12 @@ from pipelines.data.sources.torchvision import read_torchvision
 __all__ = ["Source", "load_source", "read_digits", "read_imagefolder", "read_npz", "read_parquet", "read_torchvision"]
 
 
-def load_source(params: DataParams) -> Source:
-    """The dataset that `data.source` names, its batches resized to `data.resize` if set."""
+def load_source(params: DataParams, storage: StorageParams = StorageParams()) -> Source:
+    """The dataset that `data.source` names, its batches resized to `data.resize` if set. `storage` (params'
+    storage section) says how to reach S3, for a Parquet file there."""
     kind, _, location = params.source.partition(":")
-    source = globals()[SOURCES[kind].reader](location, params)  # one of the readers imported above
+    on_s3 = (storage,) if kind == "parquet" else ()
+    source = globals()[SOURCES[kind].reader](location, params, *on_s3)  # one of the readers imported above
     # Decoded images (image folders, encoded Parquet) are resized as they are read; arrays are resized here.
     if params.resize is None or source.image_shape[1:] == tuple(params.resize):
         return source

@@ -22,10 +22,15 @@ def array_layout(shape: tuple[int, ...], dtype: np.dtype, where: str) -> tuple[s
 
 
 def as_uint8_nchw(x: np.ndarray, layout: str, where: str) -> np.ndarray:
-    """A batch [N, ...] in `layout` (see _array_layout) as uint8 [N, C, H, W]."""
+    """A batch [N, ...] in `layout` (see array_layout) as uint8 [N, C, H, W]. Float pixels must be finite
+    and in [0, 1]: a cast would turn NaN into black silently."""
     if np.issubdtype(x.dtype, np.floating):
-        if x.min() < 0.0 or x.max() > 1.0:
-            raise DataError(f"{where}: float images must be in [0, 1], got [{x.min():g}, {x.max():g}]")
+        low, high = x.min(), x.max()  # NaN in the batch makes them NaN, infinity one of them infinite
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise DataError(f"{where}: {np.count_nonzero(~np.isfinite(x))} NaN or infinite pixel values; float "
+                            "images must be finite and in [0, 1]: replace them (numpy.nan_to_num) or drop those images")
+        if low < 0.0 or high > 1.0:
+            raise DataError(f"{where}: float images must be in [0, 1], got [{low:g}, {high:g}]")
         x = np.rint(x * 255.0)
     x = x.astype(np.uint8)
     if layout == "HW":

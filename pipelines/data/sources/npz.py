@@ -32,11 +32,13 @@ def read_npz(location: str, params: DataParams) -> Source:
     shape, dtype, read_rows = _npy_rows(path, x_key)
     if shape[0] != len(raw_labels):
         raise DataError(f"{path}: {shape[0]} images but {len(raw_labels)} labels")
-    layout, image_shape = array_layout(shape[1:], dtype, str(path))
+    layout, image_shape = array_layout(shape[1:], dtype, f"{path}: array {x_key}")
 
     def batches(n: int) -> Iterator[np.ndarray]:
+        start = 0
         for x in read_rows(n):
-            yield as_uint8_nchw(x, layout, str(path))
+            yield as_uint8_nchw(x, layout, f"{path}: array {x_key}, images {start} to {start + len(x) - 1}")
+            start += len(x)
 
     labels, class_names = classes_from_labels(raw_labels)
     return Source(labels, class_names, image_shape, batches)

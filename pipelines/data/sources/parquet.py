@@ -1,10 +1,12 @@
 """`parquet:<file or s3://bucket/key>`: an image column (encoded PNG/JPEG bytes, Arrow fixed-shape tensors,
-or pixel lists with a shape) and a label column; names in data.parquet_columns."""
+or pixel lists with a shape) and a label column; names in data.parquet_columns. An s3:// object is read
+with params' `storage` section, as publish and fetch read theirs (`s3_filesystem`)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,16 +16,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.config.data import DataParams, ParquetColumns
+from pipelines.config.storage import StorageParams
 from pipelines.core.errors import DataError
-from pipelines.data.images import pixels_from_lists
 from pipelines.data.sources.arrays import array_layout, as_uint8_nchw
 from pipelines.data.sources.base import Source, classes_from_labels
 from pipelines.data.sources.encoded import common_format, decode, read_header
 
 
-def read_parquet(location: str, params: DataParams) -> Source:
+def read_parquet(location: str, params: DataParams, storage: StorageParams = StorageParams()) -> Source:
     columns, size = params.parquet_columns, params.resize
-    file = _open_parquet(location)
+    file = _open_parquet(location, storage)
     names = file.schema_arrow.names
     missing = [column for column in (columns.image, columns.label) if column not in names]
     if missing:
@@ -59,29 +61,74 @@ def read_parquet(location: str, params: DataParams) -> Source:
     shape = _list_image_shape(location, file, columns, metadata)
 
     def batches(n: int) -> Iterator[np.ndarray]:
+        start = 0
         for chunk in image_chunks(n):
-            if len(chunk.flatten()) != len(chunk) * int(np.prod(shape)):
+            values = chunk.flatten().to_numpy(zero_copy_only=False)
+            if len(values) != len(chunk) * int(np.prod(shape)):
                 raise DataError(f"{location}: image shape {list(shape)} does not fit the pixels of every row")
-            yield pixels_from_lists(chunk, list(shape)).numpy()
+            yield list_pixels(values.reshape(len(chunk), *shape),
+                              f"{location}: column {columns.image}, rows {start} to {start + len(chunk) - 1}")
+            start += len(chunk)
 
     return Source(labels, class_names, shape, batches)
 
 
-def _open_parquet(location: str) -> pq.ParquetFile:
-    """A local or s3:// Parquet file, opened for reading column by column and batch by batch.
+def list_pixels(values: np.ndarray, where: str) -> np.ndarray:
+    """uint8 [N, C, H, W] from a column of pixel lists: integers must be in 0..255 (a cast would wrap the others
+    around), floats finite and in [0, 1] (as_uint8_nchw)."""
+    if not np.issubdtype(values.dtype, np.integer):
+        return as_uint8_nchw(values, "CHW", where)
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise DataError(f"{where}: integer pixels in [{values.min()}, {values.max()}], outside 0..255: store 8-bit "
+                        f"values, or floats in [0, 1]")
+    return values.astype(np.uint8)
 
-    s3:// uses the standard AWS settings (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
-    and AWS_ENDPOINT_URL for S3-compatible servers)."""
+
+def _open_parquet(location: str, storage: StorageParams) -> pq.ParquetFile:
+    """A local or s3:// Parquet file, opened for reading column by column and batch by batch."""
     if location.startswith("s3://"):
+        from pipelines.storage import redact
+
+        if redact(location) != location:
+            raise DataError(f"data.source parquet:{redact(location)}: holds a user name or password: take them out "
+                            f"of the URL; S3 credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or "
+                            f"storage.profile")
+        bucket, _, key = location.removeprefix("s3://").partition("/")
         try:
-            filesystem, key = pafs.FileSystem.from_uri(location)  # reads the AWS_* variables
-            return pq.ParquetFile(key, filesystem=filesystem, pre_buffer=False)
+            filesystem = s3_filesystem(storage, bucket)
+            return pq.ParquetFile(f"{bucket}/{key}", filesystem=filesystem, pre_buffer=False)
         except (OSError, pa.ArrowException) as error:
-            raise DataError(f"data.source parquet:{location}: cannot read it ({error})") from None
+            raise DataError(f"data.source parquet:{redact(location)}: cannot read it ({redact(str(error))})") from None
     if not Path(location).is_file():
         raise DataError(f"data.source parquet:{location}: no such file")
     # Without pre_buffer=False, iterating a file keeps every row group it has read: memory grows with the file.
     return pq.ParquetFile(location, pre_buffer=False)
+
+
+def s3_filesystem(storage: StorageParams, bucket: str) -> pafs.S3FileSystem:
+    """pyarrow's S3 file system, set up as boto3's client is (pipelines.storage.make_client): the endpoint
+    (storage.endpoint_url, else AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL), region, addressing style, connect
+    and read timeouts, and attempts per request; the credentials are the ones boto3 finds (storage.profile,
+    the AWS_* variables, ~/.aws, an instance role), since pyarrow knows no profiles. Without an endpoint or a
+    region, the bucket's own region is asked for, as pyarrow does for an s3:// URI."""
+    from pipelines.storage.client import USERINFO, aws_session, setup_errors
+
+    endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    session = aws_session(storage)
+    with setup_errors():  # a key id without its secret, a broken ~/.aws/config
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+    options = {} if frozen is None else {"access_key": frozen.access_key, "secret_key": frozen.secret_key,
+                                         "session_token": frozen.token}
+    if endpoint:  # pyarrow takes the scheme from the URL; a user name and password (S3 uses neither) are dropped
+        options["endpoint_override"] = USERINFO.sub("", endpoint)
+    retries = pafs.AwsDefaultS3RetryStrategy if storage.retry_mode == "legacy" else pafs.AwsStandardS3RetryStrategy
+    return pafs.S3FileSystem(
+        region=storage.region or session.region_name or (None if endpoint else pafs.resolve_s3_region(bucket)),
+        connect_timeout=storage.connect_timeout_s, request_timeout=storage.read_timeout_s,
+        retry_strategy=retries(max_attempts=storage.max_attempts),
+        force_virtual_addressing=storage.addressing_style == "virtual", **options,
+    )
 
 
 def _encoded_parquet(
