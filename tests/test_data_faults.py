@@ -23,7 +23,6 @@ from pipelines.core.paths import Paths
 from pipelines.core.stage import EXIT_BAD_DATA, exit_on_user_error
 from pipelines.data.card import read_card
 from pipelines.data.images import open_image_set
-from pipelines.data.sources import load_source
 from pipelines.prepare import prepare
 from pipelines.train_teacher import train_teacher
 from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set, read_source

@@ -15,6 +15,7 @@ import torch
 from pipelines.config import load_params
 from pipelines.core.errors import DataError
 from pipelines.core.paths import Paths
+from pipelines.core.stage import exit_on_user_error
 from pipelines.data.images import open_image_set
 from pipelines.data.logits import open_logits
 from pipelines.distill import distill
@@ -56,13 +57,13 @@ def test_a_diverged_run_stops_naming_the_model_step_and_learning_rate_and_keeps_
     assert not (project.root / ".resume").exists()  # no training state of the diverged run is kept
 
 
-def test_a_diverged_stage_exits_1_with_its_message_alone(project: Paths, tmp_path: Path) -> None:
-    from pipelines.core.stage import exit_on_user_error
-
+def test_a_diverged_stage_exits_1_with_its_message_alone(project: Paths, capsys: pytest.CaptureFixture) -> None:
     good = project.model("student_baseline").read_bytes()
     with pytest.raises(SystemExit) as exited:
         exit_on_user_error(train_student, load_params(SHIPPED_PARAMS, DIVERGING), project)
     assert exited.value.code == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("student_baseline: training diverged: ") and stderr.count("\n") == 1
     assert project.model("student_baseline").read_bytes() == good
 
 
@@ -95,7 +96,8 @@ def test_weights_or_statistics_that_stop_being_finite_are_caught_even_with_finit
 # --- stored teacher logits and features -------------------------------------------------------------
 
 
-def test_nan_teacher_logits_stop_distill_naming_the_file_and_what_to_rerun(trained_pipeline, project: Paths) -> None:
+def test_nan_teacher_logits_stop_distill_naming_the_file_and_what_to_rerun(trained_pipeline, project: Paths,
+                                                                          capsys: pytest.CaptureFixture) -> None:
     params, _ = trained_pipeline
     stored = np.load(project.teacher_logits)
     stored[7, 3] = np.nan
@@ -103,13 +105,14 @@ def test_nan_teacher_logits_stop_distill_naming_the_file_and_what_to_rerun(train
     np.save(project.teacher_logits, stored)
     good = project.model("student_kd").read_bytes()
 
-    with pytest.raises(DataError) as caught:
-        distill(params, project, "student_kd")
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(distill, params, project, "student_kd")
 
-    assert str(caught.value) == (
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
         f"{project.teacher_logits}: 11 of {stored.size:,} values are NaN or infinite (the first in row 7); rerun "
         f"`dvc repro teacher_logits` (it refuses a teacher whose logits are not finite: retrain it with `dvc repro "
-        f"train_teacher` if so)")
+        f"train_teacher` if so)\n")
     assert project.model("student_kd").read_bytes() == good
     assert not (project.root / ".resume").exists()  # the failed run leaves no lock behind
 
