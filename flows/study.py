@@ -4,7 +4,7 @@
     python -m flows.study --setting adam-cosine-batch_128 --setting recipe
 
 The settings train on the pipeline's prepared data and transfer set, so the flow first reproduces
-`prepare` and `augment` through DVC (nothing to do when they are up to date). Settings run one at a
+`check_params`, `prepare` and `augment` through DVC (nothing to do when they are up to date). Settings run one at a
 time: wall times are comparable only without a neighbour on the same cores.
 """
 
@@ -28,7 +28,7 @@ def optimization_study(project_dir: str = ".", settings: list[str] | None = None
     """Run the named settings (default: all), then write and publish the comparison."""
     root = Path(project_dir).resolve()
     chosen = chosen_settings(load_params(root / PARAMS_FILE), settings)
-    for stage in ("prepare", "augment"):
+    for stage in ("check_params", "prepare", "augment"):  # each depends on the one before it
         stage_task(stage)(root)
     rows = [run_study_setting(root, name) for name in chosen]
     print(summarize_study(root, chosen))
