@@ -8,14 +8,14 @@ import re
 import pytest
 import torch
 
-import pipelines.data.sources
-import pipelines.models
 from pipelines.config.data import SOURCES
 from pipelines.config.optim import OPTIMIZERS
 from pipelines.config.schedules import SCHEDULES
 from pipelines.config.training import ARCHITECTURES
+from pipelines.data.sources import READERS
 from pipelines.kd import METHODS
 from pipelines.kd.base import Term
+from pipelines.models import BUILDERS
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
 
 
@@ -50,18 +50,21 @@ def test_the_schedule_table_of_the_docs_is_the_schema_s_with_its_torch_classes()
         assert hasattr(torch.optim.lr_scheduler, schema.torch_class)
 
 
+def test_the_models_build_exactly_the_architectures_of_the_table() -> None:
+    assert list(BUILDERS) == list(ARCHITECTURES)
+
+
 @pytest.mark.parametrize("kind", list(ARCHITECTURES))
 def test_every_architecture_names_a_model_class_and_is_in_params_yaml_s_comment(kind: str) -> None:
-    builder = getattr(pipelines.models, ARCHITECTURES[kind].builder)
-    assert issubclass(builder, torch.nn.Module)
+    assert issubclass(BUILDERS[kind], torch.nn.Module)
     assert ARCHITECTURES[kind].form in SHIPPED_PARAMS.read_text()
 
 
 def test_the_data_sources_of_the_readme_are_the_table_s_and_each_names_its_reader() -> None:
     documented = doc_table("README.md", "## Your own data")
     assert [form.partition(":")[0] for form in documented] == list(SOURCES)
-    for kind in SOURCES.values():
-        assert callable(getattr(pipelines.data.sources, kind.reader))
+    assert list(READERS) == list(SOURCES)
+    assert all(callable(reader) for reader in READERS.values())
 
 
 def test_the_methods_of_the_docs_are_the_kd_table_s() -> None:

@@ -240,6 +240,68 @@ def test_imports_point_one_way_from_the_stages_down_to_core_and_config(package: 
                     assert top[1] in LAYERS[package] | {package}, f"{file}: {package} imports {name}"
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Each module of pipelines/, tasks/ and flows/ (a package's __init__ under the package's name) and the
+    modules of these it imports, anywhere in it: an import inside a function is an edge too, whatever it is
+    there for. `from package import name` imports the submodule `name` where there is one, else the package."""
+    files = {path: path.relative_to(PROJECT_ROOT).with_suffix("").parts
+             for top in ("pipelines", "tasks", "flows") for path in (PROJECT_ROOT / top).rglob("*.py")}
+    modules = {".".join(parts[:-1] if parts[-1] == "__init__" else parts): path for path, parts in files.items()}
+
+    def named(name: str) -> str | None:  # the module `name` is, or is in (`pipelines.kd.base.Term`)
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, path in modules.items():
+        names = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                assert node.level == 0, f"{path}: a relative import"
+                names += [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                          for alias in node.names]
+        graph[module] = {found for found in map(named, names) if found is not None and found != module}
+    return graph
+
+
+def cycle_in(graph: dict[str, set[str]]) -> list[str]:
+    """A cycle of `graph` (its first module repeated at its end), or [] where there is none."""
+    done: set[str] = set()
+    path: list[str] = []  # the modules being visited, each importing the next
+
+    def visit(module: str) -> list[str]:
+        if module in path:
+            return [*path[path.index(module):], module]
+        if module in done:
+            return []
+        path.append(module)
+        for imported in sorted(graph[module]):
+            if cycle := visit(imported):
+                return cycle
+        path.pop()
+        done.add(module)
+        return []
+
+    return next((cycle for module in sorted(graph) if (cycle := visit(module))), [])
+
+
+def test_the_import_graph_sees_imports_inside_functions_and_of_submodules_and_finds_cycles() -> None:
+    graph = import_graph()
+    assert "pipelines.core.rendezvous" in graph["pipelines.core.launch"]  # `from pipelines.core import rendezvous`
+    assert "pipelines.engine.training" in graph["pipelines.train_teacher"]  # inside the stage's function
+    assert "pipelines.models" in graph["pipelines.engine.checkpoint"]  # `from pipelines.models import build_model`
+    assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert cycle_in({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_module_of_pipelines_tasks_or_flows_imports_itself_through_others() -> None:
+    cycle = cycle_in(import_graph())
+    assert not cycle, f"an import cycle: {' -> '.join(cycle)}"
+
+
 def test_no_stage_imports_prefect_or_the_flows() -> None:
     for file in (PROJECT_ROOT / "pipelines").glob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):

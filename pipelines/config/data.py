@@ -1,6 +1,6 @@
 """The `data` and `augment` sections: where the images come from, how they are split, and how the transfer
-set is augmented. SOURCES is the one table of data sources: the schema, the error messages and
-`pipelines.data.sources` (whose reader of each name it names) all derive from it."""
+set is augmented. SOURCES is the one table of data sources: the schema and the error messages derive from
+it, and pipelines.data.sources.READERS gives the reader that opens each of its kinds."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ from pipelines.config.base import Fraction, Probability, Section
 
 class SourceKind(NamedTuple):
     form: str  # how `data.source` spells it, in errors and docs
-    reader: str  # the function of pipelines.data.sources that opens it
 
 
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 
 # `data.source` is `<kind>` or `<kind>:<location>`.
 SOURCES: dict[str, SourceKind] = {
-    "digits": SourceKind("digits", "read_digits"),
-    "imagefolder": SourceKind("imagefolder:<dir>", "read_imagefolder"),
-    "npz": SourceKind("npz:<file>", "read_npz"),
-    "parquet": SourceKind("parquet:<file or s3://bucket/key>", "read_parquet"),
-    "torchvision": SourceKind(f"torchvision:<{'|'.join(TORCHVISION_DATASETS)}>", "read_torchvision"),
+    "digits": SourceKind("digits"),
+    "imagefolder": SourceKind("imagefolder:<dir>"),
+    "npz": SourceKind("npz:<file>"),
+    "parquet": SourceKind("parquet:<file or s3://bucket/key>"),
+    "torchvision": SourceKind(f"torchvision:<{'|'.join(TORCHVISION_DATASETS)}>"),
 }
 
 

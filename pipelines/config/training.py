@@ -1,6 +1,6 @@
 """How one model is built and trained: the `teacher` and `student` sections (model, train, optimizer,
-schedule, regularization). ARCHITECTURES is the one table of model architectures: the schema, the error
-messages and the factory of pipelines.models (whose class of each name it names) derive from it."""
+schedule, regularization). ARCHITECTURES is the one table of model architectures: the schema and the error
+messages derive from it, and pipelines.models.BUILDERS gives the class that builds each of its kinds."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from pipelines.config.schedules import ScheduleParams
 
 class Architecture(NamedTuple):
     form: str  # how `model.arch` spells it
-    builder: str  # the class of pipelines.models that builds it
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "cnn": Architecture("cnn", "ConvNet"),  # plain conv blocks
-    "resnet": Architecture("resnet", "ResNet"),  # residual stages of basic blocks
-    "timm": Architecture("timm:<model-name>", "TimmModel"),  # any timm model (optional package)
+    "cnn": Architecture("cnn"),  # plain conv blocks
+    "resnet": Architecture("resnet"),  # residual stages of basic blocks
+    "timm": Architecture("timm:<model-name>"),  # any timm model (optional package)
 }
 
 

@@ -82,7 +82,7 @@ def launch_workers(params: DistributedParams, device: str) -> None:
 
     params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
     module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
-    rendezvous.register()  # each round of workers meets in a key space of its own (restarts)
+    rendezvous.register(RDZV_BACKEND)  # each round of workers meets in a key space of its own (restarts)
     os.environ.setdefault(LINE_PREFIX_VARIABLE, "[rank${rank}]:")  # (torchrun's: the local rank)
     try:
         run(parse_args(torchrun_arguments(params, module, sys.argv[1:])))

@@ -25,8 +25,6 @@ import torch.distributed as dist
 from torch.distributed.elastic.rendezvous import (RendezvousHandler, RendezvousInfo, RendezvousParameters,
                                                   rendezvous_handler_registry)
 
-from pipelines.core.launch import RDZV_BACKEND
-
 ROUND_VARIABLE = "PIPELINES_RDZV_ROUND"  # the workers' key for their round
 _ROUND_KEY = "pipelines/round"
 
@@ -34,8 +32,8 @@ _ROUND_KEY = "pipelines/round"
 class FreshRoundsRendezvous(RendezvousHandler):
     """A c10d rendezvous handler that also agrees, each round, on the workers' key (`ROUND_VARIABLE`)."""
 
-    def __init__(self, c10d: RendezvousHandler) -> None:
-        self._c10d = c10d
+    def __init__(self, c10d: RendezvousHandler, backend: str) -> None:
+        self._c10d, self._backend = c10d, backend
 
     def next_rendezvous(self) -> RendezvousInfo:
         info = self._c10d.next_rendezvous()
@@ -46,7 +44,7 @@ class FreshRoundsRendezvous(RendezvousHandler):
         return info
 
     def get_backend(self) -> str:
-        return RDZV_BACKEND
+        return self._backend
 
     @property
     def use_agent_store(self) -> bool:
@@ -71,12 +69,13 @@ class FreshRoundsRendezvous(RendezvousHandler):
 def _create(params: RendezvousParameters) -> RendezvousHandler:
     c10d = RendezvousParameters("c10d", params.endpoint, params.run_id, params.min_nodes, params.max_nodes,
                                 params.local_addr, **params.config)
-    return FreshRoundsRendezvous(rendezvous_handler_registry.create_handler(c10d))
+    return FreshRoundsRendezvous(rendezvous_handler_registry.create_handler(c10d), params.backend)
 
 
-def register() -> None:
-    """Make `RDZV_BACKEND` one of torchrun's rendezvous backends in this process (the agent's)."""
-    rendezvous_handler_registry.register(RDZV_BACKEND, _create)
+def register(backend: str) -> None:
+    """Make this rendezvous torchrun's backend `backend` in this process (the agent's). The launcher names it
+    (pipelines/core/launch.py, whose command line asks torchrun for it)."""
+    rendezvous_handler_registry.register(backend, _create)
 
 
 def workers_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store | None:

@@ -44,7 +44,7 @@ from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.inference import val_metrics
 from pipelines.engine.objective import Objective
-from pipelines.engine.parallel import BatchOf, DataParallel, StepTerms
+from pipelines.engine.data_parallel import BatchOf, DataParallel, StepTerms
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.stages import Carrying, held_by_stage, made_by, split_layers
 

@@ -22,7 +22,7 @@ from pipelines.kd.ce import CE
 from pipelines.kd.crd import CRD
 from pipelines.kd.dist import DIST
 from pipelines.kd.dkd import DKD
-from pipelines.kd.features import FeatureTerm
+from pipelines.kd.feature_term import FeatureTerm
 from pipelines.kd.fitnet import FitNet
 from pipelines.kd.kd import KD
 from pipelines.kd.rkd import RKD

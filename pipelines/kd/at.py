@@ -12,7 +12,7 @@ from pydantic import Field
 from pipelines.config.base import Section
 from pipelines.engine.objective import Batch
 from pipelines.kd.base import Context
-from pipelines.kd.features import FeatureTerm
+from pipelines.kd.feature_term import FeatureTerm
 
 
 class ATOptions(Section):

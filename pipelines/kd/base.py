@@ -7,7 +7,7 @@ pipeline's artifacts (the stored teacher logits)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -18,9 +18,7 @@ from pipelines.core.paths import Paths
 from pipelines.data.images import ImageSet
 from pipelines.data.logits import open_logits
 from pipelines.engine.objective import Batch, Objective
-
-if TYPE_CHECKING:
-    from pipelines.kd.teacher import Teacher
+from pipelines.kd.teacher import Teacher
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pipelines.config.base import Probability, Section
 from pipelines.data.images import ImageSet
 from pipelines.engine.objective import Batch
 from pipelines.kd.base import Context
-from pipelines.kd.features import FeatureTerm
+from pipelines.kd.feature_term import FeatureTerm
 
 
 class CRDOptions(Section):

@@ -1,7 +1,8 @@
 """Models: a plain CNN, a small ResNet, or any timm model, built from a ModelConfig.
 
-The table of architectures is pipelines.config.training.ARCHITECTURES: it names the class that builds
-each one, imported here under that name. A model is rebuilt from its checkpoint alone:
+The table of architectures is pipelines.config.training.ARCHITECTURES (which imports no torch); BUILDERS
+here gives the class that builds each of its kinds (tests/test_docs.py checks that they name the same
+kinds). A model is rebuilt from its checkpoint alone:
 `build_model(ModelConfig.from_dict(checkpoint["model_config"]))` (pipelines.engine.checkpoint does it).
 Channels, image size, classes and input normalization come from the dataset card, so the same params fit
 8x8 grayscale digits and 32x32 RGB images alike.
@@ -17,7 +18,9 @@ from pipelines.models.config import ModelConfig
 from pipelines.models.resnet import ResNet
 from pipelines.models.timm import TimmModel
 
-__all__ = ["ConvNet", "ModelConfig", "ResNet", "TimmModel", "build_model", "count_parameters"]
+__all__ = ["BUILDERS", "ModelConfig", "build_model", "count_parameters"]
+
+BUILDERS: dict[str, type[nn.Module]] = {"cnn": ConvNet, "resnet": ResNet, "timm": TimmModel}  # ARCHITECTURES' kinds
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -25,7 +28,7 @@ def build_model(config: ModelConfig) -> nn.Module:
     kind = config.arch.partition(":")[0]
     if kind not in ARCHITECTURES:
         raise ValueError(f"unknown model arch {config.arch!r}; valid: {', '.join(e.form for e in ARCHITECTURES.values())}")
-    return globals()[ARCHITECTURES[kind].builder](config)  # one of the classes imported above
+    return BUILDERS[kind](config)
 
 
 def count_parameters(model: nn.Module) -> int:
