@@ -34,9 +34,10 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -n 2
 
-# The tests without the end-to-end DVC/Prefect/torchrun runs.
+# The unit tests alone, in this process: none marked slow (end-to-end runs) or integration (another process or a
+# server: commands, git, dvc, torchrun, S3, Prefect). pyproject.toml declares the markers.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not integration"
 
 # The timm:<model-name> tests. timm imports torchvision, and a torchvision wheel only imports beside the
 # torch build it was made for: none matches the CPU wheel above, so these run in a venv of their own with

@@ -14,7 +14,13 @@ from typing import Any
 
 from tasks.environment import DEFAULTS
 
+# How long a Prefect server may take to start in the tests: the session's (prefect_server), test_deployments' own,
+# and the temporary ones of the flows the tests run as commands. On a busy machine (two test workers, a training
+# run beside them) a start can take minutes, well past Prefect's defaults (20 s, 30 s for its test harness).
+PREFECT_STARTUP_TIMEOUT_S = 300
+
 # Quiet, offline Prefect and DVC for every test, set before anything imports Prefect (a variable already set wins).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_STARTUP_TIMEOUT_S))
 for _name, _value in DEFAULTS.items():
     os.environ.setdefault(_name, _value)
 
@@ -101,10 +107,12 @@ def checksum(data: ImageSet) -> str:
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """A real, temporary Prefect server (with its own database) for the flow runs of the whole session."""
+    """A real, temporary Prefect server (with its own database) for the flow runs of the whole session: every
+    test that runs a flow or task in this process takes it, so none starts a temporary server of its own (under
+    pytest-xdist, one per worker)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_TIMEOUT_S):
         yield
 
 

@@ -21,6 +21,7 @@ MAKEFILE = (PROJECT_ROOT / "Makefile").read_text()
 BIN = Path(sys.executable).parent
 
 
+@pytest.mark.integration
 def test_the_dockerfile_and_its_scripts_lint_clean() -> None:
     hadolint = subprocess.run([str(BIN / "hadolint"), "Dockerfile"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert hadolint.returncode == 0, hadolint.stdout + hadolint.stderr
@@ -50,6 +51,7 @@ def test_the_build_context_leaves_out_history_data_models_caches_and_environment
     assert re.search(r"^USER 1000:1000$", DOCKERFILE, re.M) and "HEALTHCHECK" in DOCKERFILE
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("mode", "message"), [("stage", "stage: name a stage"), ("worker", "worker: name the work pool")])
 def test_an_entrypoint_mode_missing_its_argument_says_what_to_give(mode: str, message: str) -> None:
     result = subprocess.run([str(PROJECT_ROOT / "docker" / "entrypoint.sh"), mode], cwd=PROJECT_ROOT,
@@ -57,6 +59,7 @@ def test_an_entrypoint_mode_missing_its_argument_says_what_to_give(mode: str, me
     assert result.returncode == 2 and message in result.stderr
 
 
+@pytest.mark.integration
 def test_the_entrypoint_runs_a_stage_with_this_python() -> None:
     env = dict(os.environ, PATH=os.pathsep.join([str(BIN), os.environ["PATH"]]))
     result = subprocess.run([str(PROJECT_ROOT / "docker" / "entrypoint.sh"), "stage", "prepare", "--help"],

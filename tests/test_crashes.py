@@ -40,6 +40,7 @@ def test_a_write_sweeps_the_temporary_files_a_killed_writer_left(tmp_path: Path)
     assert not_a_pid.exists() and other_artifact.exists()
 
 
+@pytest.mark.integration
 def test_a_live_writer_s_temporary_file_is_left_alone(tmp_path: Path) -> None:
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -77,6 +78,7 @@ def test_a_damaged_checkpoint_is_named_with_how_to_get_it_back(trained_pipeline,
     assert f"dvc checkout --force {damaged}" in message
 
 
+@pytest.mark.integration
 def test_evaluate_on_a_truncated_checkpoint_exits_1_naming_it_without_a_traceback(trained_pipeline, tmp_path) -> None:
     params, shared = trained_pipeline
     root = tmp_path / "root"

@@ -19,7 +19,7 @@ import yaml
 
 from flows.serve import deployment_spec
 from tasks.versioning import PublishError, parse_publish
-from tests.conftest import PROJECT_FILES, PROJECT_ROOT, TINY_OVERRIDES, copy_project, run
+from tests.conftest import PREFECT_STARTUP_TIMEOUT_S, PROJECT_FILES, PROJECT_ROOT, TINY_OVERRIDES, copy_project, run
 from tests.s3_server import S3Server
 
 # What a clone needs beyond the pipeline's own files: the deployments and the lock their pull step installs.
@@ -97,7 +97,7 @@ def prefect_api(tmp_path: Path):
             return False
 
     try:
-        wait_for(healthy, 90, "the Prefect server")
+        wait_for(healthy, PREFECT_STARTUP_TIMEOUT_S, "the Prefect server")
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
     finally:
@@ -225,6 +225,7 @@ def test_make_serve_registers_the_pipeline_with_its_schedule_from_prefect_yaml(p
         log.close()
 
 
+@pytest.mark.integration
 def test_a_project_without_a_dvc_remote_is_told_how_to_add_one(project: Path) -> None:
     from tasks.versioning import default_remote
 

@@ -57,6 +57,7 @@ def max_difference(one: dict, other: dict) -> float:
     return max((one["state_dict"][key] - other["state_dict"][key]).abs().max().item() for key in one["state_dict"])
 
 
+@pytest.mark.integration
 def test_gradient_accumulation_of_k_micro_batches_equals_one_batch_k_times_larger(tmp_path: Path) -> None:
     whole = trained_weights(tmp_path, "whole", processes=1)
     accumulated = trained_weights(tmp_path, "accumulated", processes=1, grad_accum_steps=4)
@@ -326,6 +327,7 @@ def test_a_bad_distributed_param_is_named(key: str, value, message: str) -> None
     assert message in str(caught.value)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("module, overrides, message", [
     ("pipelines.train_teacher", {"distributed.strategy": "pipeline", "distributed.pipeline_schedule": "1f1b",
                                  "distributed.microbatches": 1},
@@ -356,6 +358,7 @@ def test_the_launcher_refuses_what_its_workers_would_before_starting_them(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_missing_input_stops_the_stage_with_its_message_alone_on_one_process_or_several(
     tmp_path: Path, processes: int

@@ -192,6 +192,7 @@ def here(tmp_path: Path, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> P
     return root
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("evil", ["../../../x", "ABSOLUTE"])
 def test_a_manifest_entry_outside_the_version_is_refused_and_nothing_is_written(
         s3_env: S3Server, here: Path, tmp_path: Path, capsys: pytest.CaptureFixture, evil: str) -> None:
@@ -214,6 +215,7 @@ def test_a_manifest_entry_outside_the_version_is_refused_and_nothing_is_written(
     assert tree(here) == before  # the good version byte-identical; no new version, no staging folder, no `x`
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("argv, message", [
     (["../x"], r"published name '../x': use lowercase letters"),
     (["/abs"], r"published name '/abs': use lowercase letters"),
@@ -228,6 +230,7 @@ def test_a_published_name_or_ref_that_is_a_path_is_refused_before_s3_is_asked(
     assert tree(here) == {}
 
 
+@pytest.mark.integration
 def test_keys_under_aliases_that_are_not_alias_names_are_passed_over(s3_env: S3Server, here: Path,
                                                                      tmp_path: Path) -> None:
     bucket = s3_env.make_bucket()
@@ -237,6 +240,7 @@ def test_keys_under_aliases_that_are_not_alias_names_are_passed_over(s3_env: S3S
     assert list_aliases(ObjectStore(s3_env.client(), bucket), Layout(PREFIX, NAME)) == ["latest"]
 
 
+@pytest.mark.integration
 def test_an_alias_in_the_bucket_pointing_outside_is_refused(s3_env: S3Server, here: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     bucket = s3_env.make_bucket()
@@ -249,6 +253,7 @@ def test_an_alias_in_the_bucket_pointing_outside_is_refused(s3_env: S3Server, he
     assert tree(here) == {}
 
 
+@pytest.mark.integration
 def test_a_manifest_of_another_name_is_refused(s3_env: S3Server, here: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     bucket, model = s3_env.make_bucket(), checkpoint_bytes(tmp_path, 0)

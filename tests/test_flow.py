@@ -26,6 +26,7 @@ def test_flow_runs_every_dvc_stage_each_after_those_it_depends_on() -> None:
     assert {name.partition("@")[0] for name in order} == set(stages)
 
 
+@pytest.mark.integration
 def test_a_student_added_to_params_yaml_becomes_a_stage_of_the_flow(project: Path) -> None:
     write_overrides(project / "params.yaml", {"distill.small_t2": {"losses": [{"method": "kd", "temperature": 2.0}]}})
     order = pipeline_stages(project)

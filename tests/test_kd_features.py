@@ -249,6 +249,7 @@ def test_one_epoch_of_the_distill_stage_with_each_method(distill_root, losses: l
     assert bool(heads) == (losses[0]["method"] in ("fitnet", "crd"))  # connector, heads, banks: apart from the student
 
 
+@pytest.mark.integration
 def test_a_bad_layer_path_stops_the_stage_with_exit_code_2_naming_the_key(distill_root) -> None:
     paths, params_file = distill_root
     write_overrides(params_file, {**TINY_OVERRIDES, "distill.student_kd.losses": [

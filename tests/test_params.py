@@ -311,6 +311,7 @@ def test_invalid_yaml_syntax_is_a_params_error(tmp_path):
 # --- the command-line contract ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_stage_cli_with_bad_params_exits_2_naming_the_key_and_writes_nothing(tmp_path):
     raw = yaml.safe_load(PARAMS.read_text())
     raw["teacher"]["train"]["epochs"] = "ten"

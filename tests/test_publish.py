@@ -98,6 +98,7 @@ def test_publishing_is_off_by_default_and_sends_nothing(project: Paths) -> None:
     assert json.loads(project.publish_record.read_text()) == record
 
 
+@pytest.mark.integration
 def test_publish_then_fetch_round_trip_verifies_every_file(server: S3Server, project: Paths, tmp_path: Path) -> None:
     bucket = server.make_bucket()
     record = publish(settings(server, bucket, **{"publish.export": True}), project)
@@ -126,6 +127,7 @@ def test_publish_then_fetch_round_trip_verifies_every_file(server: S3Server, pro
     assert f"# student-kd {version}" in card and "| accuracy |" in card and "teacher" in card
 
 
+@pytest.mark.integration
 def test_publishing_the_same_student_again_uploads_nothing(server: S3Server, project: Paths) -> None:
     bucket = server.make_bucket()
     first = publish(settings(server, bucket), project)["students"]["student_kd"]
@@ -137,6 +139,7 @@ def test_publishing_the_same_student_again_uploads_nothing(server: S3Server, pro
     assert keys(server, bucket) == before  # not one object written again
 
 
+@pytest.mark.integration
 def test_a_worse_student_is_not_published_and_the_decision_names_both_figures(server: S3Server, project: Paths) -> None:
     bucket = server.make_bucket()
     good = publish(settings(server, bucket), project)["students"]["student_kd"]
@@ -151,6 +154,7 @@ def test_a_worse_student_is_not_published_and_the_decision_names_both_figures(se
     assert json.loads(project.publish_record.read_text())["students"]["student_kd"] == kept
 
 
+@pytest.mark.integration
 def test_a_better_student_moves_latest_and_the_aliases_and_promote_moves_production(
         server: S3Server, project: Paths, tmp_path: Path) -> None:
     bucket = server.make_bucket()
@@ -182,6 +186,7 @@ def test_a_better_student_moves_latest_and_the_aliases_and_promote_moves_product
     assert listing("student-kd", bucket, "other") == f"nothing is published as 'student-kd' under s3://{bucket}/other/"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("damage", ["changed", "cut short", "missing"])
 def test_a_damaged_object_is_refused_on_fetch_naming_it(server: S3Server, project: Paths, tmp_path: Path,
                                                         damage: str) -> None:
@@ -202,6 +207,7 @@ def test_a_damaged_object_is_refused_on_fetch_naming_it(server: S3Server, projec
     assert not (tmp_path / "fetched" / "student-kd" / version).exists()  # nothing half-downloaded is left
 
 
+@pytest.mark.integration
 def test_a_manifest_changed_to_match_a_changed_model_is_refused(server: S3Server, project: Paths, tmp_path: Path) -> None:
     bucket = server.make_bucket()
     version = publish(settings(server, bucket), project)["students"]["student_kd"]["version"]
@@ -214,6 +220,7 @@ def test_a_manifest_changed_to_match_a_changed_model_is_refused(server: S3Server
         fetch_student(store(server, bucket), Layout("students", "student-kd"), "latest", tmp_path / "fetched")
 
 
+@pytest.mark.integration
 def test_fetch_needs_neither_dvc_nor_git(server: S3Server, project: Paths, tmp_path: Path) -> None:
     bucket = server.make_bucket()
     version = publish(settings(server, bucket), project)["students"]["student_kd"]["version"]
@@ -227,6 +234,7 @@ def test_fetch_needs_neither_dvc_nor_git(server: S3Server, project: Paths, tmp_p
     assert (tmp_path / "models" / "student-kd" / version / MODEL).read_bytes() == project.model("student_kd").read_bytes()
 
 
+@pytest.mark.integration
 def test_fetching_an_unknown_alias_names_the_published_ones(server: S3Server, project: Paths, tmp_path: Path) -> None:
     bucket = server.make_bucket()
     publish(settings(server, bucket), project)
@@ -234,6 +242,7 @@ def test_fetching_an_unknown_alias_names_the_published_ones(server: S3Server, pr
         fetch_student(store(server, bucket), Layout("students", "student-kd"), "production", tmp_path)
 
 
+@pytest.mark.integration
 @pytest.mark.swift
 def test_wrong_credentials_are_a_clear_error_that_shows_no_secret(swift_server: S3Server, project: Paths) -> None:
     server = swift_server  # moto accepts any signature; Swift checks it, as S3 does
@@ -254,6 +263,7 @@ def test_wrong_credentials_are_a_clear_error_that_shows_no_secret(swift_server: 
     assert not project.publish_record.exists()
 
 
+@pytest.mark.integration  # publish records the checkout's commit: git
 def test_no_credentials_at_all_is_a_clear_error(project: Paths, monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -265,11 +275,13 @@ def test_no_credentials_at_all_is_a_clear_error(project: Paths, monkeypatch: pyt
         publish(settings(S3Server(f"http://127.0.0.1:{_free_port()}"), "bucket"), project)
 
 
+@pytest.mark.integration
 def test_a_missing_bucket_is_a_clear_error(server: S3Server, project: Paths) -> None:
     with pytest.raises(StorageError, match="s3://no-such-bucket-here/: no such bucket at"):
         publish(settings(server, "no-such-bucket-here"), project)
 
 
+@pytest.mark.integration  # publish records the checkout's commit: git
 def test_an_unreachable_store_fails_in_bounded_time_and_changes_nothing(project: Paths,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     nowhere = S3Server(f"http://127.0.0.1:{_free_port()}")  # nothing listens there
@@ -306,6 +318,7 @@ def make_big(paths: Paths, width: int = 192) -> None:
     evaluate(load_params(SHIPPED_PARAMS, OVERRIDES), paths)
 
 
+@pytest.mark.integration
 @pytest.mark.swift
 def test_the_store_stopped_mid_upload_fails_in_bounded_time_and_the_next_publish_completes(
         swift_server, project: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -346,6 +359,7 @@ def test_the_store_stopped_mid_upload_fails_in_bounded_time_and_the_next_publish
 
 
 
+@pytest.mark.integration
 def test_the_gate_re_scores_the_published_version_on_a_different_test_split(s3_env: S3Server, project: Paths) -> None:
     import numpy as np
     import pyarrow.parquet as pq
@@ -378,6 +392,7 @@ def test_the_gate_re_scores_the_published_version_on_a_different_test_split(s3_e
     assert kept["candidate"] == json.loads(project.eval_metrics.read_text())["student_kd"]["accuracy"]
 
 
+@pytest.mark.integration
 def test_the_flow_records_each_decision_as_a_prefect_artifact(prefect_server, s3_env: S3Server, project: Paths) -> None:
     from prefect import flow
     from prefect.artifacts import Artifact

@@ -204,6 +204,7 @@ def test_a_save_made_with_bf16_is_not_resumed_without_it(prepared: Paths) -> Non
     assert bf16 != fp32
 
 
+@pytest.mark.integration
 def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path: Path) -> None:
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
     stage = kill_after_save(command, paths, step=21)
@@ -216,6 +217,7 @@ def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path:
     assert load_checkpoint(paths.model("teacher")).metrics["steps"] == 40
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("damaged, kept, message", [
     ("*.distcp", 20, "{newest}: a saved training state that cannot be read"),
     ("rank-0.pt", 0, "{newest}: a saved training state that cannot be read (EOFError)"),
@@ -250,6 +252,7 @@ def test_a_bad_checkpoint_param_is_named(key: str, value, message: str) -> None:
     assert message in str(caught.value)
 
 
+@pytest.mark.integration
 def test_resume_never_starts_over_and_saves_nothing(prepared: Paths, tmp_path: Path) -> None:
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
     kill_after_save(command, paths, step=21).wait()

@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import run
 from tests.s3_server import S3Server
 
+pytestmark = pytest.mark.integration
+
 
 def parquet_bytes(table: pa.Table, row_group_size: int) -> bytes:
     buffer = io.BytesIO()

@@ -211,6 +211,7 @@ def test_a_compressed_npz_archive_is_streamed_like_a_plain_one(tmp_path: Path):
     assert torch.equal(plain.images, torch.from_numpy(pixels).permute(0, 3, 1, 2))
 
 
+@pytest.mark.integration
 def test_a_parquet_object_on_s3_is_streamed_through_prepare(tmp_path: Path, object_store):
     local = generated_source("parquet", tmp_path / "raw", rgb=True, size=(8, 8)).removeprefix("parquet:")
     bucket = object_store.make_bucket()
@@ -223,6 +224,7 @@ def test_a_parquet_object_on_s3_is_streamed_through_prepare(tmp_path: Path, obje
     assert torch.equal(from_s3.images, read_image_set(local_paths.split("train")).images)
 
 
+@pytest.mark.integration
 def test_a_missing_s3_object_is_a_clear_error(s3_env):
     bucket = s3_env.make_bucket()
     with pytest.raises(DataError, match=rf"data\.source parquet:s3://{bucket}/missing\.parquet: cannot read it"):
@@ -277,6 +279,7 @@ def test_an_unknown_source_form_lists_the_valid_forms():
         params_for("csv:images.csv")
 
 
+@pytest.mark.integration
 def test_the_prepare_command_exits_1_with_the_message_and_no_traceback(tmp_path: Path):
     root = image_folder(tmp_path / "images", rgb=False)
     (root / "dog" / "broken.png").write_bytes(b"not an image")

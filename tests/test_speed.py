@@ -22,6 +22,7 @@ def test_every_speed_path_is_off_on_the_cpu_whatever_params_say() -> None:
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the check itself")
 def test_the_gpu_check_says_it_needs_a_cuda_device_and_exits_2() -> None:
     result = run([sys.executable, "-m", "benchmarks.gpu_check"], PROJECT_ROOT, check=False)

@@ -80,6 +80,7 @@ INCOMPLETE = ("S3 client: incomplete S3 credentials (Partial credentials found i
               "AWS_SECRET_ACCESS_KEY): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("listing", [False, True], ids=["fetch", "list"])
 def test_fetch_with_a_key_id_and_an_empty_secret_names_the_missing_variable(
         key_id_only, s3_server: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture, listing: bool) -> None:
@@ -92,6 +93,7 @@ def test_fetch_with_a_key_id_and_an_empty_secret_names_the_missing_variable(
     assert not (tmp_path / "models").exists()
 
 
+@pytest.mark.integration
 def test_publish_with_a_key_id_and_an_empty_secret_exits_1_and_records_nothing(
         key_id_only, s3_server: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     paths = Paths(tmp_path / "project")
@@ -112,6 +114,7 @@ def test_a_parquet_source_with_a_key_id_and_an_empty_secret_names_the_missing_va
 # --- an s3:// Parquet source follows the storage section (row 14) ---------------------------------
 
 
+@pytest.mark.integration
 def test_prepare_reads_s3_parquet_from_storage_endpoint_url_without_aws_endpoint_url(
         credentials: S3Server, tmp_path: Path) -> None:
     bucket = credentials.make_bucket()
@@ -161,6 +164,7 @@ def test_redact_hides_the_user_and_password_of_every_url(text: str, expected: st
     assert redact(text) == expected
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("reachable", [True, False], ids=["missing bucket", "nothing listening"])
 def test_fetch_never_shows_the_password_of_the_endpoint(credentials: S3Server, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture, reachable: bool) -> None:
@@ -178,6 +182,7 @@ def test_fetch_never_shows_the_password_of_the_endpoint(credentials: S3Server, t
     assert PASSWORD not in out.out + out.err
 
 
+@pytest.mark.integration
 def test_a_missing_bucket_on_publish_never_shows_the_password(credentials: S3Server) -> None:
     endpoint = credentials.endpoint_url.replace("http://", f"http://bob:{PASSWORD}@")
     with pytest.raises(StorageError) as error:
@@ -191,6 +196,7 @@ def test_an_endpoint_that_is_not_a_url_is_refused_without_repeating_it() -> None
     assert PASSWORD not in str(error.value)
 
 
+@pytest.mark.integration
 def test_a_parquet_source_never_shows_the_password_of_the_endpoint(credentials: S3Server) -> None:
     storage = StorageParams(endpoint_url=f"http://bob:{PASSWORD}@127.0.0.1:{_free_port()}", max_attempts=1,
                             connect_timeout_s=1)

@@ -17,7 +17,7 @@ from botocore.config import Config
 
 from tests.swift_server import SwiftServer
 
-pytestmark = pytest.mark.swift
+pytestmark = [pytest.mark.swift, pytest.mark.integration]
 MiB = 1 << 20
 
 

@@ -328,6 +328,7 @@ def test_an_unknown_name_lists_the_valid_names(tmp_path: Path):
         open_torchvision("SVHN", tmp_path)
 
 
+@pytest.mark.integration
 def test_the_module_does_not_import_torchvision():
     code = "import sys, pipelines.data.sources.torchvision; print('torchvision' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
