@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-fast test-timm bench kd-study remote pull deploy worker serve image image-tools clean
+.PHONY: setup run test lint test-fast test-timm bench kd-study remote pull deploy worker serve image image-tools clean
 
 setup: $(VENV)/.installed
 
@@ -31,8 +31,14 @@ run: setup
 
 # Two pytest-xdist workers, each taking the next test as it finishes one: many tests wait on I/O (an image
 # build, a scheduled worker, servers), so the two cores stay busy. Each worker builds the session fixtures.
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -n 2
+
+# Lint and types, with pyproject.toml's settings: ruff over the tree, mypy over pipelines/, tasks/ and flows/;
+# each must find nothing.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The unit tests alone, in this process: none marked slow (end-to-end runs) or integration (another process or a
 # server: commands, git, dvc, torchrun, S3, Prefect). pyproject.toml declares the markers.
@@ -129,4 +135,4 @@ swift-tools:
 	fi
 
 clean:
-	rm -rf $(VENV) .venv-timm .prefect .pytest_cache .cache
+	rm -rf $(VENV) .venv-timm .prefect .pytest_cache .mypy_cache .ruff_cache .cache

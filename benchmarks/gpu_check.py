@@ -82,7 +82,8 @@ def main() -> None:
         shutil.copy(ROOT / "params.yaml", params_file)
         write_overrides(params_file, {
             "device": args.device, "augment.copies": args.copies, "distributed.strategy": args.strategy,
-            "teacher.model": {"arch": "resnet", "width": args.teacher_width, "depth": 3, "dropout": 0.2, "blocks_per_stage": 2},
+            "teacher.model": {"arch": "resnet", "width": args.teacher_width, "depth": 3, "dropout": 0.2,
+                              "blocks_per_stage": 2},
             "teacher.train.epochs": args.epochs, "student.train.epochs": args.epochs,
             "teacher.train.batch_size": 256, "student.train.batch_size": 256,  # a multiple of the micro-batches
         })
@@ -97,7 +98,8 @@ def main() -> None:
                 seconds = run_stage(stage, params_file, root)
                 log = json.loads((Paths(root).training_log(model) / "metrics.json").read_text()) if model else {}
                 results.append((setting, stage, seconds, log))
-    print("\n| setting | stage | wall s | training images/s | peak GPU memory GiB | val accuracy |\n|---|---|---|---|---|---|")
+    print("\n| setting | stage | wall s | training images/s | peak GPU memory GiB | val accuracy |\n"
+          "|---|---|---|---|---|---|")
     for setting, stage, seconds, log in results:
         rate = f"{log['train_images_per_second']:.0f}" if log else "-"
         memory = f"{log['peak_gpu_memory_gib']:.2f}" if "peak_gpu_memory_gib" in log else "-"

@@ -36,7 +36,8 @@ class Student(nn.Module):
         for block in range(DEPTH):
             out = WIDTH * 2**block
             for _ in range(2):
-                layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                           nn.ReLU(inplace=True)]
                 channels = out
             if block < DEPTH - 1:
                 layers.append(nn.MaxPool2d(2))
@@ -58,7 +59,8 @@ def main(root: Path, out: Path) -> None:
     model = Student(card["image_shape"][0], card["num_classes"], card["pixel_mean"], card["pixel_std"])
     weights = [p for p in model.parameters() if p.ndim > 1]
     others = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.Adam([{"params": weights, "weight_decay": 0.0}, {"params": others, "weight_decay": 0.0}], lr=LR)
+    optimizer = torch.optim.Adam([{"params": weights, "weight_decay": 0.0}, {"params": others, "weight_decay": 0.0}],
+                                 lr=LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)
     order = torch.Generator().manual_seed(SEED)
     for epoch in range(EPOCHS):

@@ -3,7 +3,7 @@ process: for a single machine, with no work pool or worker. Its parameters, tags
 are prefect.yaml's (one source), with the environment's DISTILL_* values as `make deploy` reads them; the
 code is this checkout's, not a fresh clone.
 
-    make serve                                   # schedule as DISTILL_CRON says, off unless DISTILL_SCHEDULE_ACTIVE=true
+    make serve                                  # schedule as DISTILL_CRON says, off unless DISTILL_SCHEDULE_ACTIVE=true
     prefect deployment run scheduled-distillation/pipeline   # a run now, from another shell
 """
 
@@ -25,7 +25,9 @@ def deployment_spec(name: str = "pipeline") -> dict[str, Any]:
     from prefect.utilities.templating import apply_values
 
     spec = next(item for item in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if item["name"] == name)
-    return apply_values(spec, {}, remove_notset=False)
+    values = apply_values(spec, {}, remove_notset=False)
+    assert isinstance(values, dict)  # NotSet only replaces a placeholder standing alone, never a whole mapping
+    return values
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("ref", nargs="?", default="latest", help="a version, or an alias (default: latest)")
     parser.add_argument("--bucket", help="default: params.yaml's publish.bucket")
     parser.add_argument("--prefix", help="default: params.yaml's publish.prefix, else students")
-    parser.add_argument("--endpoint-url", help="an S3-compatible server (default: storage.endpoint_url, AWS_ENDPOINT_URL)")
+    parser.add_argument("--endpoint-url",
+                        help="an S3-compatible server (default: storage.endpoint_url, AWS_ENDPOINT_URL)")
     parser.add_argument("--dest", type=Path, default=Path("fetched"), help="download folder (default: fetched)")
     parser.add_argument("--params", type=Path, help="params file for the defaults (default: params.yaml, if present)")
     parser.add_argument("--list", action="store_true", help="list the published versions and aliases; download nothing")

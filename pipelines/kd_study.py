@@ -8,7 +8,8 @@ seconds per epoch) and one plot.
 
 A dataset is the built-in digits as they are, with pixel noise, or warped into a harder image set
 (pipelines/data/generated.py), generated with the seed into the run's folder: on the harder set the student
-falls clearly below the teacher, which is where a loss can show what it recovers. Each (dataset, seed) runs in its own process (flows/kd_methods.py starts them one after another).
+falls clearly below the teacher, which is where a loss can show what it recovers. Each (dataset, seed) runs
+in its own process (flows/kd_methods.py starts them one after another).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def study_params(params_file: Path, dataset: str, seed: int, source: str) -> Par
     losses = raw["kd_study"]["losses"]
     return validate_params(apply_overrides(raw, {
         "seed": seed, "data.source": source,
-        "distill": {name: student if isinstance(student, dict) else {"losses": student} for name, student in losses.items()},
+        "distill": {name: student if isinstance(student, dict) else {"losses": student}
+                    for name, student in losses.items()},
     }), source=str(params_file))
 
 
@@ -47,7 +49,8 @@ def check_losses(params: Params) -> None:
 
     def study_key(match: re.Match) -> str:  # a list of terms is the entry itself; a whole student holds `losses`
         name = match.group(1)
-        return f"kd_study.losses.{name}." + ("losses." if isinstance(params.kd_study.losses[name], StudentParams) else "")
+        return f"kd_study.losses.{name}." + ("losses." if isinstance(params.kd_study.losses[name], StudentParams)
+                                             else "")
 
     try:
         check_students(params)
@@ -99,7 +102,8 @@ def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
     rows = []
     for name in [*MODELS, *params.distill]:
         model, checkpoint = load_model(paths.model(name))
-        accuracy = float((predict_logits(model, test.images, torch.device("cpu")).argmax(1) == test.labels).float().mean())
+        accuracy = float((predict_logits(model, test.images, torch.device("cpu")).argmax(1) == test.labels)
+                         .float().mean())
         log_file = paths.training_log(name) / "metrics.json"
         seconds = json.loads(log_file.read_text())["train_seconds"] / checkpoint.metrics["epochs"]
         rows.append({"dataset": dataset, "seed": seed, "model": name, "test_accuracy": accuracy,
@@ -136,8 +140,8 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
         seeds = sorted({row["seed"] for row in rows if row["dataset"] == dataset})
         for model in dict.fromkeys(row["model"] for row in rows if row["dataset"] == dataset):
             accuracies = [by_run[(dataset, seed, model)]["test_accuracy"] for seed in seeds]
-            gaps = [by_run[(dataset, seed, "teacher")]["test_accuracy"] - by_run[(dataset, seed, "student_baseline")]["test_accuracy"]
-                    for seed in seeds]
+            gaps = [by_run[(dataset, seed, "teacher")]["test_accuracy"]
+                    - by_run[(dataset, seed, "student_baseline")]["test_accuracy"] for seed in seeds]
             recovered = [(accuracy - by_run[(dataset, seed, "student_baseline")]["test_accuracy"]) / gap
                          for accuracy, gap, seed in zip(accuracies, gaps, seeds) if gap > 0]
             summary.append({
@@ -145,7 +149,8 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
                 "mean_accuracy": statistics.mean(accuracies),
                 "std_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
                 "gap_recovered": statistics.mean(recovered) if recovered and model not in MODELS else None,
-                "seconds_per_epoch": statistics.mean(by_run[(dataset, seed, model)]["seconds_per_epoch"] for seed in seeds),
+                "seconds_per_epoch": statistics.mean(by_run[(dataset, seed, model)]["seconds_per_epoch"]
+                                                     for seed in seeds),
             })
     return summary
 

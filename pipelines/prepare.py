@@ -55,7 +55,8 @@ def prepare(params: Params, paths: Paths = Paths()):
             raise DataError(f"{data.source}: {start} images but {len(source.labels)} labels")
         checksums = {name: writer.checksum() for name, writer in zip(SPLITS, writers)}
 
-    mean_std = (data.normalize.mean, data.normalize.std) if data.normalize.mean is not None else stats.mean_std()
+    mean, std = data.normalize.mean, data.normalize.std  # given together (NormalizeParams), or neither
+    mean_std = (mean, std) if mean is not None and std is not None else stats.mean_std()
     split_labels = {name: source.labels[rows[name]] for name in SPLITS}
     card = DatasetCard.build(data.source, source.class_names, source.image_shape, split_labels, checksums, mean_std)
     write_card(paths.card, card)

@@ -52,7 +52,8 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
     distributed = params.distributed_for(training)
     runtime = init_runtime(params.device, distributed.timeout_s, params.speed)
     card = read_card(paths.card)
-    transfer, val, test = (open_image_set(path, paths.arrow_cache) for path in (paths.transfer, paths.split("val"), paths.split("test")))
+    transfer, val, test = (open_image_set(path, paths.arrow_cache)
+                           for path in (paths.transfer, paths.split("val"), paths.split("test")))
     torch.manual_seed(params.seed)
     model = build_model(model_config(training.model, card))
     # The first optimizer of a process imports torch._dynamo (about a second): do that outside the timing.

@@ -91,6 +91,7 @@ def _represent_str(representer: RoundTripRepresenter, value: str) -> ScalarNode:
 
 def _inline(value: Any) -> Any:
     """Lists and maps as ruamel nodes in flow style, so that they are written on one line like the file's own."""
+    node: CommentedSeq | CommentedMap
     if isinstance(value, list):
         node = CommentedSeq(_inline(item) for item in value)
     elif isinstance(value, dict):

@@ -36,7 +36,8 @@ def pipeline_stages(project_dir: Path) -> list[str]:
         position = {stage: index for index, stage in enumerate(repo.index.stages)}
         # DVC's graph points from each stage to the stages it depends on.
         order = nx.lexicographical_topological_sort(repo.index.graph.reverse(copy=False), key=position.get)
-        return [stage.name for stage in order]  # names in the project's one dvc.yaml (addressing is relative to the cwd)
+        # names in the project's one dvc.yaml (addressing is relative to the cwd)
+        return [stage.name for stage in order]
 
 
 def run_dvc_stage(stage: str, project_dir: Path) -> None:
@@ -54,6 +55,7 @@ def run_logged(command: list[str], project_dir: Path, what: str) -> None:
     with subprocess.Popen(
         command, cwd=project_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
+        assert process.stdout is not None  # stdout=PIPE
         for line in process.stdout:
             line = line.rstrip()
             if line:
@@ -63,12 +65,12 @@ def run_logged(command: list[str], project_dir: Path, what: str) -> None:
         raise StageFailed(f"{what} failed (exit code {process.returncode}):\n" + "\n".join(tail))
 
 
-def stage_task(stage: str) -> Task:
+def stage_task(stage: str) -> Task[[Path], None]:
     """The Prefect task that reproduces `stage`. DVC decides what to rerun, so Prefect caches nothing."""
 
     def reproduce(project_dir: Path) -> None:
         run_dvc_stage(stage, project_dir)
 
     tags = [DEVICE_TAG] if stage.split("@")[0] in DEVICE_STAGES else []
-    return task(reproduce, name=stage, task_run_name=stage, cache_policy=NO_CACHE, tags=tags,
-                description=f"dvc repro --single-item {stage}")
+    return task(name=stage, task_run_name=stage, cache_policy=NO_CACHE, tags=tags,
+                description=f"dvc repro --single-item {stage}")(reproduce)

@@ -109,6 +109,7 @@ def record_run(project_dir: Path, publish: str, name: str) -> str | None:
                     GIT_REMOTE, name, name)
         return name
     if how == "branch":
+        assert branch is not None  # parse_publish gives branch:<name> its name
         started_on = git(project_dir, "rev-parse", "--abbrev-ref", "HEAD")
         if branch != started_on:
             git(project_dir, "checkout", "-b", branch)

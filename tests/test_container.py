@@ -52,7 +52,8 @@ def test_the_build_context_leaves_out_history_data_models_caches_and_environment
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("mode", "message"), [("stage", "stage: name a stage"), ("worker", "worker: name the work pool")])
+@pytest.mark.parametrize(("mode", "message"), [("stage", "stage: name a stage"),
+                                               ("worker", "worker: name the work pool")])
 def test_an_entrypoint_mode_missing_its_argument_says_what_to_give(mode: str, message: str) -> None:
     result = subprocess.run([str(PROJECT_ROOT / "docker" / "entrypoint.sh"), mode], cwd=PROJECT_ROOT,
                             capture_output=True, text=True)
@@ -71,7 +72,8 @@ def pip_setting(name: str) -> str | None:
     """A pip setting of this machine (its CA bundle, its local wheel folder), from the environment or pip's config."""
     if value := os.environ.get(f"PIP_{name.upper().replace('-', '_')}"):
         return value
-    result = subprocess.run([sys.executable, "-m", "pip", "config", "get", f"global.{name}"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pip", "config", "get", f"global.{name}"], capture_output=True,
+                            text=True)
     return result.stdout.strip() or None
 
 
@@ -102,7 +104,8 @@ def test_the_image_builds_on_a_debian_base_and_runs_the_pipeline_as_its_user(tmp
     try:
         built = subprocess.run([*build, str(PROJECT_ROOT)], capture_output=True, text=True)
         assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
-        container = subprocess.run(["buildah", "from", image], check=True, capture_output=True, text=True).stdout.strip()
+        container = subprocess.run(["buildah", "from", image], check=True, capture_output=True,
+                                   text=True).stdout.strip()
 
         def inside(*command: str) -> subprocess.CompletedProcess:
             return subprocess.run(["buildah", "run", "--isolation", "chroot", container, "--", *command],
@@ -111,7 +114,8 @@ def test_the_image_builds_on_a_debian_base_and_runs_the_pipeline_as_its_user(tmp
         assert inside("id", "-un").stdout.strip() == "distill"
         # The build's mounts leave empty mount points behind, never their content.
         assert inside("bash", "-c", "! test -s /run/host-ca.pem && ! ls /run/wheels/*.whl").returncode == 0
-        assert "healthcheck" in subprocess.run(["podman", "inspect", image], capture_output=True, text=True).stdout.lower()
+        assert "healthcheck" in subprocess.run(["podman", "inspect", image], capture_output=True,
+                                               text=True).stdout.lower()
         overrides = [f"--set={key}={value}" for key, value in TINY_OVERRIDES.items()]
         run = inside("/workspace/docker/entrypoint.sh", "flow", *overrides)
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]

@@ -63,7 +63,8 @@ def git_repository(tmp_path: Path, bucket: str, endpoint_url: str) -> Path:
     run(["git", "init", "-q", "-b", "main"], work)
     run(["dvc", "remote", "add", "-d", "storage", f"s3://{bucket}/dvc"], work)
     run(["dvc", "remote", "modify", "storage", "endpointurl", endpoint_url], work)
-    for command in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"]):
+    for command in (["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"]):
         run(command, work)
     bare = tmp_path / "origin.git"
     run(["git", "clone", "-q", "--bare", str(work), str(bare)], tmp_path)
@@ -87,7 +88,8 @@ def prefect_api(tmp_path: Path):
     env.pop("PREFECT_API_URL", None)
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
 
     def healthy() -> bool:
@@ -160,19 +162,20 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
         assert pipeline.global_concurrency_limit.limit == 1 and pipeline.work_pool_name == "test-gpu"
         assert pipeline.concurrency_options.collision_strategy == "ENQUEUE"
         assert pipeline.parameters == {"overrides": {}, "publish": "experiment"}
-        upcoming = wait_for(lambda: client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [pipeline.id]})),
-                            60, "the schedule's upcoming runs")
+        upcoming = wait_for(lambda: client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id={"any_": [pipeline.id]})), 60, "the schedule's upcoming runs")
         assert all(flow_run.state.is_scheduled() for flow_run in upcoming)
         client.pause_deployment(pipeline.id)  # from here on, only the triggered runs (pausing drops the scheduled ones)
 
     worker_log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(prefect + ["worker", "start", "--pool", "test-gpu", "--type", "process"],
-                              cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+                              cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     try:
         overrides = {key: value for key, value in TINY_OVERRIDES.items()}
         first = run_deployment("scheduled-distillation/pipeline", parameters={"overrides": overrides}, timeout=0)
-        second = run_deployment("scheduled-distillation/pipeline", parameters={"overrides": overrides, "publish": "none"},
-                                timeout=0)
+        second = run_deployment("scheduled-distillation/pipeline",
+                                parameters={"overrides": overrides, "publish": "none"}, timeout=0)
         with get_client(sync_client=True) as client:
             def final(flow_run_id):
                 state = client.read_flow_run(flow_run_id).state
@@ -189,7 +192,8 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first.id]))))]  # the distillation subflow
             artifacts = {artifact.key for artifact in client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=runs)))}
-            assert {"dvc-lock", "dvc-metrics", "distillation-report", "model-comparison", "params-overrides"} <= artifacts
+            assert {"dvc-lock", "dvc-metrics", "distillation-report", "model-comparison",
+                    "params-overrides"} <= artifacts
     finally:
         stop(worker)
         worker_log.close()
@@ -202,7 +206,8 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
 
 
 @pytest.mark.slow
-def test_make_serve_registers_the_pipeline_with_its_schedule_from_prefect_yaml(prefect_api: str, tmp_path: Path) -> None:
+def test_make_serve_registers_the_pipeline_with_its_schedule_from_prefect_yaml(prefect_api: str,
+                                                                               tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
     env = dict(os.environ, PREFECT_API_URL=prefect_api, DISTILL_CRON="30 2 * * 1", DISTILL_TIMEZONE="UTC",

@@ -201,7 +201,8 @@ def test_a_run_killed_mid_epoch_resumes_on_another_number_of_processes_to_the_we
 
 
 @pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
-def test_lr_scaling_multiplies_every_group_s_learning_rate_by_the_processes_or_their_root(scaling: str, factor: float) -> None:
+def test_lr_scaling_multiplies_every_group_s_learning_rate_by_the_processes_or_their_root(scaling: str,
+                                                                                          factor: float) -> None:
     weights, biases = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([{"params": [weights]}, {"params": [biases], "lr": 0.5}], lr=0.1)
     scale_learning_rate(optimizer, scaling, world_size=4)
@@ -301,7 +302,8 @@ def test_a_model_s_changes_to_the_distributed_section_apply_to_that_model_alone(
 def test_one_node_rendezvous_on_a_free_local_port_and_several_at_the_rendezvous_endpoint() -> None:
     one_node = torchrun_arguments(DistributedParams(nproc_per_node=2), "pipelines.train_teacher", ["--root", "r"])
     assert one_node[-4:] == ["-m", "pipelines.train_teacher", "--root", "r"]
-    for flag, value in (("--nproc-per-node", "2"), ("--rdzv-backend", RDZV_BACKEND), ("--rdzv-endpoint", "localhost:0")):
+    for flag, value in (("--nproc-per-node", "2"), ("--rdzv-backend", RDZV_BACKEND),
+                        ("--rdzv-endpoint", "localhost:0")):
         assert one_node[one_node.index(flag) + 1] == value
     nodes = torchrun_arguments(DistributedParams(nproc_per_node=1, nnodes=3, rdzv_endpoint="10.1.2.3:29400",
                                                  rdzv_id="run7"), "pipelines.distill", [])
@@ -449,7 +451,8 @@ def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dic
 
 
 @pytest.mark.slow
-def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tmp_path: Path, tiny_params: Params) -> None:
+def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tmp_path: Path,
+                                                                              tiny_params: Params) -> None:
     shared = tmp_path / "shared-resume"  # what a shared file system gives both nodes
     nodes, results = two_nodes(tmp_path, tiny_params, 29431, {"node0": shared, "node1": shared})
     outputs = [result.stdout for result in results]
@@ -465,7 +468,8 @@ def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tm
 
 
 @pytest.mark.slow
-def test_nodes_that_do_not_share_the_resume_folder_are_refused_before_training(tmp_path: Path, tiny_params: Params) -> None:
+def test_nodes_that_do_not_share_the_resume_folder_are_refused_before_training(tmp_path: Path,
+                                                                               tiny_params: Params) -> None:
     nodes, results = two_nodes(tmp_path, tiny_params, 29432, {"node0": tmp_path / "own0", "node1": tmp_path / "own1"})
     assert [result.returncode for result in results] == [2, 2]  # a params error, as in one process
     assert all("checkpoint.folder: the nodes do not share" in result.stdout for result in results)
@@ -551,7 +555,8 @@ def test_a_worker_s_uncaught_error_reaches_the_output_with_its_rank_once_and_fai
 
 
 @pytest.mark.slow
-def test_a_stopped_worker_fails_the_stage_after_the_collective_timeout_saying_so(tmp_path: Path, tiny_params: Params) -> None:
+def test_a_stopped_worker_fails_the_stage_after_the_collective_timeout_saying_so(tmp_path: Path,
+                                                                                tiny_params: Params) -> None:
     _, launcher, workers = teacher_training(tmp_path, tiny_params, timeout_s=5)
     stopped = time.monotonic()
     os.kill(local_rank_1(["-f", "--", workers]), signal.SIGSTOP)  # rank 1 hangs: alive, silent

@@ -90,7 +90,8 @@ def test_code_changes_rerun_only_the_stages_that_run_that_code(reproduced_projec
 def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report(reproduced_project: Path) -> None:
     project = reproduced_project  # after one dvc repro
     write_overrides(project / "params.yaml", {
-        "distill.student_t2": {"losses": [{"method": "kd", "weight": 0.5, "temperature": 2.0}, {"method": "ce", "weight": 0.5}],
+        "distill.student_t2": {"losses": [{"method": "kd", "weight": 0.5, "temperature": 2.0},
+                                          {"method": "ce", "weight": 0.5}],
                                "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
     })
     rerun = run(["dvc", "repro"], project)

@@ -15,8 +15,9 @@ from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
 
 pytestmark = pytest.mark.integration  # each test runs a fresh interpreter
 
-STAGES = ["check_params", "prepare", "augment", "train_teacher", "train_student", "teacher_logits", "teacher_features", "distill",
-          "evaluate", "report", "publish", "fetch", "remote"]  # the last two are commands, not dvc.yaml stages
+STAGES = ["check_params", "prepare", "augment", "train_teacher", "train_student", "teacher_logits", "teacher_features",
+          "distill", "evaluate", "report", "publish",
+          "fetch", "remote"]  # the last two are commands, not dvc.yaml stages
 
 
 def modules_loaded_by(code: str, env: dict[str, str] | None = None) -> set[str]:
@@ -47,13 +48,15 @@ def test_training_and_distillation_do_not_load_scikit_learn() -> None:
 
 
 def test_validating_params_does_not_load_torch() -> None:
-    assert "torch" not in modules_loaded_by(f"from pipelines.config import load_params; load_params({str(SHIPPED_PARAMS)!r})")
+    assert "torch" not in modules_loaded_by("from pipelines.config import load_params; "
+                                            f"load_params({str(SHIPPED_PARAMS)!r})")
 
 
 def test_importing_the_tasks_and_flows_changes_no_environment_variable() -> None:
     unset = {name: value for name, value in os.environ.items() if name not in DEFAULTS}  # as a fresh shell has it
     code = ("import os; before = dict(os.environ)\n"
-            "import tasks, tasks.stages, tasks.params, tasks.report, tasks.environment, flows.distillation, flows.study\n"
+            "import tasks, tasks.stages, tasks.params, tasks.report, tasks.environment, "
+            "flows.distillation, flows.study\n"
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
     modules_loaded_by(code, env=unset)
 

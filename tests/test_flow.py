@@ -119,7 +119,8 @@ def test_command_line_flow_after_dvc_repro_redoes_nothing_quietly_and_prints_the
 @pytest.mark.slow
 def test_invalid_override_fails_before_any_stage_and_leaves_params_untouched(prefect_server, project: Path) -> None:
     before = (project / "params.yaml").read_bytes()
-    with pytest.raises(ParamsError, match=r"distill\.student_kd\.losses\.0\.temperature: Input should be greater than 0"):
+    with pytest.raises(ParamsError,
+                       match=r"distill\.student_kd\.losses\.0\.temperature: Input should be greater than 0"):
         distillation(overrides={"distill.student_kd.losses.0.temperature": -1.0}, project_dir=str(project))
     assert (project / "params.yaml").read_bytes() == before
     assert not (project / "data" / "prepared" / "train.parquet").exists()

@@ -50,7 +50,8 @@ def setting(tmp_path: Path) -> tuple[torch.nn.Module, Context, ImageSet]:
     save_checkpoint(paths.model("teacher"), build_model(config(4, 2)).state_dict(), config(4, 2), {})
     images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
     train = ImageSet(images, torch.randint(0, 4, (16,)), ["a", "b", "c", "d"])
-    context = Context(paths, 0.0, Teacher(paths.model("teacher"), paths.teacher_features("s")), key="distill.s.losses.0")
+    context = Context(paths, 0.0, Teacher(paths.model("teacher"), paths.teacher_features("s")),
+                      key="distill.s.losses.0")
     return build_model(config(2, 1)), context, train
 
 
@@ -182,7 +183,8 @@ def test_crd_projects_both_embeddings_and_moves_each_image_s_bank_rows_toward_th
 LAYERS = [("features", False), ("classifier", True)]  # a map, and the embedding entering the classifier
 
 
-def test_teacher_features_that_fit_are_stored_and_read_back_as_the_live_teacher_computes_them(setting, tmp_path) -> None:
+def test_teacher_features_that_fit_are_stored_and_read_back_as_the_live_teacher_computes_them(setting,
+                                                                                               tmp_path) -> None:
     _, context, train = setting
     folder = context.paths.teacher_features("s")
     manifest = write_teacher_features(folder, context.paths.model("teacher"), train, LAYERS, 2**30, torch.device("cpu"))
@@ -257,12 +259,14 @@ def test_a_bad_layer_path_stops_the_stage_with_exit_code_2_naming_the_key(distil
     result = run([sys.executable, "-m", "pipelines.distill", "--student", "student_kd", "--params", str(params_file),
                   "--root", str(paths.root)], PROJECT_ROOT, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "distill.student_kd.losses.0.student_layer: ConvNet has no layer 'features.99'; its layers: features" in result.stderr
+    assert ("distill.student_kd.losses.0.student_layer: ConvNet has no layer 'features.99'; "
+            "its layers: features") in result.stderr
     assert load_checkpoint(paths.model("student_kd")).state_dict  # the last good student is still there
 
 
 @pytest.mark.slow
-def test_the_teacher_features_stage_stores_what_the_student_then_reads_instead_of_running_the_teacher(distill_root) -> None:
+def test_the_teacher_features_stage_stores_what_the_student_then_reads_instead_of_running_the_teacher(
+        distill_root) -> None:
     paths, params_file = distill_root
     write_overrides(params_file, {**TINY_OVERRIDES, "distill.student_kd.losses": [
         {"method": "fitnet", "teacher_layer": "features.3"}, {"method": "rkd"}, {"method": "ce"}]})

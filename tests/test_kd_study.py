@@ -45,7 +45,8 @@ def test_warped_digits_are_an_image_folder_whose_test_images_come_from_other_dig
 
 
 def test_warp_options_without_a_size_are_refused() -> None:
-    with pytest.raises(ParamsError, match="kd_study.datasets.hard: clutter and images apply to warped digits: set size too"):
+    with pytest.raises(ParamsError,
+                       match="kd_study.datasets.hard: clutter and images apply to warped digits: set size too"):
         load_params(SHIPPED_PARAMS, {"kd_study.datasets": {"hard": {"clutter": 2}}})
 
 
@@ -72,7 +73,8 @@ def test_a_study_student_with_its_own_budget_is_named_by_its_losses_key(tmp_path
     write_overrides(params_file, {"kd_study.losses.kd_long.losses.0.temperature": -1.0})
     params = study_params(params_file, "digits", 0, "digits")
     assert params.distill["kd_long"].train.epochs == 3 * params.student.train.epochs
-    with pytest.raises(ParamsError, match=r"kd_study\.losses\.kd_long\.losses\.0\.temperature: Input should be greater than 0"):
+    with pytest.raises(ParamsError,
+                       match=r"kd_study\.losses\.kd_long\.losses\.0\.temperature: Input should be greater than 0"):
         check_losses(params)
 
 
@@ -86,15 +88,18 @@ def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(pref
     from flows.kd_methods import kd_methods_study
 
     write_overrides(project / "params.yaml", {  # the project's params are the tiny ones already
-        "kd_study.seeds": [0, 1], "kd_study.datasets": {"digits": {}, "warped": {"size": 12, "images": 300, "clutter": 1, "noise": 0.1}},
-        "kd_study.losses": {"kd": [{"method": "kd"}, {"method": "ce"}], "fitnet": [{"method": "fitnet"}, {"method": "ce"}]},
+        "kd_study.seeds": [0, 1],
+        "kd_study.datasets": {"digits": {}, "warped": {"size": 12, "images": 300, "clutter": 1, "noise": 0.1}},
+        "kd_study.losses": {"kd": [{"method": "kd"}, {"method": "ce"}],
+                            "fitnet": [{"method": "fitnet"}, {"method": "ce"}]},
     })
 
     table = kd_methods_study(project_dir=str(project))
 
     summary = json.loads((project / "kd_study" / "results.json").read_text())
     assert [(row["dataset"], row["model"]) for row in summary] == [
-        (dataset, model) for dataset in ("digits", "warped") for model in ("teacher", "student_baseline", "kd", "fitnet")]
+        (dataset, model) for dataset in ("digits", "warped")
+        for model in ("teacher", "student_baseline", "kd", "fitnet")]
     assert all(row["seeds"] == 2 and row["seconds_per_epoch"] > 0 for row in summary)
     assert "### warped" in table and "| fitnet |" in table
     assert (project / "kd_study" / "gains.png").stat().st_size > 0

@@ -100,7 +100,8 @@ def test_a_checkpoint_written_before_the_typed_config_loads_unchanged(tmp_path: 
 
 
 def test_an_unknown_arch_is_refused_with_the_valid_ones() -> None:
-    with pytest.raises(ParamsError, match=r"teacher\.model\.arch: .*unknown arch 'vit'; valid: cnn, resnet, timm:<model-name>"):
+    with pytest.raises(ParamsError,
+                       match=r"teacher\.model\.arch: .*unknown arch 'vit'; valid: cnn, resnet, timm:<model-name>"):
         load_params(SHIPPED_PARAMS, {"teacher.model.arch": "vit"})
 
 
@@ -122,7 +123,8 @@ def test_the_teacher_stage_trains_a_resnet_teacher(trained_pipeline, tmp_path: P
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed here")
 def test_a_timm_arch_without_timm_installed_is_refused_with_how_to_install_it() -> None:
-    with pytest.raises(ParamsError, match=r"student\.model\.arch: .*timm:resnet18 needs timm, which is not installed: pip install"):
+    with pytest.raises(ParamsError,
+                       match=r"student\.model\.arch: .*timm:resnet18 needs timm, which is not installed: pip install"):
         load_params(SHIPPED_PARAMS, {"student.model.arch": "timm:resnet18"})
 
 
@@ -144,7 +146,8 @@ def test_an_unknown_timm_model_is_refused() -> None:
 
 def test_a_timm_teacher_and_a_timm_student_run_through_the_one_epoch_pipeline(tmp_path: Path) -> None:
     pytest.importorskip("timm", reason=WITHOUT_TIMM)
-    overrides = {**TINY_OVERRIDES, "teacher.model.arch": "timm:resnet18", "student.model.arch": "timm:mobilenetv3_small_050"}
+    overrides = {**TINY_OVERRIDES, "teacher.model.arch": "timm:resnet18",
+                 "student.model.arch": "timm:mobilenetv3_small_050"}
     params = load_params(SHIPPED_PARAMS, overrides)
     paths = Paths(tmp_path)
     for stage in (prepare, augment, train_teacher, train_student, teacher_logits, distill):

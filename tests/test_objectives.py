@@ -32,7 +32,8 @@ def hinton(teacher, temperature, alpha, label_smoothing=0.0) -> Distillation:
 
 def hinton_kd_loss(student, teacher, labels, temperature, alpha, label_smoothing=0.0, mix_labels=None,
                    mix_weights=None) -> torch.Tensor:
-    loss, _ = hinton(teacher, temperature, alpha, label_smoothing)(nn.Identity(), batch(student, labels, mix_labels, mix_weights))
+    loss, _ = hinton(teacher, temperature, alpha, label_smoothing)(nn.Identity(),
+                                                                   batch(student, labels, mix_labels, mix_weights))
     return loss
 
 
@@ -259,7 +260,8 @@ def finite_difference_gradient(function, point: list[list[float]], step: float =
 @pytest.mark.parametrize(("name", "term", "by_hand"), [
     ("dkd", DKD(torch.tensor(TEACHER3, dtype=DOUBLE), 2.0, 1.0, 8.0),
      lambda s: dkd_by_hand(s, TEACHER3, LABELS3, 2.0, 1.0, 8.0)),
-    ("dist", DIST(torch.tensor(TEACHER3, dtype=DOUBLE), 1.0, 1.0, 1.0), lambda s: dist_by_hand(s, TEACHER3, 1.0, 1.0, 1.0)),
+    ("dist", DIST(torch.tensor(TEACHER3, dtype=DOUBLE), 1.0, 1.0, 1.0),
+     lambda s: dist_by_hand(s, TEACHER3, 1.0, 1.0, 1.0)),
 ])
 def test_the_gradient_of_each_logit_term_is_that_of_its_hand_computed_definition(name, term, by_hand):
     student = torch.tensor(STUDENT3, dtype=DOUBLE, requires_grad=True)
@@ -276,8 +278,8 @@ def test_dkd_with_the_teacher_s_logits_is_zero_and_dist_is_zero_for_perfectly_re
 
 def test_a_weighted_sum_honours_its_weights_and_names_a_method_used_twice_apart():
     student, teacher = torch.tensor(STUDENT3, dtype=DOUBLE), torch.tensor(TEACHER3, dtype=DOUBLE)
-    terms = [("kd", 0.5, KD(teacher, 4.0)), ("dkd", 2.0, DKD(teacher, 4.0, 1.0, 8.0)), ("dist", 0.25, DIST(teacher, 1.0, 1.0, 1.0)),
-             ("ce", 0.1, CE()), ("kd_2", 3.0, KD(teacher, 1.0))]
+    terms = [("kd", 0.5, KD(teacher, 4.0)), ("dkd", 2.0, DKD(teacher, 4.0, 1.0, 8.0)),
+             ("dist", 0.25, DIST(teacher, 1.0, 1.0, 1.0)), ("ce", 0.1, CE()), ("kd_2", 3.0, KD(teacher, 1.0))]
     loss, logged = Distillation(terms)(nn.Identity(), batch(student, torch.tensor(LABELS3)))
     assert list(logged) == ["kd", "dkd", "dist", "ce", "kd_2"]
     assert logged["kd_2"].item() != pytest.approx(logged["kd"].item())

@@ -15,8 +15,11 @@ from torch import nn
 
 from tests.conftest import SHIPPED_PARAMS
 from pipelines.config import ParamsError, load_params
-from pipelines.config.optim import AdagradParams, AdamParams, AdamWParams, NAdamParams, RAdamParams, RMSpropParams, SGDParams
-from pipelines.config.schedules import ConstantSchedule, CosineRestartsSchedule, CosineSchedule, ExponentialSchedule, MultiStepSchedule, OneCycleSchedule, PlateauSchedule, SequenceSchedule, StepSchedule
+from pipelines.config.optim import (AdagradParams, AdamParams, AdamWParams, NAdamParams, RAdamParams, RMSpropParams,
+                                    SGDParams)
+from pipelines.config.schedules import (ConstantSchedule, CosineRestartsSchedule, CosineSchedule, ExponentialSchedule,
+                                        MultiStepSchedule, OneCycleSchedule, PlateauSchedule, SequenceSchedule,
+                                        StepSchedule)
 from pipelines.config.training import ModelParams, RegularizationParams, TrainParams, TrainingParams
 from pipelines.data.images import ImageSet
 from pipelines.config.optim import OPTIMIZERS
@@ -103,7 +106,8 @@ def test_optimizer_is_its_torch_class_with_two_groups_decaying_only_the_weights(
     model = small_net()
     # adamw only decays decoupled (the schema refuses coupled decay for it); the others here are coupled.
     mode = "decoupled" if params.name == "adamw" else "coupled"
-    optimizer = build_optimizer(model.parameters(), params, RegularizationParams(weight_decay=0.01, weight_decay_mode=mode))
+    optimizer = build_optimizer(model.parameters(), params,
+                                RegularizationParams(weight_decay=0.01, weight_decay_mode=mode))
 
     assert type(optimizer) is torch_class
     decayed, not_decayed = optimizer.param_groups

@@ -54,7 +54,8 @@ def test_shipped_params_yaml_loads_with_its_values():
 def test_dotted_overrides_set_nested_values_without_touching_the_input():
     raw = yaml.safe_load(PARAMS.read_text())
     before = yaml.safe_dump(raw)
-    changed = apply_overrides(raw, {"teacher.train.epochs": 3, "distill.student_kd.optimizer": {"name": "adam", "lr": 0.1}})
+    changed = apply_overrides(raw, {"teacher.train.epochs": 3,
+                                    "distill.student_kd.optimizer": {"name": "adam", "lr": 0.1}})
     assert changed["teacher"]["train"]["epochs"] == 3
     assert changed["distill"]["student_kd"]["optimizer"] == {"name": "adam", "lr": 0.1}
     assert yaml.safe_dump(raw) == before
@@ -135,7 +136,8 @@ def test_a_term_s_option_out_of_range_is_named_by_its_key_path(key, value, bound
 
 def test_an_unknown_method_lists_the_methods():
     [line] = problem_lines(method_error({"distill.student_kd.losses.0.method": "fitnet2"}))
-    assert line == "distill.student_kd.losses.0.method: unknown method 'fitnet2'; valid: kd, dkd, dist, fitnet, at, rkd, crd, ce"
+    assert line == ("distill.student_kd.losses.0.method: unknown method 'fitnet2'; "
+                    "valid: kd, dkd, dist, fitnet, at, rkd, crd, ce")
 
 
 def test_an_option_the_method_does_not_take_is_named_with_the_ones_it_takes():
@@ -154,7 +156,8 @@ def test_the_single_method_form_of_earlier_versions_says_what_to_write_instead()
 
 
 def test_an_override_into_a_list_names_a_bad_index():
-    with pytest.raises(ParamsError, match=r"override distill.student_kd.losses.5.weight: '5' is not the index of one of the list's 2 items"):
+    with pytest.raises(ParamsError, match=r"override distill.student_kd.losses.5.weight: "
+                                          r"'5' is not the index of one of the list's 2 items"):
         load_params(PARAMS, {"distill.student_kd.losses.5.weight": 1.0})
 
 
@@ -279,7 +282,8 @@ def test_errors_inside_a_student_s_overrides_name_the_student_s_key_path():
 
 def test_several_errors_are_all_reported_at_once():
     lines = problem_lines(
-        params_error({"teacher.optimizer.lr": -1.0, "student.train.epochs": "x", "distill.student_kd.train": {"epochs": 0, "batch_size": 32}})
+        params_error({"teacher.optimizer.lr": -1.0, "student.train.epochs": "x",
+                      "distill.student_kd.train": {"epochs": 0, "batch_size": 32}})
     )
     assert len(lines) == 3
     named = sorted(line.split(":")[0] for line in lines)
@@ -371,7 +375,8 @@ def test_a_student_s_overrides_replace_those_sections_of_the_student_settings():
 def test_a_student_may_override_its_model_and_regularization():
     regularization = {"weight_decay": 0.01, "weight_decay_mode": "decoupled", "label_smoothing": 0.1}
     model = {"arch": "cnn", "width": 4, "depth": 1, "dropout": 0.0}
-    params = load_params(PARAMS, {"distill.student_kd.regularization": regularization, "distill.student_kd.model": model})
+    params = load_params(PARAMS, {"distill.student_kd.regularization": regularization,
+                                  "distill.student_kd.model": model})
     training = params.student_training("student_kd")
     assert training.model == ModelParams(**model)
     assert training.regularization == RegularizationParams(**regularization)

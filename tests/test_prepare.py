@@ -161,7 +161,8 @@ def test_prepare_streams_in_batches_without_changing_any_split_or_the_card(prepa
     prepare(params.model_copy(update={"data": params.data.model_copy(update={"batch_size": 7})}), small)
     assert json.loads(small.card.read_text()) == json.loads(prepared.card.read_text())
     for name in SPLITS:
-        assert pq.read_metadata(small.split(name)).num_row_groups > pq.read_metadata(prepared.split(name)).num_row_groups
+        assert (pq.read_metadata(small.split(name)).num_row_groups
+                > pq.read_metadata(prepared.split(name)).num_row_groups)
         assert torch.equal(read_image_set(small.split(name)).images, read_image_set(prepared.split(name)).images)
 
 

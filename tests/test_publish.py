@@ -110,7 +110,8 @@ def test_publish_then_fetch_round_trip_verifies_every_file(server: S3Server, pro
     manifest = json.loads(server.client().get_object(
         Bucket=bucket, Key=f"students/student-kd/{version}/{MANIFEST}")["Body"].read())
     assert {entry["file"] for entry in manifest["objects"]} == {"model.pt", "model_config.json", "model.pt2", "card.md"}
-    assert set(keys(server, bucket)) == {f"students/student-kd/{version}/{entry['file']}" for entry in manifest["objects"]} | {
+    assert set(keys(server, bucket)) == {
+        f"students/student-kd/{version}/{entry['file']}" for entry in manifest["objects"]} | {
         f"students/student-kd/{version}/{MANIFEST}", "students/student-kd/aliases/latest.json",
         "students/student-kd/aliases/staging.json"}
     assert manifest["metrics"]["accuracy"] == json.loads(project.eval_metrics.read_text())["student_kd"]["accuracy"]
@@ -208,7 +209,8 @@ def test_a_damaged_object_is_refused_on_fetch_naming_it(server: S3Server, projec
 
 
 @pytest.mark.integration
-def test_a_manifest_changed_to_match_a_changed_model_is_refused(server: S3Server, project: Paths, tmp_path: Path) -> None:
+def test_a_manifest_changed_to_match_a_changed_model_is_refused(server: S3Server, project: Paths,
+                                                                tmp_path: Path) -> None:
     bucket = server.make_bucket()
     version = publish(settings(server, bucket), project)["students"]["student_kd"]["version"]
     key = f"students/student-kd/{version}/{MANIFEST}"
@@ -224,14 +226,17 @@ def test_a_manifest_changed_to_match_a_changed_model_is_refused(server: S3Server
 def test_fetch_needs_neither_dvc_nor_git(server: S3Server, project: Paths, tmp_path: Path) -> None:
     bucket = server.make_bucket()
     version = publish(settings(server, bucket), project)["students"]["student_kd"]["version"]
-    blocked = "import sys; sys.modules.update(dvc=None, dvclive=None, git=None); from pipelines.fetch import main; main()"
+    blocked = ("import sys; sys.modules.update(dvc=None, dvclive=None, git=None); "
+               "from pipelines.fetch import main; main()")
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), PATH="/nonexistent")  # no git, no dvc on PATH either
     result = subprocess.run(
-        [sys.executable, "-c", blocked, "student-kd", "staging", "--bucket", bucket, "--dest", str(tmp_path / "models")],
+        [sys.executable, "-c", blocked, "student-kd", "staging", "--bucket", bucket, "--dest",
+         str(tmp_path / "models")],
         cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"student-kd {version} (staging): 3 files verified" in result.stdout
-    assert (tmp_path / "models" / "student-kd" / version / MODEL).read_bytes() == project.model("student_kd").read_bytes()
+    assert ((tmp_path / "models" / "student-kd" / version / MODEL).read_bytes()
+            == project.model("student_kd").read_bytes())
 
 
 @pytest.mark.integration
@@ -341,7 +346,8 @@ def test_the_store_stopped_mid_upload_fails_in_bounded_time_and_the_next_publish
     monkeypatch.setattr(stage, "log_progress", stop_after_the_first_part)
     started = time.monotonic()
     try:
-        with pytest.raises(StorageError, match=rf"{MODEL} \(part 2\): the S3 endpoint .* did not answer \(.*, 3 attempts\)"):
+        with pytest.raises(StorageError,
+                           match=rf"{MODEL} \(part 2\): the S3 endpoint .* did not answer \(.*, 3 attempts\)"):
             publish(params, project)
         assert time.monotonic() - started < 60  # bounded: three tries with backoff, short timeouts
     finally:

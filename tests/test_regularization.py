@@ -16,7 +16,8 @@ from torch import nn
 
 from pipelines.config.optim import AdagradParams, AdamParams, AdamWParams, RMSpropParams, SGDParams
 from pipelines.config.schedules import ConstantSchedule
-from pipelines.config.training import EarlyStoppingParams, GradClipParams, ModelParams, RegularizationParams, TrainParams, TrainingParams
+from pipelines.config.training import (EarlyStoppingParams, GradClipParams, ModelParams, RegularizationParams,
+                                       TrainParams, TrainingParams)
 from pipelines.data.images import ImageSet
 from pipelines.engine.early_stopping import EarlyStopping
 from pipelines.engine.objective import Batch, CrossEntropy

@@ -1,4 +1,5 @@
-"""S3 on loopback (tests/s3_server.py): boto3, pyarrow and DVC all reach a real S3 API with the standard AWS variables."""
+"""S3 on loopback (tests/s3_server.py): boto3, pyarrow and DVC all reach a real S3 API with the standard AWS
+variables."""
 
 from __future__ import annotations
 

@@ -55,6 +55,7 @@ def test_the_short_run_s_test_accuracies_are_those_recorded_before_the_move(reco
     params, shared = recorded_run
     paths = Paths(tmp_path / "root")
     shutil.copytree(shared.root, paths.root)
-    results = evaluate(params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"latency_repeats": 1})}), paths)
+    results = evaluate(params.model_copy(update={
+        "evaluate": params.evaluate.model_copy(update={"latency_repeats": 1})}), paths)
     for model, recorded in BEFORE.items():
         assert results[model]["accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-6), model

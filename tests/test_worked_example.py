@@ -65,7 +65,8 @@ def test_from_a_folder_of_images_to_a_published_distilled_student(project: Path,
     run(["git", "clone", "-q", str(project), str(consumer)], tmp_path)
     run(["make", "-o", ".venv/.installed", "pull", f"BIN={Path(sys.executable).parent}"], consumer)
     locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    cached = {out["path"] for stage in locked.values() for out in stage.get("outs", []) if (project / out["path"]).is_file()}
+    cached = {out["path"] for stage in locked.values() for out in stage.get("outs", [])
+              if (project / out["path"]).is_file()}
     assert len(cached) >= 10
     for path in cached:
         assert (consumer / path).read_bytes() == (project / path).read_bytes(), path
@@ -73,7 +74,8 @@ def test_from_a_folder_of_images_to_a_published_distilled_student(project: Path,
     published = consumer / "models" / "student_kd.pt"
     student, checkpoint = load_model(published)
     assert checkpoint.model_config.in_channels == 3 and checkpoint.model_config.num_classes == 3
-    image = torch.from_numpy(np.array(Image.open(project / "data" / "raw" / "colors" / "blue" / "0.jpg").resize((16, 16))))
+    image = torch.from_numpy(np.array(
+        Image.open(project / "data" / "raw" / "colors" / "blue" / "0.jpg").resize((16, 16))))
     logits = student.eval()(image.permute(2, 0, 1)[None].float() / 255.0)
     assert logits.shape == (1, 3)
 

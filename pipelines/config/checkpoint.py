@@ -13,7 +13,10 @@ from pipelines.config.base import Section
 
 
 class CheckpointParams(Section):
-    resume: Literal["auto", "never"] = "auto"  # auto: save the training state, continue from it after a failure; never: neither
-    interval_steps: int | None = Field(100, ge=1)  # also save every this many optimizer steps (null: at epoch ends only)
-    keep_latest: int = Field(2, ge=1)  # saved states kept while training (a damaged newest one leaves an older one)
+    # auto: save the training state, continue from it after a failure; never: neither
+    resume: Literal["auto", "never"] = "auto"
+    # also save every this many optimizer steps (null: at epoch ends only)
+    interval_steps: int | None = Field(default=100, ge=1)
+    # saved states kept while training (a damaged newest one leaves an older one)
+    keep_latest: int = Field(default=2, ge=1)
     folder: str = ".resume"  # relative to the project root, or absolute; several nodes need one they all share

@@ -59,7 +59,8 @@ class NormalizeParams(Section):
 
     @model_validator(mode="after")
     def _together(self) -> NormalizeParams:
-        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
+        if (self.mean is None) != (self.std is None) or (self.mean and self.std is not None
+                                                         and len(self.mean) != len(self.std)):
             raise ValueError("mean and std go together, one value per channel each")
         return self
 
@@ -67,7 +68,8 @@ class NormalizeParams(Section):
 class DataParams(Section):
     source: str
     split: SplitParams  # for the splits the source does not fix (split folders, an official test set)
-    batch_size: int = Field(1024, ge=1)  # images prepare reads, converts and writes at a time: bounds its memory
+    # images prepare reads, converts and writes at a time: bounds its memory
+    batch_size: int = Field(default=1024, ge=1)
     download_dir: str = "~/.cache/distill-pipeline"  # where torchvision:<Name> finds or downloads its files
     resize: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # [height, width]
     npz_keys: NpzKeys = NpzKeys()
@@ -90,9 +92,9 @@ class DataParams(Section):
 class ColorJitterParams(Section):
     """Each factor is drawn per image, uniform in [1 - x, 1 + x]; 0 leaves that property alone."""
 
-    brightness: float = Field(0.0, ge=0.0, lt=1.0)
-    contrast: float = Field(0.0, ge=0.0, lt=1.0)
-    saturation: float = Field(0.0, ge=0.0, lt=1.0)  # needs 3-channel (RGB) images
+    brightness: float = Field(default=0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(default=0.0, ge=0.0, lt=1.0)
+    saturation: float = Field(default=0.0, ge=0.0, lt=1.0)  # needs 3-channel (RGB) images
 
 
 class RandomResizedCropParams(Section):
@@ -114,8 +116,8 @@ class MixParams(Section):
     """Mixup and CutMix on the augmented copies: an image is blended with (mixup) or gets a box pasted from
     (cutmix) another image of its batch, and keeps both labels, weighted by each image's share of the pixels."""
 
-    mixup_alpha: float = Field(0.0, ge=0.0)  # the mixing share is drawn from Beta(alpha, alpha); 0 is off
-    cutmix_alpha: float = Field(0.0, ge=0.0)  # the share outside the pasted box, likewise; 0 is off
+    mixup_alpha: float = Field(default=0.0, ge=0.0)  # the mixing share is drawn from Beta(alpha, alpha); 0 is off
+    cutmix_alpha: float = Field(default=0.0, ge=0.0)  # the share outside the pasted box, likewise; 0 is off
     probability: Probability = 1.0  # share of the augmented images that are mixed
     switch_probability: Probability = 0.5  # with both on: the chance that an image gets cutmix, else mixup
 

@@ -51,7 +51,7 @@ class LossTerm(Section):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     method: str
-    weight: float = Field(1.0, ge=0.0)
+    weight: float = Field(default=1.0, ge=0.0)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -89,16 +89,18 @@ class StudentParams(Section):
 class TeacherFeaturesParams(Section):
     """The `teacher_features` section: when the teacher's features that feature-based terms read are stored."""
 
-    max_cache_gb: float = Field(2.0, ge=0.0)  # store them (once, DVC-tracked) up to this size; beyond, run the teacher live
+    # store them (once, DVC-tracked) up to this size; beyond, run the teacher live
+    max_cache_gb: float = Field(default=2.0, ge=0.0)
 
 
 class StudyDataset(Section):
     """A dataset of the methods study, made from the built-in 8x8 digits (pipelines/data/generated.py)."""
 
-    noise: float = Field(0.0, ge=0.0, le=1.0)  # std of Gaussian pixel noise, on [0, 1]
-    size: int | None = Field(None, ge=12, le=64)  # null: the 8x8 digits as they are; else warped copies of this side
-    images: int = Field(6000, ge=200)  # warped images generated (85% train, 15% test)
-    clutter: int = Field(0, ge=0, le=8)  # fragments of other digits pasted into each warped image
+    noise: float = Field(default=0.0, ge=0.0, le=1.0)  # std of Gaussian pixel noise, on [0, 1]
+    # null: the 8x8 digits as they are; else warped copies of this side
+    size: int | None = Field(default=None, ge=12, le=64)
+    images: int = Field(default=6000, ge=200)  # warped images generated (85% train, 15% test)
+    clutter: int = Field(default=0, ge=0, le=8)  # fragments of other digits pasted into each warped image
 
     @model_validator(mode="after")
     def _warp_options_need_a_size(self) -> StudyDataset:

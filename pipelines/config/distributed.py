@@ -17,11 +17,14 @@ class DistributedParams(Section):
     # none: one process whatever nproc_per_node says; ddp: data parallel; fsdp: FSDP2, parameters sharded per
     # block; pipeline: the model's layers split across the processes, batches flowing through in micro-batches
     strategy: Literal["none", "ddp", "fsdp", "pipeline"] = "ddp"
-    nnodes: int = Field(1, ge=1)  # nodes taking part: each runs the same command (README: several GPUs and nodes)
-    rdzv_endpoint: str = "127.0.0.1:29400"  # host:port every node reaches (the c10d rendezvous); one node: any free port
+    # nodes taking part: each runs the same command (README: several GPUs and nodes)
+    nnodes: int = Field(default=1, ge=1)
+    # host:port every node reaches (the c10d rendezvous); one node: any free port
+    rdzv_endpoint: str = "127.0.0.1:29400"
     rdzv_id: str = "distill-pipeline"  # the run's rendezvous id: the same on every node of one run
     sync_batchnorm: bool = False  # batch norm statistics over the global batch rather than each process's share
-    grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step; the batch size stays the global batch
+    # micro-batches per optimizer step; the batch size stays the global batch
+    grad_accum_steps: int = Field(default=1, ge=1)
     # fsdp: the whole copies of the model the processes hold. 1: one copy, sharded over every process (FSDP);
     # N: HSDP, N groups of processes each sharding a copy, gradients averaged between the groups; nodes: one
     # copy per node, so that the per-block all-gathers stay inside each node and only gradients cross nodes.
@@ -29,10 +32,11 @@ class DistributedParams(Section):
     # The learning rate times the number of processes (linear) or its square root (sqrt): for when
     # train.batch_size is set to grow with them (a per-process batch times N); none: as the optimizer says.
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
-    microbatches: int = Field(4, ge=1)  # pipeline: micro-batches per global batch (it must divide train.batch_size)
+    # pipeline: micro-batches per global batch (it must divide train.batch_size)
+    microbatches: int = Field(default=4, ge=1)
     pipeline_schedule: Literal["gpipe", "1f1b"] = "gpipe"  # pipeline: all forwards then all backwards, or interleaved
-    max_restarts: int = Field(0, ge=0)  # torchrun restarts of the workers after a failure
-    timeout_s: int = Field(300, ge=1)  # longest wait for the rendezvous or a collective before the stage fails
+    max_restarts: int = Field(default=0, ge=0)  # torchrun restarts of the workers after a failure
+    timeout_s: int = Field(default=300, ge=1)  # longest wait for the rendezvous or a collective before the stage fails
 
     @field_validator("nproc_per_node")
     @classmethod
@@ -46,7 +50,8 @@ class DistributedParams(Section):
 
     def with_changes(self, changes: ModelDistributedParams | None) -> DistributedParams:
         """These settings with one model's changes (its section's `distributed`) applied."""
-        given = {} if changes is None else {key: value for key, value in changes.model_dump().items() if value is not None}
+        given = {} if changes is None else {key: value for key, value in changes.model_dump().items()
+                                            if value is not None}
         return self.model_copy(update=given)
 
     def check_processes(self, processes: int, nodes: int, device_type: str) -> None:
@@ -86,10 +91,10 @@ class ModelDistributedParams(Section):
     strategy: Literal["none", "ddp", "fsdp", "pipeline"] | None = None
     nproc_per_node: Literal["auto"] | int | None = None
     sync_batchnorm: bool | None = None
-    grad_accum_steps: int | None = Field(None, ge=1)
+    grad_accum_steps: int | None = Field(default=None, ge=1)
     fsdp_replicas: Literal["nodes"] | int | None = None
     lr_scaling: Literal["none", "linear", "sqrt"] | None = None
-    microbatches: int | None = Field(None, ge=1)
+    microbatches: int | None = Field(default=None, ge=1)
     pipeline_schedule: Literal["gpipe", "1f1b"] | None = None
 
     @field_validator("nproc_per_node")

@@ -34,7 +34,9 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
     def _repeated_keys(self, root: yaml.Node) -> list[tuple[str, list[int]]]:
         """(key path, the lines giving it) for each key some mapping of the document gives more than once."""
-        repeated, pending, seen = [], [(root, ())], set()
+        repeated: list[tuple[str, list[int]]] = []
+        pending: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())]
+        seen: set[int] = set()
         while pending:  # a loop, not recursion: an alias may point back up the document
             node, path = pending.pop()
             if id(node) in seen:

@@ -25,9 +25,9 @@ class Optimizer(Section):
 class SGDParams(Optimizer):
     torch_class = "SGD"
     name: Literal["sgd"]
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     nesterov: bool = False
-    dampening: float = Field(0.0, ge=0.0, le=1.0)
+    dampening: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> SGDParams:
@@ -39,29 +39,32 @@ class SGDParams(Optimizer):
 class AdagradParams(Optimizer):
     torch_class = "Adagrad"
     name: Literal["adagrad"]
-    lr_decay: float = Field(0.0, ge=0.0)
-    initial_accumulator_value: float = Field(0.0, ge=0.0)
-    eps: float = Field(1e-10, gt=0.0)
+    lr_decay: float = Field(default=0.0, ge=0.0)
+    initial_accumulator_value: float = Field(default=0.0, ge=0.0)
+    eps: float = Field(default=1e-10, gt=0.0)
 
 
 class RMSpropParams(Optimizer):
     torch_class = "RMSprop"
     name: Literal["rmsprop"]
-    alpha: float = Field(0.99, gt=0.0, lt=1.0)
-    eps: float = Field(1e-8, gt=0.0)
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    alpha: float = Field(default=0.99, gt=0.0, lt=1.0)
+    eps: float = Field(default=1e-8, gt=0.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     centered: bool = False
 
 
-class AdamParams(Optimizer):
-    torch_class = "Adam"
-    name: Literal["adam"]
+class _AdamOptions(Optimizer):  # the options Adam and AdamW share; each names itself
     betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0.0)
+    eps: float = Field(default=1e-8, gt=0.0)
     amsgrad: bool = False
 
 
-class AdamWParams(AdamParams):
+class AdamParams(_AdamOptions):
+    torch_class = "Adam"
+    name: Literal["adam"]
+
+
+class AdamWParams(_AdamOptions):
     """Adam with decoupled weight decay: the same options."""
 
     torch_class = "AdamW"
@@ -72,15 +75,15 @@ class NAdamParams(Optimizer):
     torch_class = "NAdam"
     name: Literal["nadam"]
     betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0.0)
-    momentum_decay: float = Field(0.004, ge=0.0)
+    eps: float = Field(default=1e-8, gt=0.0)
+    momentum_decay: float = Field(default=0.004, ge=0.0)
 
 
 class RAdamParams(Optimizer):
     torch_class = "RAdam"
     name: Literal["radam"]
     betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0.0)
+    eps: float = Field(default=1e-8, gt=0.0)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = by_name(

@@ -6,7 +6,7 @@ epochs, or optimizer steps."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -20,8 +20,8 @@ class Schedule(Section):
     torch_class: ClassVar[str]  # the torch.optim.lr_scheduler class
     name: str
     interval: Literal["epoch", "step"] = "epoch"
-    warmup: int = Field(0, ge=0)  # intervals of linear warmup before the schedule starts
-    warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0)  # warmup starts at this fraction of lr
+    warmup: int = Field(default=0, ge=0)  # intervals of linear warmup before the schedule starts
+    warmup_start_factor: float = Field(default=0.1, gt=0.0, le=1.0)  # warmup starts at this fraction of lr
 
     def torch_kwargs(self, length: int, lr: float) -> dict[str, Any]:
         """The class's keyword arguments for a schedule over `length` intervals of an optimizer at `lr`."""
@@ -76,8 +76,8 @@ class ExponentialSchedule(Schedule):
 class CosineSchedule(Schedule):
     torch_class = "CosineAnnealingLR"
     name: Literal["cosine"]
-    min_lr: float = Field(0.0, ge=0.0)
-    period: int | None = Field(None, ge=1)  # intervals from lr down to min_lr; default: the rest of training
+    min_lr: float = Field(default=0.0, ge=0.0)
+    period: int | None = Field(default=None, ge=1)  # intervals from lr down to min_lr; default: the rest of training
 
     def torch_kwargs(self, length: int, lr: float) -> dict[str, Any]:
         return {"T_max": self.period or length, "eta_min": self.min_lr}
@@ -87,8 +87,8 @@ class CosineRestartsSchedule(Schedule):
     torch_class = "CosineAnnealingWarmRestarts"
     name: Literal["cosine_restarts"]
     period: int = Field(ge=1)  # length of the first cycle
-    period_mult: int = Field(1, ge=1)  # each cycle is this many times longer than the one before
-    min_lr: float = Field(0.0, ge=0.0)
+    period_mult: int = Field(default=1, ge=1)  # each cycle is this many times longer than the one before
+    min_lr: float = Field(default=0.0, ge=0.0)
 
     def torch_kwargs(self, length: int, lr: float) -> dict[str, Any]:
         return {"T_0": self.period, "T_mult": self.period_mult, "eta_min": self.min_lr}
@@ -97,11 +97,11 @@ class CosineRestartsSchedule(Schedule):
 class OneCycleSchedule(Schedule):
     torch_class = "OneCycleLR"
     name: Literal["onecycle"]
-    max_lr: float | None = Field(None, gt=0.0)  # default: the optimizer's lr
-    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
+    max_lr: float | None = Field(default=None, gt=0.0)  # default: the optimizer's lr
+    pct_start: float = Field(default=0.3, gt=0.0, lt=1.0)
     anneal_strategy: Literal["cos", "linear"] = "cos"
-    div_factor: float = Field(25.0, gt=0.0)
-    final_div_factor: float = Field(1e4, gt=0.0)
+    div_factor: float = Field(default=25.0, gt=0.0)
+    final_div_factor: float = Field(default=1e4, gt=0.0)
     cycle_momentum: bool = False
 
     @model_validator(mode="after")
@@ -122,10 +122,10 @@ class PlateauSchedule(Schedule):
     torch_class = "ReduceLROnPlateau"
     name: Literal["plateau"]
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
-    patience: int = Field(10, ge=0)
-    threshold: float = Field(1e-4, ge=0.0)
-    min_lr: float = Field(0.0, ge=0.0)
+    factor: float = Field(default=0.1, gt=0.0, lt=1.0)
+    patience: int = Field(default=10, ge=0)
+    threshold: float = Field(default=1e-4, ge=0.0)
+    min_lr: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _per_epoch(self) -> PlateauSchedule:
@@ -144,6 +144,10 @@ class PlateauSchedule(Schedule):
 SEQUENCE_PARTS: dict[str, type[Schedule]] = by_name(
     ConstantSchedule, StepSchedule, MultiStepSchedule, ExponentialSchedule, CosineSchedule, CosineRestartsSchedule
 )
+if TYPE_CHECKING:  # to a type checker a part is a Schedule; pydantic picks its class by `name`
+    SequencePart = Schedule
+else:
+    SequencePart = tagged_union(SEQUENCE_PARTS)
 
 
 class SequenceSchedule(Schedule):
@@ -151,7 +155,7 @@ class SequenceSchedule(Schedule):
 
     torch_class = "SequentialLR"
     name: Literal["sequence"]
-    schedules: list[tagged_union(SEQUENCE_PARTS)] = Field(min_length=2)
+    schedules: list[SequencePart] = Field(min_length=2)
     milestones: list[Annotated[int, Field(ge=1)]]
 
     @model_validator(mode="after")

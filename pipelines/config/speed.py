@@ -16,4 +16,4 @@ class SpeedParams(Section):
     channels_last: bool = True  # NHWC memory format for the model and its batches (faster convolutions)
     pin_memory: bool = True  # page-locked host batches, copied to the GPU without blocking
     data_on_device: bool = True  # keep the training set's pixels on the GPU when they fit ...
-    data_on_device_max_share: float = Field(0.25, gt=0.0, le=1.0)  # ... in this share of its free memory
+    data_on_device_max_share: float = Field(default=0.25, gt=0.0, le=1.0)  # ... in this share of its free memory

@@ -24,14 +24,15 @@ GATE_METRICS = {"accuracy": "max", "macro_f1": "max", "agreement_with_teacher": 
 
 
 class StorageParams(Section):
-    endpoint_url: str | None = None  # null: AWS, or AWS_ENDPOINT_URL; e.g. http://127.0.0.1:8080 for an S3-compatible server
+    # null: AWS, or AWS_ENDPOINT_URL; e.g. http://127.0.0.1:8080 for an S3-compatible server
+    endpoint_url: str | None = None
     region: str | None = None  # null: AWS_DEFAULT_REGION or the profile's
     profile: str | None = None  # an AWS profile (~/.aws); null: AWS_PROFILE, the AWS_* variables, an instance role
     addressing_style: Literal["auto", "path", "virtual"] = "auto"  # path for most S3-compatible servers
     retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"  # botocore's retries, with backoff
-    max_attempts: int = Field(5, ge=1, le=20)  # tries of one request before it fails
-    connect_timeout_s: float = Field(10.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=20)  # tries of one request before it fails
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
     dvc_remote: str | None = None  # s3://bucket/prefix of DVC's default remote (`make remote` configures it)
 
     @field_validator("dvc_remote")
@@ -44,7 +45,7 @@ class StorageParams(Section):
 
 class GateParams(Section):
     metric: str = "accuracy"  # publish only a student that beats the published version on this test metric
-    min_delta: float = Field(0.0, ge=0.0)  # by more than this
+    min_delta: float = Field(default=0.0, ge=0.0)  # by more than this
 
     @field_validator("metric")
     @classmethod
@@ -66,8 +67,8 @@ class PublishParams(Section):
     aliases: list[str] = ["staging"]  # moved to every version published, besides `latest`
     gate: GateParams = GateParams()
     export: bool = True  # also a torch.export program (model.pt2), which a server loads with torch alone
-    multipart_threshold_mb: int = Field(64, ge=MIN_PART_MB)  # files above this go up in parts
-    part_size_mb: int = Field(16, ge=MIN_PART_MB)
+    multipart_threshold_mb: int = Field(default=64, ge=MIN_PART_MB)  # files above this go up in parts
+    part_size_mb: int = Field(default=16, ge=MIN_PART_MB)
 
     @field_validator("students")
     @classmethod
@@ -84,7 +85,8 @@ class PublishParams(Section):
     def _aliases(cls, aliases: list[str]) -> list[str]:
         for alias in aliases:
             if not ALIAS_NAME.fullmatch(alias) or alias == "latest":
-                raise ValueError(f"alias {alias!r}: use lowercase letters, digits, '_' and '-' (latest is always moved)")
+                raise ValueError(f"alias {alias!r}: use lowercase letters, digits, '_' and '-' "
+                                 "(latest is always moved)")
         return aliases
 
     @field_validator("prefix")

@@ -45,10 +45,12 @@ class StudyParams(Section):
         ):
             train = base.train.model_copy(update={"batch_size": batch_size})
             name = f"{opt_name}-{schedule_name}-batch_{batch_size}"
-            settings[name] = replace_sections(f"study setting {name}", base, optimizer=optimizer, schedule=schedule, train=train)
+            settings[name] = replace_sections(f"study setting {name}", base, optimizer=optimizer, schedule=schedule,
+                                              train=train)
         for name, setting in self.extra.items():
             given = {key: getattr(setting, key) for key in StudySetting.model_fields}
-            settings[name] = replace_sections(f"study setting {name}", base, **{k: v for k, v in given.items() if v is not None})
+            settings[name] = replace_sections(f"study setting {name}", base,
+                                              **{k: v for k, v in given.items() if v is not None})
         return settings
 
 

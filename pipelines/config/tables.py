@@ -4,14 +4,16 @@ written once: in the schema class that parses its options."""
 from __future__ import annotations
 
 import typing
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, TypeVar, Union
 
-from pydantic import Field
+from pydantic import BaseModel, Field
+
+Schema = TypeVar("Schema", bound=BaseModel)
 
 
-def by_name(*schemas: type) -> dict[str, type]:
+def by_name(*schemas: type[Schema]) -> dict[str, type[Schema]]:
     """{name: schema} for schemas whose `name` field is a Literal of one or more names."""
-    table = {}
+    table: dict[str, type[Schema]] = {}
     for schema in schemas:
         for name in typing.get_args(schema.model_fields["name"].annotation):
             table[name] = schema

@@ -31,7 +31,7 @@ class ModelParams(Section):
     width: int = Field(ge=1)  # cnn and resnet only, like depth and blocks_per_stage
     depth: int = Field(ge=1, le=6)
     dropout: float = Field(ge=0.0, lt=1.0)
-    blocks_per_stage: int = Field(2, ge=1)  # resnet: basic blocks in each stage
+    blocks_per_stage: int = Field(default=2, ge=1)  # resnet: basic blocks in each stage
 
     @field_validator("arch")
     @classmethod
@@ -47,7 +47,8 @@ class ModelParams(Section):
 def _check_timm_model(name: str) -> None:
     """Checked here, before any stage runs, rather than when training reaches the model."""
     if importlib.util.find_spec("timm") is None:
-        raise ValueError(f"timm:{name} needs timm, which is not installed: pip install 'timm>=1.0' (it needs torchvision)")
+        raise ValueError(f"timm:{name} needs timm, which is not installed: pip install 'timm>=1.0' "
+                         "(it needs torchvision)")
     import timm
 
     if not timm.is_model(name):
@@ -68,7 +69,7 @@ class GradClipParams(Section):
 class EarlyStoppingParams(Section):
     metric: Literal["val_loss", "val_accuracy"]
     patience: int = Field(ge=1)  # epochs without improvement before training stops
-    min_delta: float = Field(0.0, ge=0.0)  # smaller changes do not count as improvement
+    min_delta: float = Field(default=0.0, ge=0.0)  # smaller changes do not count as improvement
 
 
 class RegularizationParams(Section):
@@ -77,10 +78,10 @@ class RegularizationParams(Section):
     # step outside the gradient (AdamW-style).
     weight_decay_mode: Literal["coupled", "decoupled"]
     decay_bias_and_norm: bool = False  # also decay biases and normalization parameters
-    l1: float = Field(0.0, ge=0.0)  # coefficient of an L1 penalty on the weights (not biases, not norms)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    l1: float = Field(default=0.0, ge=0.0)  # coefficient of an L1 penalty on the weights (not biases, not norms)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     grad_clip: GradClipParams | None = None
-    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # keep (and evaluate) an EMA of the weights
+    ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)  # keep (and evaluate) an EMA of the weights
     early_stopping: EarlyStoppingParams | None = None
 
 

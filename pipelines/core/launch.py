@@ -81,7 +81,9 @@ def launch_workers(params: DistributedParams, device: str) -> None:
     from pipelines.core import rendezvous
 
     params.check_processes(params.nnodes * processes_per_node(params), params.nnodes, device_type(device))
-    module = sys.modules["__main__"].__spec__.name  # the stage, as `python -m pipelines.<stage>` named it
+    spec = sys.modules["__main__"].__spec__
+    assert spec is not None  # stages run as `python -m pipelines.<stage>`
+    module = spec.name  # the stage, as `python -m pipelines.<stage>` named it
     rendezvous.register(RDZV_BACKEND)  # each round of workers meets in a key space of its own (restarts)
     os.environ.setdefault(LINE_PREFIX_VARIABLE, "[rank${rank}]:")  # (torchrun's: the local rank)
     try:
@@ -101,8 +103,9 @@ def launch_workers(params: DistributedParams, device: str) -> None:
             sys.exit(first.exitcode)  # as in one process: 2 for params, 1 for data
         print(f"{module} failed on {failed}\n{error}", file=sys.stderr)
         if "timed out" in str(first.message).lower():  # gloo's words; NCCL's watchdog aborts the process instead
-            print(f"rank {rank} waited longer than distributed.timeout_s ({params.timeout_s} s) for the other processes "
-                  f"in a collective: one of them stopped answering (hung, stopped, or its node lost)", file=sys.stderr)
+            print(f"rank {rank} waited longer than distributed.timeout_s ({params.timeout_s} s) for the other "
+                  f"processes in a collective: one of them stopped answering (hung, stopped, or its node lost)",
+                  file=sys.stderr)
         sys.exit(1)
 
 

@@ -52,7 +52,8 @@ class DatasetCard:
             )
             for name, labels in split_labels.items()
         }
-        return cls(source, class_names, tuple(image_shape), len(class_names), mean, std, splits)
+        channels, height, width = image_shape
+        return cls(source, class_names, (channels, height, width), len(class_names), mean, std, splits)
 
 
 def write_card(path: Path, card: DatasetCard) -> None:

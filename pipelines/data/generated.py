@@ -54,6 +54,7 @@ def warped_digits(root: Path, spec: StudyDataset, seed: int) -> None:
 def warp(digit: np.ndarray, others: np.ndarray, spec: StudyDataset, rng: np.random.Generator) -> np.ndarray:
     """One 8x8 digit (on [0, 1]) as a warped, cluttered, noisy uint8 image of side spec.size."""
     size = spec.size
+    assert size is not None  # only a dataset with a size is warped
     enlarged = ndimage.zoom(digit, size * 0.75 / 8, order=1)  # the digit fills 3/4 of the side
     canvas = np.zeros((size, size))
     offset = (size - enlarged.shape[0]) // 2

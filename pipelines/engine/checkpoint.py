@@ -36,7 +36,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     """The checkpoint in `path`; CheckpointError naming the file when it is missing, cut short or not one of
     this pipeline's (torch.load alone says `[Errno 22] Invalid argument` of a truncated file, naming none)."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; run the stage that writes it (dvc repro) or `dvc pull {path}`")
+        raise CheckpointError(f"{path}: no such checkpoint; run the stage that writes it (dvc repro) "
+                              f"or `dvc pull {path}`")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         return Checkpoint(stored["state_dict"], ModelConfig.from_dict(stored["model_config"]), stored["metrics"])

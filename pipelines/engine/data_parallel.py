@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
@@ -55,7 +56,7 @@ class DataParallel:
     each global batch; a step's gradient is that of the mean loss over the global batch."""
 
     def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams,
-                 wrapped: nn.Module | None = None) -> None:
+                 wrapped: DistributedDataParallel | Trainee | None = None) -> None:
         self.model, self.objective, self.runtime, self.params = model, objective, runtime, params
         self.wrapped = wrapped  # DDP or FSDP's Trainee; None in one process
         # What this process trains (the optimizer's parameters, each once: an objective may keep a reference to
@@ -116,7 +117,9 @@ class DataParallel:
             model.reshard()  # FSDP keeps the root's weights gathered after a forward; the EMA may be swapped out next
         every = [torch.empty_like(sums) for _ in range(world)]
         dist.all_gather(every, sums)
-        loss, correct = sum(every).tolist()
+        total = sum(every)
+        assert isinstance(total, torch.Tensor)  # a sum of world_size >= 1 tensors
+        loss, correct = total.tolist()
         return {"val_loss": loss / len(val_set), "val_accuracy": correct / len(val_set)}
 
     def gather(self) -> None:

@@ -67,7 +67,8 @@ def fit(
     if not (runtime.distributed and distributed.strategy in ("fsdp", "pipeline")):
         model.to(device)
     if runtime.speed.channels_last:
-        model.to(memory_format=torch.channels_last)
+        # nn.Module.to takes memory_format (torch's overloads of it leave the keyword out)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     objective.setup(model, train_set)
     objective.to(device)
     parallel = parallelize(model, objective, runtime, distributed)
@@ -96,12 +97,14 @@ def fit(
              **({"best": stopper.best_state} if stopper is not None else {})}
     saved = resume.latest() if resume is not None else None
     if saved is not None:
+        assert resume is not None  # it found `saved`
         progress, sums = resume.load(saved, state, parallel.loss_rank)
         schedule.scheduler.load_state_dict(progress.schedule)
         if stopper is not None:
             vars(stopper).update(progress.early_stopping)
 
     def save() -> None:
+        assert resume is not None  # saving is for a resumable run
         divergence.check(progress.epoch)  # a diverged state is never saved
         progress.schedule = schedule.scheduler.state_dict()
         progress.early_stopping = stopper.counters() if stopper else {}
@@ -109,6 +112,7 @@ def fit(
 
     with atomic_path(log_dir) if (log_dir and runtime.is_main) else nullcontext() as live_dir:
         if saved is not None and live_dir is not None:
+            assert resume is not None  # it found `saved`
             resume.restore_log(saved, live_dir)
         live = None
         if live_dir:
@@ -119,6 +123,7 @@ def fit(
         for epoch in range(progress.epoch, progress.epoch if progress.stopped else epochs):
             model.train()
             objective.train()
+            assert progress.order is not None  # every Progress of a run records it
             order.set_state(progress.order)
             permutation = torch.randperm(len(train_set), generator=order)
             for start in range(progress.batch * batch_size, steps * batch_size, batch_size):
@@ -155,8 +160,8 @@ def fit(
             if live:
                 live.step = step - 1  # epoch metrics sit at the epoch's last optimizer step
                 live.log_metric("epoch", epoch + 1)
-                for name, value in metrics.items():
-                    live.log_metric(name, value)
+                for name, metric in metrics.items():
+                    live.log_metric(name, metric)
             if runtime.is_main:
                 summary = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
                 log.info("epoch %d/%d step %d %s", epoch + 1, epochs, step, summary)
@@ -164,6 +169,7 @@ def fit(
             if resume is not None:
                 save()
             if stop:
+                assert stopper is not None  # only early stopping stops
                 log.info("early stopping after epoch %d: best %s %.4f at epoch %d", epoch + 1,
                          stopper.params.metric, stopper.best_value, stopper.best_epoch + 1)
                 break

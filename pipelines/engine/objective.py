@@ -76,4 +76,5 @@ def cross_entropy(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0
         return F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing)
     first = F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing, reduction="none")
     second = F.cross_entropy(logits, batch.mix_labels, label_smoothing=label_smoothing, reduction="none")
+    assert batch.mix_weights is not None  # the augment stage writes both columns, or neither
     return (batch.mix_weights * first + (1.0 - batch.mix_weights) * second).mean()

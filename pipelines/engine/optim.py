@@ -25,7 +25,8 @@ def parameter_groups(
     parameters: Iterable[nn.Parameter], weight_decay: float, decay_bias_and_norm: bool
 ) -> list[dict[str, Any]]:
     """Two groups: weights that decay, and biases/normalization parameters (1-d tensors) that do not, unless asked."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for parameter in parameters:
         (decay if parameter.ndim > 1 or decay_bias_and_norm else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}]

@@ -24,6 +24,7 @@ process under ddp.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 from torch import nn
@@ -120,14 +121,17 @@ def shard(module: nn.Module, runtime: Runtime, mesh: DeviceMesh, reshard_after_f
         for norm in norms:
             fully_shard(norm, mesh=mesh, mp_policy=policy)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    options = {} if reshard_after_forward is None else {"reshard_after_forward": reshard_after_forward}
-    fully_shard(module, mesh=mesh, mp_policy=policy, **options)
+    if reshard_after_forward is None:
+        fully_shard(module, mesh=mesh, mp_policy=policy)
+    else:
+        fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The units FSDP shards one by one: the layers (or residual blocks) of the model's feature extractor,
     or, for a model without one, its top-level layers; those without parameters are left out."""
-    layers = model.features if isinstance(getattr(model, "features", None), nn.Sequential) else model
+    features = getattr(model, "features", None)
+    layers = features if isinstance(features, nn.Sequential) else model
     return [layer for layer in layers.children() if any(True for _ in layer.parameters())]
 
 
@@ -135,5 +139,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's whole state dict on the CPU. Under FSDP it is gathered from every process's shards: every
     rank must call this, and the main one gets the tensors (the others an empty dict)."""
     if isinstance(model, FSDPModule):
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # A full state dict holds plain tensors (torch types the values as any kind of state).
+        return cast(dict[str, torch.Tensor],
+                    get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
     return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}

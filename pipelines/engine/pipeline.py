@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.distributed.pipelining.schedules import PipelineScheduleSingle
 
 from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
@@ -90,7 +92,8 @@ class PipelineParallel(DataParallel):
         self.held = held_by_stage(model, self.parts[self.rank])
         self.checkpointed = nn.ModuleDict({"model": self.held, **({"objective": objective} if is_last else {})})
         self.frozen = self._split_inference_models()  # each live teacher cut into stages, and its runs
-        self.schedule = None  # built by steps_per_epoch, once the batch size fixes the shapes between stages
+        # Built by steps_per_epoch, once the batch size fixes the shapes between stages.
+        self.schedule: PipelineScheduleSingle | None = None
         self.carried: list[str] = []  # the objective's layer outputs that reach the last stage, in their order
         self.batch_size = 0  # the global batch: validation flows in batches of it too
         self._batch_of: BatchOf | None = None
@@ -149,12 +152,11 @@ class PipelineParallel(DataParallel):
 
         with self.runtime.autocast():  # bf16 activations between the stages when it applies
             whole = torch.zeros(microbatch, device=next(self.model.parameters()).device)
-            wanted = {key for model in models for key in made_by(self.objective, lambda model=model: model(whole))}
+            wanted = {key for model in models for key in made_by(self.objective, partial(model, whole))}
             for stage in range(len(self.parts)):
                 made.append({})
                 for index, (parts, bounds) in enumerate(zip(cuts, boundaries)):
-                    captured = made_by(self.objective,
-                                       lambda stage=stage, parts=parts[stage], bounds=bounds: run(stage, parts, bounds))
+                    captured = made_by(self.objective, partial(run, stage, parts[stage], bounds))
                     made[-1].update({key: (value, index == 0) for key, value in captured.items()})
         self.model.train()
         missed = wanted - {key for part in made for key in part}
@@ -169,12 +171,13 @@ class PipelineParallel(DataParallel):
                   *carried_in]
         outputs = [(boundaries[0][rank + 1], True), *((bounds[rank + 1], False) for bounds in boundaries[1:]),
                    *carried_in, *made[rank].values()]
-        frozen = [nn.Sequential(*parts[rank]) for _, parts in self.frozen]
+        frozen: list[nn.Module] = [nn.Sequential(*parts[rank]) for _, parts in self.frozen]
         stage_module = Carrying(self.stage_layers, frozen, self.objective, list(made[rank]), first=rank == 0)
-        stage = PipelineStage(stage_module, rank, self.last_rank + 1, self.runtime.device,
-                              input_args=tuple(value.requires_grad_(grad) for value, grad in inputs),
-                              output_args=tuple(value.requires_grad_(grad) for value, grad in outputs))
-        self.schedule = SCHEDULES[self.params.pipeline_schedule](stage, self.params.microbatches, loss_fn=self._loss)
+        this_stage = PipelineStage(stage_module, rank, self.last_rank + 1, self.runtime.device,
+                                   input_args=tuple(value.requires_grad_(grad) for value, grad in inputs),
+                                   output_args=tuple(value.requires_grad_(grad) for value, grad in outputs))
+        self.schedule = SCHEDULES[self.params.pipeline_schedule](this_stage, self.params.microbatches,
+                                                                 loss_fn=self._loss)
         if self.runtime.speed.compile:
             self.stage_layers.compile()
 
@@ -182,6 +185,7 @@ class PipelineParallel(DataParallel):
         """Run the step's forwards and backwards through the pipeline; on the last rank, yield each
         micro-batch's size, loss and terms (other ranks see no loss)."""
         self._batch_of, self._recorded = batch_of, []
+        assert self.schedule is not None  # built by steps_per_epoch
         with self.runtime.autocast():
             if self.rank == 0:
                 self.schedule.step(batch_of(step_rows).images)
@@ -199,6 +203,7 @@ class PipelineParallel(DataParallel):
         if self._validating:  # the schedule runs forwards only, and still asks for a loss: none is wanted
             return logits.new_zeros(())
         self.objective.take_layer_outputs(dict(zip(self.carried, carried)))
+        assert self._batch_of is not None  # set by backward, which runs the schedule
         loss, terms = self.objective(Given(logits), self._batch_of(rows))
         self._recorded.append((len(rows), loss.detach(), {name: value.detach() for name, value in terms.items()}))
         return loss
@@ -207,7 +212,8 @@ class PipelineParallel(DataParallel):
         """By norm, the norm of every stage's gradients together (all-reduced), as in one process."""
         if clip is None or clip.by == "value":
             return super().clip_gradients(clip)
-        local = torch.nn.utils.get_total_norm([parameter.grad for parameter in self.trained if parameter.grad is not None])
+        local = torch.nn.utils.get_total_norm([parameter.grad for parameter in self.trained
+                                               if parameter.grad is not None])
         squared = local.to(self.runtime.device).pow(2)
         dist.all_reduce(squared)
         torch.nn.utils.clip_grads_with_norm_(self.trained, clip.max, squared.sqrt())
@@ -218,7 +224,9 @@ class PipelineParallel(DataParallel):
         if self.rank == self.last_rank:
             means = [{name: float(value) / float(sums["count"]) for name, value in sums.items() if name != "count"}]
         dist.broadcast_object_list(means, src=self.last_rank)
-        return means[0]
+        result = means[0]
+        assert result is not None  # the last rank's, broadcast
+        return result
 
     @torch.no_grad()
     def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
@@ -226,16 +234,19 @@ class PipelineParallel(DataParallel):
         (the last one padded); the last rank scores the logits and sends the metrics to every rank."""
         self.stage_layers.eval()
         self._validating = True
-        logits = []
+        logits: list[torch.Tensor] = []
         with self.runtime.autocast():
             self._validate_batches(val_set, logits)
         self.stage_layers.train()
         self._validating = False
         metrics = [val_metrics(torch.cat(logits), val_set.labels) if self.rank == self.last_rank else None]
         dist.broadcast_object_list(metrics, src=self.last_rank)
-        return metrics[0]
+        result = metrics[0]
+        assert result is not None  # the last rank's, broadcast
+        return result
 
     def _validate_batches(self, val_set: ImageSet, logits: list[torch.Tensor]) -> None:
+        assert self.schedule is not None  # built by steps_per_epoch
         for start in range(0, len(val_set), self.batch_size):
             images = val_set.images[start : start + self.batch_size]
             count = len(images)

@@ -10,12 +10,13 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as schedulers
 
-from pipelines.config.schedules import Schedule
+from pipelines.config.schedules import Schedule, SequenceSchedule
 
 
 def _build(optimizer: Optimizer, params: Schedule, length: int) -> schedulers.LRScheduler:
     """The torch scheduler of one schedule (a sequence: its parts chained) over `length` intervals."""
     if params.name == "sequence":
+        assert isinstance(params, SequenceSchedule)  # the schema that name selects
         return _sequence(optimizer, params.schedules, params.milestones, length)
     lr = optimizer.param_groups[0]["lr"]
     return getattr(schedulers, params.torch_class)(optimizer, **params.torch_kwargs(length, lr))
@@ -35,6 +36,7 @@ class LRSchedule:
 
     def after_epoch(self, metrics: dict[str, float]) -> None:
         if self.metric is not None:
+            assert isinstance(self.scheduler, schedulers.ReduceLROnPlateau)  # the one schedule with a metric
             self.scheduler.step(metrics[self.metric])
         elif self.interval == "epoch":
             self.scheduler.step()
@@ -47,11 +49,13 @@ def build_schedule(optimizer: Optimizer, params: Schedule, epochs: int, steps_pe
         warmup = schedulers.LinearLR(optimizer, start_factor=params.warmup_start_factor, total_iters=params.warmup)
         rest = max(length - params.warmup, 1)
         if params.name == "sequence":
+            assert isinstance(params, SequenceSchedule)  # the schema that name selects
             # A SequentialLR cannot restart another one at a milestone: the warmup becomes the first part,
             # and the sequence's milestones (counted from the end of the warmup) shift by its length.
             parts = _sequence_parts(optimizer, params.schedules, params.milestones, rest)
             milestones = [params.warmup + milestone for milestone in [0, *params.milestones]]
-            scheduler = schedulers.SequentialLR(optimizer, [warmup, *parts], milestones=milestones)
+            scheduler: schedulers.LRScheduler = schedulers.SequentialLR(optimizer, [warmup, *parts],
+                                                                        milestones=milestones)
         else:
             main = _build(optimizer, params, rest)
             scheduler = schedulers.SequentialLR(optimizer, [warmup, main], milestones=[params.warmup])

@@ -73,7 +73,7 @@ def split_layers(model: nn.Module, stages: int) -> list[list[nn.Module]]:
     if not hasattr(model, "layer_sequence"):
         raise ParamsError(f"distributed.strategy pipeline: a {type(model).__name__} cannot be split into layers "
                           f"(the built-in cnn and resnet can); use strategy ddp or fsdp for it")
-    layers = model.layer_sequence()
+    layers: list[nn.Module] = getattr(model, "layer_sequence")()  # (typed on the built-in models only)
     if len(layers) < stages:
         raise ParamsError(f"distributed.strategy pipeline: the model has {len(layers)} layers, too few for "
                           f"{stages} stages; use fewer processes (nproc_per_node) or a deeper model")

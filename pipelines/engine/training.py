@@ -64,7 +64,8 @@ def train_and_save(
                           f"{runtime.world_size} processes (each takes its own rows); use a batch of at least "
                           f"{runtime.world_size}, or fewer processes")
     if runtime.nodes > 1:  # (one node's processes all read the launcher's params and files)
-        same_run_everywhere(runtime, run_fingerprint(name, training, params, paths, runtime, len(transfer), times=False))
+        same_run_everywhere(runtime, run_fingerprint(name, training, params, paths, runtime, len(transfer),
+                                                     times=False))
     resume = None
     if params.checkpoint.resume == "auto":
         folder = paths.resume_states(params.checkpoint.folder, name)
@@ -78,8 +79,8 @@ def train_and_save(
             resume.release()  # a failed run's folder goes unless it holds saves to resume from
         if isinstance(error, TrainingDiverged):
             key = section_of(name, params)
-            kept = "is kept as it was" if paths.model(name).exists() else "is not written"
-            raise error.about(name, f"{paths.model(name)} {kept}. Lower {key}.optimizer.lr, warm up "
+            fate = "is kept as it was" if paths.model(name).exists() else "is not written"
+            raise error.about(name, f"{paths.model(name)} {fate}. Lower {key}.optimizer.lr, warm up "
                                     f"({key}.schedule.warmup) or clip the gradients "
                                     f"({key}.regularization.grad_clip)") from None
         raise
@@ -107,7 +108,7 @@ def same_run_everywhere(runtime: Runtime, run: str) -> None:
     """ParamsError on every process unless all were started with the same params and inputs (`run`: their
     fingerprint without file times, which differ between nodes). Nodes started from another params.yaml or
     other data would otherwise train one model from two runs, or wait at its end for the longer one."""
-    seen: list[tuple[str, str] | None] = [None] * runtime.world_size
+    seen: list[tuple[str, str]] = [("", "")] * runtime.world_size  # every item replaced by the gather
     dist.all_gather_object(seen, (run, socket.gethostname()))
     odd = [f"rank {rank} on {host}" for rank, (other, host) in enumerate(seen) if other != seen[0][0]]
     if odd:

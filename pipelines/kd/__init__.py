@@ -67,7 +67,8 @@ def term_options(term: LossTerm) -> Section:
 def build_objective(student_name: str, student: StudentParams, label_smoothing: float, paths: Paths) -> Distillation:
     """The objective that trains `student` (whose terms `check_students` has checked)."""
     teacher = Teacher(paths.model("teacher"), paths.teacher_features(student_name))
-    context, terms, seen = Context(paths, label_smoothing, teacher), [], {}
+    context, terms = Context(paths, label_smoothing, teacher), []
+    seen: dict[str, int] = {}
     for index, term in enumerate(student.losses):
         seen[term.method] = seen.get(term.method, 0) + 1
         name = term.method if seen[term.method] == 1 else f"{term.method}_{seen[term.method]}"

@@ -18,10 +18,10 @@ from pipelines.kd.feature_term import FeatureTerm
 class ATOptions(Section):
     # (student layer, teacher layer) module paths, each producing [B, C, H, W] maps
     layers: list[tuple[str, str]] = Field(default_factory=lambda: [("features", "features")], min_length=1)
-    p: float = Field(2.0, gt=0.0)  # the exponent of |activation|
+    p: float = Field(default=2.0, gt=0.0)  # the exponent of |activation|
 
 
-class AT(FeatureTerm):
+class AT(FeatureTerm[ATOptions]):
     Options = ATOptions
 
     def __init__(self, pairs: list[tuple[str, str]], context: Context, keys: tuple[str, str], p: float) -> None:
@@ -39,7 +39,8 @@ class AT(FeatureTerm):
     def build(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
         for student, teacher in shapes:
             if len(student) != 4 or len(teacher) != 4:
-                raise ValueError(f"at: layers must produce maps [B, C, H, W]; got {tuple(student)} and {tuple(teacher)}")
+                raise ValueError("at: layers must produce maps [B, C, H, W]; "
+                                 f"got {tuple(student)} and {tuple(teacher)}")
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         losses = [(attention(student, self.p, teacher.shape[2:]) - attention(teacher, self.p)).pow(2).mean()

@@ -7,7 +7,7 @@ pipeline's artifacts (the stored teacher logits)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import nn
@@ -20,6 +20,8 @@ from pipelines.data.logits import open_logits
 from pipelines.engine.objective import Batch, Objective
 from pipelines.kd.teacher import Teacher
 
+OptionsT = TypeVar("OptionsT", bound=Section)  # a term's options schema, its `Options`
+
 
 @dataclass(frozen=True)
 class Context:
@@ -31,14 +33,14 @@ class Context:
     key: str = ""  # the term's params key (distill.<student>.losses.<i>), for error messages
 
 
-class Term(nn.Module):
+class Term(nn.Module, Generic[OptionsT]):
     """One loss term: forward(logits, batch) is a scalar, averaged over the batch. Its parameters (a
     connector, a projection head) train with the student."""
 
     Options: ClassVar[type[Section]]  # the schema of the term's options (its keys besides `method` and `weight`)
 
     @classmethod
-    def create(cls, options: Section, context: Context) -> Term:
+    def create(cls, options: OptionsT, context: Context) -> Term[OptionsT]:
         raise NotImplementedError
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
@@ -62,7 +64,7 @@ class Term(nn.Module):
         """Remove what `setup` attached to the model (its forward hooks)."""
 
 
-class TeacherLogits(Term):
+class TeacherLogits(Term[OptionsT]):
     """A term that reads the teacher's logits of the batch's rows from those the `teacher_logits` stage stored."""
 
     def __init__(self, teacher_logits: torch.Tensor) -> None:
@@ -94,25 +96,30 @@ class Distillation(Objective):
         self.weights = [weight for _, weight, _ in terms]
         self.terms = nn.ModuleList(term for _, _, term in terms)
 
+    @property
+    def term_list(self) -> list[Term]:
+        """The terms, typed: nn.ModuleList's typing knows its items as plain modules."""
+        return cast(list[Term], list(self.terms))
+
     def layer_outputs(self) -> dict[str, torch.Tensor]:
-        return {f"{index}:{path}": value for index, term in enumerate(self.terms)
+        return {f"{index}:{path}": value for index, term in enumerate(self.term_list)
                 for path, value in term.layer_outputs().items()}
 
     def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
-        for index, term in enumerate(self.terms):
+        for index, term in enumerate(self.term_list):
             term.take_layer_outputs({key.partition(":")[2]: value for key, value in outputs.items()
                                      if key.partition(":")[0] == str(index)})
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
-        for term in self.terms:
+        for term in self.term_list:
             term.setup(model, train_set)
 
     def inference_models(self) -> list[nn.Module]:
-        models = {id(model): model for term in self.terms for model in term.inference_models()}
+        models = {id(model): model for term in self.term_list for model in term.inference_models()}
         return list(models.values())  # the teacher once, however many terms read it
 
     def teardown(self) -> None:
-        for term in self.terms:
+        for term in self.term_list:
             term.teardown()
 
     def forward(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -13,7 +13,7 @@ class CEOptions(Section):
     pass  # label smoothing is the student's regularization.label_smoothing
 
 
-class CE(Term):
+class CE(Term[CEOptions]):
     Options = CEOptions
 
     def __init__(self, label_smoothing: float = 0.0) -> None:

@@ -31,17 +31,21 @@ from pipelines.kd.feature_term import FeatureTerm
 class CRDOptions(Section):
     student_layer: str = "classifier"  # the embedding is what enters this layer of the student
     teacher_layer: str = "classifier"  # ... and of the teacher
-    feature_dim: int = Field(128, ge=1)  # size of the projected embeddings
-    negatives: int = Field(4096, ge=1)  # negatives per image (at most the training images less one)
-    temperature: float = Field(0.07, gt=0.0)  # of the similarity scores
+    feature_dim: int = Field(default=128, ge=1)  # size of the projected embeddings
+    negatives: int = Field(default=4096, ge=1)  # negatives per image (at most the training images less one)
+    temperature: float = Field(default=0.07, gt=0.0)  # of the similarity scores
     momentum: Probability = 0.5  # of the memory banks' updates
 
 
-class CRD(FeatureTerm):
+class CRD(FeatureTerm[CRDOptions]):
     Options = CRDOptions
     of_inputs = True
+    student_bank: torch.Tensor  # buffers registered by `build`
+    teacher_bank: torch.Tensor
+    normalizers: torch.Tensor
 
-    def __init__(self, pairs: list[tuple[str, str]], context: Context, keys: tuple[str, str], options: CRDOptions) -> None:
+    def __init__(self, pairs: list[tuple[str, str]], context: Context, keys: tuple[str, str],
+                 options: CRDOptions) -> None:
         super().__init__(pairs, context, keys)
         self.options = options
 
@@ -83,7 +87,8 @@ class CRD(FeatureTerm):
         self._update_banks(rows, student.detach(), teacher.detach())
         return loss
 
-    def _scores(self, bank: torch.Tensor, candidates: torch.Tensor, embeddings: torch.Tensor, which: int) -> torch.Tensor:
+    def _scores(self, bank: torch.Tensor, candidates: torch.Tensor, embeddings: torch.Tensor,
+                which: int) -> torch.Tensor:
         similarity = torch.bmm(bank[candidates].detach(), embeddings.unsqueeze(2)).squeeze(2)
         scores = torch.exp(similarity / self.options.temperature)
         if self.normalizers[which] == 0:

@@ -16,12 +16,12 @@ from pipelines.kd.base import Context, TeacherLogits
 
 
 class DISTOptions(Section):
-    temperature: float = Field(1.0, gt=0.0)  # T (the paper's default, 1)
-    beta: float = Field(1.0, ge=0.0)  # weight of the inter-class relation
-    gamma: float = Field(1.0, ge=0.0)  # weight of the intra-class relation
+    temperature: float = Field(default=1.0, gt=0.0)  # T (the paper's default, 1)
+    beta: float = Field(default=1.0, ge=0.0)  # weight of the inter-class relation
+    gamma: float = Field(default=1.0, ge=0.0)  # weight of the intra-class relation
 
 
-class DIST(TeacherLogits):
+class DIST(TeacherLogits[DISTOptions]):
     Options = DISTOptions
 
     def __init__(self, teacher_logits: torch.Tensor, temperature: float, beta: float, gamma: float) -> None:

@@ -16,12 +16,12 @@ from pipelines.kd.base import Context, TeacherLogits
 
 
 class DKDOptions(Section):
-    temperature: float = Field(4.0, gt=0.0)  # T, as in kd
-    alpha: float = Field(1.0, ge=0.0)  # weight of the target-class term (the paper's default)
-    beta: float = Field(8.0, ge=0.0)  # weight of the non-target-class term (the paper's CIFAR-100 default)
+    temperature: float = Field(default=4.0, gt=0.0)  # T, as in kd
+    alpha: float = Field(default=1.0, ge=0.0)  # weight of the target-class term (the paper's default)
+    beta: float = Field(default=8.0, ge=0.0)  # weight of the non-target-class term (the paper's CIFAR-100 default)
 
 
-class DKD(TeacherLogits):
+class DKD(TeacherLogits[DKDOptions]):
     Options = DKDOptions
 
     def __init__(self, teacher_logits: torch.Tensor, temperature: float, alpha: float, beta: float) -> None:

@@ -7,16 +7,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipelines.config.base import Section
 from pipelines.data.images import ImageSet
 from pipelines.engine.objective import Batch
-from pipelines.kd.base import Context, Term
+from pipelines.kd.base import Context, OptionsT, Term
 from pipelines.kd.features import Capture, probe
 
 TEACHER = "teacher's "  # what names the teacher's layers among a term's layer outputs (module paths have no space)
 
 
-class FeatureTerm(Term):
+class FeatureTerm(Term[OptionsT]):
     """A term on (student layer, teacher layer) pairs: their outputs (or, with `of_inputs`, what enters
     them). The student's are captured by hooks that `setup` attaches and `teardown` removes; the teacher's
     come from `context.teacher` (stored by the `teacher_features` stage, or the teacher run live). `setup`
@@ -30,9 +29,10 @@ class FeatureTerm(Term):
         self.captured: Capture | None = None
 
     @classmethod
-    def teacher_layers(cls, options: Section) -> list[tuple[str, bool]]:
-        """The teacher layers a term of these options reads (for the `teacher_features` stage to store)."""
-        return [(options.teacher_layer, cls.of_inputs)]
+    def teacher_layers(cls, options: OptionsT) -> list[tuple[str, bool]]:
+        """The teacher layers a term of these options reads (for the `teacher_features` stage to store): by
+        default the one its options name `teacher_layer`."""
+        return [(getattr(options, "teacher_layer"), cls.of_inputs)]
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         device = next(model.parameters()).device
@@ -51,6 +51,7 @@ class FeatureTerm(Term):
     def features(self, batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This batch's (student, teacher) features of each pair: the student's from its forward just run,
         the teacher's stored or from one live forward (shared by every term of the batch)."""
+        assert self.captured is not None  # setup attached the hooks
         students = [self.captured.values[student] for student, _ in self.pairs]
         teachers = self.teacher.features(batch, students[0].device)
         return [(student, teachers[(teacher, self.of_inputs)]) for student, (_, teacher) in zip(students, self.pairs)]
@@ -63,12 +64,14 @@ class FeatureTerm(Term):
         return dict(self.captured.values) | {f"{TEACHER}{path}": value for (path, _), value in teacher.items()}
 
     def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
+        assert self.captured is not None  # setup attached the hooks
         self.captured.values.update({key: value for key, value in outputs.items() if not key.startswith(TEACHER)})
         self.teacher.take_layer_outputs({(key.removeprefix(TEACHER), self.of_inputs): value
                                          for key, value in outputs.items() if key.startswith(TEACHER)})
 
     def inference_models(self) -> list[nn.Module]:
-        return [self.teacher.model] if self.teacher.live else []
+        model = self.teacher.model  # loaded by the teacher's attach with its first live layer
+        return [model] if self.teacher.live and model is not None else []
 
     def teardown(self) -> None:
         if self.captured is not None:

@@ -34,7 +34,7 @@ class Connector(nn.Module):
         return projected
 
 
-class FitNet(FeatureTerm):
+class FitNet(FeatureTerm[FitNetOptions]):
     Options = FitNetOptions
 
     @classmethod

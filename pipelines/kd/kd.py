@@ -16,10 +16,10 @@ from pipelines.kd.base import Context, TeacherLogits
 
 
 class KDOptions(Section):
-    temperature: float = Field(4.0, gt=0.0)  # T: softens both distributions
+    temperature: float = Field(default=4.0, gt=0.0)  # T: softens both distributions
 
 
-class KD(TeacherLogits):
+class KD(TeacherLogits[KDOptions]):
     Options = KDOptions
 
     def __init__(self, teacher_logits: torch.Tensor, temperature: float) -> None:

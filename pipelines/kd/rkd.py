@@ -19,11 +19,11 @@ from pipelines.kd.feature_term import FeatureTerm
 class RKDOptions(Section):
     student_layer: str = "classifier"  # the embedding is what enters this layer of the student
     teacher_layer: str = "classifier"  # ... and of the teacher
-    distance_weight: float = Field(25.0, ge=0.0)  # the paper's weights
-    angle_weight: float = Field(50.0, ge=0.0)
+    distance_weight: float = Field(default=25.0, ge=0.0)  # the paper's weights
+    angle_weight: float = Field(default=50.0, ge=0.0)
 
 
-class RKD(FeatureTerm):
+class RKD(FeatureTerm[RKDOptions]):
     Options = RKDOptions
     of_inputs = True
 

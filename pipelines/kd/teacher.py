@@ -62,7 +62,8 @@ def write_teacher_features(folder: Path, teacher_path: Path, transfer: ImageSet,
                                       f"max_cache_gb ({max_bytes / 2**30:g}): the student runs the teacher live")
             else:
                 stored = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32,
-                                                          shape=(len(transfer), *shape)) for name, shape in shapes.items()}
+                                                          shape=(len(transfer), *shape))
+                          for name, shape in shapes.items()}
                 for start in range(0, len(transfer), batch_size):
                     teacher(transfer.images[start : start + batch_size].to(device).float().div_(255.0))
                     for layer in layers:
@@ -75,7 +76,8 @@ def write_teacher_features(folder: Path, teacher_path: Path, transfer: ImageSet,
                 del stored  # close the maps before the folder is renamed into place
                 manifest.update(cached=True, reason=f"the features take {size / 2**30:.3f} GiB, within "
                                                     f"teacher_features.max_cache_gb ({max_bytes / 2**30:g})")
-                manifest["layers"] = {name: {"file": f"{name}.npy", "shape": list(shape)} for name, shape in shapes.items()}
+                manifest["layers"] = {name: {"file": f"{name}.npy", "shape": list(shape)}
+                                      for name, shape in shapes.items()}
             for one in captures.values():
                 one.remove()
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -157,6 +159,7 @@ class Teacher:
         """The teacher's features of this batch's images, for every attached layer; the live teacher runs
         once per batch whatever the number of terms that ask."""
         if self.live and not self._given and batch.images is not self._last:
+            assert self.model is not None  # attach loaded it with the first live layer
             with torch.no_grad():
                 self.model(batch.images)
             self._last = batch.images

@@ -27,7 +27,8 @@ def build_model(config: ModelConfig) -> nn.Module:
     """The model of `config`, randomly initialized from torch's global generator."""
     kind = config.arch.partition(":")[0]
     if kind not in ARCHITECTURES:
-        raise ValueError(f"unknown model arch {config.arch!r}; valid: {', '.join(e.form for e in ARCHITECTURES.values())}")
+        raise ValueError(f"unknown model arch {config.arch!r}; "
+                         f"valid: {', '.join(e.form for e in ARCHITECTURES.values())}")
     return BUILDERS[kind](config)
 
 

@@ -12,6 +12,9 @@ class NormalizedInput(nn.Module):
     """A model that takes pixels in [0, 1] and normalizes them itself with the training set's per-channel
     statistics (buffers `mean` and `std`), so an exported model needs no separate preprocessing."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(config.pixel_mean).view(1, -1, 1, 1))
@@ -25,7 +28,7 @@ class ImageClassifier(NormalizedInput):
     """What the built-in architectures share: input normalization, a feature extractor, global pooling and a
     dropout + linear head. Subclasses build `self.features` and say how many channels it ends with."""
 
-    def __init__(self, config: ModelConfig, features: nn.Module, channels: int) -> None:
+    def __init__(self, config: ModelConfig, features: nn.Sequential, channels: int) -> None:
         super().__init__(config)
         self.features = features
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -52,6 +55,9 @@ class ImageClassifier(NormalizedInput):
 
 class Normalize(nn.Module):
     """The input normalization of `NormalizedInput` as a layer of its own (the same statistics buffers)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()

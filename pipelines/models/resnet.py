@@ -19,7 +19,7 @@ class BasicBlock(nn.Module):
             nn.ReLU(inplace=True),
             *conv_bn(out_channels, out_channels),
         )
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(*conv_bn(in_channels, out_channels, kernel_size=1, stride=stride))
         self.relu = nn.ReLU(inplace=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from pipelines.registry.manifest import (CARD, EXPORTED, MANIFEST, MODEL, MODEL_CONFIG, Entry, Manifest, content_version,
-                                         sha256_file)
+from pipelines.registry.manifest import (CARD, EXPORTED, MANIFEST, MODEL, MODEL_CONFIG, Entry, Manifest,
+                                         content_version, sha256_file)
 
 log = logging.getLogger(__name__)
 

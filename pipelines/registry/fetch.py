@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.registry.manifest import (LATEST, MANIFEST, MODEL, VERSION_DIGITS, Alias, Layout, Manifest, RegistryError,
-                                         is_alias, is_version, shown)
+from pipelines.registry.manifest import (LATEST, MANIFEST, MODEL, VERSION_DIGITS, Alias, Layout, Manifest,
+                                         RegistryError, is_alias, is_version, shown)
 from pipelines.storage import ObjectStore
 
 

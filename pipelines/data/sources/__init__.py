@@ -50,7 +50,8 @@ def load_source(params: DataParams, storage: StorageParams = StorageParams()) ->
     # Decoded images (image folders, encoded Parquet) are resized as they are read; arrays are resized here.
     if params.resize is None or source.image_shape[1:] == tuple(params.resize):
         return source
-    size = tuple(params.resize)
+    height, width = params.resize
+    size = (height, width)
     return replace(
         source,
         image_shape=(source.image_shape[0], *size),

@@ -15,7 +15,7 @@ def array_layout(shape: tuple[int, ...], dtype: np.dtype, where: str) -> tuple[s
     if len(shape) == 2:
         return "HW", (1, *shape)
     if len(shape) == 3 and shape[0] in (1, 3):
-        return "CHW", tuple(shape)
+        return "CHW", (shape[0], shape[1], shape[2])
     if len(shape) == 3 and shape[2] in (1, 3):
         return "HWC", (shape[2], shape[0], shape[1])
     raise DataError(f"{where}: images must be [H, W], [H, W, C] or [C, H, W] with C 1 or 3, got {list(shape)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +51,7 @@ def common_format(
     """The mode every image is converted to (RGB if any image has color, else L) and the common size."""
     mode = "RGB" if any(mode not in GRAY_MODES for mode, _ in headers) else "L"
     if size is not None:
-        return mode, tuple(size)
+        return mode, (size[0], size[1])
     sizes = sorted({image_size for _, image_size in headers})
     if len(sizes) > 1:
         (h1, w1), (h2, w2) = sizes[:2]
@@ -61,11 +61,11 @@ def common_format(
     return mode, sizes[0]
 
 
-def decode(images: list[tuple[Path | io.BytesIO, str]], mode: str, size: tuple[int, int]) -> np.ndarray:
+def decode(images: Sequence[tuple[Path | io.BytesIO, str]], mode: str, size: tuple[int, int]) -> np.ndarray:
     """Encoded images (each a file or bytes, with a name for errors) as one uint8 [B, C, H, W] in `mode`,
     each resized to `size` where it differs. Decoding runs on a thread per core: PIL releases the GIL."""
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        return torch.stack(list(pool.map(lambda image: _pixels(*image, mode, size), images))).numpy()
+        return torch.stack(list(pool.map(lambda image: _pixels(image[0], image[1], mode, size), images))).numpy()
 
 
 def _pixels(file: Path | io.BytesIO, name: str, mode: str, size: tuple[int, int]) -> torch.Tensor:

@@ -6,7 +6,7 @@ import logging
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def _npy_rows(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype, Callable
     return shape, dtype, read_rows
 
 
-def _npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _npy_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran_order, dtype) from the header of an .npy stream, which is left at the first byte of data."""
     version = np.lib.format.read_magic(file)
     if version == (1, 0):

@@ -20,16 +20,17 @@ beside the CPU torch wheel this project installs, and reading these formats take
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import pickle
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -89,8 +90,8 @@ def _mnist(name: str, root: Path) -> Source:
     missing = [file for file in DOWNLOADS[name] if _idx_file(raw, file.removesuffix(".gz")) is None]
     fetch_missing(name, root, raw, missing,
                   "the .gz files, or the uncompressed idx files torchvision extracts from them")
-    images = [_idx_file(raw, f"{part}-images-idx3-ubyte") for part in MNIST_PARTS]
-    labels = [_idx_labels(_idx_file(raw, f"{part}-labels-idx1-ubyte")) for part in MNIST_PARTS]
+    images = [_fetched_idx_file(raw, f"{part}-images-idx3-ubyte") for part in MNIST_PARTS]
+    labels = [_idx_labels(_fetched_idx_file(raw, f"{part}-labels-idx1-ubyte")) for part in MNIST_PARTS]
     shapes = [_idx_image_header(path) for path in images]
     for path, (count, _, _), part_labels in zip(images, shapes, labels):
         if count != len(part_labels):
@@ -107,6 +108,12 @@ def _idx_file(raw: Path, name: str) -> Path | None:
     return next((path for path in (raw / name, raw / f"{name}.gz") if path.is_file()), None)
 
 
+def _fetched_idx_file(raw: Path, name: str) -> Path:
+    path = _idx_file(raw, name)
+    assert path is not None  # fetch_missing has downloaded every missing file (or raised)
+    return path
+
+
 def _idx_labels(path: Path) -> np.ndarray:
     with _reading(path) as stream:
         (count,) = _idx_header(stream, path, "labels", ndim=1)
@@ -115,7 +122,8 @@ def _idx_labels(path: Path) -> np.ndarray:
 
 def _idx_image_header(path: Path) -> tuple[int, int, int]:
     with _reading(path) as stream:
-        return _idx_header(stream, path, "images", ndim=3)
+        count, height, width = _idx_header(stream, path, "images", ndim=3)
+        return count, height, width
 
 
 def _idx_image_batches(path: Path, size: int) -> Iterator[np.ndarray]:
@@ -127,7 +135,7 @@ def _idx_image_batches(path: Path, size: int) -> Iterator[np.ndarray]:
             yield batch
 
 
-def _idx_header(stream: BinaryIO, path: Path, what: str, ndim: int) -> tuple[int, ...]:
+def _idx_header(stream: io.BufferedIOBase, path: Path, what: str, ndim: int) -> tuple[int, ...]:
     """The dimensions in an idx header: 0x00 0x00, type 0x08 (uint8), ndim, then ndim big-endian uint32."""
     magic = _read_exact(stream, 4, path)
     if magic != bytes([0, 0, 0x08, ndim]):
@@ -136,7 +144,7 @@ def _idx_header(stream: BinaryIO, path: Path, what: str, ndim: int) -> tuple[int
 
 
 @contextmanager
-def _reading(path: Path) -> Iterator[BinaryIO]:
+def _reading(path: Path) -> Iterator[io.BufferedIOBase]:
     """`path` opened for reading, gunzipped if it ends in .gz; a damaged file is a DataError naming it."""
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as stream:
@@ -145,16 +153,16 @@ def _reading(path: Path) -> Iterator[BinaryIO]:
         raise DataError(f"{path}: unreadable ({error}); delete it to download it again") from None
 
 
-def _read_exact(stream: BinaryIO, count: int, path: Path) -> bytes:
+def _read_exact(stream: io.BufferedIOBase, count: int, path: Path) -> bytes:
     data = stream.read(count)
     if len(data) != count:
         raise DataError(f"{path}: the file ends early (truncated?); delete it to download it again")
     return data
 
 
-def _read_into(stream: BinaryIO, out: np.ndarray, path: Path) -> None:
+def _read_into(stream: io.BufferedIOBase, out: np.ndarray, path: Path) -> None:
     """Fill the contiguous array `out` from `stream`."""
-    view = memoryview(out.reshape(-1))
+    view = out.reshape(-1).data  # a memoryview of its bytes
     filled = 0
     while filled < len(view):
         got = stream.readinto(view[filled:])
@@ -226,7 +234,7 @@ def _pickled(path: Path, key: str) -> Any:
 
 
 def _source(labels: list[np.ndarray], class_names: list[str], image_shape: tuple[int, int, int],
-            parts: list[Callable[[int], Iterator[np.ndarray]]], where: Path, test_parts: int = 1) -> Source:
+            parts: Sequence[Callable[[int], Iterator[np.ndarray]]], where: Path, test_parts: int = 1) -> Source:
     """A Source of the parts in order (one labels array and one batch reader per file); the last
     `test_parts` are the official test set."""
     all_labels = np.concatenate(labels)

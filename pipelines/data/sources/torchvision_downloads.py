@@ -103,7 +103,9 @@ def extract(archive: Path, folder: Path, files: list[str]) -> None:
             for member in tar:
                 file = wanted.get(member.name.removeprefix("./"))
                 if file is not None and member.isfile():
-                    with tar.extractfile(member) as source, (tmp / file).open("wb") as target:
+                    source = tar.extractfile(member)
+                    assert source is not None  # a regular file has contents
+                    with source, (tmp / file).open("wb") as target:
                         shutil.copyfileobj(source, target)
             missing = [file for file in files if not (tmp / file).is_file()]
             if missing:
