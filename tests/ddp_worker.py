@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config.checkpoint import CheckpointParams  # noqa: E402
+from pipelines.config.resume import ResumeParams  # noqa: E402
 from pipelines.config.distributed import DistributedParams  # noqa: E402
 from pipelines.config.optim import SGDParams  # noqa: E402
 from pipelines.config.schedules import ConstantSchedule  # noqa: E402
@@ -105,7 +105,7 @@ def main(arguments: argparse.Namespace) -> None:
                 type(layer).__name__.removeprefix("FSDP"), set()).add(str(layer.weight.dtype).removeprefix("torch.")))
     resume = None
     if arguments.resume is not None:
-        saving = (arguments.resume, CheckpointParams(interval_steps=7), runtime, "ddp_worker")
+        saving = (arguments.resume, ResumeParams(interval_steps=7), runtime, "ddp_worker")
         resume = KilledAfter(*saving, step=arguments.kill_after_step) if arguments.kill_after_step else Resume(*saving)
     strategy, _, schedule = arguments.strategy.partition("-")
     replicas = 2 if strategy == "hsdp" else 1

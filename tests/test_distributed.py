@@ -425,13 +425,13 @@ def two_nodes(tmp_path: Path, tiny_params: Params, port: int, resume_folder: dic
               ) -> tuple[list[Paths], list[subprocess.CompletedProcess]]:
     """Two launchers on loopback, a node each with its own project root, two processes per node under HSDP by
     node (each node holds a copy of the model, sharded over its processes); `resume_folder`: each node's
-    checkpoint.folder by name; `changes`: each node's own param changes; `kill_after`: once the first node
+    resume.folder by name; `changes`: each node's own param changes; `kill_after`: once the first node
     prints a line holding it, the second node's worker of local rank 1 is SIGKILLed."""
     nodes = [stage_root(tmp_path, tiny_params, name, nproc_per_node=2, nnodes=2, strategy="fsdp",
                         fsdp_replicas="nodes", rdzv_endpoint=f"127.0.0.1:{port}", timeout_s=120)
              for name in resume_folder]
     for (_, params_file), folder, own in zip(nodes, resume_folder.values(), changes):
-        write_overrides(params_file, {"checkpoint.folder": str(folder), **own})
+        write_overrides(params_file, {"resume.folder": str(folder), **own})
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     launchers = [subprocess.Popen([sys.executable, "-m", "pipelines.train_student", "--params", str(params_file),
                                    "--root", str(paths.root)], cwd=PROJECT_ROOT, env=env,
@@ -471,8 +471,8 @@ def test_two_launchers_with_two_nodes_meet_on_loopback_and_one_of_them_writes(tm
 def test_nodes_that_do_not_share_the_resume_folder_are_refused_before_training(tmp_path: Path,
                                                                                tiny_params: Params) -> None:
     nodes, results = two_nodes(tmp_path, tiny_params, 29432, {"node0": tmp_path / "own0", "node1": tmp_path / "own1"})
-    assert [result.returncode for result in results] == [2, 2]  # a params error, as in one process
-    assert all("checkpoint.folder: the nodes do not share" in result.stdout for result in results)
+    assert [result.returncode for result in results] == [1, 1]  # the machines', not the params', as in one process
+    assert all("resume.folder: the nodes do not share" in result.stdout for result in results)
     assert "set it to a folder every node reads and writes (a shared file system)" in results[0].stdout
     assert all("Traceback" not in result.stdout and "'s message is above" in result.stdout for result in results)
     assert not any(paths.model("student_baseline").exists() for paths in nodes)

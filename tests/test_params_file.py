@@ -128,6 +128,38 @@ def test_a_top_level_key_no_stage_reads_stops_the_check_stage_with_exit_2(
     assert Paths(checked_root).params_check.read_bytes() == before
 
 
+def before_the_resume_section(text: str) -> str:
+    """`text` as params.yaml said it before the `resume` section got its name: `checkpoint`, whose `resume` key
+    is now `mode`."""
+    return text.replace("\nresume:", "\ncheckpoint:", 1).replace("\n  mode: auto", "\n  resume: auto", 1)
+
+
+def test_a_params_file_with_the_old_checkpoint_section_stops_with_exit_2_naming_its_new_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(before_the_resume_section(SHIPPED_TEXT))
+
+    with pytest.raises(SystemExit) as exit_:
+        run_check_stage(path, tmp_path / "root", monkeypatch)
+
+    assert exit_.value.code == EXIT_BAD_PARAMS
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: invalid parameters",
+        f"  checkpoint: this section is now called resume (and its key resume is now mode): rename it in {path}",
+    ]
+
+
+def test_the_old_checkpoint_section_is_named_beside_the_file_s_other_problems() -> None:
+    raw = yaml.safe_load(before_the_resume_section(SHIPPED_TEXT))
+    with pytest.raises(ParamsError) as caught:
+        validate_params({**raw, "seed": -1}, source="old.yaml")
+    assert str(caught.value).splitlines() == [
+        "old.yaml: invalid parameters",
+        "  checkpoint: this section is now called resume (and its key resume is now mode): rename it in old.yaml",
+        "  seed: Input should be greater than or equal to 0 (got -1)",
+    ]
+
+
 def test_the_check_stage_checks_the_methods_options_too_and_writes_nothing_then(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "params.yaml"

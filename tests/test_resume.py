@@ -30,7 +30,7 @@ from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, local_r
 # 20 optimizer steps per epoch on the tiny transfer set; a save every 7 steps falls mid-epoch. Dropout: the
 # RNG state must come back too; the EMA's weights and early stopping's best ones (it never stops here, and
 # puts the best epoch's weights back at the end) are part of the state.
-RESUMABLE = {**TINY_OVERRIDES, "device": "cpu", "teacher.train.epochs": 30, "checkpoint.interval_steps": 7,
+RESUMABLE = {**TINY_OVERRIDES, "device": "cpu", "teacher.train.epochs": 30, "resume.interval_steps": 7,
              "teacher.model.dropout": 0.2, "teacher.regularization.ema_decay": 0.9,
              "teacher.regularization.early_stopping": {"metric": "val_loss", "patience": 30}}
 
@@ -237,18 +237,18 @@ def test_a_damaged_save_is_named_with_what_to_do_and_the_saves_before_it_are_kep
 
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert message.format(newest=newest) in result.stderr
-    assert "to resume from the save before it, or set checkpoint.resume: never" in result.stderr
+    assert "to resume from the save before it, or set resume.mode: never" in result.stderr
     assert saves(paths) == left and len(left) > 1
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("resume", "off", "checkpoint.resume: Input should be 'auto' or 'never'"),
-    ("interval_steps", 0, "checkpoint.interval_steps: Input should be greater than or equal to 1"),
-    ("keep_latest", 0, "checkpoint.keep_latest: Input should be greater than or equal to 1"),
+    ("mode", "off", "resume.mode: Input should be 'auto' or 'never'"),
+    ("interval_steps", 0, "resume.interval_steps: Input should be greater than or equal to 1"),
+    ("keep_latest", 0, "resume.keep_latest: Input should be greater than or equal to 1"),
 ])
-def test_a_bad_checkpoint_param_is_named(key: str, value, message: str) -> None:
+def test_a_bad_resume_param_is_named(key: str, value, message: str) -> None:
     with pytest.raises(ParamsError) as caught:
-        load_params(SHIPPED_PARAMS, {f"checkpoint.{key}": value})
+        load_params(SHIPPED_PARAMS, {f"resume.{key}": value})
     assert message in str(caught.value)
 
 
@@ -258,7 +258,7 @@ def test_resume_never_starts_over_and_saves_nothing(prepared: Paths, tmp_path: P
     kill_after_save(command, paths, step=21).wait()
     left = saves(paths)
 
-    write_overrides(paths.root / "params.yaml", {"checkpoint.resume": "never"})
+    write_overrides(paths.root / "params.yaml", {"resume.mode": "never"})
     result = run(command, PROJECT_ROOT)
 
     assert "resuming from" not in result.stderr

@@ -15,17 +15,23 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from pipelines.config.base import ParamsError, Section, error_lines
-from pipelines.config.checkpoint import CheckpointParams
 from pipelines.config.data import AugmentParams, DataParams
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.distill import RESERVED_NAMES, KDStudyParams, Students, TeacherFeaturesParams
 from pipelines.config.loader import load_yaml
+from pipelines.config.resume import ResumeParams
 from pipelines.config.speed import SpeedParams
 from pipelines.config.storage import PublishParams, StorageParams
 from pipelines.config.study import StudyParams, replace_sections
 from pipelines.config.training import TrainingParams
 
 PARAMS_FILE = Path("params.yaml")
+
+# Sections of an older params.yaml under their old name: what each is called now. Named as such, rather than
+# as an unknown key, so that an old file says how to bring it up to date.
+RENAMED_SECTIONS = {
+    "checkpoint": "this section is now called resume (and its key resume is now mode)",
+}
 
 
 class EvaluateParams(Section):
@@ -42,7 +48,7 @@ class Params(Section):
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     distributed: DistributedParams = DistributedParams()
-    checkpoint: CheckpointParams = CheckpointParams()
+    resume: ResumeParams = ResumeParams()
     speed: SpeedParams = SpeedParams()
     data: DataParams
     augment: AugmentParams
@@ -154,10 +160,14 @@ def list_index(items: list[Any], key: str, dotted: str) -> int:
 
 def validate_params(raw: dict[str, Any], source: str = str(PARAMS_FILE)) -> Params:
     """Validate a params mapping read from `source`; ParamsError lists `key.path: problem (got value)` per
-    error under a first line naming `source`. The Params remember `source` for later checks' messages."""
+    error under a first line naming `source`, and a section under its old name (RENAMED_SECTIONS) with what it
+    is called now. The Params remember `source` for later checks' messages."""
+    renamed = [f"  {key}: {now}: rename it in {source}" for key, now in RENAMED_SECTIONS.items() if key in raw]
     try:
-        params = Params.model_validate(raw)
+        params = Params.model_validate({key: value for key, value in raw.items() if key not in RENAMED_SECTIONS})
     except ValidationError as error:
-        raise ParamsError("\n".join([f"{source}: invalid parameters", *error_lines(error, raw)])) from None
+        raise ParamsError("\n".join([f"{source}: invalid parameters", *renamed, *error_lines(error, raw)])) from None
+    if renamed:
+        raise ParamsError("\n".join([f"{source}: invalid parameters", *renamed]))
     params._source = source
     return params

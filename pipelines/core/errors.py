@@ -13,6 +13,12 @@ class CheckpointError(DataError):
     """A checkpoint or model file that cannot be read; the message names the file and how to get it back."""
 
 
+class SaveFolderError(DataError):
+    """The folder a model's training states are saved in (`resume.folder`) cannot serve this run: it cannot be
+    written, another run of the model holds it, or the nodes do not share it. A condition of the machine at
+    run time, not of params.yaml (whose errors exit 2); the message names the folder and what to do."""
+
+
 def require_input(path: Path) -> Path:
     """`path`, or DataError if no file is there: a stage's input that the stage before it writes."""
     if not path.is_file():

@@ -53,7 +53,7 @@ class Paths:
         return self.root / "metrics" / "train" / name
 
     def resume_states(self, folder: str, name: str) -> Path:
-        """Where model `name`'s training states are saved while it trains (params' checkpoint.folder)."""
+        """Where model `name`'s training states are saved while it trains (params' resume.folder)."""
         return self.root / folder / name
 
     @property

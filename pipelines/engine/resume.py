@@ -1,8 +1,8 @@
 """Resumable training: the whole state of a run of `fit`, saved with torch.distributed.checkpoint (DCP) every
-`checkpoint.interval_steps` optimizer steps and at each epoch end, and loaded when a run of the same params
-starts again after a crash, a SIGKILL or a torchrun restart (`checkpoint.resume: auto`).
+`resume.interval_steps` optimizer steps and at each epoch end, and loaded when a run of the same params
+starts again after a crash, a SIGKILL or a torchrun restart (`resume.mode: auto`).
 
-A save is a folder `<checkpoint.folder>/<model>/step-<N>/` holding
+A save is a folder `<resume.folder>/<model>/step-<N>/` holding
     DCP's files     the model and the objective's parameters, the optimizer (sharded as they train: FSDP's
                     shards, a pipeline stage's layers), the EMA weights, the progress (epoch, step, the data
                     order's generator, the schedule, early stopping)
@@ -42,9 +42,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
-from pipelines.config.base import ParamsError
-from pipelines.config.checkpoint import CheckpointParams
-from pipelines.core.errors import CheckpointError, first_line
+from pipelines.config.resume import ResumeParams
+from pipelines.core.errors import CheckpointError, SaveFolderError, first_line
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.save_folder import check_shared, claim
 
@@ -101,7 +100,7 @@ def input_identity(*files: Path, times: bool = True) -> list[tuple[str, int, int
 class Resume:
     """The saved training states of one model: find the newest complete one, save, load, remove."""
 
-    def __init__(self, folder: Path, params: CheckpointParams, runtime: Runtime, fingerprint: str) -> None:
+    def __init__(self, folder: Path, params: ResumeParams, runtime: Runtime, fingerprint: str) -> None:
         self.folder, self.params, self.runtime, self.fingerprint = folder, params, runtime, fingerprint
         self.lock: IO[str] | None = None  # the main rank's hold on the folder (pipelines/engine/save_folder.py)
 
@@ -113,11 +112,11 @@ class Resume:
         """The newest complete save of this fingerprint, the same on every rank (the main rank decides). The
         main rank first claims the folder for this run, then sweeps what killed runs left half-written, and
         saves of other params or data. A problem the main rank finds is raised on every rank."""
-        claimed: list[ParamsError | None] = [None]
+        claimed: list[SaveFolderError | None] = [None]
         if self.runtime.is_main:
             try:
                 self.lock = claim(self.folder)
-            except ParamsError as error:
+            except SaveFolderError as error:
                 claimed = [error]
         self._raise_everywhere(claimed)
         if self.runtime.nodes > 1:
@@ -189,7 +188,7 @@ class Resume:
         except (Exception, CheckpointException) as error:  # DCP's wraps a failure on any rank (a BaseException)
             raise CheckpointError(
                 f"{saved}: a saved training state that cannot be read ({first_line(error)}). Remove that "
-                f"folder to resume from the save before it, or set checkpoint.resume: never to start over"
+                f"folder to resume from the save before it, or set resume.mode: never to start over"
             ) from None
         own = ranks[self.runtime.rank] if self.runtime.rank in ranks else ranks[0]  # a rank the save lacks: rank 0
         torch.set_rng_state(own["cpu_rng"])
@@ -246,7 +245,7 @@ class Resume:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CheckpointError(
                 f"{saved / 'state.json'}: the record of a saved training state cannot be read ({error}). Remove "
-                f"{saved} to resume from the save before it, or set checkpoint.resume: never to start over"
+                f"{saved} to resume from the save before it, or set resume.mode: never to start over"
             ) from None
 
 

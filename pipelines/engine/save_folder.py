@@ -1,4 +1,4 @@
-"""The folder a model's training states are saved in (`checkpoint.folder`/<model>), as pipelines/engine/resume.py
+"""The folder a model's training states are saved in (`resume.folder`/<model>), as pipelines/engine/resume.py
 needs it: one that this run can write, that no other run of the same model is using at the same time (two
 runs would take each other's saves for another params' and sweep them), and that every node sees."""
 
@@ -14,13 +14,13 @@ from typing import IO
 
 import torch.distributed as dist
 
-from pipelines.config.base import ParamsError
+from pipelines.core.errors import SaveFolderError
 from pipelines.engine.runtime import Runtime
 
 
 def claim(folder: Path) -> IO[str]:
     """Create `folder` and hold its lock (an exclusive `flock` on `folder/.lock`) until the returned file is
-    closed or the process ends; ParamsError if it cannot be written or another run holds it. First sweep the
+    closed or the process ends; SaveFolderError if it cannot be written or another run holds it. First sweep the
     folders of other models that a killed run left holding nothing but their lock."""
     sweep_abandoned(folder.parent)
     while True:
@@ -28,16 +28,16 @@ def claim(folder: Path) -> IO[str]:
             folder.mkdir(parents=True, exist_ok=True)
             lock = (folder / ".lock").open("a+")
         except OSError as error:
-            raise ParamsError(f"checkpoint.folder: cannot write {folder} ({error.strerror}); set it to a folder this "
-                              f"user can write, or checkpoint.resume: never to train without saves") from None
+            raise SaveFolderError(f"resume.folder: cannot write {folder} ({error.strerror}); set it to a folder this "
+                                  f"user can write, or resume.mode: never to train without saves") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
             lock.close()
-            raise ParamsError(f"checkpoint.folder: another run of this model is saving into {folder} ({holder}); "
-                              f"wait for it to end, or give this run a checkpoint.folder of its own") from None
+            raise SaveFolderError(f"resume.folder: another run of this model is saving into {folder} ({holder}); "
+                                  f"wait for it to end, or give this run a resume.folder of its own") from None
         if _still_in_place(lock, folder / ".lock"):
             break
         lock.close()  # swept between the open and the lock (by `sweep_abandoned` of another run): again
@@ -71,7 +71,7 @@ def _still_in_place(lock: IO[str], path: Path) -> bool:
 
 
 def check_shared(folder: Path, runtime: Runtime) -> None:
-    """ParamsError unless every process sees the main one's `folder` (a collective): the processes of several
+    """SaveFolderError unless every process sees the main one's `folder` (a collective): the processes of several
     nodes write each save together and resume from the one the main process picks, so each node's own folder
     would pile up halves of saves that none of them can resume."""
     token = [uuid.uuid4().hex]
@@ -86,6 +86,6 @@ def check_shared(folder: Path, runtime: Runtime) -> None:
         probe.unlink()
     blind = sorted({host for host in hosts if host is not None})
     if blind:
-        raise ParamsError(f"checkpoint.folder: the nodes do not share {folder} (the processes on {', '.join(blind)} "
-                          f"do not see what the main process writes there); set it to a folder every node reads "
-                          f"and writes (a shared file system), or checkpoint.resume: never to train without saves")
+        raise SaveFolderError(f"resume.folder: the nodes do not share {folder} (the processes on {', '.join(blind)} "
+                              f"do not see what the main process writes there); set it to a folder every node reads "
+                              f"and writes (a shared file system), or resume.mode: never to train without saves")

@@ -67,9 +67,9 @@ def train_and_save(
         same_run_everywhere(runtime, run_fingerprint(name, training, params, paths, runtime, len(transfer),
                                                      times=False))
     resume = None
-    if params.checkpoint.resume == "auto":
-        folder = paths.resume_states(params.checkpoint.folder, name)
-        resume = Resume(folder, params.checkpoint, runtime,
+    if params.resume.mode == "auto":
+        folder = paths.resume_states(params.resume.folder, name)
+        resume = Resume(folder, params.resume, runtime,
                         run_fingerprint(name, training, params, paths, runtime, len(transfer)))
     try:
         kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed,

@@ -1,7 +1,8 @@
-"""The `checkpoint` section: resumable training. A training stage saves its whole training state now and
-then (pipelines/engine/resume.py); a run of the same params that starts after a crash, a kill or a torchrun
-restart continues from the last complete save instead of from scratch. The saved states live outside the
-DVC outputs and are removed once the stage succeeds."""
+"""The `resume` section: resumable training. A training stage saves its whole training state now and then
+(pipelines/engine/resume.py); a run of the same params that starts after a crash, a kill or a torchrun restart
+continues from the last complete save instead of from scratch. The saved states live outside the DVC outputs
+and are removed once the stage succeeds. (The model files a stage writes are another matter:
+pipelines/engine/checkpoint.py.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pydantic import Field
 from pipelines.config.base import Section
 
 
-class CheckpointParams(Section):
+class ResumeParams(Section):
     # auto: save the training state, continue from it after a failure; never: neither
-    resume: Literal["auto", "never"] = "auto"
+    mode: Literal["auto", "never"] = "auto"
     # also save every this many optimizer steps (null: at epoch ends only)
     interval_steps: int | None = Field(default=100, ge=1)
     # saved states kept while training (a damaged newest one leaves an older one)
