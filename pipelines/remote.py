@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pipelines.config import PARAMS_FILE, ParamsError
 from pipelines.config.storage import StorageParams
-from pipelines.core.stage import EXIT_BAD_PARAMS, params_or_exit
+from pipelines.core.errors import DataError
+from pipelines.core.stage import exit_on_user_error, params_or_exit
 from pipelines.storage.client import redact
 
 REMOTE = "storage"
@@ -51,7 +52,7 @@ def configure_remote(storage: StorageParams, root: Path = Path(".")) -> list[lis
     for command in commands:
         result = subprocess.run(command, cwd=root, capture_output=True, text=True)
         if result.returncode != 0:
-            raise ParamsError(f"{' '.join(command[2:])} failed: {result.stderr.strip()}")
+            raise DataError(f"{' '.join(command[2:])} failed: {redact(result.stderr.strip())}")
     return commands
 
 
@@ -61,11 +62,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="the project folder (default: .)")
     args = parser.parse_args()
     storage = params_or_exit(args.params).storage
-    try:
-        configure_remote(storage, args.root)
-    except ParamsError as error:
-        print(error, file=sys.stderr)
-        sys.exit(EXIT_BAD_PARAMS)
+    exit_on_user_error(configure_remote, storage, args.root)  # what params say: exit 2; a failed command: 1
     print(f"DVC remote {REMOTE!r} -> {storage.dvc_remote} (the default): commit .dvc/config; `dvc push` sends the "
           f"data and models there, `make pull` gets them back")
     if storage.addressing_style == "virtual" and storage.endpoint_url:

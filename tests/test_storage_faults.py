@@ -217,3 +217,12 @@ def test_make_remote_refuses_an_endpoint_with_a_password_and_writes_nothing(tmp_
     with pytest.raises(ParamsError, match=r"endpoint_url: https://\*\*\*@minio.example holds a user name") as error:
         configure_remote(storage, tmp_path)
     assert PASSWORD not in str(error.value) and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration  # runs `dvc remote`
+def test_make_remote_outside_a_dvc_project_is_a_failed_command_not_a_params_error(tmp_path: Path) -> None:
+    storage = StorageParams(dvc_remote="s3://models/distill")
+    failed = r"^dvc remote add --default --force storage s3://models/distill failed: "
+    with pytest.raises(DataError, match=failed) as error:
+        configure_remote(storage, tmp_path)
+    assert not isinstance(error.value, ParamsError) and list(tmp_path.iterdir()) == []
