@@ -105,7 +105,6 @@ def fit(
 
     def save() -> None:
         assert resume is not None  # saving is for a resumable run
-        divergence.check(progress.epoch)  # a diverged state is never saved
         progress.schedule = schedule.scheduler.state_dict()
         progress.early_stopping = stopper.counters() if stopper else {}
         resume.save(state, progress, sums, live_dir)
@@ -148,9 +147,10 @@ def fit(
                 step += 1
                 progress.batch, progress.step = progress.batch + 1, step
                 if resume is not None and resume.due(step) and progress.batch < steps:
+                    divergence.check(epoch)  # a diverged state is never saved
                     save()
 
-            divergence.check(epoch)
+            divergence.check(epoch)  # (before the epoch's save too)
             metrics = {f"train_{name}": value for name, value in parallel.epoch_means(sums).items()}
             sums = {}
             with ema.applied() if ema is not None else nullcontext():  # the weights kept are validated
