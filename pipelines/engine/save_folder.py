@@ -51,15 +51,18 @@ def sweep_abandoned(parent: Path) -> None:
     """Remove each model folder under `parent` that holds only a lock no running process holds: what a run
     that failed or was killed before its first save left."""
     for folder in parent.glob("*/"):
-        if {entry.name for entry in folder.iterdir()} != {".lock"}:
-            continue
-        with (folder / ".lock").open("a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a run holds it
-            if _still_in_place(lock, folder / ".lock") and {entry.name for entry in folder.iterdir()} == {".lock"}:
-                shutil.rmtree(folder, ignore_errors=True)
+        try:
+            if {entry.name for entry in folder.iterdir()} != {".lock"}:
+                continue
+            with (folder / ".lock").open("a+") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a run holds it
+                if _still_in_place(lock, folder / ".lock") and {entry.name for entry in folder.iterdir()} == {".lock"}:
+                    shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:
+            continue  # another run's sweep removed it first
 
 
 def _still_in_place(lock: IO[str], path: Path) -> bool:
