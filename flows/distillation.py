@@ -1,4 +1,5 @@
-"""The distillation flow: every dvc.yaml stage as its own Prefect task, in DAG order, then the report.
+"""The distillation flow: every DVC stage of dvc.yaml as its own Prefect task, in DAG order, then the report's
+artifacts.
 
     python -m flows.distillation                                  # the pipeline as params.yaml says
     python -m flows.distillation --set teacher.train.epochs=5 --set distill.student_kd.losses.0.temperature=2
@@ -22,22 +23,22 @@ from pipelines.core.paths import Paths
 from pipelines.core.stage import EXIT_BAD_PARAMS, params_or_exit
 from pipelines.kd import check_students
 from tasks.environment import quiet_offline
-from tasks.params import apply_overrides
-from tasks.publish import publish_decisions
-from tasks.report import publish_report
-from tasks.stages import pipeline_stages, stage_task
+from tasks.dvc_stages import dvc_stage_task, dvc_stages
+from tasks.params import override_params
+from tasks.publish import post_publish_decisions
+from tasks.report import post_evaluation
 
 
 @flow(name="distillation")
 def distillation(overrides: dict[str, Any] | None = None, project_dir: str = ".") -> dict[str, dict]:
-    """Validate params (with overrides), reproduce each stage through DVC (publish included: off unless
-    publish.enabled), record what was published, and publish the evaluation as artifacts."""
+    """Validate params (with overrides), reproduce each DVC stage (publish included: off unless
+    publish.enabled), then post the publish stage's decisions and the evaluation as Prefect artifacts."""
     root = Path(project_dir).resolve()
-    apply_overrides(root, overrides or {})
-    for stage in pipeline_stages(root):
-        stage_task(stage)(root)
-    publish_decisions(root)
-    return publish_report(root)
+    override_params(root, overrides or {})
+    for stage in dvc_stages(root):
+        dvc_stage_task(stage)(root)
+    post_publish_decisions(root)
+    return post_evaluation(root)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

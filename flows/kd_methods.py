@@ -6,7 +6,7 @@ params.yaml with each seed, the student under each of its losses, then one table
 
 Runs go one at a time, each in its own process: seconds per epoch are comparable only without a neighbour
 on the same cores. What they write stays in kd_study/ (outside DVC: the runs are the study's, not the
-pipeline's); docs/kd_methods.md keeps the published run.
+pipeline's); docs/kd_methods.md keeps the run it reports.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tasks.kd_study import run_kd_study, summarize_kd_study
 
 @flow(name="kd-methods-study")
 def kd_methods_study(project_dir: str = ".", datasets: list[str] | None = None) -> str:
-    """Run every (dataset, seed) of the study, or those of `datasets`; then write and publish the table."""
+    """Run every (dataset, seed) of the study, or those of `datasets`; then write the table and post it as artifacts."""
     root = Path(project_dir).resolve()
     study = load_params(root / PARAMS_FILE).kd_study
     for dataset in datasets or list(study.datasets):

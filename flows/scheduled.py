@@ -6,7 +6,7 @@ stages' inputs from the DVC remote, runs the distillation flow, pushes the outpu
     make deploy                      # register the deployments of prefect.yaml (README: Scheduled runs)
     prefect deployment run scheduled-distillation/pipeline --params '{"overrides": {"teacher.train.epochs": 5}}'
 
-It runs anywhere a clone with a DVC remote is: `python -m flows.scheduled --publish none` in a checkout.
+It runs anywhere a clone with a DVC remote is: `python -m flows.scheduled --record none` in a checkout.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ from prefect.runtime import flow_run
 from flows.distillation import distillation, parse_overrides
 from pipelines.config import ParamsError
 from tasks.environment import quiet_offline
-from tasks.versioning import PublishError, default_remote, parse_publish, pull_inputs, push_outputs, record_run
+from tasks.versioning import RecordError, default_remote, parse_record, pull_inputs, push_outputs, record_run
 
 
 @flow(name="scheduled-distillation")
-def scheduled_distillation(overrides: dict[str, Any] | None = None, publish: str = "experiment",
+def scheduled_distillation(overrides: dict[str, Any] | None = None, record: str = "experiment",
                            project_dir: str = ".") -> dict[str, Any]:
-    """Pull the inputs, run the pipeline with `overrides`, push the outputs, record the run as `publish` says
+    """Pull the inputs, run the pipeline with `overrides`, push the outputs, record the run as `record` says
     (`experiment`, `branch:<name>` or `none`); return the evaluation and where the run was recorded."""
     root = Path(project_dir).resolve()
-    parse_publish(publish)  # a bad value fails before anything runs
+    parse_record(record)  # a bad value fails before anything runs
     pull_inputs(root)  # and so does a project without a DVC remote
     results = distillation(overrides=overrides, project_dir=str(root))
     push_outputs(root)
-    recorded = record_run(root, publish, f"run-{flow_run.get_name() or 'local'}")
+    recorded = record_run(root, record, f"run-{flow_run.get_name() or 'local'}")
     return {"evaluation": results, "recorded_as": recorded}
 
 
@@ -42,17 +42,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params.yaml value (repeatable)")
-    parser.add_argument("--publish", default="experiment", help="experiment | branch:<name> | none")
+    parser.add_argument("--record", default="experiment", help="experiment | branch:<name> | none")
     parser.add_argument("--project-dir", default=".")
     args = parser.parse_args()
     try:
         overrides = parse_overrides(args.overrides)
-        parse_publish(args.publish)
+        parse_record(args.record)
         default_remote(Path(args.project_dir))
-    except (ParamsError, PublishError) as error:
+    except (ParamsError, RecordError) as error:
         parser.error(str(error))
     with quiet_offline():
-        scheduled_distillation(overrides=overrides, publish=args.publish, project_dir=args.project_dir)
+        scheduled_distillation(overrides=overrides, record=args.record, project_dir=args.project_dir)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,18 @@ from prefect import flow
 from pipelines.config import PARAMS_FILE, ParamsError, load_params
 from pipelines.core.stage import params_or_exit
 from pipelines.study import chosen_settings
+from tasks.dvc_stages import dvc_stage_task
 from tasks.environment import quiet_offline
-from tasks.stages import stage_task
 from tasks.study import run_study_setting, summarize_study
 
 
 @flow(name="optimization-study")
 def optimization_study(project_dir: str = ".", settings: list[str] | None = None) -> list[dict]:
-    """Run the named settings (default: all), then write and publish the comparison."""
+    """Run the named settings (default: all), then write the comparison and post it as artifacts."""
     root = Path(project_dir).resolve()
     chosen = chosen_settings(load_params(root / PARAMS_FILE), settings)
     for stage in ("check_params", "prepare", "augment"):  # each depends on the one before it
-        stage_task(stage)(root)
+        dvc_stage_task(stage)(root)
     rows = [run_study_setting(root, name) for name in chosen]
     print(summarize_study(root, chosen))
     return rows

@@ -10,7 +10,7 @@ Every file is checked against the version's manifest (size and SHA-256) before t
 manifest that lists anything but plain file names is refused before anything is written. Bucket,
 prefix and the S3 settings default to params.yaml's `publish` and `storage` sections when the file is there;
 credentials and AWS_ENDPOINT_URL come from the environment as boto3 reads them. In Python:
-`pipelines.registry.fetch.fetch_student(store, Layout(prefix, name), ref, dest).model`.
+`pipelines.registry.download.fetch_student(store, Layout(prefix, name), ref, dest).model`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipelines.core.errors import DataError
 from pipelines.core.stage import EXIT_BAD_DATA, params_or_exit
 
 if TYPE_CHECKING:
-    from pipelines.registry.fetch import Fetched
+    from pipelines.registry.download import Fetched
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def listing(name: str, bucket: str, prefix: str, storage: StorageParams = StorageParams()) -> str:
     """A published name's versions, oldest first, each with its aliases, test accuracy and date."""
-    from pipelines.registry.fetch import list_published
+    from pipelines.registry.download import list_published
     from pipelines.registry.manifest import Layout
     from pipelines.storage import ObjectStore, make_client
 
@@ -87,7 +87,7 @@ def listing(name: str, bucket: str, prefix: str, storage: StorageParams = Storag
 def fetch(name: str, ref: str, bucket: str, prefix: str, dest: Path,
           storage: StorageParams = StorageParams()) -> Fetched:
     """Download, verify and load published `name` at `ref`."""
-    from pipelines.registry.fetch import fetch_student
+    from pipelines.registry.download import fetch_student
     from pipelines.registry.manifest import Layout
     from pipelines.storage import ObjectStore, make_client
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipelines.config import PARAMS_FILE, Params, ParamsError
 from pipelines.config.distill import StudentParams, StudyDataset
-from pipelines.config.params import apply_overrides, read_raw_params, validate_params
+from pipelines.config.params import read_raw_params, validate_params, with_overrides
 from pipelines.core.paths import Paths
 from pipelines.core.stage import params_or_exit
 
@@ -36,7 +36,7 @@ def study_params(params_file: Path, dataset: str, seed: int, source: str) -> Par
     """The pipeline's params for one run: the seed, the dataset's source, and one student per study loss."""
     raw = read_raw_params(params_file)
     losses = raw["kd_study"]["losses"]
-    return validate_params(apply_overrides(raw, {
+    return validate_params(with_overrides(raw, {
         "seed": seed, "data.source": source,
         "distill": {name: student if isinstance(student, dict) else {"losses": student}
                     for name, student in losses.items()},

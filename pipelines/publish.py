@@ -24,7 +24,7 @@ from pipelines.core.stage import run_stage
 
 if TYPE_CHECKING:
     from pipelines.registry.manifest import Layout
-    from pipelines.registry.publish import Decision
+    from pipelines.registry.upload import Decision
     from pipelines.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def publish(params: Params, paths: Paths = Paths(), promote: list[str] | None = 
     """Publish each student of publish.students that passes the gate; write and return the decisions."""
     from pipelines.core.atomic import write_json
     from pipelines.registry.manifest import Layout
-    from pipelines.registry.publish import promote as move_alias
+    from pipelines.registry.upload import promote as move_alias
 
     settings = params.publish
     if promote:
@@ -62,7 +62,7 @@ def publish_student(params: Params, paths: Paths, store: ObjectStore, model: str
     from pipelines.registry.bundle import build_bundle, describe_source
     from pipelines.registry.card import render_card
     from pipelines.registry.manifest import Layout
-    from pipelines.registry.publish import publish as publish_bundle
+    from pipelines.registry.upload import publish as publish_bundle
 
     settings = params.publish
     layout = Layout(settings.prefix, name)
@@ -95,7 +95,7 @@ def rescore(params: Params, paths: Paths, store: ObjectStore, layout: Layout, ve
     from pipelines.data.images import open_image_set
     from pipelines.engine.inference import predict_logits
     from pipelines.evaluation.metrics import classification_metrics
-    from pipelines.registry.fetch import fetch_student
+    from pipelines.registry.download import fetch_student
 
     test = open_image_set(paths.split("test"), paths.arrow_cache)
     with tempfile.TemporaryDirectory() as folder:

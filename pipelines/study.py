@@ -63,19 +63,18 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
 
     started = time.perf_counter()
     objective = CrossEntropy(training.regularization.label_smoothing)
-    kept, metrics = fit(model, transfer, val, objective, training, runtime, params.seed, paths.study_run(name),
-                        distributed)
+    trained = fit(model, transfer, val, objective, training, runtime, params.seed, paths.study_run(name), distributed)
     wall_seconds = time.perf_counter() - started
 
-    test_logits = predict_logits(kept, test.images, runtime.device)
+    test_logits = predict_logits(trained.model, test.images, runtime.device)
     row = {
         "setting": name,
         "optimizer": training.optimizer.name,
         "schedule": training.schedule.name,
         "batch_size": training.train.batch_size,
-        "epochs": metrics["epochs"],
-        "steps": metrics["steps"],
-        "val_accuracy": metrics["val_accuracy"],
+        "epochs": trained.metrics["epochs"],
+        "steps": trained.metrics["steps"],
+        "val_accuracy": trained.metrics["val_accuracy"],
         "test_accuracy": float((test_logits.argmax(1) == test.labels).float().mean()),
         "steps_to_target": steps_to_reach(paths.study_run(name), params.study.target_accuracy),
         "wall_seconds": wall_seconds,

@@ -1,2 +1,2 @@
-"""Prefect tasks, one per pipeline stage, plus the flow's bookkeeping (params overrides, published report).
+"""Prefect tasks, one per DVC stage, plus the flow's bookkeeping (params overrides, the report's artifacts).
 Importing this package changes nothing: entry points call tasks.environment.quiet_offline first."""

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.stages import run_logged
+from tasks.dvc_stages import run_logged
 
 
 @task(name="kd_study_run", task_run_name="kd study {dataset} seed {seed}", cache_policy=NO_CACHE)
@@ -23,7 +23,7 @@ def run_kd_study(project_dir: Path, dataset: str, seed: int) -> list[dict]:
 
 @task(name="kd_study_summary", cache_policy=NO_CACHE)
 def summarize_kd_study(project_dir: Path) -> str:
-    """Write the table and the plot; publish the table as Prefect artifacts."""
+    """Write the table and the plot; post the table as Prefect artifacts."""
     run_logged([sys.executable, "-m", "pipelines.kd_study", "summarize"], project_dir, "kd study summary")
     study = project_dir / "kd_study"
     table = (study / "results.md").read_text()

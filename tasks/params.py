@@ -20,15 +20,15 @@ from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.representer import RoundTripRepresenter
 
 from pipelines.config import PARAMS_FILE, load_params
-from pipelines.config.params import read_raw_params, set_dotted
+from pipelines.config.params import get_dotted, read_raw_params, set_dotted
 from pipelines.core.atomic import atomic_path
 from pipelines.kd import check_students
 
 YAML_1_1 = pyyaml.resolver.Resolver()  # how PyYAML's safe_load, and so every stage, types a plain scalar
 
 
-@task(name="apply_overrides", cache_policy=NO_CACHE)
-def apply_overrides(project_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+@task(name="override_params", cache_policy=NO_CACHE)
+def override_params(project_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """Validate params.yaml with `overrides` applied; if there are any, write them into the file.
 
     Invalid values (a distillation method's options included) raise ParamsError before anything is
@@ -42,7 +42,7 @@ def apply_overrides(project_dir: Path, overrides: dict[str, Any]) -> dict[str, A
         write_overrides(path, overrides)
         create_table_artifact(
             [
-                {"key": key, "before": repr(_lookup(before, key)), "after": repr(value)}
+                {"key": key, "before": repr(get_dotted(before, key)), "after": repr(value)}
                 for key, value in overrides.items()
             ],
             key="params-overrides",
@@ -101,11 +101,3 @@ def _inline(value: Any) -> Any:
     node.fa.set_flow_style()
     return node
 
-
-def _lookup(raw: dict[str, Any], dotted: str) -> Any:
-    node: Any = raw
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node

@@ -11,15 +11,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines.core.paths import Paths
-from pipelines.registry.publish import Decision
+from pipelines.registry.upload import Decision
 
 COLUMNS = ("name", "action", "version", "metric", "candidate", "published", "published_version", "compared_on",
            "uploaded_files", "uploaded_bytes", "uri")
 
 
-@task(name="publish_decisions", cache_policy=NO_CACHE)
-def publish_decisions(project_dir: Path) -> dict:
-    """Log and record (artifact `publish-decisions`) what the publish stage did; return its record."""
+@task(name="post_publish_decisions", cache_policy=NO_CACHE)
+def post_publish_decisions(project_dir: Path) -> dict:
+    """Log and post (artifact `publish-decisions`) what the publish stage did; return its record."""
     logger = get_run_logger()
     record = json.loads(Paths(project_dir).publish_record.read_text())
     if not record.get("enabled"):

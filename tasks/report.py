@@ -1,4 +1,4 @@
-"""Publish the evaluation as Prefect artifacts: the markdown report and the table of every model's metrics."""
+"""Post the evaluation as Prefect artifacts: the markdown report and the table of every model's metrics."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ TABLE_COLUMNS = (
 )
 
 
-@task(name="publish_report", cache_policy=NO_CACHE)
-def publish_report(project_dir: Path) -> dict[str, dict]:
+@task(name="post_evaluation", cache_policy=NO_CACHE)
+def post_evaluation(project_dir: Path) -> dict[str, dict]:
     """Create the `distillation-report` and `model-comparison` artifacts; return eval.json's content."""
     paths = Paths(project_dir)
     results = json.loads(paths.eval_metrics.read_text())

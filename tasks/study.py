@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines.core.paths import Paths
-from tasks.stages import run_logged
+from tasks.dvc_stages import run_logged
 
 
 @task(name="study_setting", task_run_name="study {setting}", cache_policy=NO_CACHE)
@@ -23,7 +23,7 @@ def run_study_setting(project_dir: Path, setting: str) -> dict:
 
 @task(name="study_summary", cache_policy=NO_CACHE)
 def summarize_study(project_dir: Path, settings: list[str]) -> str:
-    """Write the table, the convergence plot and the DVC plots; publish the table as Prefect artifacts."""
+    """Write the table, the convergence plot and the DVC plots; post the table as Prefect artifacts."""
     run_logged([sys.executable, "-m", "pipelines.study", "summarize", *settings], project_dir, "study summary")
     study = Paths(project_dir).study
     table = (study / "results.md").read_text()

@@ -19,14 +19,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.stages import run_logged
+from tasks.dvc_stages import run_logged
 
 GIT_REMOTE = "origin"  # where the run came from (the worker's clone): experiments and branches go back there
 IDENTITY = {"user.name": "distill-pipeline", "user.email": "distill-pipeline@localhost"}  # when the worker has none
 
 
-class PublishError(ValueError):
-    """The run cannot publish as asked: no DVC remote, a bad `publish` value."""
+class RecordError(ValueError):
+    """A scheduled run cannot keep its record as asked: no DVC remote to pull from and push to, or a bad
+    `record` value."""
 
 
 def dvc(project_dir: Path, *args: str) -> None:
@@ -47,7 +48,7 @@ def default_remote(project_dir: Path) -> str:
     result = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=project_dir,
                             capture_output=True, text=True)
     if result.returncode != 0 or not result.stdout.strip():
-        raise PublishError("a scheduled run pulls and pushes through the project's default DVC remote, and it "
+        raise RecordError("a scheduled run pulls and pushes through the project's default DVC remote, and it "
                            "has none: `dvc remote add -d storage s3://BUCKET/PATH`, commit .dvc/config, redeploy")
     return result.stdout.strip()
 
@@ -79,20 +80,20 @@ def push_outputs(project_dir: Path) -> None:
     dvc(project_dir, "push")
 
 
-def parse_publish(publish: str) -> tuple[str, str | None]:
+def parse_record(record: str) -> tuple[str, str | None]:
     """`experiment`, `branch:<name>` or `none` -> (how, branch)."""
-    how, _, branch = publish.partition(":")
+    how, _, branch = record.partition(":")
     if how not in ("experiment", "branch", "none") or (how == "branch") != bool(branch):
-        raise PublishError(f"publish {publish!r}: use experiment (a DVC experiment pushed to the git remote), "
+        raise RecordError(f"record {record!r}: use experiment (a DVC experiment pushed to the git remote), "
                            "branch:<name> (a commit on that new branch, pushed) or none")
     return how, branch or None
 
 
 @task(name="record_run", cache_policy=NO_CACHE)
-def record_run(project_dir: Path, publish: str, name: str) -> str | None:
-    """Publish dvc.lock and the metrics as artifacts, then record the run in git as `publish` says; return
+def record_run(project_dir: Path, record: str, name: str) -> str | None:
+    """Post dvc.lock and the metrics as artifacts, then record the run in git as `record` says; return
     the experiment or branch name (None for `none`)."""
-    how, branch = parse_publish(publish)
+    how, branch = parse_record(record)
     lock = (project_dir / "dvc.lock").read_text()
     create_markdown_artifact(f"```yaml\n{lock}```", key="dvc-lock", description="dvc.lock of this run")
     metrics = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--md"], cwd=project_dir,
@@ -109,7 +110,7 @@ def record_run(project_dir: Path, publish: str, name: str) -> str | None:
                     GIT_REMOTE, name, name)
         return name
     if how == "branch":
-        assert branch is not None  # parse_publish gives branch:<name> its name
+        assert branch is not None  # parse_record gives branch:<name> its name
         started_on = git(project_dir, "rev-parse", "--abbrev-ref", "HEAD")
         if branch != started_on:
             git(project_dir, "checkout", "-b", branch)

@@ -47,8 +47,7 @@ from pipelines.config.training import (  # noqa: E402
 from pipelines.data.images import ImageSet  # noqa: E402
 from pipelines.engine.loop import fit  # noqa: E402
 from pipelines.engine.objective import CrossEntropy  # noqa: E402
-from pipelines.engine.parallel import full_state_dict  # noqa: E402
-from pipelines.engine.resume import Resume  # noqa: E402
+from pipelines.engine.resume import NoResume, Resume  # noqa: E402
 from pipelines.core.stage import leave_now  # noqa: E402
 from pipelines.engine.runtime import init_runtime, shutdown  # noqa: E402
 from pipelines.models import ModelConfig, build_model  # noqa: E402
@@ -103,21 +102,20 @@ def main(arguments: argparse.Namespace) -> None:
         if isinstance(getattr(layer, "weight", None), torch.Tensor):
             layer.register_forward_pre_hook(lambda layer, _: forward_dtypes.setdefault(
                 type(layer).__name__.removeprefix("FSDP"), set()).add(str(layer.weight.dtype).removeprefix("torch.")))
-    resume = None
+    resume: Resume | NoResume = NoResume()
     if arguments.resume is not None:
         saving = (arguments.resume, ResumeParams(interval_steps=7), runtime, "ddp_worker")
         resume = KilledAfter(*saving, step=arguments.kill_after_step) if arguments.kill_after_step else Resume(*saving)
     strategy, _, schedule = arguments.strategy.partition("-")
     replicas = 2 if strategy == "hsdp" else 1
-    kept, metrics = fit(model, train, train, CrossEntropy(), training, runtime, seed=0,
-                        distributed=DistributedParams(grad_accum_steps=arguments.accum,
-                                                      strategy="fsdp" if strategy == "hsdp" else strategy,
-                                                      fsdp_replicas=replicas, pipeline_schedule=schedule or "gpipe",
-                                                      microbatches=4),
-                        resume=resume)
-    state = full_state_dict(kept)
+    trained = fit(model, train, train, CrossEntropy(), training, runtime, seed=0,
+                  distributed=DistributedParams(grad_accum_steps=arguments.accum,
+                                                strategy="fsdp" if strategy == "hsdp" else strategy,
+                                                fsdp_replicas=replicas, pipeline_schedule=schedule or "gpipe",
+                                                microbatches=4),
+                  resume=resume)
     if runtime.is_main:
-        torch.save({"state_dict": state, "steps": metrics["steps"], "metrics": metrics,
+        torch.save({"state_dict": trained.state_dict, "steps": trained.metrics["steps"], "metrics": trained.metrics,
                     "forward_dtypes": {kind: sorted(dtypes) for kind, dtypes in forward_dtypes.items()}}, arguments.out)
     shutdown(runtime)
     if runtime.distributed:

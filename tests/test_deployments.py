@@ -1,6 +1,6 @@
 """Scheduled runs, for real on loopback: a Prefect server, prefect.yaml's deployments registered with
 `prefect deploy`, a process worker that runs them from a fresh clone of a bare git repository, and the DVC
-remote on a local S3 server (moto). The runs pull their inputs, push their outputs, publish artifacts and
+remote on a local S3 server (moto). The runs pull their inputs, push their outputs, post artifacts and
 push their experiment to the git remote; the deployment's concurrency limit makes a second run wait."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from flows.serve import deployment_spec
-from tasks.versioning import PublishError, parse_publish
+from tasks.versioning import RecordError, parse_record
 from tests.conftest import PREFECT_STARTUP_TIMEOUT_S, PROJECT_FILES, PROJECT_ROOT, TINY_OVERRIDES, copy_project, run
 from tests.s3_server import S3Server
 
@@ -28,13 +28,25 @@ RUN_TIMEOUT_S = 420
 MAKEFILE = (PROJECT_ROOT / "Makefile").read_text()
 
 
-def test_publish_takes_experiment_a_named_branch_or_none() -> None:
-    assert parse_publish("experiment") == ("experiment", None)
-    assert parse_publish("branch:results/nightly") == ("branch", "results/nightly")
-    assert parse_publish("none") == ("none", None)
+def test_record_takes_experiment_a_named_branch_or_none() -> None:
+    assert parse_record("experiment") == ("experiment", None)
+    assert parse_record("branch:results/nightly") == ("branch", "results/nightly")
+    assert parse_record("none") == ("none", None)
     for bad in ("branch", "branch:", "commit:main", "exp"):
-        with pytest.raises(PublishError, match="use experiment .* branch:<name> .* or none"):
-            parse_publish(bad)
+        with pytest.raises(RecordError, match="use experiment .* branch:<name> .* or none"):
+            parse_record(bad)
+
+
+def test_a_run_given_the_old_publish_parameter_is_refused_naming_record() -> None:
+    from prefect.exceptions import ParameterBindError, SignatureMismatchError
+
+    from flows.scheduled import scheduled_distillation
+
+    # A deployment run's parameters (the worker validates them before the flow starts), then a call in Python.
+    with pytest.raises(SignatureMismatchError, match=r"expects parameters \['overrides', 'record', 'project_dir'\]"):
+        scheduled_distillation.validate_parameters({"publish": "none"})
+    with pytest.raises(ParameterBindError, match=r"unexpected keyword argument 'publish'(.|\n)* record: 'str'"):
+        scheduled_distillation(publish="none")
 
 
 def test_prefect_yaml_declares_a_scheduled_pipeline_off_by_default_and_on_demand_studies(
@@ -53,7 +65,7 @@ def test_prefect_yaml_declares_a_scheduled_pipeline_off_by_default_and_on_demand
     pipeline = deployment_spec("pipeline")
     assert pipeline["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": "false"}]
     assert pipeline["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
-    assert pipeline["parameters"] == {"overrides": {}, "publish": "experiment"}
+    assert pipeline["parameters"] == {"overrides": {}, "record": "experiment"}
 
 
 def git_repository(tmp_path: Path, bucket: str, endpoint_url: str) -> Path:
@@ -127,7 +139,7 @@ def wait_for(predicate, timeout: float, what: str, step: float = 1.0):
 
 
 @pytest.mark.slow
-def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_its_run(
+def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_records_its_run(
     prefect_api: str, s3_server: S3Server, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
@@ -161,7 +173,7 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
         pipeline = deployments["pipeline"]
         assert pipeline.global_concurrency_limit.limit == 1 and pipeline.work_pool_name == "test-gpu"
         assert pipeline.concurrency_options.collision_strategy == "ENQUEUE"
-        assert pipeline.parameters == {"overrides": {}, "publish": "experiment"}
+        assert pipeline.parameters == {"overrides": {}, "record": "experiment"}
         upcoming = wait_for(lambda: client.read_flow_runs(
             deployment_filter=DeploymentFilter(id={"any_": [pipeline.id]})), 60, "the schedule's upcoming runs")
         assert all(flow_run.state.is_scheduled() for flow_run in upcoming)
@@ -175,7 +187,7 @@ def test_a_deployed_pipeline_runs_on_a_worker_from_a_fresh_clone_and_publishes_i
         overrides = {key: value for key, value in TINY_OVERRIDES.items()}
         first = run_deployment("scheduled-distillation/pipeline", parameters={"overrides": overrides}, timeout=0)
         second = run_deployment("scheduled-distillation/pipeline",
-                                parameters={"overrides": overrides, "publish": "none"}, timeout=0)
+                                parameters={"overrides": overrides, "record": "none"}, timeout=0)
         with get_client(sync_client=True) as client:
             def final(flow_run_id):
                 state = client.read_flow_run(flow_run_id).state
@@ -221,7 +233,7 @@ def test_make_serve_registers_the_pipeline_with_its_schedule_from_prefect_yaml(p
                 return next((item for item in client.read_deployments() if item.name == "pipeline"), None)
 
             deployment = wait_for(registered, 90, "the served deployment")
-            assert deployment.parameters == {"overrides": {}, "publish": "experiment"}
+            assert deployment.parameters == {"overrides": {}, "record": "experiment"}
             assert deployment.tags == ["distillation"]
             assert [(item.schedule.cron, item.active) for item in deployment.schedules] == [("30 2 * * 1", False)]
             assert deployment.global_concurrency_limit.limit == 1
@@ -234,12 +246,12 @@ def test_make_serve_registers_the_pipeline_with_its_schedule_from_prefect_yaml(p
 def test_a_project_without_a_dvc_remote_is_told_how_to_add_one(project: Path) -> None:
     from tasks.versioning import default_remote
 
-    with pytest.raises(PublishError, match=r"dvc remote add -d storage s3://BUCKET/PATH"):
+    with pytest.raises(RecordError, match=r"dvc remote add -d storage s3://BUCKET/PATH"):
         default_remote(project)
 
 
 @pytest.mark.slow
-def test_a_run_published_as_a_branch_pushes_a_new_branch_and_leaves_its_own_alone(
+def test_a_run_recorded_as_a_branch_pushes_a_new_branch_and_leaves_its_own_alone(
     prefect_server, s3_env: S3Server, project: Path, tmp_path: Path
 ) -> None:
     from flows.scheduled import scheduled_distillation
@@ -253,7 +265,7 @@ def test_a_run_published_as_a_branch_pushes_a_new_branch_and_leaves_its_own_alon
     run(["git", "remote", "add", "origin", str(bare)], project)
     started_on = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
 
-    result = scheduled_distillation(overrides={"student.train.epochs": 2}, publish="branch:results/nightly",
+    result = scheduled_distillation(overrides={"student.train.epochs": 2}, record="branch:results/nightly",
                                     project_dir=str(project))
 
     assert result["recorded_as"] == "results/nightly"

@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from pipelines.augment import augment
 from pipelines.config import Params, ParamsError, load_params
@@ -27,8 +29,11 @@ from pipelines.engine.checkpoint import load_checkpoint, load_model
 from pipelines.engine.inference import predict_logits
 from pipelines.engine.objective import CrossEntropy
 from pipelines.engine.loop import scale_learning_rate
-from pipelines.engine.parallel import parallelize
-from pipelines.engine.stages import split_layers
+from pipelines.data.images import ImageSet
+from pipelines.engine.capture import LiveModel
+from pipelines.engine.strategies import build_strategy
+from pipelines.engine.strategies.pipeline import PipelineParallel
+from pipelines.engine.strategies.pipeline_stages import split_layers
 from pipelines.engine.runtime import Runtime
 from pipelines.models import ModelConfig, build_model
 from pipelines.prepare import prepare
@@ -210,6 +215,7 @@ def test_lr_scaling_multiplies_every_group_s_learning_rate_by_the_processes_or_t
 
 
 TWO_PROCESSES = Runtime(torch.device("cpu"), rank=0, world_size=2)  # what is refused is refused before any collective
+EIGHT_IMAGES = ImageSet(torch.zeros(8, 1, 8, 8, dtype=torch.uint8), torch.arange(8) % 4, ["a", "b", "c", "d"])
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -221,7 +227,7 @@ TWO_PROCESSES = Runtime(torch.device("cpu"), rank=0, world_size=2)  # what is re
 ])
 def test_what_the_processes_cannot_run_is_named(settings: dict, message: str) -> None:
     with pytest.raises(ParamsError, match=re.escape(message)):
-        parallelize(torch.nn.Linear(2, 2), CrossEntropy(), TWO_PROCESSES, DistributedParams(**settings))
+        build_strategy(TWO_PROCESSES, DistributedParams(**settings))
 
 
 @pytest.mark.parametrize("model, settings, message", [
@@ -235,14 +241,24 @@ def test_the_pipeline_names_what_it_cannot_split_or_schedule(model, settings: di
                                              pixel_std=(0.3,)))
     settings = {"strategy": "pipeline", **settings}
     with pytest.raises(ParamsError, match=re.escape(message)):
-        parallelize(model, CrossEntropy(), TWO_PROCESSES, DistributedParams(**settings))
+        build_strategy(TWO_PROCESSES, DistributedParams(**settings)).prepare(model, CrossEntropy(), EIGHT_IMAGES, 4)
 
 
-def test_lr_scaling_counts_the_processes_sharing_out_each_batch_which_a_pipeline_s_stages_do_not() -> None:
+@pytest.fixture
+def two_fake_processes() -> Iterator[Runtime]:
+    """Rank 0 of two processes in torch's fake process group, whose collectives return at once: enough for a
+    strategy's preparation (a pipeline's stage asks the group its rank), with no second process."""
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    yield TWO_PROCESSES
+    dist.destroy_process_group()
+
+
+def test_lr_scaling_counts_the_processes_sharing_out_each_batch_which_a_pipeline_s_stages_do_not(
+        two_fake_processes: Runtime) -> None:
     model = build_model(ModelConfig(arch="cnn", width=4, depth=2, blocks_per_stage=1, dropout=0.0, in_channels=1,
                                     image_size=(8, 8), num_classes=4, pixel_mean=(0.5,), pixel_std=(0.3,)))
-    piped = parallelize(model, CrossEntropy(), TWO_PROCESSES, DistributedParams(strategy="pipeline", microbatches=2))
-    assert piped.batch_shares == 1
+    piped = build_strategy(two_fake_processes, DistributedParams(strategy="pipeline", microbatches=2))
+    assert piped.prepare(model, CrossEntropy(), EIGHT_IMAGES, 4).batch_shares == 1
 
 
 def test_the_pipeline_splits_the_built_in_models_into_runs_of_balanced_size() -> None:
@@ -257,17 +273,6 @@ def test_the_pipeline_splits_the_built_in_models_into_runs_of_balanced_size() ->
         assert max(sizes) < 0.75 * sum(sizes)
 
 
-class WithLiveModel(CrossEntropy):
-    """Cross-entropy, and a model it runs without training it (as a live teacher is)."""
-
-    def __init__(self, frozen: torch.nn.Module) -> None:
-        super().__init__()
-        self.frozen = [frozen]  # not a submodule: it is neither trained nor saved
-
-    def inference_models(self) -> list[torch.nn.Module]:
-        return self.frozen
-
-
 def test_a_pipeline_cuts_a_live_teacher_into_its_stages_and_runs_one_it_cannot_cut_on_the_last(caplog) -> None:
     config = ModelConfig(arch="cnn", width=8, depth=3, blocks_per_stage=1, dropout=0.0, in_channels=1,
                          image_size=(8, 8), num_classes=10, pixel_mean=(0.5,), pixel_std=(0.3,))
@@ -279,9 +284,9 @@ def test_a_pipeline_cuts_a_live_teacher_into_its_stages_and_runs_one_it_cannot_c
                                        f"its {total} parameters"),
                              (torch.nn.Linear(64, 10), "the live Linear cannot be cut into stages: it runs whole on "
                                                        "the last one")):
-        with caplog.at_level("INFO", logger="pipelines.engine.pipeline"):
-            parallelize(build_model(replace(config, width=2)), WithLiveModel(frozen), TWO_PROCESSES,
-                        DistributedParams(strategy="pipeline", microbatches=2))
+        with caplog.at_level("INFO", logger="pipelines.engine.strategies.pipeline"):
+            PipelineParallel(TWO_PROCESSES, DistributedParams(strategy="pipeline", microbatches=2)).cut_live_models(
+                [LiveModel(frozen)])
         assert expected in caplog.text
     assert 0 < held < total
 

@@ -55,7 +55,7 @@ def test_validating_params_does_not_load_torch() -> None:
 def test_importing_the_tasks_and_flows_changes_no_environment_variable() -> None:
     unset = {name: value for name, value in os.environ.items() if name not in DEFAULTS}  # as a fresh shell has it
     code = ("import os; before = dict(os.environ)\n"
-            "import tasks, tasks.stages, tasks.params, tasks.report, tasks.environment, "
+            "import tasks, tasks.dvc_stages, tasks.params, tasks.report, tasks.environment, "
             "flows.distillation, flows.study\n"
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
     modules_loaded_by(code, env=unset)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pipelines.engine.checkpoint import save_checkpoint
 from pipelines.fetch import main
 from pipelines.models import ModelConfig, build_model
-from pipelines.registry.fetch import list_aliases
+from pipelines.registry.download import list_aliases
 from pipelines.registry.manifest import (MANIFEST, MODEL, Alias, Entry, Layout, Manifest, RegistryError, is_alias,
                                          is_file_name, is_version)
 from pipelines.storage import ObjectStore

@@ -1,4 +1,4 @@
-"""The Prefect flow runs the dvc.yaml stages as tasks, shares DVC's cache, publishes the evaluation."""
+"""The Prefect flow runs the dvc.yaml stages as tasks, shares DVC's cache, posts the evaluation as artifacts."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from prefect.artifacts import Artifact
 from flows.distillation import distillation, parse_overrides
 from pipelines.config import ParamsError, load_params
 from tasks.params import write_overrides
-from tasks.stages import pipeline_stages
+from tasks.dvc_stages import dvc_stages
 from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
 
 
 def test_flow_runs_every_dvc_stage_each_after_those_it_depends_on() -> None:
-    order = pipeline_stages(PROJECT_ROOT)
+    order = dvc_stages(PROJECT_ROOT)
     assert order == ["check_params", "prepare", "augment", "train_teacher", "train_student", "teacher_logits",
                      "teacher_features@student_kd", "distill@student_kd", "evaluate", "report", "publish"]
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
@@ -29,7 +29,7 @@ def test_flow_runs_every_dvc_stage_each_after_those_it_depends_on() -> None:
 @pytest.mark.integration
 def test_a_student_added_to_params_yaml_becomes_a_stage_of_the_flow(project: Path) -> None:
     write_overrides(project / "params.yaml", {"distill.small_t2": {"losses": [{"method": "kd", "temperature": 2.0}]}})
-    order = pipeline_stages(project)
+    order = dvc_stages(project)
     assert order.index("teacher_logits") < order.index("distill@small_t2") < order.index("evaluate")
     assert order.index("distill@student_kd") < order.index("evaluate")
 
@@ -110,7 +110,7 @@ def test_command_line_flow_after_dvc_repro_redoes_nothing_quietly_and_prints_the
 
     assert {path.name: path.stat().st_mtime_ns for path in (project / "models").glob("*.pt")} == models
     output = result.stdout + result.stderr
-    assert output.count("didn't change, skipping") == len(pipeline_stages(project))
+    assert output.count("didn't change, skipping") == len(dvc_stages(project))
     assert "| student_kd |" in result.stdout and "Artifacts:" in result.stdout
     for noise in ("Traceback", "ERROR", "WARNING", "telemetry", "analytics"):
         assert noise not in output

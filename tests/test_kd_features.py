@@ -22,12 +22,12 @@ from pipelines.data.images import ImageSet
 from pipelines.distill import distill
 from pipelines.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipelines.engine.objective import Batch
-from pipelines.engine.parallel import parallelize
+from pipelines.engine.strategies import build_strategy
 from pipelines.engine.runtime import Runtime
 from pipelines.kd.at import AT, attention
 from pipelines.kd.base import Context, Distillation
 from pipelines.kd.crd import CRD, nce_loss
-from pipelines.kd.features import Capture, layer
+from pipelines.engine.capture import Capture, layer
 from pipelines.kd.fitnet import FitNet
 from pipelines.kd.rkd import RKD, normalized_distances, triplet_angles
 from pipelines.kd.teacher import Teacher, write_teacher_features
@@ -96,12 +96,12 @@ def test_fitnet_is_the_mean_squared_error_through_a_connector_that_trains_with_t
     before = term.connector.project.weight.detach().clone()
     loss.backward()
     assert term.connector.project.weight.grad.abs().sum() > 0  # the connector receives gradients ...
-    assert not any(p.grad is not None for p in context.teacher.model.parameters())  # ... the teacher none
+    assert not any(p.grad is not None for p in context.teacher.model.module.parameters())  # ... the teacher none
     optimizer.step()
     assert not torch.equal(term.connector.project.weight, before)  # ... and the optimizer steps it
 
     objective.teardown()
-    assert not student.features._forward_hooks and not context.teacher.model.features._forward_hooks
+    assert not student.features._forward_hooks and not context.teacher.model.module.features._forward_hooks
 
 
 def test_fitnet_s_gradient_for_same_shaped_features_is_twice_the_gap_over_the_elements() -> None:
@@ -318,12 +318,12 @@ def test_a_pipeline_names_a_layer_it_does_not_run_as_one(setting) -> None:
     # on the student, and on the live teacher run in the pipeline's stages (fitnet's teacher_layer: features).
     student, context, train = setting
     objective = Distillation([("fitnet", 1.0, FitNet.create(FitNet.Options(student_layer="features"), context))])
-    objective.setup(student, train)
-    parallel = parallelize(student, objective, Runtime(torch.device("cpu"), rank=0, world_size=2),
-                           DistributedParams(strategy="pipeline", microbatches=2))
-    with pytest.raises(ParamsError, match=re.escape("the student's loss reads layer(s) features, teacher's "
-                                                    "features, which a pipeline does not run as one")):
-        parallel.steps_per_epoch(train, 8)  # before any collective
+    pipeline = build_strategy(Runtime(torch.device("cpu"), rank=0, world_size=2),
+                              DistributedParams(strategy="pipeline", microbatches=2))
+    with pytest.raises(ParamsError, match=re.escape(
+            "the student's loss reads layer(s) features (distill.s.losses.0.student_layer), features "
+            "(distill.s.losses.0.teacher_layer), which a pipeline does not run as one")):
+        pipeline.prepare(student, objective, train, 8)  # before any collective
 
 
 @pytest.mark.slow

@@ -468,5 +468,5 @@ def test_fit_takes_steps_per_epoch_optimizer_steps_and_full_batch_takes_one(batc
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     objective = CrossEntropy(training.regularization.label_smoothing)
-    _, metrics = fit(model, data, data, objective, training, Runtime(torch.device("cpu")), seed=0)
+    metrics = fit(model, data, data, objective, training, Runtime(torch.device("cpu")), seed=0).metrics
     assert (metrics["epochs"], metrics["steps"]) == (3, 3 * steps)

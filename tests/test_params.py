@@ -11,7 +11,7 @@ import yaml
 from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
 from pipelines.config import ParamsError, load_params
 from pipelines.config.optim import AdamParams, SGDParams
-from pipelines.config.params import apply_overrides
+from pipelines.config.params import get_dotted, with_overrides
 from pipelines.config.training import ModelParams, RegularizationParams, TrainParams
 from pipelines.kd import check_students
 
@@ -54,12 +54,22 @@ def test_shipped_params_yaml_loads_with_its_values():
 def test_dotted_overrides_set_nested_values_without_touching_the_input():
     raw = yaml.safe_load(PARAMS.read_text())
     before = yaml.safe_dump(raw)
-    changed = apply_overrides(raw, {"teacher.train.epochs": 3,
+    changed = with_overrides(raw, {"teacher.train.epochs": 3,
                                     "distill.student_kd.optimizer": {"name": "adam", "lr": 0.1}})
     assert changed["teacher"]["train"]["epochs"] == 3
     assert changed["distill"]["student_kd"]["optimizer"] == {"name": "adam", "lr": 0.1}
     assert yaml.safe_dump(raw) == before
     assert load_params(PARAMS, {"teacher.train.epochs": 3}).teacher.train.epochs == 3
+
+
+def test_a_dotted_key_reads_what_an_override_sets_and_nothing_where_the_path_leads_nowhere():
+    raw = yaml.safe_load(PARAMS.read_text())
+    changed = with_overrides(raw, {"teacher.train.epochs": 3, "distill.student_kd.losses.0.weight": 0.5})
+    assert get_dotted(changed, "teacher.train.epochs") == 3
+    assert get_dotted(changed, "distill.student_kd.losses.0.weight") == 0.5  # a list item by its position
+    assert get_dotted(changed, "distill.student_kd.losses.0") == changed["distill"]["student_kd"]["losses"][0]
+    for nowhere in ("teacher.train.epochz", "distill.student_kd.losses.9.weight", "seed.inner", "teacher.train.0"):
+        assert get_dotted(changed, nowhere) is None
 
 
 def test_an_override_below_a_plain_value_is_a_params_error():

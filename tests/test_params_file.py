@@ -19,7 +19,7 @@ from flows.distillation import parse_overrides
 from pipelines.check_params import CHECKED, check_params
 from pipelines.config import Params, ParamsError, load_params
 from pipelines.config.loader import load_yaml
-from pipelines.config.params import apply_overrides, validate_params
+from pipelines.config.params import validate_params, with_overrides
 from pipelines.core.paths import Paths
 from pipelines.core.stage import EXIT_BAD_PARAMS, run_stage
 from pipelines.kd import check_students
@@ -377,7 +377,7 @@ def test_any_document_is_valid_params_or_a_params_error(tmp_path: Path, document
 @given(changes=overrides)
 def test_any_override_of_the_shipped_file_is_valid_params_or_a_params_error(changes: dict[str, Any]) -> None:
     raw = copy.deepcopy(SHIPPED)
-    params_or_error(lambda: validate_params(apply_overrides(raw, changes)))
+    params_or_error(lambda: validate_params(with_overrides(raw, changes)))
     assert raw == SHIPPED, "the input is left as it was"
 
 

@@ -26,7 +26,7 @@ from pipelines.evaluate import evaluate
 from pipelines.fetch import listing
 from pipelines.models import build_model
 from pipelines.publish import publish
-from pipelines.registry.fetch import fetch_student
+from pipelines.registry.download import fetch_student
 from pipelines.registry.manifest import MANIFEST, MODEL, Layout, RegistryError
 from pipelines.storage import ObjectStore, StorageError, make_client
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES
@@ -399,20 +399,20 @@ def test_the_gate_re_scores_the_published_version_on_a_different_test_split(s3_e
 
 
 @pytest.mark.integration
-def test_the_flow_records_each_decision_as_a_prefect_artifact(prefect_server, s3_env: S3Server, project: Paths) -> None:
+def test_the_flow_posts_each_decision_as_a_prefect_artifact(prefect_server, s3_env: S3Server, project: Paths) -> None:
     from prefect import flow
     from prefect.artifacts import Artifact
 
-    from tasks.publish import publish_decisions
+    from tasks.publish import post_publish_decisions
 
     bucket = s3_env.make_bucket()
     decision = publish(settings(s3_env, bucket), project)["students"]["student_kd"]
 
     @flow
-    def record(root: Path) -> dict:
-        return publish_decisions(root)
+    def post(root: Path) -> dict:
+        return post_publish_decisions(root)
 
-    record(project.root)
+    post(project.root)
     [row] = json.loads(Artifact.get("publish-decisions").data)
     assert row["name"] == "student-kd" and row["action"] == "published" and row["version"] == decision["version"]
     assert row["candidate"] == decision["candidate"] and row["uri"] == f"s3://{bucket}/students/student-kd/{decision['version']}/"

@@ -351,8 +351,8 @@ def trained(epochs: int, lr: float = 0.5, **regularization):
     model = fresh_model()
     settings = training(epochs, lr, **regularization)
     objective = CrossEntropy(settings.regularization.label_smoothing)
-    kept, metrics = fit(model, data, data, objective, settings, Runtime(CPU), seed=0)
-    return model, kept, metrics
+    trained = fit(model, data, data, objective, settings, Runtime(CPU), seed=0)
+    return model, trained.model, trained.metrics
 
 
 def assert_same_weights(one: nn.Module, other: nn.Module) -> None:

@@ -40,7 +40,7 @@ def test_a_worker_killed_on_one_of_two_nodes_restarts_both_and_the_run_resumes_t
     # The second node's agent saw its workers fail (torchrun names the first by whole-second timestamps: the
     # killed worker, or its peer that its death stopped), and all 4 processes resumed from the last save.
     assert re.search(r"failed \(exitcode: -?\d+\) local_rank: [01] ", outputs[1]), tails
-    assert sum(output.count("pipelines.engine.resume INFO resuming from") for output in outputs) == 4, tails
+    assert sum(output.count("pipelines.engine.resume.saves INFO resuming from") for output in outputs) == 4, tails
     assert [paths.model("student_baseline").exists() for paths in nodes] == [True, False]
     assert load_checkpoint(nodes[0].model("student_baseline")).metrics["epochs"] == 4
     assert not shared.exists()

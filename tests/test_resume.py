@@ -1,4 +1,4 @@
-"""Resumable training (pipelines/engine/resume.py): a stage killed mid-epoch, or a torchrun worker of an FSDP
+"""Resumable training (pipelines/engine/resume/): a stage killed mid-epoch, or a torchrun worker of an FSDP
 run killed and restarted, continues from its last saved training state (the EMA of the weights and early
 stopping's best ones included) and ends with the weights and the training log of a run that was never
 interrupted; a stage that lost a worker resumes on fewer processes, and a pipeline's save on another split of

@@ -1,4 +1,4 @@
-"""The folder a model's training states are saved in (pipelines/engine/save_folder.py): one run of a model at a
+"""The folder a model's training states are saved in (pipelines/engine/resume/folder.py): one run of a model at a
 time, and a folder that cannot be written named before any training; either refusal exits 1, as a condition of
 the machine rather than of params.yaml."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.core.errors import SaveFolderError
 from pipelines.core.stage import EXIT_BAD_DATA, exit_on_user_error
-from pipelines.engine.save_folder import claim
+from pipelines.engine.resume.folder import claim
 
 
 def test_a_second_run_of_the_model_is_refused_while_the_first_holds_the_folder(tmp_path: Path) -> None:

@@ -224,8 +224,7 @@ def fit_linear(train_set: ImageSet, val_set: ImageSet) -> dict[str, torch.Tensor
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     training = load_params(SHIPPED_PARAMS, {"student.train.epochs": 2}).student
     objective = CrossEntropy(training.regularization.label_smoothing)
-    kept, _ = fit(model, train_set, val_set, objective, training, Runtime(CPU, 0, 1), seed=0)
-    return kept.state_dict()
+    return fit(model, train_set, val_set, objective, training, Runtime(CPU, 0, 1), seed=0).model.state_dict()
 
 
 def test_training_from_the_memory_mapped_files_equals_training_from_tensors(trained_pipeline, tmp_path):
@@ -287,7 +286,8 @@ def test_the_loop_trains_the_objective_s_own_parameters_and_logs_its_terms(train
     model = build_model(model_config(training.model, read_card(paths.card)))
     objective = LearnedTemperature()
 
-    _, metrics = fit(model, train_set, train_set, objective, training, Runtime(CPU), seed=0, log_dir=tmp_path / "log")
+    metrics = fit(model, train_set, train_set, objective, training, Runtime(CPU), seed=0,
+                  log_dir=tmp_path / "log").metrics
 
     assert objective.seen_model is model
     assert objective.log_temperature.item() != 0.0  # the optimizer stepped it

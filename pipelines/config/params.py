@@ -103,7 +103,7 @@ def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None
     path = Path(path)
     raw = read_raw_params(path)
     if overrides:
-        raw = apply_overrides(raw, overrides)
+        raw = with_overrides(raw, overrides)
     return validate_params(raw, source=str(path))
 
 
@@ -124,7 +124,7 @@ def read_raw_params(path: Path) -> dict[str, Any]:
     return raw
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A copy of `raw` with each dotted key (`teacher.train.epochs`) set to its value."""
     result = copy.deepcopy(raw)
     for dotted, value in overrides.items():
@@ -149,6 +149,20 @@ def set_dotted(document: dict[str, Any], dotted: str, value: Any, section: Calla
             raise ParamsError(f"override {dotted}: {'.'.join(parents[: depth + 1])} is a value, not a section")
         node = child
     node[list_index(node, leaf, dotted) if isinstance(node, list) else leaf] = value
+
+
+def get_dotted(document: dict[str, Any], dotted: str) -> Any:
+    """The value at key path `dotted` of `document` (each key a mapping's, or a list item's position), or None
+    where the path leads nowhere: a missing key, a position past the list's end, a plain value on the way."""
+    node: Any = document
+    for key in dotted.split("."):
+        if isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            return None
+    return node
 
 
 def list_index(items: list[Any], key: str, dotted: str) -> int:

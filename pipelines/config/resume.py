@@ -1,5 +1,5 @@
 """The `resume` section: resumable training. A training stage saves its whole training state now and then
-(pipelines/engine/resume.py); a run of the same params that starts after a crash, a kill or a torchrun restart
+(pipelines/engine/resume/); a run of the same params that starts after a crash, a kill or a torchrun restart
 continues from the last complete save instead of from scratch. The saved states live outside the DVC outputs
 and are removed once the stage succeeds. (The model files a stage writes are another matter:
 pipelines/engine/checkpoint.py.)"""

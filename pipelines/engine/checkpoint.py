@@ -27,7 +27,7 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, state: dict[str, torch.Tensor], config: ModelConfig, metrics: dict[str, float]) -> None:
-    """Write a model's whole state dict (pipelines.engine.parallel.full_state_dict), config and metrics."""
+    """Write a model's whole state dict (a strategy's `state_dicts`), config and metrics."""
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "model_config": config.to_dict(), "metrics": metrics}, tmp)
 

@@ -13,7 +13,7 @@ the held module's names (DTensors under FSDP), so a resumable run saves them wit
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import chain
 
 import torch
@@ -65,6 +65,10 @@ class WeightAverage:
         """Put the averaged weights into the model, for good."""
         self._copy(self.averages, self.tensors)
 
+    def saved(self) -> dict[str, WeightAverage]:
+        """What a resumable save holds of it (pipelines/engine/resume/state.py)."""
+        return {"ema": self}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"updates": self.updates, **dict(zip(self.names, self.averages))}
 
@@ -80,3 +84,24 @@ class WeightAverage:
     def _copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
         for source, target in zip(sources, targets):
             local(target).copy_(local(source))
+
+
+class NoAverage:
+    """`ema_decay` unset: the weights trained are the weights kept (WeightAverage's interface, doing nothing)."""
+
+    def update(self) -> None:
+        """Nothing to average."""
+
+    def applied(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def copy_to_model(self) -> None:
+        """The model's weights are the ones to keep."""
+
+    def saved(self) -> dict[str, WeightAverage]:
+        return {}
+
+
+def weight_average(held: nn.Module, decay: float | None) -> WeightAverage | NoAverage:
+    """The EMA of `held` with `decay` (`regularization.ema_decay`), or the stand-in when it is unset."""
+    return NoAverage() if decay is None else WeightAverage(held, decay)

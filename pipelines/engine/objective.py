@@ -4,7 +4,8 @@ An Objective turns a batch into the loss to minimize and its named terms (for th
 nn.Module, so whatever it learns itself (an adapter from the student's features to the teacher's) is
 trained beside the model: the loop gives its parameters to the optimizer and wraps model and objective in
 DDP together. Cross-entropy on the labels lives here, for the teacher and the baseline student; the
-distillation objectives live in pipelines.kd, one module each.
+distillation objectives live in pipelines.kd, one module each. An objective that reads the model's inner
+layers or runs a live teacher says so through pipelines/engine/capture.py's `ReadsLayers`, for the strategies.
 """
 
 from __future__ import annotations
@@ -39,20 +40,6 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of `model` on `batch` (the model's own forward runs here) and its terms, each a scalar."""
         raise NotImplementedError
-
-    def layer_outputs(self) -> dict[str, torch.Tensor]:
-        """What the objective's forward hooks captured of the model's inner layers in the forward just run,
-        under names of its own: a pipeline carries them from the stage holding the layer to the last one."""
-        return {}
-
-    def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
-        """Take `outputs` (of `layer_outputs`, made on a pipeline's earlier stages) as what the hooks captured,
-        for the loss about to be computed from the model's output alone."""
-
-    def inference_models(self) -> list[nn.Module]:
-        """Models the objective runs without training them (a live teacher), once `setup` has run: the
-        strategy places them as it places the model (pipelines/engine/parallel.py shards them under fsdp)."""
-        return []
 
     def teardown(self) -> None:
         """Detach what `setup` attached to the model (forward hooks): called by `fit` once training is over."""

@@ -71,7 +71,9 @@ def add_l1_gradient(model: nn.Module, coefficient: float) -> None:
     one dim: not biases or normalization parameters), coefficient * sign(w), to their gradients, after
     backward: what adding the penalty to the loss gives, without reading whole weights, so each process adds
     it to the part it holds (an FSDP shard, a pipeline stage's layers). Weights without a gradient (another
-    stage's layers) are left alone."""
+    stage's layers) are left alone. A coefficient of 0 (no penalty) changes nothing."""
+    if not coefficient:
+        return
     for parameter in model.parameters():
         if parameter.ndim > 1 and parameter.grad is not None:
             parameter.grad.add_(parameter.sign(), alpha=coefficient)

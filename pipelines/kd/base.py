@@ -17,6 +17,7 @@ from pipelines.core.errors import DataError
 from pipelines.core.paths import Paths
 from pipelines.data.images import ImageSet
 from pipelines.data.logits import open_logits
+from pipelines.engine.capture import Capture, LiveModel, ReadsLayers
 from pipelines.engine.objective import Batch, Objective
 from pipelines.kd.teacher import Teacher
 
@@ -48,17 +49,6 @@ class Term(nn.Module, Generic[OptionsT]):
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
-
-    def layer_outputs(self) -> dict[str, torch.Tensor]:
-        """What the term's forward hooks captured of the model's layers, by layer path (Objective's)."""
-        return {}
-
-    def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
-        """Take captures made elsewhere (Objective's)."""
-
-    def inference_models(self) -> list[nn.Module]:
-        """The models the term runs without training them (the live teacher), after `setup`."""
-        return []
 
     def teardown(self) -> None:
         """Remove what `setup` attached to the model (its forward hooks)."""
@@ -101,22 +91,18 @@ class Distillation(Objective):
         """The terms, typed: nn.ModuleList's typing knows its items as plain modules."""
         return cast(list[Term], list(self.terms))
 
-    def layer_outputs(self) -> dict[str, torch.Tensor]:
-        return {f"{index}:{path}": value for index, term in enumerate(self.term_list)
-                for path, value in term.layer_outputs().items()}
-
-    def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
-        for index, term in enumerate(self.term_list):
-            term.take_layer_outputs({key.partition(":")[2]: value for key, value in outputs.items()
-                                     if key.partition(":")[0] == str(index)})
-
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         for term in self.term_list:
             term.setup(model, train_set)
 
-    def inference_models(self) -> list[nn.Module]:
-        models = {id(model): model for term in self.term_list for model in term.inference_models()}
-        return list(models.values())  # the teacher once, however many terms read it
+    def captures(self) -> list[Capture]:
+        """The hooks of every term that reads inner layers (`ReadsLayers`, for the strategies)."""
+        return [capture for term in self.term_list if isinstance(term, ReadsLayers) for capture in term.captures()]
+
+    def live_models(self) -> list[LiveModel]:
+        """The live teacher, once however many terms read it (`ReadsLayers`)."""
+        found = [model for term in self.term_list if isinstance(term, ReadsLayers) for model in term.live_models()]
+        return list({id(model): model for model in found}.values())
 
     def teardown(self) -> None:
         for term in self.term_list:

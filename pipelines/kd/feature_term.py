@@ -1,5 +1,5 @@
 """The feature-based terms' class (fitnet, at, rkd, crd): a term on pairs of student and teacher layers,
-the student's captured by forward hooks (pipelines/kd/features.py), the teacher's stored or run live
+the student's captured by forward hooks (pipelines/engine/capture.py), the teacher's stored or run live
 (pipelines/kd/teacher.py)."""
 
 from __future__ import annotations
@@ -8,12 +8,9 @@ import torch
 from torch import nn
 
 from pipelines.data.images import ImageSet
+from pipelines.engine.capture import Capture, LiveModel, probe
 from pipelines.engine.objective import Batch
 from pipelines.kd.base import Context, OptionsT, Term
-from pipelines.kd.features import Capture, probe
-
-TEACHER = "teacher's "  # what names the teacher's layers among a term's layer outputs (module paths have no space)
-
 
 class FeatureTerm(Term[OptionsT]):
     """A term on (student layer, teacher layer) pairs: their outputs (or, with `of_inputs`, what enters
@@ -56,22 +53,17 @@ class FeatureTerm(Term[OptionsT]):
         teachers = self.teacher.features(batch, students[0].device)
         return [(student, teachers[(teacher, self.of_inputs)]) for student, (_, teacher) in zip(students, self.pairs)]
 
-    def layer_outputs(self) -> dict[str, torch.Tensor]:
-        """The student's captured layers by path, and the live teacher's under `teacher's <path>`."""
+    def captures(self) -> list[Capture]:
+        """The hooks on the student's layers, and on the live teacher's that this term reads (`ReadsLayers`)."""
         if self.captured is None:
-            return {}
-        teacher = self.teacher.layer_outputs([(path, self.of_inputs) for _, path in self.pairs])
-        return dict(self.captured.values) | {f"{TEACHER}{path}": value for (path, _), value in teacher.items()}
+            return []
+        teacher = [self.teacher.live[(path, self.of_inputs)] for _, path in self.pairs
+                   if (path, self.of_inputs) in self.teacher.live]
+        return [self.captured, *teacher]
 
-    def take_layer_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
-        assert self.captured is not None  # setup attached the hooks
-        self.captured.values.update({key: value for key, value in outputs.items() if not key.startswith(TEACHER)})
-        self.teacher.take_layer_outputs({(key.removeprefix(TEACHER), self.of_inputs): value
-                                         for key, value in outputs.items() if key.startswith(TEACHER)})
-
-    def inference_models(self) -> list[nn.Module]:
-        model = self.teacher.model  # loaded by the teacher's attach with its first live layer
-        return [model] if self.teacher.live and model is not None else []
+    def live_models(self) -> list[LiveModel]:
+        """The teacher, when it runs live (`ReadsLayers`)."""
+        return [self.teacher.model] if self.teacher.live and self.teacher.model is not None else []
 
     def teardown(self) -> None:
         if self.captured is not None:

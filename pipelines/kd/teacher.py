@@ -24,9 +24,9 @@ from pipelines.core.atomic import atomic_path
 from pipelines.core.errors import DataError, first_line
 from pipelines.data.images import ImageSet
 from pipelines.data.logits import check_finite
+from pipelines.engine.capture import Capture, LiveModel
 from pipelines.engine.checkpoint import load_model
 from pipelines.engine.objective import Batch
-from pipelines.kd.features import Capture
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,8 @@ class Teacher:
         self.manifest = read_manifest(cache / MANIFEST)
         self.stored: dict[Layer, torch.Tensor] = {}
         self.live: dict[Layer, Capture] = {}
-        self.model: nn.Module | None = None
+        self.model: LiveModel | None = None  # loaded with the first layer read live
         self._last: torch.Tensor | None = None
-        self._given = False  # a pipeline's stages ran the teacher: its features come with the batch's logits
 
     def attach(self, layers: list[tuple[Layer, str]], device: torch.device, images: int) -> None:
         """Make the features of each (layer, params key naming it) available from `features`, for a training
@@ -149,38 +148,23 @@ class Teacher:
                     log.info("teacher features of %s: read from %s (%s)", name, self.cache, self.manifest["reason"])
             elif layer not in self.live:
                 if self.model is None:
-                    self.model, _ = load_model(self.model_path)
-                    self.model.to(device).requires_grad_(False)
-                self.live[layer] = Capture(self.model, [(layer[0], key)], inputs=layer[1])
+                    teacher, _ = load_model(self.model_path)
+                    self.model = LiveModel(teacher.to(device).requires_grad_(False))
+                self.live[layer] = Capture(self.model.module, [(layer[0], key)], inputs=layer[1])
                 why = self.manifest["reason"] if self.manifest else f"no {self.cache / MANIFEST}"
                 log.info("teacher features of %s: the teacher runs live beside the student (%s)", name, why)
 
     def features(self, batch: Batch, device: torch.device) -> dict[Layer, torch.Tensor]:
         """The teacher's features of this batch's images, for every attached layer; the live teacher runs
         once per batch whatever the number of terms that ask."""
-        if self.live and not self._given and batch.images is not self._last:
-            assert self.model is not None  # attach loaded it with the first live layer
-            with torch.no_grad():
-                self.model(batch.images)
+        if self.model is not None and batch.images is not self._last:
+            self.model(batch.images)
             self._last = batch.images
         found = {layer: capture.values[layer[0]] for layer, capture in self.live.items()}
         rows = batch.rows.cpu()
         return found | {layer: stored[rows].to(device) for layer, stored in self.stored.items()}
 
-    def layer_outputs(self, layers: list[Layer]) -> dict[Layer, torch.Tensor]:
-        """What the live teacher's hooks captured of those of `layers` it runs live, in its latest forward."""
-        return {layer: self.live[layer].values[layer[0]] for layer in layers
-                if layer in self.live and layer[0] in self.live[layer].values}
-
-    def take_layer_outputs(self, outputs: dict[Layer, torch.Tensor]) -> None:
-        """Take `outputs` as the live teacher's features of the batch about to be scored: a pipeline's stages
-        ran the teacher's layers (pipelines/engine/pipeline.py), so `features` no longer runs it."""
-        for layer, value in outputs.items():
-            self.live[layer].values[layer[0]] = value
-        self._given = self._given or bool(outputs)
-
     def detach(self) -> None:
         for one in self.live.values():
             one.remove()
         self.live = {}
-        self._given = False

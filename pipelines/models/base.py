@@ -43,7 +43,7 @@ class ImageClassifier(NormalizedInput):
         """The model as layers applied one after the other, `forward` being their composition: the input
         normalization, each unit of the feature extractor (a convolution with its batch norm and activation,
         a pooling, a residual block), the head. They share this model's parameters; a pipeline splits the
-        model along them (pipelines/engine/pipeline.py)."""
+        model along them (pipelines/engine/strategies/pipeline.py)."""
         units: list[list[nn.Module]] = [[]]
         for layer in self.features:
             units[-1].append(layer)

@@ -1,34 +1,33 @@
-"""How `distributed.strategy: pipeline` cuts a model into stages: the runs of its layer sequence each rank
-holds (`split_layers`), the part of the model's state a stage trains and saves (`held_by_stage`), and the
-module a stage runs (`Carrying`: its layers, the same stage's layers of a live teacher split alongside, and
-the inner layers' outputs the objective reads passed along). pipelines/engine/pipeline.py runs these stages
-under torch's schedules."""
+"""How pipeline parallelism cuts a model into stages: the runs of its layer sequence each rank holds
+(`split_layers`), the part of the model's state a stage trains and saves (`held_by_stage`), the module a
+stage runs (`Carrying`: its layers, the same stage's layers of a live teacher split alongside, and the inner
+layers' outputs the objective reads passed along), and the steps of an epoch in whole batches
+(`pipeline_steps`). pipelines/engine/strategies/pipeline.py runs these stages under torch's schedules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from itertools import accumulate, chain
 
 import torch
 from torch import nn
 
 from pipelines.config.base import ParamsError
-from pipelines.engine.objective import Objective
+from pipelines.engine.strategies.pipeline_carry import Key, LayerCarry
 
 
 class Carrying(nn.Module):
     """A stage's layers, and the same stage's layers of each live teacher (`frozen`, run without gradients),
     passing along the inner layers' outputs that the objective reads. The first stage takes the images, for
     every model; a later one takes each model's activations and what the earlier stages made. It returns each
-    model's output, what the earlier stages made, and what its own forward captured (the objective's
-    `layer_outputs` named `made`). Gradients flow back along the trained model's tensors only."""
+    model's output, what the earlier stages made, and what its own forward captured (the values `made` of the
+    objective's hooks). Gradients flow back along the trained model's tensors only."""
 
-    def __init__(self, layers: nn.Module, frozen: list[nn.Module], objective: Objective, made: list[str],
+    def __init__(self, layers: nn.Module, frozen: list[nn.Module], carry: LayerCarry, made: list[Key],
                  first: bool) -> None:
         super().__init__()
         self.layers, self.made, self.first = layers, made, first
         self.frozen = frozen  # a plain list: a teacher's layers are neither trained nor saved with the stage
-        self.objective = [objective]  # not a submodule: the objective is trained and saved apart
+        self.carry = carry
 
     def forward(self, features: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         count = len(self.frozen)
@@ -36,15 +35,17 @@ class Carrying(nn.Module):
         output = self.layers(features)
         with torch.no_grad():
             frozen_out = [layers(inputs) for layers, inputs in zip(self.frozen, frozen_in)]
-        captured = self.objective[0].layer_outputs()
+        captured = self.carry.outputs()
         return (output, *frozen_out, *carried, *(captured[key] for key in self.made))
 
 
-def made_by(objective: Objective, run: Callable[[], object]) -> dict[str, torch.Tensor]:
-    """The objective's layer outputs that `run` (a forward of some layers) made anew, in their order."""
-    before = objective.layer_outputs()
-    run()
-    return {key: value for key, value in objective.layer_outputs().items() if before.get(key) is not value}
+def pipeline_steps(examples: int, batch_size: int, microbatches: int) -> int:
+    """Optimizer steps per epoch under pipeline parallelism: whole batches only (the last, incomplete one would
+    change the pipeline's shapes), each a multiple of `microbatches`."""
+    if batch_size % microbatches:
+        raise ParamsError(f"train.batch_size {batch_size} is not a multiple of distributed.microbatches "
+                          f"{microbatches}: a pipeline's micro-batches are all the same size")
+    return examples // batch_size
 
 
 def held_by_stage(model: nn.Module, layers: list[nn.Module]) -> nn.Module:

@@ -1,31 +1,30 @@
-"""`distributed.strategy: pipeline`: the model's layers split across the processes, with torch's
+"""`distributed.strategy: pipeline`, pipeline parallelism: the model's layers split across the processes, with torch's
 `torch.distributed.pipelining` (as torchtitan's pipeline parallelism, without tracing the model).
 
 Each rank holds a contiguous run of the model's layer sequence (the built-in models' `layer_sequence`: input
-normalization, each layer or residual block of the feature extractor, the head), the runs balanced by
-parameter count; only that run is on its device, and its optimizer holds only its parameters. Every global
-batch flows through the ranks in `distributed.microbatches` equal micro-batches, scheduled GPipe (all
-forwards, then all backwards) or 1F1B (`pipeline_schedule`); the last rank computes the objective's loss on
-each micro-batch's logits. torch scales the gradients by the number of micro-batches, so a step's gradient is
-that of the mean of the micro-batches' mean losses: what one process accumulating gradients over the same
-micro-batches computes (tests/test_distributed.py checks it). Validation flows through the same pipeline; at
-the end the main rank gathers every rank's layers (and the last one's objective), so it saves the whole model.
+normalization, each layer or residual block of the feature extractor, the head), the runs balanced by parameter
+count; only that run is on its device, and its optimizer holds only its parameters. Every global batch flows through
+the ranks in `distributed.microbatches` equal micro-batches, scheduled GPipe (all forwards, then all backwards) or
+1F1B (`pipeline_schedule`); the last rank computes the objective's loss on each micro-batch's logits. torch scales
+the gradients by the number of micro-batches, so a step's gradient is that of the mean of the micro-batches' mean
+losses: what one process accumulating gradients over the same micro-batches computes (tests/test_distributed.py
+checks it). Validation flows through the same pipeline; at the end the main rank gathers every rank's layers (and
+the last one's objective), so it saves the whole model.
 
-An objective that reads inner layers (feature-based distillation) captures their outputs with forward hooks,
-which fire on the rank that holds the layer: each stage passes what its layers captured, and what it received
-of the earlier stages', on to the next (`Carrying`), and the last rank hands them to the objective with the
-logits, so gradients flow back to the layers that made them. A live teacher (an objective's inference model)
-runs in inference mode under the same strategy: cut into the same number of stages by its own parameter
-counts, each rank running its run of the teacher's layers (without gradients) beside its run of the model's,
-the teacher's activations and captured layers passed along with the model's; the last rank hands them to the
-objective, which then does not run the teacher itself. A teacher that cannot be cut (no `layer_sequence`)
-runs whole on the last rank.
+An objective that reads inner layers (feature-based distillation) captures their outputs with forward hooks, which
+fire on the rank that holds the layer: each stage passes what its layers captured, and what it received of the
+earlier stages', on to the next (`Carrying`, through the objective's hooks as `LayerCarry` reads them), and the last
+rank hands them to the objective with the logits, so gradients flow back to the layers that made them. A live
+teacher (an objective's `LiveModel`) runs in inference mode under the same strategy: cut into the same number of
+stages by its own parameter counts, each rank running its run of the teacher's layers (without gradients) beside its
+run of the model's, the teacher's activations and captured layers passed along with the model's; the last rank hands
+them to the objective, which then does not run the teacher itself. A teacher that cannot be cut (no
+`layer_sequence`) runs whole on the last rank.
 
-A pipeline's tensors keep one shape from step to step, hence its limits: `train.batch_size` must be a multiple
-of `microbatches`, and an epoch's last, incomplete batch is left out. The EMA, early stopping's best weights
-and the L1 penalty's gradient work on each rank's own layers (`held`), kept under the whole model's names: a
-resumable run's save is read by a pipeline of another number of stages, or by another strategy
-(pipelines/engine/resume.py).
+A pipeline's tensors keep one shape from step to step, hence its limits: `train.batch_size` must be a multiple of
+`microbatches`, and an epoch's last, incomplete batch is left out. The EMA, early stopping's best weights and the L1
+penalty's gradient work on each rank's own layers (`held`), kept under the whole model's names: a resumable run's
+save is read by a pipeline of another number of stages, or by another strategy (pipelines/engine/resume/).
 """
 
 from __future__ import annotations
@@ -38,93 +37,79 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-from torch.distributed.pipelining.schedules import PipelineScheduleSingle
 
 from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
+from pipelines.engine.capture import LiveModel, live_models_of
 from pipelines.engine.inference import val_metrics
 from pipelines.engine.objective import Objective
-from pipelines.engine.data_parallel import BatchOf, DataParallel, StepTerms
+from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
-from pipelines.engine.stages import Carrying, held_by_stage, made_by, split_layers
+from pipelines.engine.strategies.base import BatchOf, Layout, StateDict, StepTerms, full_state_dict, place
+from pipelines.engine.strategies.pipeline_carry import Key, LayerCarry
+from pipelines.engine.strategies.pipeline_stages import Carrying, held_by_stage, pipeline_steps, split_layers
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
 
-def pipeline_steps(train_set: ImageSet, batch_size: int, microbatches: int) -> int:
-    """Optimizer steps per epoch of a pipeline: whole batches only (the last, incomplete one would change the
-    pipeline's shapes), each a multiple of `microbatches`."""
-    if batch_size % microbatches:
-        raise ParamsError(f"train.batch_size {batch_size} is not a multiple of distributed.microbatches "
-                          f"{microbatches}: a pipeline's micro-batches are all the same size")
-    return len(train_set) // batch_size
-
-
-class OneStage(DataParallel):
-    """`strategy: pipeline` on one process: one stage holding every layer. Each batch still flows in
-    `microbatches` micro-batches (their gradients accumulated) and an epoch's last, incomplete batch is left
-    out, so the run trains as a pipeline of any number of stages does, and resumes its saves."""
-
-    def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams) -> None:
-        super().__init__(model, objective, runtime, params.model_copy(update={"grad_accum_steps": params.microbatches}))
-
-    def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
-        return pipeline_steps(train_set, batch_size, self.params.microbatches)
-
-
-class PipelineParallel(DataParallel):
+class PipelineParallel:
     """This rank's run of the model's layers as one stage of the pipeline (see the module's doc)."""
 
-    def __init__(self, model: nn.Module, objective: Objective, runtime: Runtime, params: DistributedParams) -> None:
-        super().__init__(model, objective, runtime, params)
-        self.parts = split_layers(model, runtime.world_size)
+    def __init__(self, runtime: Runtime, params: DistributedParams) -> None:
+        self.runtime, self.params = runtime, params
         self.rank, self.last_rank = runtime.rank, runtime.world_size - 1
-        self.loss_rank = self.last_rank  # the only one that sees the losses
-        self.batch_shares = 1  # every stage sees every row of the batch
+
+    def prepare(self, model: nn.Module, objective: Objective, train_set: ImageSet, batch_size: int) -> Layout:
+        """Cut the model (and each live teacher) into the ranks' runs of layers, then build this rank's stage
+        and the schedule for micro-batches of `batch_size` / `microbatches` images."""
+        place(model, objective, train_set, self.runtime, on_device=False)  # each rank moves its own layers
+        self.model, self.objective, self.batch_size = model, objective, batch_size
+        self.carry = LayerCarry(objective)
+        self.parts = split_layers(model, self.runtime.world_size)
         self.stage_layers = nn.Sequential(*self.parts[self.rank])
-        is_last = self.rank == self.last_rank
-        self.trained = [*self.stage_layers.parameters(), *(objective.parameters() if is_last else ())]
         # Under the whole model's names, so that a save is resumed by a pipeline of another number of stages.
         self.held = held_by_stage(model, self.parts[self.rank])
-        self.checkpointed = nn.ModuleDict({"model": self.held, **({"objective": objective} if is_last else {})})
-        self.frozen = self._split_inference_models()  # each live teacher cut into stages, and its runs
-        # Built by steps_per_epoch, once the batch size fixes the shapes between stages.
-        self.schedule: PipelineScheduleSingle | None = None
-        self.carried: list[str] = []  # the objective's layer outputs that reach the last stage, in their order
-        self.batch_size = 0  # the global batch: validation flows in batches of it too
+        is_last = self.rank == self.last_rank
+        layout = Layout(trained=[*self.stage_layers.parameters(), *(objective.parameters() if is_last else ())],
+                        held=self.held,
+                        saved=nn.ModuleDict({"model": self.held, **({"objective": objective} if is_last else {})}),
+                        steps_per_epoch=pipeline_steps(len(train_set), batch_size, self.params.microbatches),
+                        batch_shares=1,  # every stage sees every row of the batch
+                        loss_rank=self.last_rank)  # the only one that sees the losses
+        self.trained = layout.trained
+        self.frozen = self.cut_live_models(live_models_of(objective))  # each live teacher cut into stages
         self._batch_of: BatchOf | None = None
         self._recorded: list[StepTerms] = []
         self._validating = False
+        self._build_stage((batch_size // self.params.microbatches, *train_set.images.shape[1:]))
+        return layout
 
-    def _split_inference_models(self) -> list[tuple[nn.Module, list[list[nn.Module]]]]:
+    def cut_live_models(self, live: list[LiveModel]) -> list[tuple[nn.Module, list[list[nn.Module]]]]:
         """Each live teacher and the runs of its layers the stages hold, cut as the model is (by its own
-        parameter counts). One that cannot be cut runs whole on the last stage, beside the loss."""
+        parameter counts), run by the stages beside the model's from now on. One that cannot be cut runs whole
+        on the last stage, beside the loss."""
         split = []
-        for frozen in self.objective.inference_models():
-            name, total = type(frozen).__name__, sum(parameter.numel() for parameter in frozen.parameters())
+        for frozen in live:
+            module = frozen.module
+            name, total = type(module).__name__, sum(parameter.numel() for parameter in module.parameters())
             try:
-                parts = split_layers(frozen, self.runtime.world_size)
+                parts = split_layers(module, self.runtime.world_size)
             except ParamsError:
                 if self.runtime.is_main:
                     log.info("the live %s cannot be cut into stages: it runs whole on the last one", name)
-                frozen.to(self.runtime.device if self.rank == self.last_rank else "cpu")
+                module.to(self.runtime.device if self.rank == self.last_rank else "cpu")
                 continue
-            split.append((frozen, parts))
+            split.append((module, parts))
+            frozen.runs_elsewhere = True
             if self.runtime.is_main:
                 held = sum(parameter.numel() for layer in parts[self.rank] for parameter in layer.parameters())
                 log.info("the live %s runs in the pipeline's %d stages: this one holds %d of its %d parameters",
                          name, self.runtime.world_size, held, total)
         return split
-
-    def steps_per_epoch(self, train_set: ImageSet, batch_size: int) -> int:
-        steps = pipeline_steps(train_set, batch_size, self.params.microbatches)
-        self.batch_size = batch_size
-        self._build_stage((batch_size // self.params.microbatches, *train_set.images.shape[1:]))
-        return steps
 
     @torch.no_grad()
     def _build_stage(self, microbatch: tuple[int, ...]) -> None:
@@ -140,7 +125,7 @@ class PipelineParallel(DataParallel):
         cuts = [self.parts, *(parts for _, parts in self.frozen)]
         images = torch.zeros(microbatch, device=self.runtime.device)
         boundaries = [[images] for _ in models]  # per model, what enters each stage, then its output
-        made: list[dict[str, tuple[torch.Tensor, bool]]] = []  # per stage: what it captured, and if it is trained
+        made: list[dict[Key, tuple[torch.Tensor, bool]]] = []  # per stage: what it captured, and if it is trained
 
         def run(stage: int, parts: list[nn.Module], bounds: list[torch.Tensor]) -> None:
             output = bounds[-1]
@@ -152,17 +137,17 @@ class PipelineParallel(DataParallel):
 
         with self.runtime.autocast():  # bf16 activations between the stages when it applies
             whole = torch.zeros(microbatch, device=next(self.model.parameters()).device)
-            wanted = {key for model in models for key in made_by(self.objective, partial(model, whole))}
+            wanted = {key for model in models for key in self.carry.made_by(partial(model, whole))}
             for stage in range(len(self.parts)):
                 made.append({})
                 for index, (parts, bounds) in enumerate(zip(cuts, boundaries)):
-                    captured = made_by(self.objective, partial(run, stage, parts[stage], bounds))
+                    captured = self.carry.made_by(partial(run, stage, parts[stage], bounds))
                     made[-1].update({key: (value, index == 0) for key, value in captured.items()})
         self.model.train()
         missed = wanted - {key for part in made for key in part}
         if missed:
             raise ParamsError(f"distributed.strategy pipeline: the student's loss reads layer(s) "
-                              f"{', '.join(sorted(key.partition(':')[2] for key in missed))}, which a pipeline does "
+                              f"{', '.join(sorted(self.carry.name(key) for key in missed))}, which a pipeline does "
                               f"not run as one (it runs their layers one by one); name one of those layers")
         self.carried = [key for part in made for key in part]
         # Activations between stages carry gradients back, a teacher's and the images entering the first do not.
@@ -172,7 +157,7 @@ class PipelineParallel(DataParallel):
         outputs = [(boundaries[0][rank + 1], True), *((bounds[rank + 1], False) for bounds in boundaries[1:]),
                    *carried_in, *made[rank].values()]
         frozen: list[nn.Module] = [nn.Sequential(*parts[rank]) for _, parts in self.frozen]
-        stage_module = Carrying(self.stage_layers, frozen, self.objective, list(made[rank]), first=rank == 0)
+        stage_module = Carrying(self.stage_layers, frozen, self.carry, list(made[rank]), first=rank == 0)
         this_stage = PipelineStage(stage_module, rank, self.last_rank + 1, self.runtime.device,
                                    input_args=tuple(value.requires_grad_(grad) for value, grad in inputs),
                                    output_args=tuple(value.requires_grad_(grad) for value, grad in outputs))
@@ -185,7 +170,6 @@ class PipelineParallel(DataParallel):
         """Run the step's forwards and backwards through the pipeline; on the last rank, yield each
         micro-batch's size, loss and terms (other ranks see no loss)."""
         self._batch_of, self._recorded = batch_of, []
-        assert self.schedule is not None  # built by steps_per_epoch
         with self.runtime.autocast():
             if self.rank == 0:
                 self.schedule.step(batch_of(step_rows).images)
@@ -202,7 +186,7 @@ class PipelineParallel(DataParallel):
         carried = teachers_and_carried[len(self.frozen):]  # the teachers' outputs: their captured layers matter
         if self._validating:  # the schedule runs forwards only, and still asks for a loss: none is wanted
             return logits.new_zeros(())
-        self.objective.take_layer_outputs(dict(zip(self.carried, carried)))
+        self.carry.take(dict(zip(self.carried, carried)))
         assert self._batch_of is not None  # set by backward, which runs the schedule
         loss, terms = self.objective(Given(logits), self._batch_of(rows))
         self._recorded.append((len(rows), loss.detach(), {name: value.detach() for name, value in terms.items()}))
@@ -211,7 +195,7 @@ class PipelineParallel(DataParallel):
     def clip_gradients(self, clip: GradClipParams | None) -> None:
         """By norm, the norm of every stage's gradients together (all-reduced), as in one process."""
         if clip is None or clip.by == "value":
-            return super().clip_gradients(clip)
+            return clip_gradients(self.trained, clip)
         local = torch.nn.utils.get_total_norm([parameter.grad for parameter in self.trained
                                                if parameter.grad is not None])
         squared = local.to(self.runtime.device).pow(2)
@@ -246,7 +230,6 @@ class PipelineParallel(DataParallel):
         return result
 
     def _validate_batches(self, val_set: ImageSet, logits: list[torch.Tensor]) -> None:
-        assert self.schedule is not None  # built by steps_per_epoch
         for start in range(0, len(val_set), self.batch_size):
             images = val_set.images[start : start + self.batch_size]
             count = len(images)
@@ -260,7 +243,7 @@ class PipelineParallel(DataParallel):
             else:
                 self.schedule.eval()
 
-    def gather(self) -> None:
+    def state_dicts(self) -> tuple[StateDict, StateDict]:
         """Every rank sends the weights of its layers to the main rank, which loads them into its whole model;
         the last rank sends what the objective learned (a connector) too."""
         owned = {name: tensor.detach().cpu() for name, tensor in self.held.state_dict().items()}
@@ -269,9 +252,11 @@ class PipelineParallel(DataParallel):
         if self.rank == 0:
             parts = [({}, {}) for _ in range(self.runtime.world_size)]
         dist.gather_object((owned, {name: tensor.cpu() for name, tensor in learned.items()}), parts, dst=0)
-        if parts is not None:
-            self.model.load_state_dict({name: tensor for part, _ in parts for name, tensor in part.items()})
-            self.objective.load_state_dict(parts[-1][1])
+        if parts is None:
+            return {}, {}
+        self.model.load_state_dict({name: tensor for part, _ in parts for name, tensor in part.items()})
+        self.objective.load_state_dict(parts[-1][1])
+        return full_state_dict(self.model), full_state_dict(self.objective)
 
 
 class Given(nn.Module):

@@ -1,4 +1,4 @@
-"""One Prefect task per dvc.yaml stage, in the order DVC's graph allows. Each runs
+"""One Prefect task per DVC stage of dvc.yaml, in the order the DVC pipeline's graph allows. Each runs
 `dvc repro --single-item <stage>`, so a flow run and `dvc repro` share one cache and one dvc.lock: a stage
 whose inputs did not change is skipped by DVC.
 """
@@ -26,7 +26,7 @@ class StageFailed(RuntimeError):
     """A stage (or study run) exited non-zero; the message ends with its own output."""
 
 
-def pipeline_stages(project_dir: Path) -> list[str]:
+def dvc_stages(project_dir: Path) -> list[str]:
     """dvc.yaml's stages, `foreach` expanded (distill@student_kd, ...), each after the stages it depends on
     and otherwise in file order."""
     import networkx as nx
@@ -65,7 +65,7 @@ def run_logged(command: list[str], project_dir: Path, what: str) -> None:
         raise StageFailed(f"{what} failed (exit code {process.returncode}):\n" + "\n".join(tail))
 
 
-def stage_task(stage: str) -> Task[[Path], None]:
+def dvc_stage_task(stage: str) -> Task[[Path], None]:
     """The Prefect task that reproduces `stage`. DVC decides what to rerun, so Prefect caches nothing."""
 
     def reproduce(project_dir: Path) -> None:

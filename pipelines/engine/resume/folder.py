@@ -1,4 +1,4 @@
-"""The folder a model's training states are saved in (`resume.folder`/<model>), as pipelines/engine/resume.py
+"""The folder a model's training states are saved in (`resume.folder`/<model>), as pipelines/engine/resume/saves.py
 needs it: one that this run can write, that no other run of the same model is using at the same time (two
 runs would take each other's saves for another params' and sweep them), and that every node sees."""
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipelines.config.storage import ALIAS_NAME, GateParams
-from pipelines.registry.fetch import read_alias, read_manifest, read_manifest_and_digest, resolve
+from pipelines.registry.download import read_alias, read_manifest, read_manifest_and_digest, resolve
 from pipelines.registry.manifest import LATEST, MANIFEST, Alias, Layout, Manifest, RegistryError
 from pipelines.storage import ObjectStore
 from pipelines.storage.objects import Progress

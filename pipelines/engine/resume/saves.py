@@ -1,6 +1,6 @@
-"""Resumable training: the whole state of a run of `fit`, saved with torch.distributed.checkpoint (DCP) every
-`resume.interval_steps` optimizer steps and at each epoch end, and loaded when a run of the same params
-starts again after a crash, a SIGKILL or a torchrun restart (`resume.mode: auto`).
+"""Resumable training's saves: the whole state of a run of `fit` (pipelines/engine/resume/state.py), saved with
+torch.distributed.checkpoint (DCP) every `resume.interval_steps` optimizer steps and at each epoch end, and loaded
+when a run of the same params starts again after a crash, a SIGKILL or a torchrun restart (`resume.mode: auto`).
 
 A save is a folder `<resume.folder>/<model>/step-<N>/` holding
     DCP's files     the model and the objective's parameters, the optimizer (sharded as they train: FSDP's
@@ -14,22 +14,20 @@ without the suffix is complete, and the next run sweeps partial ones. A run whos
 params or the data changed) starts over and removes the saves; one whose newest save cannot be read stops,
 naming it, and keeps the saves before it. The stage removes them once it succeeds.
 
-A save may be resumed by another number of processes (pipelines/engine/training.py's fingerprint says when):
-every rank saves what it holds under the whole model's names, DCP reads each tensor's saved pieces into however
-the loading ranks hold it (other FSDP shards, another pipeline split), the epoch's loss sums go to the rank that
-sums the losses, and each rank takes the RNG states of the saved rank of its number (rank 0's where there is none).
+A save may be resumed by another number of processes (pipelines/engine/resume/fingerprint.py says when): every rank
+saves what it holds under the whole model's names, DCP reads each tensor's saved pieces into however the loading
+ranks hold it (other FSDP shards, another pipeline split), the epoch's loss sums go to the rank that sums the
+losses, and each rank takes the RNG states of the saved rank of its number (rank 0's where there is none).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,63 +36,20 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultSavePlanner
 from torch.distributed.checkpoint.api import CheckpointException
-from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-from torch.optim import Optimizer
 
+from pipelines.config import Params
 from pipelines.config.resume import ResumeParams
+from pipelines.config.training import TrainingParams
+from pipelines.core.paths import Paths
 from pipelines.core.errors import CheckpointError, SaveFolderError, first_line
 from pipelines.engine.runtime import Runtime
-from pipelines.engine.save_folder import check_shared, claim
+from pipelines.engine.resume.fingerprint import run_fingerprint
+from pipelines.engine.resume.folder import check_shared, claim
+from pipelines.engine.resume.state import Progress, TrainingState
 
 log = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
-
-
-@dataclass
-class Progress:
-    """Where a run stands, besides its weights and optimizer: what a resumed run continues from."""
-
-    epoch: int = 0  # the epoch in progress (the next one after an epoch end)
-    batch: int = 0  # optimizer steps already taken in that epoch
-    step: int = 0  # optimizer steps taken in all
-    order: torch.Tensor | None = None  # the data order's generator state at the start of epoch `epoch`
-    schedule: dict[str, Any] = field(default_factory=dict)  # the torch scheduler's state_dict
-    early_stopping: dict[str, Any] = field(default_factory=dict)  # EarlyStopping's attributes
-    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's metrics
-    stopped: bool = False  # early stopping ended the run at this epoch end
-
-
-class TrainedState:
-    """The trained modules and their optimizer as DCP's `Stateful`: get_state_dict / set_state_dict give
-    each rank its own shards (FSDP) or layers (a pipeline stage) under the whole model's names, the
-    optimizer's state flattened to one entry per parameter, so that another split of the model finds its own."""
-
-    OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
-
-    def __init__(self, trained: nn.Module, optimizer: Optimizer) -> None:
-        self.trained, self.optimizer = trained, optimizer
-
-    def state_dict(self) -> dict[str, Any]:
-        model, optimizer = get_state_dict(self.trained, self.optimizer, options=self.OPTIONS)
-        return {"model": model, "optimizer": optimizer}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        set_state_dict(self.trained, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"], options=self.OPTIONS)
-
-
-def fingerprint(**what: Any) -> str:
-    """A short hash of what makes a saved state resumable: the same params, processes and input files."""
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def input_identity(*files: Path, times: bool = True) -> list[tuple[str, int, int]]:
-    """Size and modification time of each existing input: a rewritten input (new data) changes them. Without
-    `times`, sizes alone (the same files on two nodes have their own times)."""
-    return [(path.name, stat.st_size, stat.st_mtime_ns if times else 0)
-            for path in files if path.exists() for stat in [path.stat()]]
 
 
 class Resume:
@@ -102,7 +57,18 @@ class Resume:
 
     def __init__(self, folder: Path, params: ResumeParams, runtime: Runtime, fingerprint: str) -> None:
         self.folder, self.params, self.runtime, self.fingerprint = folder, params, runtime, fingerprint
-        self.lock: IO[str] | None = None  # the main rank's hold on the folder (pipelines/engine/save_folder.py)
+        self.lock: IO[str] | None = None  # the main rank's hold on the folder (pipelines/engine/resume/folder.py)
+        self.resumed: Path | None = None  # the save this run continues from
+
+    def start(self, state: TrainingState, fresh: Progress, loss_rank: int) -> tuple[Progress, dict[str, Any]]:
+        """Claim the folder and load the newest save of this run into `state`: the progress to continue from
+        and this rank's share of the epoch's loss sums; `fresh` and no sums when there is none."""
+        self.resumed = self.latest()
+        if self.resumed is None:
+            return fresh, {}
+        progress, sums = self.load(self.resumed, state.to_load(), loss_rank)
+        state.restore(progress)
+        return progress, sums
 
     def due(self, step: int) -> bool:
         """Whether to save after optimizer step `step` (besides every epoch end)."""
@@ -146,8 +112,8 @@ class Resume:
             raise found[0]
         return found[0]
 
-    def save(self, state: dict[str, Any], progress: Progress, sums: dict[str, Any], live_dir: Path | None) -> None:
-        """Save `state` (the loop's objects, see `fit`) with `progress` and this rank's RNG states and `sums`,
+    def save(self, state: TrainingState, progress: Progress, sums: dict[str, Any], live_dir: Path | None) -> None:
+        """Save `state` at `progress` with this rank's RNG states and `sums` (and the training log in `live_dir`),
         atomically; keep the newest saves."""
         final = self.folder / f"step-{progress.step:08d}"
         partial = final.with_name(final.name + PARTIAL)
@@ -158,7 +124,7 @@ class Resume:
         # batch; DDP sends the main rank's to the others before each forward), and the main rank's are those
         # the final checkpoint keeps.
         with _one_process_is_meant():
-            dcp.save({**state, "progress": progress}, checkpoint_id=partial, no_dist=not self.runtime.distributed,
+            dcp.save(state.to_save(progress), checkpoint_id=partial, no_dist=not self.runtime.distributed,
                      planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True))
         if self.runtime.is_main:
             if live_dir is not None and live_dir.exists():
@@ -173,11 +139,10 @@ class Resume:
         if self.runtime.distributed:
             dist.barrier()
 
-    def load(self, saved: Path, state: dict[str, Any], loss_rank: int = 0) -> tuple[Progress, dict[str, Any]]:
-        """Load the save `saved` into the loop's objects in `state` (in place) and set this rank's RNG states
+    def load(self, saved: Path, loaded: dict[str, Any], loss_rank: int = 0) -> tuple[Progress, dict[str, Any]]:
+        """Load the save `saved` into `loaded` (TrainingState.to_load's, in place) and set this rank's RNG states
         back; return the progress and this rank's share of the epoch's sums (all of them on `loss_rank`, the
         rank that sums the losses, when the save was made by another number of processes)."""
-        loaded = {**state, "progress": Progress()}
         try:
             saved_world = json.loads((saved / "state.json").read_text())["world_size"]
             with _one_process_is_meant():
@@ -208,10 +173,10 @@ class Resume:
         return progress, {key: value.to(self.runtime.device) if isinstance(value, torch.Tensor) else value
                           for key, value in sums.items()}
 
-    def restore_log(self, saved: Path, live_dir: Path) -> None:
-        """Put the dvclive log of `saved` where the resumed run logs, so it continues the same files."""
-        if (saved / "live").exists():
-            shutil.copytree(saved / "live", live_dir, dirs_exist_ok=True)
+    def restore_log(self, live_dir: Path) -> None:
+        """Put the dvclive log of the save this run resumed where it logs, so it continues the same files."""
+        if self.resumed is not None and (self.resumed / "live").exists():
+            shutil.copytree(self.resumed / "live", live_dir, dirs_exist_ok=True)
 
     def remove(self) -> None:
         """Remove every save of this model and the folder (the stage succeeded), letting go of its lock."""
@@ -223,7 +188,7 @@ class Resume:
 
     def release(self) -> None:
         """Let go of the folder after a run that failed: it goes too unless it holds a save to resume from (a
-        killed run's is swept by the next run of any model: pipelines/engine/save_folder.py's `claim`)."""
+        killed run's is swept by the next run of any model: pipelines/engine/resume/folder.py's `claim`)."""
         if not self.runtime.is_main or self.lock is None:
             return
         lock, self.lock = self.lock, None
@@ -262,3 +227,37 @@ def _one_process_is_meant() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         yield
+
+
+class NoResume:
+    """`resume.mode: never`: a run that saves nothing and starts from scratch, with Resume's interface."""
+
+    resumed: Path | None = None
+
+    def start(self, state: TrainingState, fresh: Progress, loss_rank: int) -> tuple[Progress, dict[str, Any]]:
+        return fresh, {}
+
+    def due(self, step: int) -> bool:
+        return False
+
+    def save(self, state: TrainingState, progress: Progress, sums: dict[str, Any], live_dir: Path | None) -> None:
+        """Nothing to save."""
+
+    def restore_log(self, live_dir: Path) -> None:
+        """No save to restore from."""
+
+    def release(self) -> None:
+        """No folder held."""
+
+    def remove(self) -> None:
+        """No saves to remove."""
+
+
+def resume_for(name: str, training: TrainingParams, params: Params, paths: Paths, runtime: Runtime,
+               examples: int) -> Resume | NoResume:
+    """The saves of model `name` trained with `training` on `examples` images, as params' `resume` section
+    says: in `resume.folder`/<name>, for this run's fingerprint."""
+    if params.resume.mode == "never":
+        return NoResume()
+    return Resume(paths.resume_states(params.resume.folder, name), params.resume, runtime,
+                  run_fingerprint(name, training, params, paths, runtime, examples))

@@ -1,0 +1,61 @@
+"""`distributed.strategy: ddp`: every process holds the whole model and takes its share of each global batch;
+DistributedDataParallel over the model and the objective together (so an objective's own parameters, an
+adapter, are averaged too), with SyncBatchNorm when `sync_batchnorm`. A live teacher runs whole on every
+process, where the objective placed it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipelines.config.distributed import DistributedParams
+from pipelines.config.training import GradClipParams
+from pipelines.data.images import ImageSet
+from pipelines.engine.objective import Objective
+from pipelines.engine.optim import clip_gradients
+from pipelines.engine.runtime import Runtime
+from pipelines.engine.schedules import steps_per_epoch
+from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, full_state_dict, place,
+                                               trained_parameters)
+from pipelines.engine.strategies.shares import Trainee, accumulate, summed_means, validate_shares
+
+
+class DDP:
+    """The model replicated on every process, its gradients averaged by DDP (see the module's doc)."""
+
+    def __init__(self, runtime: Runtime, params: DistributedParams) -> None:
+        self.runtime, self.params = runtime, params
+
+    def prepare(self, model: nn.Module, objective: Objective, train_set: ImageSet, batch_size: int) -> Layout:
+        place(model, objective, train_set, self.runtime, on_device=True)
+        if self.runtime.speed.compile:
+            model.compile()
+        if self.params.sync_batchnorm:
+            for name, child in list(model.named_children()):  # in place: `model` stays the module the caller holds
+                setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+        self.wrapped = DistributedDataParallel(Trainee(model, objective), device_ids=device_ids)
+        self.model, self.objective = model, objective
+        self.trained = trained_parameters(model, objective)
+        return Layout(trained=self.trained, held=model, saved=nn.ModuleDict({"model": model, "objective": objective}),
+                      steps_per_epoch=steps_per_epoch(len(train_set), batch_size, self.runtime.world_size),
+                      batch_shares=self.runtime.world_size, loss_rank=0)
+
+    def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
+        return accumulate(step_rows, batch_of, self.wrapped, self.runtime, self.params.grad_accum_steps,
+                          self.wrapped.no_sync)
+
+    def clip_gradients(self, clip: GradClipParams | None) -> None:
+        clip_gradients(self.trained, clip)
+
+    def epoch_means(self, sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        return summed_means(sums, self.runtime)
+
+    def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
+        return validate_shares(model, val_set, self.runtime)
+
+    def state_dicts(self) -> tuple[StateDict, StateDict]:
+        return full_state_dict(self.model), full_state_dict(self.objective)

@@ -1,0 +1,97 @@
+"""What the strategies whose processes each take a share of every global batch (one process, ddp, fsdp) do
+alike, as functions they compose: the micro-batches of a step and their gradient, the epoch's loss means
+summed over the processes, and validation with each process scoring its share of the split."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+
+from pipelines.data.images import ImageSet
+from pipelines.engine.inference import INFERENCE_BATCH_SIZE, val_sums, validate
+from pipelines.engine.objective import Batch
+from pipelines.engine.runtime import Runtime
+from pipelines.engine.strategies.base import BatchOf, StepTerms
+
+Forward = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # a batch's loss and its terms
+Unsynced = Callable[[], AbstractContextManager[None]]  # backward passes whose gradients are not yet reduced
+
+
+def accumulate(step_rows: torch.Tensor, batch_of: BatchOf, forward: Forward, runtime: Runtime, micro_steps: int,
+               no_sync: Unsynced = nullcontext) -> Iterator[StepTerms]:
+    """This process's share of the global batch `step_rows` in up to `micro_steps` micro-batches, their
+    gradients accumulated into `.grad` (all but the last under `no_sync`); yield each one's size, loss and
+    terms."""
+    rows = step_rows[runtime.rank :: runtime.world_size]
+    # The same number of micro-batches on every rank (DDP syncs on the last), none of them empty.
+    micro_steps = max(1, min(micro_steps, len(step_rows) // runtime.world_size))
+    for index, micro in enumerate(torch.tensor_split(rows, micro_steps)):
+        batch = batch_of(micro)
+        with no_sync() if index < micro_steps - 1 else nullcontext():
+            with runtime.autocast():
+                loss, terms = forward(batch)
+            # The step's gradient is that of the mean over all its rows: DDP and FSDP average the processes'
+            # gradients, so each micro-batch's mean loss weighs its share of the step's rows times N (1 for a
+            # process's whole, equal share; more or less where the rows do not divide evenly).
+            share = len(micro) * runtime.world_size / len(step_rows)
+            (loss * share if share != 1 else loss).backward()
+        yield len(micro), loss, terms
+
+
+def summed_means(sums: dict[str, torch.Tensor | float], runtime: Runtime) -> dict[str, float]:
+    """The epoch's mean of each loss term over every process's images (`sums` ends with their count)."""
+    totals = torch.stack([torch.as_tensor(value, device=runtime.device, dtype=torch.float32)
+                          for value in sums.values()])
+    if runtime.distributed:
+        dist.all_reduce(totals)
+    return dict(zip(sums, (totals[:-1] / totals[-1]).tolist()))
+
+
+def validate_shares(model: nn.Module, val_set: ImageSet, runtime: Runtime) -> dict[str, float]:
+    """Validation loss and accuracy on the whole split. Every rank holds the same weights (FSDP gathers them
+    block by block) and scores its own contiguous share of the split; their sums are gathered and added in
+    rank order, so every rank gets the same figures and takes the same early-stopping decision."""
+    if not runtime.distributed:
+        return validate(model, val_set, runtime.device)
+    world, rank = runtime.world_size, runtime.rank
+    bounds = [len(val_set) * index // world for index in range(world + 1)]  # shares differ by a row at most
+    batches = max(1, math.ceil(math.ceil(len(val_set) / world) / INFERENCE_BATCH_SIZE))
+    sums = val_sums(model, val_set, bounds[rank], bounds[rank + 1], batches, runtime.device)
+    if isinstance(model, FSDPModule):
+        model.reshard()  # FSDP keeps the root's weights gathered after a forward; the EMA may be swapped out next
+    every = [torch.empty_like(sums) for _ in range(world)]
+    dist.all_gather(every, sums)
+    total = sum(every)
+    assert isinstance(total, torch.Tensor)  # a sum of world_size >= 1 tensors
+    loss, correct = total.tolist()
+    return {"val_loss": loss / len(val_set), "val_accuracy": correct / len(val_set)}
+
+
+class Trainee(nn.Module):
+    """The model and its objective as one module, which DDP wraps and FSDP shards the parts of:
+    forward(batch) runs the objective, and so the model."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.objective(self.model, batch)
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Backward passes that leave FSDP's gradients unreduced (all micro-batches of a step but the last)."""
+        sharded = [module for module in (self.model, self.objective) if isinstance(module, FSDPModule)]
+        for module in sharded:
+            module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            for module in sharded:
+                module.set_requires_gradient_sync(True)
