@@ -10,14 +10,17 @@ import pytest
 import torch
 from torch import nn
 
+from pipelines.config import load_params
 from pipelines.engine.checkpoint import load_model
 from pipelines.evaluate import evaluate
+from pipelines.evaluation.comparison import gap_recovered
+from pipelines.evaluation.report import render_report
 from pipelines.report import report
 from pipelines.evaluation.metrics import classification_metrics, expected_calibration_error, near_zero_fraction
 from pipelines.models import count_parameters
 from pipelines.core.paths import Paths
 from pipelines.engine.inference import predict_logits
-from tests.conftest import read_image_set
+from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set
 
 # --- expected calibration error --------------------------------------------------------------------
 
@@ -220,9 +223,28 @@ def test_the_report_is_rendered_from_eval_json_alone(evaluated, tmp_path):
     assert report(params, only_metrics) == paths.report.read_text()
 
 
-def test_the_report_names_each_student_s_method_and_its_gain_over_the_baseline(evaluated):
+def test_the_report_names_each_student_s_method_and_its_gain_over_its_same_budget_control(evaluated):
     _, paths, results = evaluated
     text = paths.report.read_text()
     assert "Distilled students: student_kd (0.9 kd (temperature 8) + 0.1 ce, 1 epoch)." in text  # tiny: 1 epoch
-    gain = (results["student_kd"]["accuracy"] - results["student_baseline"]["accuracy"]) * 100
-    assert f"Distillation (student_kd) changes the student's test accuracy by {gain:+.2f} points" in text
+    student, control, teacher = (results[name]["accuracy"] for name in ("student_kd", "student_baseline", "teacher"))
+    gain = (student - control) * 100
+    assert (f"Distillation (student_kd) against the same-budget labels-only control (student_baseline): {gain:+.2f} "
+            f"points") in text
+    recovered = gap_recovered(student, control, teacher)
+    share = f"{recovered:.0%} of the teacher's lead" if recovered is not None else "has no lead over the control"
+    assert share in text
+
+
+def test_a_student_trained_longer_than_the_baseline_is_not_called_a_gain_of_distillation(evaluated):
+    _, _, results = evaluated
+    longer = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "distill.student_kd.train.epochs": 3})
+    text = render_report(results, longer)
+    assert "student_kd is not compared at equal budget (train.epochs: 3 against the baseline's 1): its " in text
+    assert "Distillation (student_kd) against" not in text
+
+
+def test_the_gap_recovered_is_the_student_s_share_of_the_teacher_s_lead_over_the_control() -> None:
+    assert gap_recovered(student=0.95, control=0.90, teacher=1.00) == pytest.approx(0.5)
+    assert gap_recovered(student=0.85, control=0.90, teacher=1.00) == pytest.approx(-0.5)
+    assert gap_recovered(student=0.95, control=0.90, teacher=0.90) is None

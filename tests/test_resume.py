@@ -58,11 +58,12 @@ def saves(paths: Paths) -> list[Path]:
 
 
 def kill_after_save(command: list[str], paths: Paths, step: int, victim=lambda stage: stage.pid,
-                    sent: signal.Signals = signal.SIGKILL) -> subprocess.Popen:
-    """Start `command`, send `sent` to the process `victim` picks once the training state of `step` is saved."""
+                    sent: signal.Signals = signal.SIGKILL, model: str = "teacher") -> subprocess.Popen:
+    """Start `command`, send `sent` to the process `victim` picks once the training state of `model` at `step`
+    is saved."""
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     stage = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = paths.resume_states(".resume", "teacher") / f"step-{step:08d}"
+    target = paths.resume_states(".resume", model) / f"step-{step:08d}"
     deadline = time.monotonic() + 120
     while not target.exists() and stage.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

@@ -126,26 +126,45 @@ class MixParams(Section):
         return self.probability > 0.0 and (self.mixup_alpha > 0.0 or self.cutmix_alpha > 0.0)
 
 
-class AugmentParams(Section):
-    copies: int = Field(ge=0)
-    include_original: bool
-    rotation_degrees: float = Field(ge=0.0, le=180.0)
-    translate: float = Field(ge=0.0, le=0.5)
-    scale: tuple[float, float]
-    noise_std: float = Field(ge=0.0)
-    cutout_probability: Probability
-    cutout_size: int = Field(ge=1)
-    horizontal_flip: bool
+class TransformParams(Section):
+    """Augmentation of a batch of images: the `augment` stage's copies of the transfer set, and a model's fresh
+    views of every image in each training step (`views` of the teacher, the student and each distilled
+    student). Every default leaves the images as they are."""
+
+    rotation_degrees: float = Field(default=0.0, ge=0.0, le=180.0)
+    translate: float = Field(default=0.0, ge=0.0, le=0.5)
+    scale: tuple[float, float] = (1.0, 1.0)
+    pad_crop: int = Field(default=0, ge=0)  # random crop of the image padded by this many pixels (CIFAR: 4)
+    noise_std: float = Field(default=0.0, ge=0.0)
+    cutout_probability: Probability = 0.0
+    cutout_size: int = Field(default=1, ge=1)
+    horizontal_flip: bool = False
     color_jitter: ColorJitterParams = ColorJitterParams()
     random_resized_crop: RandomResizedCropParams | None = None
     mix: MixParams = MixParams()
-    batch_size: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _scale_range(self) -> AugmentParams:
+    def _scale_range(self) -> TransformParams:
         low, high = self.scale
         if not 0.0 < low <= high:
             raise ValueError(f"scale must be [low, high] with 0 < low <= high, got {list(self.scale)}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether these settings change any image."""
+        return self != TransformParams()
+
+
+class AugmentParams(TransformParams):
+    """The `augment` section: the fixed transfer set, `copies` augmented copies of each training image."""
+
+    copies: int = Field(ge=0)
+    include_original: bool
+    batch_size: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> AugmentParams:
         if self.copies == 0 and not self.include_original:
             raise ValueError("copies is 0 and include_original is false: the transfer set would be empty")
         return self

@@ -9,11 +9,12 @@ distributed) may be replaced for one student, so students can differ in size as 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from pipelines.config.base import Section
+from pipelines.config.data import TransformParams
 from pipelines.config.distributed import ModelDistributedParams
 from pipelines.config.optim import OptimizerParams
 from pipelines.config.schedules import ScheduleParams
@@ -63,12 +64,16 @@ class StudentParams(Section):
     """One distilled student: its loss terms, and the `student` sections it replaces."""
 
     losses: list[LossTerm] = Field(min_length=1)
+    # the teacher's outputs the terms read: stored (the teacher_logits and teacher_features stages' outputs
+    # on the fixed transfer set) or live (the teacher run on each batch, on the view the student sees)
+    teacher: Literal["stored", "live"] = "stored"
     model: ModelParams | None = None
     train: TrainParams | None = None
     optimizer: OptimizerParams | None = None
     schedule: ScheduleParams | None = None
     regularization: RegularizationParams | None = None
     distributed: ModelDistributedParams | None = None
+    views: TransformParams | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -89,7 +89,11 @@ class Params(Section):
     @model_validator(mode="after")
     def _derived_settings_valid(self) -> Params:
         for name in self.distill:
-            self.student_training(name)
+            views = self.student_training(name).views
+            if views is not None and views.enabled and self.distill[name].teacher == "stored":
+                raise ValueError(f"distill.{name}.teacher: stored, but the student trains on fresh views (views): "
+                                 f"the stored outputs are the teacher's on the fixed transfer images, not on those "
+                                 f"views; set teacher: live")
         self.study_settings()
         students = self.model_names[1:]  # the baseline and the distilled students
         if self.publish.enabled and (unknown := sorted(set(self.publish.students) - set(students))):

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config.base import Section
+from pipelines.config.data import TransformParams
 from pipelines.config.distributed import ModelDistributedParams
 from pipelines.config.optim import OptimizerParams
 from pipelines.config.schedules import ScheduleParams
@@ -94,6 +95,9 @@ class TrainingParams(Section):
     schedule: ScheduleParams
     regularization: RegularizationParams
     distributed: ModelDistributedParams | None = None  # this model's changes to the `distributed` section
+    # fresh augmented views of every image in every step, on the device (pipelines/engine/views.py); null: the
+    # images as stored
+    views: TransformParams | None = None
 
     @model_validator(mode="after")
     def _adamw_decays_decoupled(self) -> TrainingParams:

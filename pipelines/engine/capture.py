@@ -73,17 +73,19 @@ def probe(model: nn.Module, images: torch.Tensor) -> None:
 
 class LiveModel:
     """A model an objective runs in inference mode, without gradients, beside the one it trains (a live
-    teacher). The strategy places `module`; one that runs it itself (a pipeline's stages, beside the model's)
-    sets `runs_elsewhere`, and calling it then does nothing: what its hooks capture arrives with the batch."""
+    teacher); `output` is its latest output. The strategy places `module`; one that runs it itself (a
+    pipeline's stages, beside the model's) sets `runs_elsewhere`, and calling it then does nothing: its output
+    and what its hooks capture arrive with the batch."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
         self.runs_elsewhere = False
+        self.output: torch.Tensor | None = None
 
     def __call__(self, images: torch.Tensor) -> None:
         if not self.runs_elsewhere:
             with torch.no_grad():
-                self.module(images)
+                self.output = self.module(images)
 
 
 @runtime_checkable

@@ -35,6 +35,7 @@ from pipelines.engine.schedules import build_schedule
 from pipelines.engine.strategies import build_strategy
 from pipelines.engine.strategies.base import StateDict, StepTerms
 from pipelines.engine.training_log import open_training_log
+from pipelines.engine.views import fresh_views
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,12 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
     divergence = DivergenceWatch(layout.held, runtime)  # a non-finite loss or weight stops the run
     state = TrainingState(layout.saved, optimizer, schedule, ema, stopper)
     progress, sums = resume.start(state, Progress.first(seed), layout.loss_rank)
-    batch_of = batch_source(train_set, runtime)
+    views = fresh_views(batch_source(train_set, runtime), train_set, training.views, seed, runtime)
     with open_training_log(log_dir, runtime, epochs, resume) as training_log:
-        metrics = progress.metrics
         for epoch in progress.epochs_left(epochs):
             model.train()
             objective.train()
+            batch_of = views.of_epoch(epoch)  # each image in a fresh view, or as stored when views are off
             permutation, next_order = progress.permutation(len(train_set))  # the same on every rank
             for start in range(progress.batch * batch_size, layout.steps_per_epoch * batch_size, batch_size):
                 optimizer.zero_grad(set_to_none=True)
@@ -100,7 +101,7 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
             resume.save(state, progress, sums, training_log.folder)
             if stop:
                 break
-        result = {"epochs": progress.epoch, "steps": progress.step, **metrics}
+        result = {"epochs": progress.epoch, "steps": progress.step, **progress.metrics}
         ema.copy_to_model()
         if stopper.best_epoch >= 0:  # early stopping's best epoch (-1: none, or the metric was never a number)
             layout.held.load_state_dict(stopper.best_state)

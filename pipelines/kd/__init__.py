@@ -66,7 +66,7 @@ def term_options(term: LossTerm) -> Section:
 
 def build_objective(student_name: str, student: StudentParams, label_smoothing: float, paths: Paths) -> Distillation:
     """The objective that trains `student` (whose terms `check_students` has checked)."""
-    teacher = Teacher(paths.model("teacher"), paths.teacher_features(student_name))
+    teacher = Teacher(paths.model("teacher"), paths.teacher_features(student_name), student.teacher == "live")
     context, terms = Context(paths, label_smoothing, teacher), []
     seen: dict[str, int] = {}
     for index, term in enumerate(student.losses):

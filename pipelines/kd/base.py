@@ -11,12 +11,14 @@ from typing import ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import nn
+from torch.distributed import ProcessGroup
 
 from pipelines.config.base import Section
 from pipelines.core.errors import DataError
 from pipelines.core.paths import Paths
 from pipelines.data.images import ImageSet
 from pipelines.data.logits import open_logits
+from pipelines.engine.batch_sharing import SharesBatches
 from pipelines.engine.capture import Capture, LiveModel, ReadsLayers
 from pipelines.engine.objective import Batch, Objective
 from pipelines.kd.teacher import Teacher
@@ -54,26 +56,56 @@ class Term(nn.Module, Generic[OptionsT]):
         """Remove what `setup` attached to the model (its forward hooks)."""
 
 
-class TeacherLogits(Term[OptionsT]):
-    """A term that reads the teacher's logits of the batch's rows from those the `teacher_logits` stage stored."""
+class StoredLogits:
+    """The teacher's logits that the `teacher_logits` stage stored: one row per transfer image."""
 
-    def __init__(self, teacher_logits: torch.Tensor) -> None:
-        super().__init__()
-        self.teacher_logits = teacher_logits  # [transfer images, classes], rows aligned with the training set
-
-    @staticmethod
-    def stored(context: Context) -> torch.Tensor:
-        return open_logits(context.paths.teacher_logits)
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values  # [transfer images, classes], rows aligned with the training set
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
-        rows, classes = self.teacher_logits.shape
+        rows, classes = self.values.shape
         if (rows, classes) != (len(train_set), len(train_set.class_names)):
             raise DataError(f"the stored teacher logits are {rows} rows of {classes} classes, the transfer set "
                             f"{len(train_set)} images of {len(train_set.class_names)}: they were computed for "
                             f"other data; rerun `dvc repro teacher_logits`")
 
+    def logits(self, batch: Batch, device: torch.device) -> torch.Tensor:
+        return self.values[batch.rows].to(device)
+
+    def live_models(self) -> list[LiveModel]:
+        return []
+
+
+LogitsSource = torch.Tensor | StoredLogits | Teacher  # the stored logits, or where the teacher's logits come from
+
+
+class TeacherLogits(Term[OptionsT]):
+    """A term that reads the teacher's logits of the batch: those the `teacher_logits` stage stored for its
+    rows, or the teacher's on its images, run live (`distill.<student>.teacher: live`)."""
+
+    def __init__(self, teacher: LogitsSource) -> None:
+        """`teacher`: the stored logits [transfer images, classes], or where the logits come from."""
+        super().__init__()
+        self.outputs = StoredLogits(teacher) if isinstance(teacher, torch.Tensor) else teacher
+
+    @staticmethod
+    def source(context: Context) -> StoredLogits | Teacher:
+        """The live teacher, or the stored logits, as the student's `teacher` setting says."""
+        return context.teacher if context.teacher.run_live else StoredLogits(open_logits(context.paths.teacher_logits))
+
+    def setup(self, model: nn.Module, train_set: ImageSet) -> None:
+        self.outputs.setup(model, train_set)
+
     def teacher(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.teacher_logits[batch.rows].to(logits.device)
+        return self.outputs.logits(batch, logits.device)
+
+    def captures(self) -> list[Capture]:
+        """None: a logit term reads no inner layer (`ReadsLayers`)."""
+        return []
+
+    def live_models(self) -> list[LiveModel]:
+        """The teacher, when it runs live (`ReadsLayers`)."""
+        return self.outputs.live_models()
 
 
 class Distillation(Objective):
@@ -103,6 +135,17 @@ class Distillation(Objective):
         """The live teacher, once however many terms read it (`ReadsLayers`)."""
         found = [model for term in self.term_list if isinstance(term, ReadsLayers) for model in term.live_models()]
         return list({id(model): model for model in found}.values())
+
+    def share_batches_over(self, group: ProcessGroup | None) -> None:
+        """Told to each term whose state spans the training set (`SharesBatches`, for the strategies)."""
+        for term in self.term_list:
+            if isinstance(term, SharesBatches):
+                term.share_batches_over(group)
+
+    def buffers_in_step(self) -> list[str]:
+        """Those terms' buffers that they keep alike on every process (`SharesBatches`), by name in this module."""
+        return [f"terms.{index}.{name}" for index, term in enumerate(self.term_list) if isinstance(term, SharesBatches)
+                for name in term.buffers_in_step()]
 
     def teardown(self) -> None:
         for term in self.term_list:

@@ -7,8 +7,11 @@ NCE loss of both directions (teacher embedding against the student bank, and the
 exp(similarity / temperature) normalized by a constant fixed at the first batch, as in the paper.
 
 The heads and the banks belong to the objective: they train (heads) and change (banks) with the student,
-and are saved in models/<student>.heads.pt. Under several processes every rank updates its banks with the
-embeddings of the whole global batch (all-gathered), so the banks stay the same on every rank.
+and are saved in models/<student>.heads.pt. Where each process computes the loss of its share of every
+batch (ddp, fsdp), every one updates its banks with the embeddings of the whole global batch, gathered over
+the processes the strategy names (`SharesBatches`, pipelines/engine/batch_sharing.py): the banks stay the
+same on every rank without being sent from one to the others. Under pipeline parallelism the last stage alone
+computes the loss and sees every row of each micro-batch: there is nothing to gather.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.distributed import ProcessGroup
 
 from pipelines.config.base import Probability, Section
 from pipelines.data.images import ImageSet
@@ -48,6 +52,7 @@ class CRD(FeatureTerm[CRDOptions]):
                  options: CRDOptions) -> None:
         super().__init__(pairs, context, keys)
         self.options = options
+        self.group: ProcessGroup | None = None  # the processes sharing each batch, set by the strategy
 
     @classmethod
     def create(cls, options: CRDOptions, context: Context) -> CRD:
@@ -58,6 +63,16 @@ class CRD(FeatureTerm[CRDOptions]):
         self.images = len(train_set)
         self.negatives = min(self.options.negatives, self.images - 1)
         super().setup(model, train_set)
+
+    def share_batches_over(self, group: ProcessGroup | None) -> None:
+        """The processes over which each batch's rows and embeddings are gathered to update the banks
+        (`SharesBatches`); None: none, this process sees every row."""
+        self.group = group
+
+    def buffers_in_step(self) -> list[str]:
+        """The banks (`SharesBatches`): every process updates them from the same gathered batch. Not the
+        normalizers: each process fixes its own from its share of the first batch."""
+        return ["student_bank", "teacher_bank"]
 
     def build(self, shapes: list[tuple[torch.Size, torch.Size]]) -> None:
         [(student, teacher)] = shapes
@@ -97,8 +112,8 @@ class CRD(FeatureTerm[CRDOptions]):
 
     @torch.no_grad()
     def _update_banks(self, rows: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor) -> None:
-        if dist.is_available() and dist.is_initialized():  # the whole global batch, on every rank
-            rows, student, teacher = (all_gather(tensor) for tensor in (rows, student, teacher))
+        if self.group is not None:  # the whole global batch, on every process sharing it
+            rows, student, teacher = (all_gather(tensor, self.group) for tensor in (rows, student, teacher))
         momentum = self.options.momentum
         for bank, embeddings in ((self.student_bank, student), (self.teacher_bank, teacher)):
             bank[rows] = F.normalize(bank[rows] * momentum + embeddings * (1 - momentum), dim=1)
@@ -113,14 +128,15 @@ def nce_loss(scores: torch.Tensor, images: int, eps: float = 1e-7) -> torch.Tens
     return -(positive + negative).mean()
 
 
-def all_gather(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` of every rank, concatenated; ranks' batch shares may differ in length by one row."""
+def all_gather(tensor: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """`tensor` of every process of `group`, concatenated in rank order; their batch shares may differ in
+    length by one row."""
     size = torch.tensor([len(tensor)], device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, size, group=group)
     longest = int(max(sizes).item())
     padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
     padded[: len(tensor)] = tensor
     gathered = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(gathered, padded)
+    dist.all_gather(gathered, padded, group=group)
     return torch.cat([part[: int(count.item())] for part, count in zip(gathered, sizes)])

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from pipelines.config.base import Section
 from pipelines.engine.objective import Batch
-from pipelines.kd.base import Context, TeacherLogits
+from pipelines.kd.base import Context, LogitsSource, TeacherLogits
 
 
 class DISTOptions(Section):
@@ -24,13 +24,13 @@ class DISTOptions(Section):
 class DIST(TeacherLogits[DISTOptions]):
     Options = DISTOptions
 
-    def __init__(self, teacher_logits: torch.Tensor, temperature: float, beta: float, gamma: float) -> None:
-        super().__init__(teacher_logits)
+    def __init__(self, teacher: LogitsSource, temperature: float, beta: float, gamma: float) -> None:
+        super().__init__(teacher)
         self.temperature, self.beta, self.gamma = temperature, beta, gamma
 
     @classmethod
     def create(cls, options: DISTOptions, context: Context) -> DIST:
-        return cls(cls.stored(context), options.temperature, options.beta, options.gamma)
+        return cls(cls.source(context), options.temperature, options.beta, options.gamma)
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         student = F.softmax(logits / self.temperature, dim=1)

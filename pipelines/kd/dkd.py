@@ -12,7 +12,7 @@ from pydantic import Field
 
 from pipelines.config.base import Section
 from pipelines.engine.objective import Batch
-from pipelines.kd.base import Context, TeacherLogits
+from pipelines.kd.base import Context, LogitsSource, TeacherLogits
 
 
 class DKDOptions(Section):
@@ -24,13 +24,13 @@ class DKDOptions(Section):
 class DKD(TeacherLogits[DKDOptions]):
     Options = DKDOptions
 
-    def __init__(self, teacher_logits: torch.Tensor, temperature: float, alpha: float, beta: float) -> None:
-        super().__init__(teacher_logits)
+    def __init__(self, teacher: LogitsSource, temperature: float, alpha: float, beta: float) -> None:
+        super().__init__(teacher)
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
 
     @classmethod
     def create(cls, options: DKDOptions, context: Context) -> DKD:
-        return cls(cls.stored(context), options.temperature, options.alpha, options.beta)
+        return cls(cls.source(context), options.temperature, options.alpha, options.beta)
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         tckd, nckd = decoupled_kd(logits, self.teacher(logits, batch), batch.labels, self.temperature)

@@ -63,7 +63,7 @@ class FeatureTerm(Term[OptionsT]):
 
     def live_models(self) -> list[LiveModel]:
         """The teacher, when it runs live (`ReadsLayers`)."""
-        return [self.teacher.model] if self.teacher.live and self.teacher.model is not None else []
+        return self.teacher.live_models() if self.teacher.live else []
 
     def teardown(self) -> None:
         if self.captured is not None:

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from pipelines.config.base import Section
 from pipelines.engine.objective import Batch
-from pipelines.kd.base import Context, TeacherLogits
+from pipelines.kd.base import Context, LogitsSource, TeacherLogits
 
 
 class KDOptions(Section):
@@ -22,13 +22,13 @@ class KDOptions(Section):
 class KD(TeacherLogits[KDOptions]):
     Options = KDOptions
 
-    def __init__(self, teacher_logits: torch.Tensor, temperature: float) -> None:
-        super().__init__(teacher_logits)
+    def __init__(self, teacher: LogitsSource, temperature: float) -> None:
+        super().__init__(teacher)
         self.temperature = temperature
 
     @classmethod
     def create(cls, options: KDOptions, context: Context) -> KD:
-        return cls(cls.stored(context), options.temperature)
+        return cls(cls.source(context), options.temperature)
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.temperature**2 * soft_target_loss(logits, self.teacher(logits, batch), self.temperature)

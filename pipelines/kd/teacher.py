@@ -122,11 +122,13 @@ def capture(model: nn.Module, layers: list[Layer]) -> dict[Layer, Capture]:
 
 
 class Teacher:
-    """The teacher's features for a student's terms: from the stored arrays where the `teacher_features`
-    stage stored them, else from the teacher (models/teacher.pt) run live, frozen, in eval mode."""
+    """The teacher's outputs for a student's terms: its features from the stored arrays where the
+    `teacher_features` stage stored them, else from the teacher (models/teacher.pt) run live, frozen, in eval
+    mode; with `run_live` (the student's `teacher: live`), its logits and features all from the teacher run on
+    each batch, on the view the student sees."""
 
-    def __init__(self, model_path: Path, cache: Path) -> None:
-        self.model_path, self.cache = model_path, cache
+    def __init__(self, model_path: Path, cache: Path, run_live: bool = False) -> None:
+        self.model_path, self.cache, self.run_live = model_path, cache, run_live
         self.manifest = read_manifest(cache / MANIFEST)
         self.stored: dict[Layer, torch.Tensor] = {}
         self.live: dict[Layer, Capture] = {}
@@ -138,7 +140,7 @@ class Teacher:
         set of `images` rows."""
         for layer, key in layers:
             name = layer_name(layer)
-            if self.manifest and self.manifest["cached"] and name in self.manifest["layers"]:
+            if not self.run_live and self.manifest and self.manifest["cached"] and name in self.manifest["layers"]:
                 if self.manifest["images"] != images:
                     raise DataError(f"{self.cache}: teacher features of {self.manifest['images']} images, the "
                                     f"transfer set has {images}: they were stored for other data; rerun "
@@ -147,19 +149,41 @@ class Teacher:
                     self.stored[layer] = open_features(self.cache, self.manifest, name)
                     log.info("teacher features of %s: read from %s (%s)", name, self.cache, self.manifest["reason"])
             elif layer not in self.live:
-                if self.model is None:
-                    teacher, _ = load_model(self.model_path)
-                    self.model = LiveModel(teacher.to(device).requires_grad_(False))
-                self.live[layer] = Capture(self.model.module, [(layer[0], key)], inputs=layer[1])
-                why = self.manifest["reason"] if self.manifest else f"no {self.cache / MANIFEST}"
+                module = self._load(device)
+                self.live[layer] = Capture(module, [(layer[0], key)], inputs=layer[1])
+                why = ("teacher: live" if self.run_live else self.manifest["reason"] if self.manifest
+                       else f"no {self.cache / MANIFEST}")
                 log.info("teacher features of %s: the teacher runs live beside the student (%s)", name, why)
+
+    def _load(self, device: torch.device) -> nn.Module:
+        """The teacher's module, loaded (frozen, on `device`) the first time it is asked for."""
+        if self.model is None:
+            teacher, _ = load_model(self.model_path)
+            self.model = LiveModel(teacher.to(device).requires_grad_(False))
+        return self.model.module
+
+    def setup(self, model: nn.Module, train_set: ImageSet) -> None:
+        """Load the teacher to run live beside `model`, for its logits (a logit term's set-up)."""
+        self._load(next(model.parameters()).device)
+
+    def logits(self, batch: Batch, device: torch.device) -> torch.Tensor:
+        """The live teacher's logits of this batch's images (run once per batch however many terms ask)."""
+        self._run(batch)
+        assert self.model is not None and self.model.output is not None  # setup loaded it, _run ran it
+        return self.model.output.to(device)
+
+    def live_models(self) -> list[LiveModel]:
+        return [] if self.model is None else [self.model]
+
+    def _run(self, batch: Batch) -> None:
+        if self.model is not None and batch.images is not self._last:
+            self.model(batch.images)
+            self._last = batch.images
 
     def features(self, batch: Batch, device: torch.device) -> dict[Layer, torch.Tensor]:
         """The teacher's features of this batch's images, for every attached layer; the live teacher runs
         once per batch whatever the number of terms that ask."""
-        if self.model is not None and batch.images is not self._last:
-            self.model(batch.images)
-            self._last = batch.images
+        self._run(batch)
         found = {layer: capture.values[layer[0]] for layer, capture in self.live.items()}
         rows = batch.rows.cpu()
         return found | {layer: stored[rows].to(device) for layer, stored in self.stored.items()}

@@ -15,6 +15,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
+from pipelines.engine.capture import live_models_of
 from pipelines.engine.objective import Batch, Objective
 from pipelines.engine.runtime import Runtime
 
@@ -71,7 +72,8 @@ class Strategy(Protocol):
 def place(model: nn.Module, objective: Objective, train_set: ImageSet, runtime: Runtime, on_device: bool) -> None:
     """What every strategy's preparation starts with: the model on the device (unless `on_device` is False: a
     strategy that moves it part by part, so that a model larger than one device is never whole on one), in
-    channels_last where that applies, then the objective set up for it and moved beside it."""
+    channels_last where that applies, then the objective set up for it and moved beside it, a live teacher in
+    channels_last too."""
     if on_device:
         model.to(runtime.device)
     if runtime.speed.channels_last:
@@ -79,6 +81,17 @@ def place(model: nn.Module, objective: Objective, train_set: ImageSet, runtime: 
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     objective.setup(model, train_set)
     objective.to(runtime.device)
+    if runtime.speed.channels_last:
+        for live in live_models_of(objective):
+            live.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def compile_whole(model: nn.Module, objective: Objective, runtime: Runtime) -> None:
+    """`speed.compile` where each process holds whole models: the model, and a live teacher beside it."""
+    if runtime.speed.compile:
+        model.compile()
+        for live in live_models_of(objective):
+            live.module.compile()
 
 
 def trained_parameters(*modules: nn.Module) -> list[nn.Parameter]:

@@ -8,18 +8,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
+from pipelines.engine.batch_sharing import buffers_in_step, share_batches
 from pipelines.engine.objective import Objective
 from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import steps_per_epoch
-from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, full_state_dict, place,
-                                               trained_parameters)
+from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, compile_whole, full_state_dict,
+                                               place, trained_parameters)
 from pipelines.engine.strategies.shares import Trainee, accumulate, summed_means, validate_shares
 
 
@@ -31,13 +33,18 @@ class DDP:
 
     def prepare(self, model: nn.Module, objective: Objective, train_set: ImageSet, batch_size: int) -> Layout:
         place(model, objective, train_set, self.runtime, on_device=True)
-        if self.runtime.speed.compile:
-            model.compile()
+        share_batches(objective, dist.group.WORLD)  # each process computes the loss of its share of every batch
+        compile_whole(model, objective, self.runtime)
         if self.params.sync_batchnorm:
             for name, child in list(model.named_children()):  # in place: `model` stays the module the caller holds
                 setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
         device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
-        self.wrapped = DistributedDataParallel(Trainee(model, objective), device_ids=device_ids)
+        trainee = Trainee(model, objective)
+        # What the objective keeps alike on every process itself (crd's memory banks) is not broadcast from rank 0
+        # before each forward, as the other buffers (batch norm's statistics) are.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            trainee, [f"objective.{name}" for name in buffers_in_step(objective)])
+        self.wrapped = DistributedDataParallel(trainee, device_ids=device_ids)
         self.model, self.objective = model, objective
         self.trained = trained_parameters(model, objective)
         return Layout(trained=self.trained, held=model, saved=nn.ModuleDict({"model": model, "objective": objective}),

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -19,6 +20,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
+from pipelines.engine.batch_sharing import share_batches
 from pipelines.engine.capture import live_models_of
 from pipelines.engine.objective import Objective
 from pipelines.engine.optim import clip_gradients
@@ -40,6 +42,7 @@ class FSDP:
 
     def prepare(self, model: nn.Module, objective: Objective, train_set: ImageSet, batch_size: int) -> Layout:
         place(model, objective, train_set, self.runtime, on_device=False)
+        share_batches(objective, dist.group.WORLD)  # each process computes the loss of its share of every batch
         mesh = fsdp_mesh(self.runtime, self.params)
         for block in blocks(model):
             if self.runtime.speed.compile:

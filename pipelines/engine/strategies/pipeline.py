@@ -42,6 +42,7 @@ from pipelines.config.base import ParamsError
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
+from pipelines.engine.batch_sharing import share_batches
 from pipelines.engine.capture import LiveModel, live_models_of
 from pipelines.engine.inference import val_metrics
 from pipelines.engine.objective import Objective
@@ -67,6 +68,7 @@ class PipelineParallel:
         """Cut the model (and each live teacher) into the ranks' runs of layers, then build this rank's stage
         and the schedule for micro-batches of `batch_size` / `microbatches` images."""
         place(model, objective, train_set, self.runtime, on_device=False)  # each rank moves its own layers
+        share_batches(objective, None)  # the last stage, which alone computes the loss, sees every row
         self.model, self.objective, self.batch_size = model, objective, batch_size
         self.carry = LayerCarry(objective)
         self.parts = split_layers(model, self.runtime.world_size)
@@ -88,7 +90,7 @@ class PipelineParallel:
         self._build_stage((batch_size // self.params.microbatches, *train_set.images.shape[1:]))
         return layout
 
-    def cut_live_models(self, live: list[LiveModel]) -> list[tuple[nn.Module, list[list[nn.Module]]]]:
+    def cut_live_models(self, live: list[LiveModel]) -> list[tuple[LiveModel, list[list[nn.Module]]]]:
         """Each live teacher and the runs of its layers the stages hold, cut as the model is (by its own
         parameter counts), run by the stages beside the model's from now on. One that cannot be cut runs whole
         on the last stage, beside the loss."""
@@ -103,7 +105,7 @@ class PipelineParallel:
                     log.info("the live %s cannot be cut into stages: it runs whole on the last one", name)
                 module.to(self.runtime.device if self.rank == self.last_rank else "cpu")
                 continue
-            split.append((module, parts))
+            split.append((frozen, parts))
             frozen.runs_elsewhere = True
             if self.runtime.is_main:
                 held = sum(parameter.numel() for layer in parts[self.rank] for parameter in layer.parameters())
@@ -121,7 +123,7 @@ class PipelineParallel:
         layer's output that the objective reads: which those are, one forward of the whole models in host
         memory, where `fit` left them, says."""
         self.model.eval()
-        models = [self.model, *(frozen for frozen, _ in self.frozen)]
+        models = [self.model, *(frozen.module for frozen, _ in self.frozen)]
         cuts = [self.parts, *(parts for _, parts in self.frozen)]
         images = torch.zeros(microbatch, device=self.runtime.device)
         boundaries = [[images] for _ in models]  # per model, what enters each stage, then its output
@@ -183,9 +185,11 @@ class PipelineParallel:
         """The objective's loss on one micro-batch's logits (and the inner layers' outputs carried along):
         the objective runs with them as its model's output and its hooks' captures."""
         logits, *teachers_and_carried = output
-        carried = teachers_and_carried[len(self.frozen):]  # the teachers' outputs: their captured layers matter
+        teachers, carried = teachers_and_carried[: len(self.frozen)], teachers_and_carried[len(self.frozen):]
         if self._validating:  # the schedule runs forwards only, and still asks for a loss: none is wanted
             return logits.new_zeros(())
+        for (frozen, _), teacher_output in zip(self.frozen, teachers):
+            frozen.output = teacher_output  # a live teacher's logits, from its last stage
         self.carry.take(dict(zip(self.carried, carried)))
         assert self._batch_of is not None  # set by backward, which runs the schedule
         loss, terms = self.objective(Given(logits), self._batch_of(rows))

@@ -13,13 +13,14 @@ from torch import nn
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
+from pipelines.engine.batch_sharing import share_batches
 from pipelines.engine.inference import validate
 from pipelines.engine.objective import Objective
 from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import steps_per_epoch
-from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, full_state_dict, place,
-                                               trained_parameters)
+from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, compile_whole, full_state_dict,
+                                               place, trained_parameters)
 from pipelines.engine.strategies.pipeline_stages import pipeline_steps
 from pipelines.engine.strategies.shares import accumulate, summed_means
 
@@ -34,8 +35,8 @@ class OneProcess:
 
     def prepare(self, model: nn.Module, objective: Objective, train_set: ImageSet, batch_size: int) -> Layout:
         place(model, objective, train_set, self.runtime, on_device=True)
-        if self.runtime.speed.compile:
-            model.compile()
+        share_batches(objective, None)  # this process sees every row
+        compile_whole(model, objective, self.runtime)
         self.model, self.objective = model, objective
         self.trained = trained_parameters(model, objective)
         steps = (pipeline_steps(len(train_set), batch_size, self.params.microbatches) if self.one_stage
