@@ -1,7 +1,10 @@
-"""The methods study: which distillation loss pays off? For each dataset and seed of `kd_study` in
-params.yaml, the pipeline's teacher and baseline student, then the student under each named loss; one table
-(mean and spread of test accuracy over the seeds, the share of the teacher-baseline gap each loss recovers,
-seconds per epoch) and one plot.
+"""The methods study: which distillation loss pays off, and how should the student meet the teacher? For each
+dataset and seed of `kd_study` in params.yaml, the pipeline's teacher and baseline student, then the student
+under each named loss, each way (`ways`: the fixed transfer set, a live teacher on fresh views, function
+matching) and each budget (`budgets`, epochs), named `<loss>-<way>-<budget>`, and per way and budget its
+labels-only control (`control-<way>-<budget>`: the same epochs and views, cross-entropy alone). One table (mean
+and spread of test accuracy over the seeds, the share of the teacher-control gap each student recovers against
+its own control, seconds per epoch) and one plot.
 
     python -m pipelines.kd_study run DATASET SEED    # kd_study/runs/DATASET-SEED/ (the run's project), .json (its rows)
     python -m pipelines.kd_study summarize           # kd_study/results.md, results.json, gains.png
@@ -21,26 +24,52 @@ import re
 import shutil
 import statistics
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import PARAMS_FILE, Params, ParamsError
-from pipelines.config.distill import StudentParams, StudyDataset
+from pipelines.config.distill import KDStudyParams, StudentParams, StudyDataset
+from pipelines.config.training import TrainParams
 from pipelines.config.params import read_raw_params, validate_params, with_overrides
 from pipelines.core.paths import Paths
 from pipelines.core.stage import params_or_exit
+from pipelines.evaluation.comparison import gap_recovered
 
 log = logging.getLogger(__name__)
 MODELS = ("teacher", "student_baseline")
 
 
 def study_params(params_file: Path, dataset: str, seed: int, source: str) -> Params:
-    """The pipeline's params for one run: the seed, the dataset's source, and one student per study loss."""
+    """The pipeline's params for one run: the seed, the dataset's source, and the study's students."""
     raw = read_raw_params(params_file)
-    losses = raw["kd_study"]["losses"]
-    return validate_params(with_overrides(raw, {
-        "seed": seed, "data.source": source,
-        "distill": {name: student if isinstance(student, dict) else {"losses": student}
-                    for name, student in losses.items()},
-    }), source=str(params_file))
+    shipped = validate_params(raw, source=str(params_file))
+    students, _ = study_students(shipped.kd_study, shipped.student.train)
+    return validate_params(with_overrides(raw, {"seed": seed, "data.source": source, "distill": students}),
+                           source=str(params_file))
+
+
+def study_students(study: KDStudyParams, train: TrainParams) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every student of the study as a `distill` entry, by name, and the name of each one's control; `train`
+    is the student section's (its batch size stays, the epochs are each budget's)."""
+    students: dict[str, dict] = {}
+    controls: dict[str, str] = {}
+    for way_name, way in study.ways.items():
+        views: dict[str, Any] = {"views": way.views.model_dump(mode="json")} if way.views is not None else {}
+        for budget in study.budgets:
+            control = f"control-{way_name}-{budget}"
+            students[control] = {"losses": [{"method": "ce"}], "train": {"epochs": budget,
+                                                                          "batch_size": train.batch_size}, **views}
+            for loss, entry in study.losses.items():
+                whole = entry if isinstance(entry, StudentParams) else StudentParams(losses=entry)
+                student: dict[str, Any] = whole.model_dump(mode="json", exclude_none=True)
+                batch_size = whole.train.batch_size if whole.train is not None else train.batch_size
+                student |= {"train": {"epochs": budget, "batch_size": batch_size}, "teacher": way.teacher, **views}
+                if not way.labels:  # function matching: the teacher's outputs instead of the labels
+                    student["losses"] = [{"method": "kd", "temperature": 1.0, "weight": term.weight}
+                                         if term.method == "ce" else term.model_dump(mode="json")
+                                         for term in whole.losses]
+                students[f"{loss}-{way_name}-{budget}"] = student
+                controls[f"{loss}-{way_name}-{budget}"] = control
+    return students, controls
 
 
 def check_losses(params: Params) -> None:
@@ -48,7 +77,7 @@ def check_losses(params: Params) -> None:
     from pipelines.kd import check_students
 
     def study_key(match: re.Match) -> str:  # a list of terms is the entry itself; a whole student holds `losses`
-        name = match.group(1)
+        name = match.group(1).rsplit("-", 2)[0]  # <loss>-<way>-<budget>
         return f"kd_study.losses.{name}." + ("losses." if isinstance(params.kd_study.losses[name], StudentParams)
                                              else "")
 
@@ -99,6 +128,7 @@ def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
         teacher_features(params, paths, name)
         distill(params, paths, name)
     test = open_image_set(paths.split("test"), paths.arrow_cache)
+    _, controls = study_students(params.kd_study, params.student.train)
     rows = []
     for name in [*MODELS, *params.distill]:
         model, checkpoint = load_model(paths.model(name))
@@ -106,8 +136,8 @@ def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
                          .float().mean())
         log_file = paths.training_log(name) / "metrics.json"
         seconds = json.loads(log_file.read_text())["train_seconds"] / checkpoint.metrics["epochs"]
-        rows.append({"dataset": dataset, "seed": seed, "model": name, "test_accuracy": accuracy,
-                     "seconds_per_epoch": seconds})
+        rows.append({"dataset": dataset, "seed": seed, "model": name, "control": controls.get(name),
+                     "test_accuracy": accuracy, "seconds_per_epoch": seconds})
     write_json(root / "kd_study" / "runs" / f"{dataset}-{seed}.json", rows)
     return rows
 
@@ -133,22 +163,24 @@ def summarize(params: Params, root: Path) -> list[dict]:
 
 def summarize_rows(rows: list[dict]) -> list[dict]:
     """Per dataset and model: mean and standard deviation of test accuracy over the seeds, the mean share of
-    the teacher-baseline gap recovered (per seed, then averaged), seconds per epoch."""
+    the teacher-control gap recovered against the model's own control (per seed, then averaged; a row without
+    one is measured against the baseline), seconds per epoch."""
     by_run = {(row["dataset"], row["seed"], row["model"]): row for row in rows}
     summary = []
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
         seeds = sorted({row["seed"] for row in rows if row["dataset"] == dataset})
         for model in dict.fromkeys(row["model"] for row in rows if row["dataset"] == dataset):
             accuracies = [by_run[(dataset, seed, model)]["test_accuracy"] for seed in seeds]
-            gaps = [by_run[(dataset, seed, "teacher")]["test_accuracy"]
-                    - by_run[(dataset, seed, "student_baseline")]["test_accuracy"] for seed in seeds]
-            recovered = [(accuracy - by_run[(dataset, seed, "student_baseline")]["test_accuracy"]) / gap
-                         for accuracy, gap, seed in zip(accuracies, gaps, seeds) if gap > 0]
+            control = by_run[(dataset, seeds[0], model)].get("control", "student_baseline")
+            measured = control is not None and model not in MODELS
+            recovered = [share for accuracy, seed in zip(accuracies, seeds) if measured
+                         if (share := gap_recovered(accuracy, by_run[(dataset, seed, control)]["test_accuracy"],
+                                                    by_run[(dataset, seed, "teacher")]["test_accuracy"])) is not None]
             summary.append({
-                "dataset": dataset, "model": model, "seeds": len(seeds),
+                "dataset": dataset, "model": model, "seeds": len(seeds), "control": control if measured else None,
                 "mean_accuracy": statistics.mean(accuracies),
                 "std_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                "gap_recovered": statistics.mean(recovered) if recovered and model not in MODELS else None,
+                "gap_recovered": statistics.mean(recovered) if recovered else None,
                 "seconds_per_epoch": statistics.mean(by_run[(dataset, seed, model)]["seconds_per_epoch"]
                                                      for seed in seeds),
             })

@@ -1,5 +1,7 @@
-"""The distillation methods study: a flow run over datasets and seeds (the harder ones generated), its table
-of accuracy, gap recovered and seconds per epoch, and clear errors for bad study params."""
+"""The distillation methods study: every loss each way (fixed transfer set, live teacher on fresh views, function
+matching) at each budget beside a labels-only control of that budget and views; a flow run over datasets and
+seeds (the harder ones generated), its table of accuracy, gap recovered against each student's control and seconds
+per epoch, and clear errors for bad study params."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from pipelines.config import ParamsError, load_params
 from pipelines.config.distill import StudyDataset
 from pipelines.data.generated import noisy_digits, warped_digits
-from pipelines.kd_study import check_losses, study_params, summarize_rows
+from pipelines.kd_study import check_losses, study_params, study_students, summarize_rows
 from tasks.params import write_overrides
 from tests.conftest import SHIPPED_PARAMS
 
@@ -50,6 +52,36 @@ def test_warp_options_without_a_size_are_refused() -> None:
         load_params(SHIPPED_PARAMS, {"kd_study.datasets": {"hard": {"clutter": 2}}})
 
 
+def test_each_loss_runs_each_way_at_each_budget_beside_a_labels_only_control_of_that_budget_and_views() -> None:
+    params = load_params(SHIPPED_PARAMS)
+    students, controls = study_students(params.kd_study, params.student.train)
+    ways, budgets, losses = params.kd_study.ways, params.kd_study.budgets, params.kd_study.losses
+    assert len(students) == len(ways) * len(budgets) * (len(losses) + 1)
+    for way, settings in ways.items():
+        for budget in budgets:
+            control = students[f"control-{way}-{budget}"]
+            assert control["losses"] == [{"method": "ce"}] and control["train"]["epochs"] == budget
+            assert control.get("views") == (settings.views.model_dump(mode="json") if settings.views else None)
+            for loss in losses:
+                student = students[f"{loss}-{way}-{budget}"]
+                assert controls[f"{loss}-{way}-{budget}"] == f"control-{way}-{budget}"
+                assert student["train"]["epochs"] == budget and student.get("views") == control.get("views")
+                assert student["teacher"] == settings.teacher
+    matching = students["kd-matching-45"]["losses"]  # function matching reads no label: ce became kd at T = 1
+    assert [(term["method"], term.get("temperature")) for term in matching] == [("kd", 8.0), ("kd", 1.0)]
+
+
+def test_the_gap_recovered_is_measured_against_each_student_s_own_control() -> None:
+    accuracies = {"teacher": 1.0, "student_baseline": 0.8, "control-fresh-15": 0.9, "kd-fresh-15": 0.95}
+    rows = [{"dataset": "d", "seed": 0, "model": model, "test_accuracy": accuracy, "seconds_per_epoch": 1.0,
+             "control": "control-fresh-15" if model == "kd-fresh-15" else None}
+            for model, accuracy in accuracies.items()]
+    summary = {row["model"]: row for row in summarize_rows(rows)}
+    assert summary["kd-fresh-15"]["gap_recovered"] == pytest.approx(0.5)  # (0.95 - 0.9) / (1.0 - 0.9)
+    assert summary["kd-fresh-15"]["control"] == "control-fresh-15"
+    assert summary["control-fresh-15"]["gap_recovered"] is None
+
+
 def test_the_gap_recovered_is_computed_per_seed_then_averaged() -> None:
     rows = [{"dataset": "d", "seed": seed, "model": model, "test_accuracy": accuracy, "seconds_per_epoch": 1.0}
             for seed, accuracies in ((0, (1.0, 0.8, 0.9)), (1, (0.9, 0.8, 0.9)))
@@ -67,14 +99,16 @@ def test_a_bad_study_loss_is_named_by_its_kd_study_key(tmp_path: Path) -> None:
         check_losses(study_params(params_file, "digits", 0, "digits"))
 
 
-def test_a_study_student_with_its_own_budget_is_named_by_its_losses_key(tmp_path: Path) -> None:
+def test_a_whole_study_student_is_named_by_its_losses_key(tmp_path: Path) -> None:
     params_file = tmp_path / "params.yaml"
     shutil.copy(SHIPPED_PARAMS, params_file)
-    write_overrides(params_file, {"kd_study.losses.kd_long.losses.0.temperature": -1.0})
+    write_overrides(params_file, {"kd_study.losses.kd_wide": {
+        "losses": [{"method": "kd", "temperature": -1.0}], "model": {"width": 16, "depth": 2, "dropout": 0.0}}})
     params = study_params(params_file, "digits", 0, "digits")
-    assert params.distill["kd_long"].train.epochs == 3 * params.student.train.epochs
+    assert params.student_training("kd_wide-fixed-45").model.width == 16
+    assert params.student_training("kd_wide-fixed-15").train.epochs == 15
     with pytest.raises(ParamsError,
-                       match=r"kd_study\.losses\.kd_long\.losses\.0\.temperature: Input should be greater than 0"):
+                       match=r"kd_study\.losses\.kd_wide\.losses\.0\.temperature: Input should be greater than 0"):
         check_losses(params)
 
 
@@ -90,6 +124,7 @@ def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(pref
     write_overrides(project / "params.yaml", {  # the project's params are the tiny ones already
         "kd_study.seeds": [0, 1],
         "kd_study.datasets": {"digits": {}, "warped": {"size": 12, "images": 300, "clutter": 1, "noise": 0.1}},
+        "kd_study.budgets": [1], "kd_study.ways": {"fixed": {}},
         "kd_study.losses": {"kd": [{"method": "kd"}, {"method": "ce"}],
                             "fitnet": [{"method": "fitnet"}, {"method": "ce"}]},
     })
@@ -99,7 +134,7 @@ def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(pref
     summary = json.loads((project / "kd_study" / "results.json").read_text())
     assert [(row["dataset"], row["model"]) for row in summary] == [
         (dataset, model) for dataset in ("digits", "warped")
-        for model in ("teacher", "student_baseline", "kd", "fitnet")]
+        for model in ("teacher", "student_baseline", "control-fixed-1", "kd-fixed-1", "fitnet-fixed-1")]
     assert all(row["seeds"] == 2 and row["seconds_per_epoch"] > 0 for row in summary)
-    assert "### warped" in table and "| fitnet |" in table
+    assert "### warped" in table and "| fitnet-fixed-1 |" in table and "| control-fixed-1 |" in table
     assert (project / "kd_study" / "gains.png").stat().st_size > 0

@@ -114,14 +114,25 @@ class StudyDataset(Section):
         return self
 
 
+class StudyWay(Section):
+    """How the study's students of one way meet the teacher (`kd_study.ways`)."""
+
+    teacher: Literal["stored", "live"] = "stored"  # as a student's `teacher`
+    views: TransformParams | None = None  # as a student's `views`; its labels-only control trains on them too
+    labels: bool = True  # false: function matching, each label term (ce) becomes kd at T = 1, no label read
+
+
 class KDStudyParams(Section):
     """The `kd_study` section: the methods study (flows/kd_methods.py). The teacher and the student of the
-    pipeline, trained on each dataset with each seed; then a student under each named loss."""
+    pipeline, trained on each dataset with each seed; then a student under each named loss, each way and each
+    budget, and per way and budget the labels-only control those students are measured against."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     datasets: dict[DatasetName, StudyDataset] = Field(default_factory=lambda: {"digits": StudyDataset()}, min_length=1)
-    # name -> a student's loss terms, as in `distill`; or a whole student ({losses: [...], train: {...}}) to
-    # change its budget or settings too
+    budgets: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [15, 45], min_length=1)  # epochs
+    ways: dict[DatasetName, StudyWay] = Field(default_factory=lambda: {"fixed": StudyWay()}, min_length=1)
+    # name -> a student's loss terms, as in `distill`; or a whole student ({losses: [...], model: {...}}) to
+    # change its settings too (its epochs are the budget's)
     losses: dict[StudentName, list[LossTerm] | StudentParams] = Field(min_length=1)
 
 

@@ -90,7 +90,8 @@ class Params(Section):
     def _derived_settings_valid(self) -> Params:
         for name in self.distill:
             views = self.student_training(name).views
-            if views is not None and views.enabled and self.distill[name].teacher == "stored":
+            reads_teacher = any(term.method != "ce" for term in self.distill[name].losses)
+            if views is not None and views.enabled and reads_teacher and self.distill[name].teacher == "stored":
                 raise ValueError(f"distill.{name}.teacher: stored, but the student trains on fresh views (views): "
                                  f"the stored outputs are the teacher's on the fixed transfer images, not on those "
                                  f"views; set teacher: live")
