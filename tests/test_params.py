@@ -355,8 +355,8 @@ def test_stage_cli_with_bad_params_exits_2_naming_the_key_and_writes_nothing(tmp
 
 def test_a_student_s_training_defaults_to_the_student_section_where_it_sets_none():
     params = load_params(PARAMS)
-    shipped = params.distill["student_kd"]  # sets its own epochs (docs/kd_methods.md), nothing else
-    assert shipped.overrides == {"train": TrainParams(epochs=3 * params.student.train.epochs, batch_size=128)}
+    shipped = params.distill["student_kd"]  # sets its train section, the baseline's budget, nothing else
+    assert shipped.overrides == {"train": TrainParams(epochs=params.student.train.epochs, batch_size=128)}
     assert params.student_training("student_kd") == params.student.model_copy(update={"train": shipped.train})
     bare = load_params(PARAMS, {"distill": {"plain": {"losses": [{"method": "kd"}, {"method": "ce"}]}}})
     assert bare.distill["plain"].overrides == {}
