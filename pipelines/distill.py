@@ -28,7 +28,7 @@ def distill(params: Params, paths: Paths = Paths(), student: str | None = None) 
     results = {}
     for name in [student] if student else list(params.distill):
         training = params.student_training(name)
-        objective = build_objective(name, params.distill[name], training.regularization.label_smoothing, paths)
+        objective = build_objective(name, params, paths)
         results[name] = train_and_save(name, training, objective, params, paths, heads=paths.heads(name))
     return results
 

@@ -183,6 +183,7 @@ def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
         str(paths.transfer),
         str(paths.teacher_logits),
         str(paths.teacher_features("student_kd")),
+        str(paths.teacher_views("student_kd")),
         *(str(paths.model(name)) for name in models),
         str(paths.heads("student_kd")),
         *(str(paths.training_log(name) / "metrics.json") for name in models),

@@ -16,7 +16,7 @@ from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS
 pytestmark = pytest.mark.integration  # each test runs a fresh interpreter
 
 STAGES = ["check_params", "prepare", "augment", "train_teacher", "train_student", "teacher_logits", "teacher_features",
-          "distill", "evaluate", "report", "publish",
+          "teacher_views", "distill", "evaluate", "report", "publish",
           "fetch", "remote"]  # the last two are commands, not dvc.yaml stages
 
 

@@ -21,7 +21,8 @@ from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
 def test_flow_runs_every_dvc_stage_each_after_those_it_depends_on() -> None:
     order = dvc_stages(PROJECT_ROOT)
     assert order == ["check_params", "prepare", "augment", "train_teacher", "train_student", "teacher_logits",
-                     "teacher_features@student_kd", "distill@student_kd", "evaluate", "report", "publish"]
+                     "teacher_features@student_kd", "teacher_views@student_kd", "distill@student_kd", "evaluate",
+                     "report", "publish"]
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
     assert {name.partition("@")[0] for name in order} == set(stages)
 

@@ -17,7 +17,8 @@ from pipelines.config.training import ModelParams, RegularizationParams, Trainin
 from pipelines.data.draws import KeyedDraws
 from pipelines.data.images import ImageSet
 from pipelines.data.transforms import view_batch
-from pipelines.engine.loop import batch_source, fit
+from pipelines.engine.batches import batch_source
+from pipelines.engine.loop import fit
 from pipelines.engine.objective import Batch
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.views import fresh_views

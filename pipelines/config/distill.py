@@ -65,8 +65,9 @@ class StudentParams(Section):
 
     losses: list[LossTerm] = Field(min_length=1)
     # the teacher's outputs the terms read: stored (the teacher_logits and teacher_features stages' outputs
-    # on the fixed transfer set) or live (the teacher run on each batch, on the view the student sees)
-    teacher: Literal["stored", "live"] = "stored"
+    # on the fixed transfer set), live (the teacher run on each batch, on the view the student sees) or cached
+    # (its logits on each epoch's views, stored once by the teacher_views stage; features are read live)
+    teacher: Literal["stored", "live", "cached"] = "stored"
     model: ModelParams | None = None
     train: TrainParams | None = None
     optimizer: OptimizerParams | None = None
@@ -96,6 +97,14 @@ class TeacherFeaturesParams(Section):
 
     # store them (once, DVC-tracked) up to this size; beyond, run the teacher live
     max_cache_gb: float = Field(default=2.0, ge=0.0)
+
+
+class TeacherViewsParams(Section):
+    """The `teacher_views` section: the cache of the teacher's logits on each epoch's fresh views, for a student
+    with `teacher: cached` (stage teacher_views@<student>)."""
+
+    max_cache_gb: float = Field(default=1.0, gt=0.0)  # refused before anything is written when it would be larger
+    top_k: int | None = Field(default=None, ge=1)  # the largest logits kept per view (null: every class's)
 
 
 class StudyDataset(Section):

@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from pipelines.config.base import ParamsError, Section, error_lines
 from pipelines.config.data import AugmentParams, DataParams
 from pipelines.config.distributed import DistributedParams
-from pipelines.config.distill import RESERVED_NAMES, KDStudyParams, Students, TeacherFeaturesParams
+from pipelines.config.distill import RESERVED_NAMES, KDStudyParams, Students, TeacherFeaturesParams, TeacherViewsParams
 from pipelines.config.loader import load_yaml
 from pipelines.config.resume import ResumeParams
 from pipelines.config.speed import SpeedParams
@@ -56,6 +56,7 @@ class Params(Section):
     student: TrainingParams
     distill: Students
     teacher_features: TeacherFeaturesParams = TeacherFeaturesParams()
+    teacher_views: TeacherViewsParams = TeacherViewsParams()
     evaluate: EvaluateParams
     storage: StorageParams = StorageParams()
     publish: PublishParams = PublishParams()
@@ -91,10 +92,14 @@ class Params(Section):
         for name in self.distill:
             views = self.student_training(name).views
             reads_teacher = any(term.method != "ce" for term in self.distill[name].losses)
-            if views is not None and views.enabled and reads_teacher and self.distill[name].teacher == "stored":
+            fresh = views is not None and views.enabled
+            if fresh and reads_teacher and self.distill[name].teacher == "stored":
                 raise ValueError(f"distill.{name}.teacher: stored, but the student trains on fresh views (views): "
                                  f"the stored outputs are the teacher's on the fixed transfer images, not on those "
-                                 f"views; set teacher: live")
+                                 f"views; set teacher: live, or cached")
+            if not fresh and self.distill[name].teacher == "cached":
+                raise ValueError(f"distill.{name}.teacher: cached keeps the teacher's outputs on each epoch's fresh "
+                                 f"views, and the student has none (views); set views, or teacher: stored")
         self.study_settings()
         students = self.model_names[1:]  # the baseline and the distilled students
         if self.publish.enabled and (unknown := sorted(set(self.publish.students) - set(students))):

@@ -40,6 +40,10 @@ class Paths:
         """The teacher's features of the layers distilled student `student` reads, stored when they fit."""
         return self.root / "data" / "teacher_features" / student
 
+    def teacher_views(self, student: str) -> Path:
+        """The teacher's logits on each epoch's fresh views of distilled student `student` (`teacher: cached`)."""
+        return self.root / "data" / "teacher_views" / student
+
     def model(self, name: str) -> Path:
         """The checkpoint of model `name` (teacher, student_baseline, or a distilled student's name)."""
         return self.root / "models" / f"{name}.pt"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +24,11 @@ from torch import nn
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import TrainingParams
 from pipelines.data.images import ImageSet
+from pipelines.engine.batches import batch_source
 from pipelines.engine.divergence import DivergenceWatch
 from pipelines.engine.early_stopping import early_stopping
 from pipelines.engine.ema import weight_average
-from pipelines.engine.objective import Batch, Objective
+from pipelines.engine.objective import Objective
 from pipelines.engine.optim import add_l1_gradient, build_optimizer
 from pipelines.engine.resume import NoResume, Progress, Resume, TrainingState
 from pipelines.engine.runtime import Runtime
@@ -118,42 +119,6 @@ def add_to_sums(sums: dict[str, torch.Tensor | float], micro_batches: Iterator[S
         for name, value in {"loss": loss, **terms}.items():
             sums[name] = sums.get(name, 0.0) + value.detach() * count
         sums["count"] = sums.get("count", 0.0) + count
-
-
-def batch_source(train_set: ImageSet, runtime: Runtime) -> Callable[[torch.Tensor], Batch]:
-    """The function that makes the batch of some rows of `train_set` on the runtime's device. Pixels are
-    gathered from the (memory-mapped) set, pinned and copied without blocking, or, when `speed.data_on_device`
-    applies and they fit, gathered on the device from a copy made once."""
-    device, speed = runtime.device, runtime.speed
-    pixels: torch.Tensor | None = None
-    if speed.data_on_device and _fits_on_device(train_set, runtime):
-        pixels = torch.empty(train_set.images.shape, dtype=torch.uint8, device=device)
-        for start in range(0, len(train_set), 4096):  # in chunks: the host never holds a second whole copy
-            pixels[start : start + 4096] = train_set.images[start : start + 4096].to(device)
-        log.info("the training set's pixels stay on %s (%.2f GiB)", device, pixels.numel() / 2**30)
-    mix_labels, mix_weights = train_set.columns.get("mix_label"), train_set.columns.get("mix_weight")
-    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
-
-    def batch_of(rows: torch.Tensor) -> Batch:
-        if pixels is not None:
-            images = pixels[rows.to(device)]
-        else:
-            gathered = train_set.images[rows]
-            images = (gathered.pin_memory() if speed.pin_memory else gathered).to(device, non_blocking=speed.pin_memory)
-        return Batch(
-            images=images.float().div_(255.0).contiguous(memory_format=memory_format),
-            labels=train_set.labels[rows].to(device),
-            rows=rows,
-            mix_labels=None if mix_labels is None else mix_labels[rows].to(device),
-            mix_weights=None if mix_weights is None else mix_weights[rows].to(device),
-        )
-
-    return batch_of
-
-
-def _fits_on_device(train_set: ImageSet, runtime: Runtime) -> bool:
-    free, _ = torch.cuda.mem_get_info(runtime.device)
-    return math.prod(train_set.images.shape) <= runtime.speed.data_on_device_max_share * free
 
 
 def scale_learning_rate(optimizer: torch.optim.Optimizer, scaling: str, world_size: int) -> None:

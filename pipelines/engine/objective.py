@@ -10,6 +10,7 @@ layers or runs a live teacher says so through pipelines/engine/capture.py's `Rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,10 @@ class Batch:
     rows: torch.Tensor  # the batch's row indices in the training set: per-row data (stored logits) is gathered by them
     mix_labels: torch.Tensor | None = None  # with mixup/cutmix: each image's second label ...
     mix_weights: torch.Tensor | None = None  # ... and the share of `labels` in it
+    epoch: int = 0  # the epoch whose fresh views these are (a cache of the teacher's outputs on views is by epoch)
+
+
+BatchOf = Callable[[torch.Tensor], Batch]  # the batch of some rows of the training set, on the device
 
 
 class Objective(nn.Module):

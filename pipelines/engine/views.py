@@ -19,9 +19,8 @@ from pipelines.config.data import TransformParams
 from pipelines.data.draws import KeyedDraws
 from pipelines.data.images import ImageSet
 from pipelines.data.transforms import mix_pairs, view_batch
-from pipelines.engine.objective import Batch
+from pipelines.engine.objective import Batch, BatchOf
 from pipelines.engine.runtime import Runtime
-from pipelines.engine.strategies.base import BatchOf
 
 PARTNER = 0x9E3779B9  # what keys an image's partner draw apart from its own view's (any odd constant)
 
@@ -45,7 +44,7 @@ class FreshViews:
         device = batch.images.device
         images = view_batch(batch.images, self.params, KeyedDraws(self.seed, epoch, batch.rows, device))
         if not self.params.mix.enabled:
-            return replace(batch, images=images.contiguous(memory_format=self.memory_format))
+            return replace(batch, images=images.contiguous(memory_format=self.memory_format), epoch=epoch)
         partner_key = KeyedDraws(self.seed ^ PARTNER, epoch, batch.rows, device)
         partner_rows = partner_key.integers(self.rows).cpu()
         partners = self.source(partner_rows)
@@ -53,7 +52,7 @@ class FreshViews:
         mixed, mix_labels, mix_weights = mix_pairs(images, batch.labels, partner_images, partners.labels,
                                                    self.params.mix, partner_key)
         return replace(batch, images=mixed.contiguous(memory_format=self.memory_format), mix_labels=mix_labels,
-                       mix_weights=mix_weights)
+                       mix_weights=mix_weights, epoch=epoch)
 
 
 class StoredImages:

@@ -27,6 +27,7 @@ from pipelines.kd.fitnet import FitNet
 from pipelines.kd.kd import KD
 from pipelines.kd.rkd import RKD
 from pipelines.kd.teacher import Layer, Teacher
+from pipelines.kd.view_cache import CachedViews
 
 METHODS: dict[str, type[Term]] = {
     "kd": KD,  # Hinton et al.'s soft targets
@@ -64,9 +65,14 @@ def term_options(term: LossTerm) -> Section:
     return METHODS[term.method].Options.model_validate(term.options)
 
 
-def build_objective(student_name: str, student: StudentParams, label_smoothing: float, paths: Paths) -> Distillation:
-    """The objective that trains `student` (whose terms `check_students` has checked)."""
-    teacher = Teacher(paths.model("teacher"), paths.teacher_features(student_name), student.teacher == "live")
+def build_objective(student_name: str, params: Params, paths: Paths) -> Distillation:
+    """The objective that trains distilled student `student_name` of `params` (whose terms `check_students` has
+    checked)."""
+    student, training = params.distill[student_name], params.student_training(student_name)
+    label_smoothing = training.regularization.label_smoothing
+    views = (CachedViews(paths.teacher_views(student_name), params.seed, training.views, training.train.epochs)
+             if student.teacher == "cached" else None)
+    teacher = Teacher(paths.model("teacher"), paths.teacher_features(student_name), student.teacher != "stored", views)
     context, terms = Context(paths, label_smoothing, teacher), []
     seen: dict[str, int] = {}
     for index, term in enumerate(student.losses):

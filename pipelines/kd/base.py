@@ -22,6 +22,7 @@ from pipelines.engine.batch_sharing import SharesBatches
 from pipelines.engine.capture import Capture, LiveModel, ReadsLayers
 from pipelines.engine.objective import Batch, Objective
 from pipelines.kd.teacher import Teacher
+from pipelines.kd.view_cache import CachedViews
 
 OptionsT = TypeVar("OptionsT", bound=Section)  # a term's options schema, its `Options`
 
@@ -76,7 +77,7 @@ class StoredLogits:
         return []
 
 
-LogitsSource = torch.Tensor | StoredLogits | Teacher  # the stored logits, or where the teacher's logits come from
+LogitsSource = torch.Tensor | StoredLogits | Teacher | CachedViews  # the stored logits, or where they come from
 
 
 class TeacherLogits(Term[OptionsT]):
@@ -89,8 +90,11 @@ class TeacherLogits(Term[OptionsT]):
         self.outputs = StoredLogits(teacher) if isinstance(teacher, torch.Tensor) else teacher
 
     @staticmethod
-    def source(context: Context) -> StoredLogits | Teacher:
-        """The live teacher, or the stored logits, as the student's `teacher` setting says."""
+    def source(context: Context) -> StoredLogits | Teacher | CachedViews:
+        """Where the logits come from, as the student's `teacher` setting says: the cache of its logits on the
+        views (cached), the teacher run live (live), or the stored logits (stored)."""
+        if context.teacher.views is not None:
+            return context.teacher.views
         return context.teacher if context.teacher.run_live else StoredLogits(open_logits(context.paths.teacher_logits))
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:

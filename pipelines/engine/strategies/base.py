@@ -4,7 +4,7 @@ what a strategy's preparation tells the loop. The loop calls nothing else of a s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -16,10 +16,9 @@ from torch.distributed.fsdp import FSDPModule
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.capture import live_models_of
-from pipelines.engine.objective import Batch, Objective
+from pipelines.engine.objective import BatchOf, Objective
 from pipelines.engine.runtime import Runtime
 
-BatchOf = Callable[[torch.Tensor], Batch]  # a batch of the training set's rows, on the device
 StepTerms = tuple[int, torch.Tensor, dict[str, torch.Tensor]]  # images, loss and loss terms of one micro-batch
 StateDict = dict[str, torch.Tensor]
 
