@@ -41,8 +41,9 @@ def test_changing_a_student_s_param_reruns_only_that_student_evaluate_report_and
         reproduced_project: Path) -> None:
     project = reproduced_project  # after one dvc repro
     experiment = run(["dvc", "exp", "run", "--set-param", "distill.student_kd.losses.0.temperature=2.0"], project)
-    assert ran_stages(experiment.stdout) == ["check_params", "teacher_features@student_kd", "distill@student_kd",
-                                             "evaluate", "report", "publish"]  # (publish: off, it records that)
+    assert ran_stages(experiment.stdout) == ["check_params", "teacher_features@student_kd", "teacher_views@student_kd",
+                                             "distill@student_kd", "evaluate", "report", "publish"]  # (publish: off,
+    # it records that; teacher_views: no cache for this student, it writes its manifest again)
     assert "temperature: 2.0" in (project / "params.yaml").read_text()
 
 
@@ -95,8 +96,8 @@ def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report
                                "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
     })
     rerun = run(["dvc", "repro"], project)
-    assert ran_stages(rerun.stdout) == ["check_params", "teacher_features@student_t2", "distill@student_t2", "evaluate",
-                                        "report", "publish"]
+    assert ran_stages(rerun.stdout) == ["check_params", "teacher_features@student_t2", "teacher_views@student_t2",
+                                        "distill@student_t2", "evaluate", "report", "publish"]
     assert (project / "models" / "student_t2.pt").exists()
     assert (project / "metrics" / "train" / "student_t2" / "metrics.json").exists()
     results = json.loads((project / "metrics" / "eval.json").read_text())
