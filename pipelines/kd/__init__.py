@@ -70,9 +70,10 @@ def build_objective(student_name: str, params: Params, paths: Paths) -> Distilla
     checked)."""
     student, training = params.distill[student_name], params.student_training(student_name)
     label_smoothing = training.regularization.label_smoothing
-    views = (CachedViews(paths.teacher_views(student_name), params.seed, training.views, training.train.epochs)
-             if student.teacher == "cached" else None)
-    teacher = Teacher(paths.model("teacher"), paths.teacher_features(student_name), student.teacher != "stored", views)
+    cached_views = (CachedViews(paths.teacher_views(student_name), params.seed, training.views, training.train.epochs)
+                    if student.teacher == "cached" else None)
+    teacher = Teacher(paths.model("teacher"), paths.teacher_features(student_name), student.teacher != "stored",
+                      cached_views)
     context, terms = Context(paths, label_smoothing, teacher), []
     seen: dict[str, int] = {}
     for index, term in enumerate(student.losses):

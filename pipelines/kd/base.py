@@ -93,8 +93,8 @@ class TeacherLogits(Term[OptionsT]):
     def source(context: Context) -> StoredLogits | Teacher | CachedViews:
         """Where the logits come from, as the student's `teacher` setting says: the cache of its logits on the
         views (cached), the teacher run live (live), or the stored logits (stored)."""
-        if context.teacher.views is not None:
-            return context.teacher.views
+        if context.teacher.cached_views is not None:
+            return context.teacher.cached_views
         return context.teacher if context.teacher.run_live else StoredLogits(open_logits(context.paths.teacher_logits))
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:

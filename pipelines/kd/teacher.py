@@ -128,10 +128,12 @@ class Teacher:
     mode; with `run_live` (the student's `teacher: live`), its logits and features all from the teacher run on
     each batch, on the view the student sees."""
 
-    def __init__(self, model_path: Path, cache: Path, run_live: bool = False, views: CachedViews | None = None) -> None:
-        """`views`: the cache of its logits on the student's fresh views (`teacher: cached`), read instead of
-        running it for the logits."""
-        self.model_path, self.cache, self.run_live, self.views = model_path, cache, run_live, views
+    def __init__(self, model_path: Path, cache: Path, run_live: bool = False,
+                 cached_views: CachedViews | None = None) -> None:
+        """`cached_views`: the cache of its logits on the student's fresh views (`teacher: cached`), read instead
+        of running it for the logits."""
+        self.model_path, self.cache, self.run_live = model_path, cache, run_live
+        self.cached_views = cached_views
         self.manifest = read_manifest(cache / MANIFEST)
         self.stored: dict[Layer, torch.Tensor] = {}
         self.live: dict[Layer, Capture] = {}
