@@ -112,8 +112,8 @@ class CachedViews:
         rerun = f"rerun `dvc repro teacher_views` (or `dvc checkout --force {self.folder}`)"
         try:
             manifest = json.loads((self.folder / MANIFEST).read_text())
-            values = np.load(self.folder / "values.npy", mmap_mode="r")
-            classes = np.load(self.folder / "classes.npy", mmap_mode="r")
+            values = np.load(self.folder / "values.npy", mmap_mode="c")
+            classes = np.load(self.folder / "classes.npy", mmap_mode="c")
         except (OSError, ValueError, EOFError) as error:
             raise DataError(f"{self.folder}: no readable cache of the teacher's logits on views ({first_line(error)});"
                             f" {rerun}") from None
@@ -122,11 +122,12 @@ class CachedViews:
             changed = ", ".join(key for key in self.key if cached[key] != self.key[key])
             raise DataError(f"{self.folder}: the cached logits are of other views ({changed} changed since); {rerun}")
         self.num_classes = len(train_set.class_names)
-        self.values, self.classes = torch.from_numpy(np.array(values)), torch.from_numpy(np.array(classes)).long()
+        # memory-mapped, as the stored teacher features are: a batch reads its own rows of its epoch
+        self.values, self.classes = torch.from_numpy(values), torch.from_numpy(classes)
 
     def logits(self, batch: Batch, device: torch.device) -> torch.Tensor:
         assert self.values is not None and self.classes is not None  # setup opened them
-        values, classes = self.values[batch.epoch, batch.rows], self.classes[batch.epoch, batch.rows]
+        values, classes = self.values[batch.epoch, batch.rows], self.classes[batch.epoch, batch.rows].long()
         rest = values.min(dim=1, keepdim=True).values - math.log(self.num_classes)
         dense = rest.expand(len(values), self.num_classes).clone().scatter_(1, classes, values)
         return dense.to(device)
