@@ -16,8 +16,9 @@ which sees the same micro-batches as one process accumulating gradients over 4. 
 up to 3 epochs with what reads the weights besides the optimizer: an EMA, an L1 penalty and early stopping on
 the EMA's validation loss with patience 1 (the plain model stops after epoch 2 and keeps epoch 1's weights, the
 cnn keeps epoch 2's of 3: either way, weights saved at an earlier epoch are put back).
-With `--resume DIR` the training state is saved into DIR every 7 steps and resumed from it; with
-`--kill-after-step N` too, every process SIGKILLs itself once the save of step N is complete. Strategy `hsdp` is
+With `--resume DIR` the training state is saved into DIR every 7 steps (not by the clock: at the same steps
+however fast the run) and resumed from it; with `--kill-after-step N` too, every process SIGKILLs itself once
+the save of step N is complete. Strategy `hsdp` is
 fsdp with `fsdp_replicas: 2` (two copies of the model, each sharded over half the processes). `--bf16` turns on
 bf16 (autocast, and FSDP2's bf16 policy under fsdp), which otherwise applies on CUDA only.
 The main rank saves the trained weights (gathered from the shards or the stages), the metrics, and the dtype
@@ -33,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,16 +63,26 @@ REGULARIZATION = {
 }
 
 
-class KilledAfter(Resume):
-    """Resume's saves, then a SIGKILL of this process once the save of `step` is complete."""
+class EverySeventhStep(Resume):
+    """Resume's saves after every 7th optimizer step (and at each epoch end)."""
+
+    def due(self, step: int) -> bool:
+        return step % 7 == 0
+
+
+class KilledAfter(EverySeventhStep):
+    """Those saves, then a SIGKILL of this process once the save of `step` is complete."""
 
     def __init__(self, *args, step: int) -> None:
         super().__init__(*args)
         self.kill_step = step
 
-    def save(self, state, progress, sums, live_dir) -> None:
-        super().save(state, progress, sums, live_dir)
+    def save(self, state, progress, sums, history) -> None:
+        super().save(state, progress, sums, history)
         if progress.step == self.kill_step:
+            self.finish()  # written in the background until now
+            if self.runtime.distributed:
+                dist.barrier()  # and renamed complete by the main rank
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -104,8 +116,9 @@ def main(arguments: argparse.Namespace) -> None:
                 type(layer).__name__.removeprefix("FSDP"), set()).add(str(layer.weight.dtype).removeprefix("torch.")))
     resume: Resume | NoResume = NoResume()
     if arguments.resume is not None:
-        saving = (arguments.resume, ResumeParams(interval_steps=7), runtime, "ddp_worker")
-        resume = KilledAfter(*saving, step=arguments.kill_after_step) if arguments.kill_after_step else Resume(*saving)
+        saving = (arguments.resume, ResumeParams(), runtime, "ddp_worker")
+        resume = (KilledAfter(*saving, step=arguments.kill_after_step) if arguments.kill_after_step
+                  else EverySeventhStep(*saving))
     strategy, _, schedule = arguments.strategy.partition("-")
     replicas = 2 if strategy == "hsdp" else 1
     trained = fit(model, train, train, CrossEntropy(), training, runtime, seed=0,

@@ -11,26 +11,36 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch.distributed.checkpoint import state_dict_saver
 
 from pipelines.augment import augment
 from pipelines.config import ParamsError, load_params
+from pipelines.config.resume import ResumeParams
+from pipelines.config.schedules import ConstantSchedule
 from pipelines.core.paths import Paths
 from pipelines.engine.checkpoint import load_checkpoint
+from pipelines.engine.early_stopping import NoEarlyStopping
+from pipelines.engine.ema import NoAverage
+from pipelines.engine.resume import Progress, Resume, TrainingState
 from pipelines.engine.runtime import Runtime
+from pipelines.engine.schedules import build_schedule
 from pipelines.engine.training import run_fingerprint
 from pipelines.prepare import prepare
 from tasks.params import write_overrides
 from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, local_rank_1, run
 
-# 20 optimizer steps per epoch on the tiny transfer set; a save every 7 steps falls mid-epoch. Dropout: the
-# RNG state must come back too; the EMA's weights and early stopping's best ones (it never stops here, and
-# puts the best epoch's weights back at the end) are part of the state.
-RESUMABLE = {**TINY_OVERRIDES, "device": "cpu", "teacher.train.epochs": 30, "resume.interval_steps": 7,
+# 20 optimizer steps per epoch on the tiny transfer set; `every_minutes: 0` saves at every reading of the clock,
+# every 10 steps: steps 10, 30, 50... fall mid-epoch. Dropout: the RNG state must come back too; the EMA's weights
+# and early stopping's best ones (it never stops here, and puts the best epoch's weights back at the end) are
+# part of the state.
+RESUMABLE = {**TINY_OVERRIDES, "device": "cpu", "teacher.train.epochs": 30, "resume.every_minutes": 0,
              "teacher.model.dropout": 0.2, "teacher.regularization.ema_decay": 0.9,
              "teacher.regularization.early_stopping": {"metric": "val_loss", "patience": 30}}
 
@@ -54,13 +64,15 @@ def project(prepared: Paths, root: Path, **overrides) -> tuple[Paths, list[str]]
 
 
 def saves(paths: Paths) -> list[Path]:
-    return sorted(paths.resume_states(".resume", "teacher").glob("step-*"))
+    """The complete saves (not the one being written when the run was killed)."""
+    return sorted(path for path in paths.resume_states(".resume", "teacher").glob("step-*")
+                  if not path.name.endswith(".partial"))
 
 
 def kill_after_save(command: list[str], paths: Paths, step: int, victim=lambda stage: stage.pid,
                     sent: signal.Signals = signal.SIGKILL, model: str = "teacher") -> subprocess.Popen:
     """Start `command`, send `sent` to the process `victim` picks once the training state of `model` at `step`
-    is saved."""
+    is saved (a save is complete, written in the background, once the next one starts: the run is past it)."""
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     stage = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = paths.resume_states(".resume", model) / f"step-{step:08d}"
@@ -109,7 +121,7 @@ def test_a_stage_killed_mid_epoch_resumes_to_the_weights_and_log_of_an_uninterru
     assert saves(reference) == [] and not (reference.root / ".resume").exists(), "a finished stage removes its saves"
 
     killed, command = project(prepared, tmp_path / "killed")
-    stage = kill_after_save(command, killed, step=28, sent=sent)  # in epoch 2 of 30
+    stage = kill_after_save(command, killed, step=30, sent=sent)  # in epoch 2 of 30
     stage.wait()
     assert not killed.model("teacher").exists()
     assert saves(killed), "the killed run's saves are there to resume from"
@@ -129,7 +141,7 @@ def test_a_stage_killed_mid_epoch_resumes_to_the_weights_and_log_of_an_uninterru
 def test_a_killed_torchrun_worker_is_restarted_and_resumes_to_the_weights_of_an_uninterrupted_run(
     prepared: Paths, tmp_path: Path
 ) -> None:
-    # Sharded: each rank saves and loads its own shards. 4 epochs: the restart at step 28 is in the second.
+    # Sharded: each rank saves and loads its own shards. 4 epochs: the restart at step 30 is in the second.
     two_processes = {"distributed.nproc_per_node": 2, "distributed.strategy": "fsdp", "distributed.max_restarts": 1,
                      "distributed.timeout_s": 60, "teacher.train.epochs": 4}
     reference, command = project(prepared, tmp_path / "reference", **two_processes)
@@ -137,7 +149,7 @@ def test_a_killed_torchrun_worker_is_restarted_and_resumes_to_the_weights_of_an_
 
     restarted, command = project(prepared, tmp_path / "restarted", **two_processes)
 
-    stage = kill_after_save(command, restarted, step=28, victim=rank_1)
+    stage = kill_after_save(command, restarted, step=30, victim=rank_1)
     stage.wait(timeout=300)
 
     assert stage.returncode == 0, "torchrun restarted the workers, which finished the run"
@@ -150,7 +162,7 @@ def test_a_stage_that_lost_a_worker_resumes_on_fewer_processes(prepared: Paths, 
     # Two FSDP processes, one of them killed in epoch 2 of 2 (no restarts: the stage fails); rerun on one.
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2, "distributed.strategy": "fsdp",
                                                              "distributed.nproc_per_node": 2})
-    kill_after_save(command, paths, step=28, victim=rank_1).wait(timeout=120)
+    kill_after_save(command, paths, step=20, victim=rank_1).wait(timeout=120)
     assert not paths.model("teacher").exists()
 
     write_overrides(paths.root / "params.yaml", {"distributed.nproc_per_node": 1})
@@ -208,7 +220,7 @@ def test_a_save_made_with_bf16_is_not_resumed_without_it(prepared: Paths) -> Non
 @pytest.mark.integration
 def test_saved_states_of_other_params_are_not_resumed(prepared: Paths, tmp_path: Path) -> None:
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
-    stage = kill_after_save(command, paths, step=21)
+    stage = kill_after_save(command, paths, step=20)
     stage.wait()
 
     write_overrides(paths.root / "params.yaml", {"teacher.optimizer.lr": 0.01})
@@ -228,7 +240,7 @@ def test_a_damaged_save_is_named_with_what_to_do_and_the_saves_before_it_are_kep
     prepared: Paths, tmp_path: Path, damaged: str, kept: int, message: str
 ) -> None:
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
-    kill_after_save(command, paths, step=21).wait()
+    kill_after_save(command, paths, step=20).wait()
     left = saves(paths)
     newest = left[-1]
     for file in newest.glob(damaged):  # cut short, to its first `kept` bytes
@@ -242,9 +254,55 @@ def test_a_damaged_save_is_named_with_what_to_do_and_the_saves_before_it_are_kep
     assert saves(paths) == left and len(left) > 1
 
 
+def test_a_save_holds_the_state_of_its_step_though_training_changes_it_in_place_while_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def trained() -> tuple[nn.Module, TrainingState]:
+        torch.manual_seed(0)
+        model = nn.Linear(64, 8)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model(torch.ones(2, 64)).sum().backward()
+        optimizer.step()  # a momentum buffer to save too
+        schedule = build_schedule(optimizer, ConstantSchedule(name="constant"), epochs=1, steps_per_epoch=10)
+        return model, TrainingState(model, optimizer, schedule, NoAverage(), NoEarlyStopping())
+
+    next_step_taken, written = threading.Event(), []
+    write = state_dict_saver.save  # what DCP's writing thread runs: held there until the next step is taken
+
+    def held_write(*args, **kwargs):
+        assert next_step_taken.wait(timeout=60)
+        written.append(write(*args, **kwargs))
+
+    monkeypatch.setattr(state_dict_saver, "save", held_write)
+    model, state = trained()
+    saving = Resume(tmp_path / "teacher", ResumeParams(), Runtime(torch.device("cpu")), "run")
+    progress, _ = saving.start(state, Progress.first(0), loss_rank=0)
+    progress.batch = progress.step = 3
+    expected = {key: value.clone() for key, value in model.state_dict().items()}
+    saving.save(state, progress, {}, history={"lr": [0.1] * 3, "epochs": []})
+    with torch.no_grad():  # the next step, while the save is written
+        for parameter in model.parameters():
+            parameter.mul_(-2.0)
+    progress.batch = progress.step = 4
+    next_step_taken.set()
+    assert not (tmp_path / "teacher" / "step-00000003").exists(), "complete only once written"
+    saving.finish()
+    assert len(written) == 1
+    saving.release()
+
+    fresh, state = trained()
+    resumed = Resume(tmp_path / "teacher", ResumeParams(), Runtime(torch.device("cpu")), "run")
+    progress, _ = resumed.start(state, Progress.first(0), loss_rank=0)
+    assert resumed.resumed == tmp_path / "teacher" / "step-00000003" and progress.step == 3
+    assert all(torch.equal(fresh.state_dict()[key], value) for key, value in expected.items())
+    assert resumed.history == {"lr": [0.1] * 3, "epochs": []}
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("mode", "off", "resume.mode: Input should be 'auto' or 'never'"),
-    ("interval_steps", 0, "resume.interval_steps: Input should be greater than or equal to 1"),
+    ("every_minutes", -1, "resume.every_minutes: Input should be greater than or equal to 0"),
+    ("interval_steps", 100, "resume: unknown key(s) interval_steps; allowed keys here: mode, every_minutes, "
+                            "keep_latest, folder"),  # saves are by time now
     ("keep_latest", 0, "resume.keep_latest: Input should be greater than or equal to 1"),
 ])
 def test_a_bad_resume_param_is_named(key: str, value, message: str) -> None:
@@ -256,7 +314,7 @@ def test_a_bad_resume_param_is_named(key: str, value, message: str) -> None:
 @pytest.mark.integration
 def test_resume_never_starts_over_and_saves_nothing(prepared: Paths, tmp_path: Path) -> None:
     paths, command = project(prepared, tmp_path / "root", **{"teacher.train.epochs": 2})
-    kill_after_save(command, paths, step=21).wait()
+    kill_after_save(command, paths, step=20).wait()
     left = saves(paths)
 
     write_overrides(paths.root / "params.yaml", {"resume.mode": "never"})

@@ -53,13 +53,13 @@ def learned(paths: Paths) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_a_student_on_fresh_views_with_a_live_teacher_resumes_to_the_same_weights(live_root) -> None:
     paths, params_file = live_root
-    write_overrides(params_file, {"resume.interval_steps": 7, "distill.student_kd.train": {"epochs": 2,
+    write_overrides(params_file, {"resume.every_minutes": 0, "distill.student_kd.train": {"epochs": 2,
                                                                                            "batch_size": 16}})
     command = distill_command(paths, params_file)
     run(command, PROJECT_ROOT)
     uninterrupted = learned(paths)
 
-    killed = kill_after_save(command, paths, step=7, model="student_kd")
+    killed = kill_after_save(command, paths, step=10, model="student_kd")
     assert killed.wait(timeout=120) == -signal.SIGKILL and list(paths.resume_states(".resume", "student_kd").iterdir())
     result = run(command, PROJECT_ROOT)
     assert "resuming from" in result.stderr

@@ -16,8 +16,9 @@ from pipelines.config.base import Section
 class ResumeParams(Section):
     # auto: save the training state, continue from it after a failure; never: neither
     mode: Literal["auto", "never"] = "auto"
-    # also save every this many optimizer steps (null: at epoch ends only)
-    interval_steps: int | None = Field(default=100, ge=1)
+    # also save once this many minutes have passed since the last save, by the main process's clock, read every
+    # 10 optimizer steps (null: at epoch ends only; 0: at every reading, as the tests ask)
+    every_minutes: float | None = Field(default=10.0, ge=0.0)
     # saved states kept while training (a damaged newest one leaves an older one)
     keep_latest: int = Field(default=2, ge=1)
     folder: str = ".resume"  # relative to the project root, or absolute; several nodes need one they all share

@@ -1,37 +1,41 @@
 """A training run's log: each epoch's line in the stage's log on the main process, and, where the stage gives a
 folder, dvclive's files in it (the learning rate every step; the loss terms, validation loss and accuracy
-every epoch; the run's figures at its end), written atomically: the folder appears whole when the run ends."""
+every epoch; the run's figures at its end), written atomically: the folder appears whole when the run ends.
+
+No file is touched in a step: each step's learning rate is kept in memory and written at the epoch's end, in
+one write (dvclive's `log_metric` opens and closes the file for each row). The whole history stays in memory
+(a number a step): a resumable save holds it (pipelines/engine/resume/), and the resumed run writes its
+dvclive files anew from it, so that they end as an uninterrupted run's."""
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import torch
 from dvclive import Live
+from dvclive.plots import Metric
 
 from pipelines.core.atomic import atomic_path
 from pipelines.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-
-class RestoresLog(Protocol):
-    """What a resumed run's log is continued from (pipelines/engine/resume/)."""
-
-    resumed: Path | None
-
-    def restore_log(self, live_dir: Path) -> None: ...
+# What a log has logged, as a save holds it: "lr", each step's learning rate (step i at index i), and
+# "epochs", each epoch's (optimizer steps taken by its end, {metric: value}), its number as metric "epoch"
+History = dict[str, list[Any]]
 
 
 class TrainingLog:
     """The epoch lines alone: a process other than the main one, or a run the stage keeps no files of."""
 
-    folder: Path | None = None
+    history: History | None = None  # what a save keeps of the log (none: nothing to write anew)
 
     def __init__(self, runtime: Runtime, epochs: int) -> None:
         self.runtime, self.epochs = runtime, epochs
@@ -52,26 +56,44 @@ class TrainingLog:
 
 
 class LiveLog(TrainingLog):
-    """The epoch lines and dvclive's files in `folder`."""
+    """The epoch lines and dvclive's files in `folder`, written from `history` (a resumed run's, continued)."""
 
-    def __init__(self, runtime: Runtime, epochs: int, folder: Path, resumed: bool) -> None:
+    def __init__(self, runtime: Runtime, epochs: int, folder: Path, history: History | None) -> None:
         super().__init__(runtime, epochs)
-        self.folder = folder
-        self.live = Live(dir=str(folder), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+        self.live = Live(dir=str(folder), save_dvc_exp=False, dvcyaml=None, report=None)
+        self.history: History = history or {"lr": [], "epochs": []}
+        self.written = {"lr": 0, "epochs": 0}  # how much of each the files hold
 
     def step(self, step: int, images: int, lr: float) -> None:
         super().step(step, images, lr)
-        self.live.step = step
-        self.live.log_metric("lr", lr)
+        self.history["lr"].append(lr)
 
     def epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
-        self.live.step = step - 1  # epoch metrics sit at the epoch's last optimizer step
-        self.live.log_metric("epoch", epoch + 1)
-        for name, metric in metrics.items():
-            self.live.log_metric(name, metric)
+        self.history["epochs"].append((step, {"epoch": epoch + 1, **metrics}))
+        self.write()
         super().epoch(epoch, step, metrics)
 
+    def write(self) -> None:
+        """Write what the files lack of the history: each step's learning rate, then each epoch's metrics, at
+        its last optimizer step."""
+        rates, start = self.history["lr"], self.written["lr"]
+        if len(rates) > start:
+            path = Metric("lr", self.live.plots_dir).output_path
+            new = not path.exists()
+            with path.open("a", encoding="utf-8", newline="") as file:  # the rows dvclive's `log_metric` writes
+                rows = csv.writer(file, delimiter="\t", lineterminator=os.linesep)
+                if new:
+                    rows.writerow(("step", "lr"))
+                rows.writerows(enumerate(rates[start:], start))
+            self.live.log_metric("lr", rates[-1], plot=False)  # the summary's
+        for step, metrics in self.history["epochs"][self.written["epochs"]:]:
+            self.live.step = step - 1
+            for name, metric in metrics.items():
+                self.live.log_metric(name, metric)
+        self.written = {name: len(values) for name, values in self.history.items()}
+
     def end(self, result: dict[str, float]) -> None:
+        self.write()  # (a run resumed from its last epoch's end has not written its files yet)
         self.live.summary.update(result)
         seconds = time.perf_counter() - self.started
         self.live.log_metric("train_seconds", seconds, plot=False)
@@ -84,12 +106,11 @@ class LiveLog(TrainingLog):
 
 @contextmanager
 def open_training_log(folder: Path | None, runtime: Runtime, epochs: int,
-                      resume: RestoresLog) -> Iterator[TrainingLog]:
-    """The run's log: with dvclive's files in `folder` (continuing those of the save `resume` resumed) on the
-    main process, the epoch lines alone elsewhere or without a folder."""
+                      history: History | None) -> Iterator[TrainingLog]:
+    """The run's log: with dvclive's files in `folder` on the main process (`history`: the log of the save
+    this run resumed, which it continues), the epoch lines alone elsewhere or without a folder."""
     if folder is None or not runtime.is_main:
         yield TrainingLog(runtime, epochs)
         return
     with atomic_path(folder) as live_dir:
-        resume.restore_log(live_dir)
-        yield LiveLog(runtime, epochs, live_dir, resumed=resume.resumed is not None)
+        yield LiveLog(runtime, epochs, live_dir, history)

@@ -1,6 +1,6 @@
 """Resumable training as one component, as torchtitan's checkpointer is: what a run saves (`state.py`: the
 trained modules and optimizer through DCP's `Stateful`, the EMA, early stopping, the schedule, the progress),
-when (every `resume.interval_steps` optimizer steps and at each epoch end), where (`resume.folder`/<model>,
+when (every `resume.every_minutes`, by `clock.py`, and at each epoch end), where (`resume.folder`/<model>,
 claimed by one run at a time and swept of a killed run's leftovers: `folder.py`), which saves a run may resume
 (`fingerprint.py`), and how saves are written, pruned, loaded and removed (`saves.py`). The loop sees `Resume`
 (or `NoResume` under `resume.mode: never`) and `TrainingState` only; params' `resume` section controls it
