@@ -15,7 +15,7 @@ from pipelines.config import ParamsError, load_params
 from pipelines.core.errors import DataError
 from pipelines.core.paths import Paths
 from pipelines.distill import distill
-from pipelines.engine.batches import batch_source
+from pipelines.engine.batches import BatchSource
 from pipelines.engine.checkpoint import save_checkpoint
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.views import fresh_views
@@ -47,7 +47,7 @@ def test_the_cached_logits_of_a_view_are_the_live_teacher_s_on_that_view(tmp_pat
     live = KD(live_teacher, temperature=4.0)
     live.setup(student, train)
     replayed = KD(cache, temperature=4.0)
-    batch = fresh_views(batch_source(train, CPU), train, MIXED, 0, CPU).of_epoch(1)(torch.tensor([20, 3, 11]))
+    batch = fresh_views(BatchSource(train, CPU), train, MIXED, 0, CPU).of_epoch(1)(torch.tensor([20, 3, 11]))
     assert batch.epoch == 1
     logits = student(batch.images)
     assert torch.allclose(replayed.teacher(logits, batch), live.teacher(logits, batch), atol=1e-5)
@@ -57,7 +57,7 @@ def test_the_cached_logits_of_a_view_are_the_live_teacher_s_on_that_view(tmp_pat
 def test_with_top_k_the_kept_classes_are_exact_and_the_others_below_them(tmp_path: Path) -> None:
     train, cache = cached(tmp_path, top_k=2)
     cache.setup(build_model(CONFIG), train)
-    batch = fresh_views(batch_source(train, CPU), train, MIXED, 0, CPU).of_epoch(0)(torch.arange(24))
+    batch = fresh_views(BatchSource(train, CPU), train, MIXED, 0, CPU).of_epoch(0)(torch.arange(24))
     teacher = Teacher(tmp_path / "teacher.pt", tmp_path / "features", run_live=True)
     teacher.setup(build_model(CONFIG), train)
     exact, read = teacher.logits(batch, CPU.device), cache.logits(batch, CPU.device)

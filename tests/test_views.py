@@ -17,7 +17,7 @@ from pipelines.config.training import ModelParams, RegularizationParams, Trainin
 from pipelines.data.draws import KeyedDraws
 from pipelines.data.images import ImageSet
 from pipelines.data.transforms import view_batch
-from pipelines.engine.batches import batch_source
+from pipelines.engine.batches import BatchSource
 from pipelines.engine.loop import fit
 from pipelines.engine.objective import Batch
 from pipelines.engine.runtime import Runtime
@@ -43,7 +43,7 @@ def image_set(count: int = 24) -> ImageSet:
 
 
 def views_of(train: ImageSet, params: TransformParams, seed: int = 0):
-    return fresh_views(batch_source(train, CPU), train, params, seed, CPU)
+    return fresh_views(BatchSource(train, CPU), train, params, seed, CPU)
 
 
 def test_an_image_s_view_depends_on_the_seed_the_epoch_and_the_image_alone() -> None:
@@ -58,7 +58,7 @@ def test_an_image_s_view_depends_on_the_seed_the_epoch_and_the_image_alone() -> 
     assert torch.equal(views_of(train, MIXED).of_epoch(3)(shuffled).images, again.images)  # a rerun, as resumed
     assert not torch.equal(views_of(train, MIXED).of_epoch(4)(shuffled).images, again.images)  # a fresh epoch
     assert not torch.equal(views_of(train, MIXED, seed=1).of_epoch(3)(shuffled).images, again.images)
-    assert not torch.equal(again.images, batch_source(train, CPU)(shuffled).images)
+    assert not torch.equal(again.images, BatchSource(train, CPU)(shuffled).images)
 
 
 def test_views_off_leave_the_stored_images_as_they_are() -> None:

@@ -77,6 +77,11 @@ class Paths:
         return self.root / "reports" / "report.md"
 
     @property
+    def report_html(self) -> Path:
+        """The report as one self-contained HTML page, its figures inline (pipelines/evaluation/html_report.py)."""
+        return self.root / "reports" / "report.html"
+
+    @property
     def publish_record(self) -> Path:
         """What the publish stage decided for each student (published, unchanged, kept) and why."""
         return self.root / "reports" / "publish.json"

@@ -30,7 +30,8 @@ class WeightAverage:
         self.names = [name for name, _ in chain(held.named_parameters(), held.named_buffers())]
         self.tensors = [tensor.detach() for tensor in chain(held.parameters(), held.buffers())]
         self.averages = [tensor.clone() for tensor in self.tensors]
-        self.updates = torch.zeros((), dtype=torch.long)  # averaged so far (AveragedModel's n_averaged)
+        self.updates = torch.zeros((), dtype=torch.long)  # averaged so far (AveragedModel's n_averaged) ...
+        self.started = False  # ... and whether it is more than 0, known on the host without reading it back
         self.average = get_ema_multi_avg_fn(decay)
         # Grouped by dtype, once: torch's rule lerps floating tensors and rounds integer ones (batch counts).
         self.groups: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -42,8 +43,9 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """Take the weights as they are after this optimizer step into the average."""
-        if self.updates == 0:
+        if not self.started:
             self._copy(self.tensors, self.averages)
+            self.started = True
         else:
             for averages, tensors in self.groups.values():
                 self.average(averages, tensors, self.updates)
@@ -76,6 +78,7 @@ class WeightAverage:
         """(DCP has loaded the tensors of `state_dict` in place; this takes what a plain dict brings.)"""
         with torch.no_grad():
             self.updates.copy_(state["updates"])
+            self.started = bool(self.updates > 0)
             for name, average in zip(self.names, self.averages):
                 if state[name] is not average:
                     local(average).copy_(local(state[name]))

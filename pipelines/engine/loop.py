@@ -24,9 +24,10 @@ from torch import nn
 from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import TrainingParams
 from pipelines.data.images import ImageSet
-from pipelines.engine.batches import batch_source
+from pipelines.engine.batches import BatchSource
 from pipelines.engine.divergence import DivergenceWatch
 from pipelines.engine.early_stopping import early_stopping
+from pipelines.engine.inference import ValidationSplit
 from pipelines.engine.ema import weight_average
 from pipelines.engine.objective import Objective
 from pipelines.engine.optim import add_l1_gradient, build_optimizer
@@ -57,11 +58,11 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
         resume: Resume | NoResume = NoResume()) -> Trained:
     """Train `model` to minimize `objective` on `train_set` as `training` says, validating on `val_set` every
     epoch, on the processes as `distributed` says (docs/architecture.md); log to dvclive in `log_dir`."""
-    regularization, epochs = training.regularization, training.train.epochs
+    regularization, epochs, speed = training.regularization, training.train.epochs, runtime.speed
     batch_size = len(train_set) if training.train.batch_size == "full" else training.train.batch_size
     strategy = build_strategy(runtime, distributed)
     layout = strategy.prepare(model, objective, train_set, batch_size)
-    optimizer = build_optimizer(layout.trained, training.optimizer, regularization)
+    optimizer = build_optimizer(layout.trained, training.optimizer, regularization, speed.optimizer_implementation)
     scale_learning_rate(optimizer, distributed.lr_scaling, layout.batch_shares)  # before the schedule reads it
     schedule = build_schedule(optimizer, training.schedule, epochs, layout.steps_per_epoch)
     ema = weight_average(layout.held, regularization.ema_decay)  # each a stand-in that does nothing when off
@@ -69,13 +70,15 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
     divergence = DivergenceWatch(layout.held, runtime)  # a non-finite loss or weight stops the run
     state = TrainingState(layout.saved, optimizer, schedule, ema, stopper)
     progress, sums = resume.start(state, Progress.first(seed), layout.loss_rank)
-    views = fresh_views(batch_source(train_set, runtime), train_set, training.views, seed, runtime)
-    with open_training_log(log_dir, runtime, epochs, resume) as training_log:
+    source, validation = BatchSource(train_set, runtime), ValidationSplit(val_set, runtime)
+    views = fresh_views(source, train_set, training.views, seed, runtime)
+    with resume.saving(), open_training_log(log_dir, runtime, epochs, resume.history) as training_log:
         for epoch in progress.epochs_left(epochs):
             model.train()
             objective.train()
             batch_of = views.of_epoch(epoch)  # each image in a fresh view, or as stored when views are off
-            permutation, next_order = progress.permutation(len(train_set))  # the same on every rank
+            # the same on every rank, beside the pixels (on the GPU when they are: no copy of rows in a step)
+            permutation, next_order = progress.permutation(len(train_set), source.rows_device)
             for start in range(progress.batch * batch_size, layout.steps_per_epoch * batch_size, batch_size):
                 optimizer.zero_grad(set_to_none=True)
                 step_rows = permutation[start : start + batch_size]
@@ -90,23 +93,23 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
                 progress.batch, progress.step = progress.batch + 1, progress.step + 1
                 if resume.due(progress.step) and progress.batch < layout.steps_per_epoch:
                     divergence.check(epoch)  # a diverged state is never saved
-                    resume.save(state, progress, sums, training_log.folder)
+                    resume.save(state, progress, sums, training_log.history)
             divergence.check(epoch)
             metrics, sums = {f"train_{name}": value for name, value in strategy.epoch_means(sums).items()}, {}
             with ema.applied():  # the weights kept are validated
-                metrics |= strategy.validate(model, val_set)
+                metrics |= strategy.validate(model, validation)
                 stop = stopper.after_epoch(metrics)
             schedule.after_epoch(metrics)
             training_log.epoch(epoch, progress.step, metrics)
             progress = Progress(epoch + 1, 0, progress.step, next_order, metrics=metrics, stopped=stop)
-            resume.save(state, progress, sums, training_log.folder)
+            resume.save(state, progress, sums, training_log.history)
             if stop:
                 break
         result = {"epochs": progress.epoch, "steps": progress.step, **progress.metrics}
         ema.copy_to_model()
         if stopper.best_epoch >= 0:  # early stopping's best epoch (-1: none, or the metric was never a number)
             layout.held.load_state_dict(stopper.best_state)
-            result |= {"best_epoch": stopper.best_epoch + 1, **strategy.validate(model, val_set)}
+            result |= {"best_epoch": stopper.best_epoch + 1, **strategy.validate(model, validation)}
         state_dict, objective_state_dict = strategy.state_dicts()
         objective.teardown()
         training_log.end(result)

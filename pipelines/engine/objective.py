@@ -22,11 +22,12 @@ from pipelines.data.images import ImageSet
 
 @dataclass(frozen=True)
 class Batch:
-    """One training batch on the model's device (`rows`, on the CPU, index the training set)."""
+    """One training batch on the model's device (`rows` index the training set: on the device when its pixels are
+    kept there, else on the CPU)."""
 
     images: torch.Tensor  # float pixels in [0, 1], [B, C, H, W]
     labels: torch.Tensor  # int64 [B]
-    rows: torch.Tensor  # the batch's row indices in the training set: per-row data (stored logits) is gathered by them
+    rows: torch.Tensor  # the batch's row indices in the training set: per-row data (stored logits) is read by them
     mix_labels: torch.Tensor | None = None  # with mixup/cutmix: each image's second label ...
     mix_weights: torch.Tensor | None = None  # ... and the share of `labels` in it
     epoch: int = 0  # the epoch whose fresh views these are (a cache of the teacher's outputs on views is by epoch)

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from pipelines.config.base import ParamsError
 from pipelines.config.optim import Optimizer as OptimizerParams
+from pipelines.config.speed import OptimizerImplementation
 from pipelines.config.training import GradClipParams, RegularizationParams
 
 # How each optimizer decays weights when `weight_decay_mode: decoupled`: torch's own AdamW rule
@@ -19,6 +21,8 @@ from pipelines.config.training import GradClipParams, RegularizationParams
 # so a step pre-hook applies the same rule, p <- p * (1 - lr * weight_decay), before each step.
 DECOUPLED_NATIVELY = {"adamw"}
 DECOUPLED_BY_FLAG = {"adam", "nadam", "radam"}
+# The torch.optim classes with a fused CUDA kernel (torch's Adagrad has a fused kernel on the CPU only).
+FUSED_ON_CUDA = {"SGD", "Adam", "AdamW"}
 
 
 def parameter_groups(
@@ -36,11 +40,14 @@ def parameter_groups(
 
 
 def build_optimizer(
-    parameters: Iterable[nn.Parameter], params: OptimizerParams, regularization: RegularizationParams
+    parameters: Iterable[nn.Parameter], params: OptimizerParams, regularization: RegularizationParams,
+    implementation: OptimizerImplementation = "auto",
 ) -> Optimizer:
-    """The torch optimizer named in params over `parameters`, with weight decay applied as `regularization` states."""
+    """The torch optimizer named in params over `parameters`, with weight decay applied as `regularization` states,
+    in the `speed.optimizer_implementation` asked for."""
     groups = parameter_groups(parameters, regularization.weight_decay, regularization.decay_bias_and_norm)
-    options = params.model_dump(exclude={"name"})
+    on_cuda = all(parameter.device.type == "cuda" for group in groups for parameter in group["params"])
+    options = params.model_dump(exclude={"name"}) | implementation_options(params, implementation, on_cuda)
     # Each group carries its own weight_decay, which torch applies coupled (added to the gradient),
     # except AdamW's (decoupled); the schema refuses coupled decay for adamw.
     decoupled = regularization.weight_decay_mode == "decoupled"
@@ -54,6 +61,20 @@ def build_optimizer(
     if hooked:
         optimizer.register_step_pre_hook(_decay_decoupled)
     return optimizer
+
+
+def implementation_options(params: OptimizerParams, implementation: OptimizerImplementation,
+                           on_cuda: bool) -> dict[str, bool]:
+    """The torch.optim keyword that picks the implementation: auto is the fused kernel on CUDA where torch has one
+    for the optimizer, else torch's own choice (foreach on CUDA, the for-loop on the CPU)."""
+    fused = params.torch_class in FUSED_ON_CUDA and on_cuda
+    if implementation == "fused" and not fused:
+        where = "" if on_cuda else " (the weights are not on a CUDA device)"
+        raise ParamsError(f"speed.optimizer_implementation: fused, but torch has no fused {params.name} kernel here"
+                          f"{where}; fused exists for {', '.join(sorted(FUSED_ON_CUDA)).lower()} on CUDA. "
+                          f"Valid: auto, fused, foreach, for_loop")
+    return {"auto": {"fused": True} if fused else {}, "fused": {"fused": True}, "foreach": {"foreach": True},
+            "for_loop": {"foreach": False}}[implementation]
 
 
 @torch.no_grad()

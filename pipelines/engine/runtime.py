@@ -2,14 +2,15 @@
 
 Under torchrun (WORLD_SIZE > 1) this joins the process group (NCCL on CUDA, gloo on the CPU) and
 pins each process to its local GPU; a plain `python -m pipelines.<stage>` is rank 0 of 1. The `speed`
-section's paths (bf16 autocast, torch.compile, channels_last, pinned memory, data on the device) apply on
-CUDA only: on the CPU every one of them is off.
+section's paths (bf16 autocast, TF32, cuDNN's autotuner, torch.compile, a fused optimizer, channels_last,
+pinned memory, data on the device) apply on CUDA only: on the CPU every one of them is off.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,12 +29,16 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_world_size: int | None = None  # the processes on this node (torchrun's LOCAL_WORLD_SIZE); None: all
-    speed: SpeedParams = SpeedParams(bf16=False, compile=False, channels_last=False, pin_memory=False,
+    speed: SpeedParams = SpeedParams(bf16=False, tf32=False, cudnn_benchmark=False, compile=False,
+                                     optimizer_implementation="for_loop", channels_last=False, pin_memory=False,
                                      data_on_device=False)  # what applies here: all off but on CUDA
 
-    def autocast(self) -> torch.autocast:
-        """The forward passes' autocast: bfloat16 when `speed.bf16` applies, else a no-op."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.speed.bf16)
+    def autocast(self) -> AbstractContextManager[None]:
+        """The forward passes' autocast: bfloat16 when `speed.bf16` applies, else nothing (not even a disabled
+        autocast, which costs the step's host time)."""
+        if not self.speed.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @property
     def is_main(self) -> bool:
@@ -76,6 +81,8 @@ def init_runtime(device: str = "auto", timeout_s: int = 300, speed: SpeedParams 
             sys.excepthook = excepthook           # hook would prefix a traceback's lines a second time
     if use_cuda and speed is not None:
         bf16 = speed.bf16 and torch.cuda.is_bf16_supported()
+        torch.backends.cudnn.benchmark = speed.cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = speed.tf32
         return Runtime(chosen, rank, world_size, local_world_size, speed.model_copy(update={"bf16": bf16}))
     return Runtime(device=chosen, rank=rank, world_size=world_size, local_world_size=local_world_size)
 

@@ -101,8 +101,11 @@ def _lr_after(part: Schedule, span: int, lr: float) -> float:
     return probe.param_groups[0]["lr"]
 
 
-def steps_per_epoch(examples: int, batch_size: int, world_size: int) -> int:
-    """Optimizer steps in one epoch: one per global batch, the last one dropped if a rank would get no row."""
+def steps_per_epoch(examples: int, batch_size: int, world_size: int, whole_batches: bool = False) -> int:
+    """Optimizer steps in one epoch: one per global batch, the last one dropped if a rank would get no row, or,
+    with `whole_batches` (a compiled model's static shapes), if it is not a whole batch."""
+    if whole_batches:
+        return examples // batch_size
     return len(range(0, examples - world_size + 1, batch_size))
 
 

@@ -46,7 +46,7 @@ class FreshViews:
         if not self.params.mix.enabled:
             return replace(batch, images=images.contiguous(memory_format=self.memory_format), epoch=epoch)
         partner_key = KeyedDraws(self.seed ^ PARTNER, epoch, batch.rows, device)
-        partner_rows = partner_key.integers(self.rows).cpu()
+        partner_rows = partner_key.integers(self.rows)
         partners = self.source(partner_rows)
         partner_images = view_batch(partners.images, self.params, KeyedDraws(self.seed, epoch, partner_rows, device))
         mixed, mix_labels, mix_weights = mix_pairs(images, batch.labels, partner_images, partners.labels,

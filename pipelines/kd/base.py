@@ -21,6 +21,7 @@ from pipelines.data.logits import open_logits
 from pipelines.engine.batch_sharing import SharesBatches
 from pipelines.engine.capture import Capture, LiveModel, ReadsLayers
 from pipelines.engine.objective import Batch, Objective
+from pipelines.engine.rows import RowTable, row_tables_of
 from pipelines.kd.teacher import Teacher
 from pipelines.kd.view_cache import CachedViews
 
@@ -61,20 +62,24 @@ class StoredLogits:
     """The teacher's logits that the `teacher_logits` stage stored: one row per transfer image."""
 
     def __init__(self, values: torch.Tensor) -> None:
-        self.values = values  # [transfer images, classes], rows aligned with the training set
+        self.table = RowTable(values, "the stored teacher logits")  # [transfer images, classes], rows aligned
+        # with the training set
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
-        rows, classes = self.values.shape
+        rows, classes = self.table.values.shape[:2]
         if (rows, classes) != (len(train_set), len(train_set.class_names)):
             raise DataError(f"the stored teacher logits are {rows} rows of {classes} classes, the transfer set "
                             f"{len(train_set)} images of {len(train_set.class_names)}: they were computed for "
                             f"other data; rerun `dvc repro teacher_logits`")
 
     def logits(self, batch: Batch, device: torch.device) -> torch.Tensor:
-        return self.values[batch.rows].to(device)
+        return self.table.rows(batch.rows, device)
 
     def live_models(self) -> list[LiveModel]:
         return []
+
+    def row_tables(self) -> list[RowTable]:
+        return [self.table]
 
 
 LogitsSource = torch.Tensor | StoredLogits | Teacher | CachedViews  # the stored logits, or where they come from
@@ -111,6 +116,10 @@ class TeacherLogits(Term[OptionsT]):
         """The teacher, when it runs live (`ReadsLayers`)."""
         return self.outputs.live_models()
 
+    def row_tables(self) -> list[RowTable]:
+        """The stored logits, or the cache of views (`KeepsRows`)."""
+        return row_tables_of(self.outputs)
+
 
 class Distillation(Objective):
     """loss = sum of weight * term, over the student's terms in their order; each term is logged (before
@@ -139,6 +148,10 @@ class Distillation(Objective):
         """The live teacher, once however many terms read it (`ReadsLayers`)."""
         found = [model for term in self.term_list if isinstance(term, ReadsLayers) for model in term.live_models()]
         return list({id(model): model for model in found}.values())
+
+    def row_tables(self) -> list[RowTable]:
+        """The tables every term reads by the batch's rows, each once (`KeepsRows`, for the strategies)."""
+        return row_tables_of(*self.term_list)
 
     def share_batches_over(self, group: ProcessGroup | None) -> None:
         """Told to each term whose state spans the training set (`SharesBatches`, for the strategies)."""

@@ -106,8 +106,9 @@ class CRD(FeatureTerm[CRDOptions]):
                 which: int) -> torch.Tensor:
         similarity = torch.bmm(bank[candidates].detach(), embeddings.unsqueeze(2)).squeeze(2)
         scores = torch.exp(similarity / self.options.temperature)
-        if self.normalizers[which] == 0:
-            self.normalizers[which] = (scores.mean() * self.images).detach()
+        # fixed at the first batch, without reading the buffer back to the host (no sync in a step)
+        first = (scores.mean() * self.images).detach()
+        self.normalizers[which] = torch.where(self.normalizers[which] == 0, first, self.normalizers[which])
         return scores / self.normalizers[which].clone()  # a copy: the graph keeps it while the buffer changes
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from torch import nn
 from pipelines.data.images import ImageSet
 from pipelines.engine.capture import Capture, LiveModel, probe
 from pipelines.engine.objective import Batch
+from pipelines.engine.rows import RowTable
 from pipelines.kd.base import Context, OptionsT, Term
 
 class FeatureTerm(Term[OptionsT]):
@@ -64,6 +65,10 @@ class FeatureTerm(Term[OptionsT]):
     def live_models(self) -> list[LiveModel]:
         """The teacher, when it runs live (`ReadsLayers`)."""
         return self.teacher.live_models() if self.teacher.live else []
+
+    def row_tables(self) -> list[RowTable]:
+        """The teacher's stored features (`KeepsRows`)."""
+        return self.teacher.row_tables()
 
     def teardown(self) -> None:
         if self.captured is not None:

@@ -27,6 +27,7 @@ from pipelines.data.logits import check_finite
 from pipelines.engine.capture import Capture, LiveModel
 from pipelines.engine.checkpoint import load_model
 from pipelines.engine.objective import Batch
+from pipelines.engine.rows import RowTable, row_tables_of
 from pipelines.kd.view_cache import CachedViews
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Teacher:
         self.model_path, self.cache, self.run_live = model_path, cache, run_live
         self.cached_views = cached_views
         self.manifest = read_manifest(cache / MANIFEST)
-        self.stored: dict[Layer, torch.Tensor] = {}
+        self.stored: dict[Layer, RowTable] = {}
         self.live: dict[Layer, Capture] = {}
         self.model: LiveModel | None = None  # loaded with the first layer read live
         self._last: torch.Tensor | None = None
@@ -151,7 +152,8 @@ class Teacher:
                                     f"transfer set has {images}: they were stored for other data; rerun "
                                     f"`dvc repro teacher_features`")
                 if layer not in self.stored:
-                    self.stored[layer] = open_features(self.cache, self.manifest, name)
+                    self.stored[layer] = RowTable(open_features(self.cache, self.manifest, name),
+                                                  f"the teacher's stored features of {name}")
                     log.info("teacher features of %s: read from %s (%s)", name, self.cache, self.manifest["reason"])
             elif layer not in self.live:
                 module = self._load(device)
@@ -190,8 +192,11 @@ class Teacher:
         once per batch whatever the number of terms that ask."""
         self._run(batch)
         found = {layer: capture.values[layer[0]] for layer, capture in self.live.items()}
-        rows = batch.rows.cpu()
-        return found | {layer: stored[rows].to(device) for layer, stored in self.stored.items()}
+        return found | {layer: stored.rows(batch.rows, device) for layer, stored in self.stored.items()}
+
+    def row_tables(self) -> list[RowTable]:
+        """The stored features read by the batch's rows, and the cache of views (`KeepsRows`)."""
+        return [*self.stored.values(), *row_tables_of(self.cached_views)]
 
     def detach(self) -> None:
         for one in self.live.values():

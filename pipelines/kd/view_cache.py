@@ -30,7 +30,8 @@ from pipelines.core.errors import DataError, first_line
 from pipelines.data.images import ImageSet
 from pipelines.engine.capture import LiveModel
 from pipelines.engine.checkpoint import load_model
-from pipelines.engine.batches import batch_source
+from pipelines.engine.batches import BatchSource
+from pipelines.engine.rows import RowTable
 from pipelines.engine.objective import Batch
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.views import FreshViews
@@ -61,7 +62,7 @@ def write_view_cache(folder: Path, teacher_path: Path, transfer: ImageSet, key: 
                           f"below {k}, or run the teacher live (teacher: live)")
     teacher, _ = load_model(teacher_path)
     teacher.to(runtime.device).eval()
-    fresh = FreshViews(batch_source(transfer, runtime), transfer, views, key["seed"], torch.contiguous_format)
+    fresh = FreshViews(BatchSource(transfer, runtime), transfer, views, key["seed"], torch.contiguous_format)
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float32,
@@ -103,8 +104,8 @@ class CachedViews:
 
     def __init__(self, folder: Path, seed: int, views: TransformParams | None, epochs: int) -> None:
         self.folder, self.seed, self.views, self.epochs = folder, seed, views, epochs
-        self.values: torch.Tensor | None = None
-        self.classes: torch.Tensor | None = None
+        self.values: RowTable | None = None  # [epochs, images, k]: the top-k logits ...
+        self.classes: RowTable | None = None  # ... and their classes
 
     def setup(self, model: nn.Module, train_set: ImageSet) -> None:
         """Open the cache, checked against this run's seed, views, epochs and transfer set."""
@@ -123,14 +124,18 @@ class CachedViews:
             raise DataError(f"{self.folder}: the cached logits are of other views ({changed} changed since); {rerun}")
         self.num_classes = len(train_set.class_names)
         # memory-mapped, as the stored teacher features are: a batch reads its own rows of its epoch
-        self.values, self.classes = torch.from_numpy(values), torch.from_numpy(classes)
+        self.values = RowTable(torch.from_numpy(values), "the cached teacher logits on views")
+        self.classes = RowTable(torch.from_numpy(classes), "their classes")
 
     def logits(self, batch: Batch, device: torch.device) -> torch.Tensor:
         assert self.values is not None and self.classes is not None  # setup opened them
-        values, classes = self.values[batch.epoch, batch.rows], self.classes[batch.epoch, batch.rows].long()
+        values = self.values.rows(batch.rows, device, batch.epoch)
+        classes = self.classes.rows(batch.rows, device, batch.epoch).long()
         rest = values.min(dim=1, keepdim=True).values - math.log(self.num_classes)
-        dense = rest.expand(len(values), self.num_classes).clone().scatter_(1, classes, values)
-        return dense.to(device)
+        return rest.expand(len(values), self.num_classes).clone().scatter_(1, classes, values)
 
     def live_models(self) -> list[LiveModel]:
         return []
+
+    def row_tables(self) -> list[RowTable]:
+        return [] if self.values is None or self.classes is None else [self.values, self.classes]

@@ -37,12 +37,12 @@ class Progress:
         """A run's start: its data order drawn from `seed`."""
         return cls(order=torch.Generator().manual_seed(seed).get_state())
 
-    def permutation(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Epoch `epoch`'s order of `rows` rows, drawn from `order`, and the generator's state after it: the
-        next epoch's `order`."""
+    def permutation(self, rows: int, device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
+        """Epoch `epoch`'s order of `rows` rows, drawn from `order` (on the CPU) and put on `device`, and the
+        generator's state after it: the next epoch's `order`."""
         generator = torch.Generator()
         generator.set_state(self.order)
-        return torch.randperm(rows, generator=generator), generator.get_state()
+        return torch.randperm(rows, generator=generator).to(device), generator.get_state()
 
     def epochs_left(self, epochs: int) -> range:
         """The epochs still to train of `epochs` (none once early stopping has ended the run)."""

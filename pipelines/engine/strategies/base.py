@@ -16,7 +16,9 @@ from torch.distributed.fsdp import FSDPModule
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.capture import live_models_of
+from pipelines.engine.inference import ValidationSplit
 from pipelines.engine.objective import BatchOf, Objective
+from pipelines.engine.rows import row_tables_of
 from pipelines.engine.runtime import Runtime
 
 StepTerms = tuple[int, torch.Tensor, dict[str, torch.Tensor]]  # images, loss and loss terms of one micro-batch
@@ -58,7 +60,7 @@ class Strategy(Protocol):
         """The epoch's mean of each loss term over every process's images (`sums` ends with their count)."""
         ...
 
-    def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
+    def validate(self, model: nn.Module, split: ValidationSplit) -> dict[str, float]:
         """Validation loss and accuracy on the whole split, the same on every rank."""
         ...
 
@@ -72,7 +74,7 @@ def place(model: nn.Module, objective: Objective, train_set: ImageSet, runtime: 
     """What every strategy's preparation starts with: the model on the device (unless `on_device` is False: a
     strategy that moves it part by part, so that a model larger than one device is never whole on one), in
     channels_last where that applies, then the objective set up for it and moved beside it, a live teacher in
-    channels_last too."""
+    channels_last too, and the tables it reads by rows kept on the device where they fit."""
     if on_device:
         model.to(runtime.device)
     if runtime.speed.channels_last:
@@ -80,17 +82,26 @@ def place(model: nn.Module, objective: Objective, train_set: ImageSet, runtime: 
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     objective.setup(model, train_set)
     objective.to(runtime.device)
+    for table in row_tables_of(objective):  # the teacher's stored outputs, on the device when they fit
+        table.keep_on(runtime)
     if runtime.speed.channels_last:
         for live in live_models_of(objective):
             live.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def compile_whole(model: nn.Module, objective: Objective, runtime: Runtime) -> None:
-    """`speed.compile` where each process holds whole models: the model, and a live teacher beside it."""
+    """`speed.compile` where each process holds whole models: the model (for validation), the objective, which
+    runs the model, and so compiles the forward and the loss into one graph, and a live teacher beside them."""
+    for module in (model, objective, *(live.module for live in live_models_of(objective))):
+        compile_module(module, runtime)
+
+
+def compile_module(module: nn.Module, runtime: Runtime) -> None:
+    """torch.compile `module` in place as `speed.compile` and `speed.compile_mode` say, with static shapes: the
+    training steps are of one shape (an epoch's last, partial batch is left out: `steps_per_epoch`), and so
+    are validation's forwards (pipelines/engine/inference.py), so nothing recompiles after the first of each."""
     if runtime.speed.compile:
-        model.compile()
-        for live in live_models_of(objective):
-            live.module.compile()
+        module.compile(mode=runtime.speed.compile_mode, dynamic=False)
 
 
 def trained_parameters(*modules: nn.Module) -> list[nn.Parameter]:

@@ -16,6 +16,7 @@ from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.batch_sharing import buffers_in_step, share_batches
+from pipelines.engine.inference import ValidationSplit
 from pipelines.engine.objective import Objective
 from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
@@ -48,7 +49,8 @@ class DDP:
         self.model, self.objective = model, objective
         self.trained = trained_parameters(model, objective)
         return Layout(trained=self.trained, held=model, saved=nn.ModuleDict({"model": model, "objective": objective}),
-                      steps_per_epoch=steps_per_epoch(len(train_set), batch_size, self.runtime.world_size),
+                      steps_per_epoch=steps_per_epoch(len(train_set), batch_size, self.runtime.world_size,
+                                                      self.runtime.speed.compile),
                       batch_shares=self.runtime.world_size, loss_rank=0)
 
     def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
@@ -61,8 +63,8 @@ class DDP:
     def epoch_means(self, sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
         return summed_means(sums, self.runtime)
 
-    def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
-        return validate_shares(model, val_set, self.runtime)
+    def validate(self, model: nn.Module, split: ValidationSplit) -> dict[str, float]:
+        return validate_shares(model, split, self.runtime)
 
     def state_dicts(self) -> tuple[StateDict, StateDict]:
         return full_state_dict(self.model), full_state_dict(self.objective)

@@ -22,12 +22,13 @@ from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.batch_sharing import share_batches
 from pipelines.engine.capture import live_models_of
+from pipelines.engine.inference import ValidationSplit
 from pipelines.engine.objective import Objective
 from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import steps_per_epoch
-from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, full_state_dict, place,
-                                               trained_parameters)
+from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, compile_module, full_state_dict,
+                                               place, trained_parameters)
 from pipelines.engine.strategies.shares import Trainee, accumulate, summed_means, validate_shares
 from pipelines.engine.tensors import local
 
@@ -45,8 +46,7 @@ class FSDP:
         share_batches(objective, dist.group.WORLD)  # each process computes the loss of its share of every batch
         mesh = fsdp_mesh(self.runtime, self.params)
         for block in blocks(model):
-            if self.runtime.speed.compile:
-                block.compile()
+            compile_module(block, self.runtime)
             shard(block, self.runtime, mesh)
         shard(model, self.runtime, mesh)
         if any(True for _ in objective.parameters()):
@@ -57,7 +57,8 @@ class FSDP:
         self.trainee = Trainee(model, objective)
         self.trained = trained_parameters(model, objective)
         return Layout(trained=self.trained, held=model, saved=nn.ModuleDict({"model": model, "objective": objective}),
-                      steps_per_epoch=steps_per_epoch(len(train_set), batch_size, self.runtime.world_size),
+                      steps_per_epoch=steps_per_epoch(len(train_set), batch_size, self.runtime.world_size,
+                                                      self.runtime.speed.compile),
                       batch_shares=self.runtime.world_size, loss_rank=0)
 
     def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
@@ -70,8 +71,8 @@ class FSDP:
     def epoch_means(self, sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
         return summed_means(sums, self.runtime)
 
-    def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
-        return validate_shares(model, val_set, self.runtime)
+    def validate(self, model: nn.Module, split: ValidationSplit) -> dict[str, float]:
+        return validate_shares(model, split, self.runtime)
 
     def state_dicts(self) -> tuple[StateDict, StateDict]:
         """Gathered from every process's shards (a collective); the main process gets the tensors."""

@@ -44,11 +44,12 @@ from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.batch_sharing import share_batches
 from pipelines.engine.capture import LiveModel, live_models_of
-from pipelines.engine.inference import val_metrics
+from pipelines.engine.inference import ValidationSplit, val_metrics
 from pipelines.engine.objective import Objective
 from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
-from pipelines.engine.strategies.base import BatchOf, Layout, StateDict, StepTerms, full_state_dict, place
+from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, compile_module, full_state_dict,
+                                               place)
 from pipelines.engine.strategies.pipeline_carry import Key, LayerCarry
 from pipelines.engine.strategies.pipeline_stages import Carrying, held_by_stage, pipeline_steps, split_layers
 
@@ -165,8 +166,7 @@ class PipelineParallel:
                                    output_args=tuple(value.requires_grad_(grad) for value, grad in outputs))
         self.schedule = SCHEDULES[self.params.pipeline_schedule](this_stage, self.params.microbatches,
                                                                  loss_fn=self._loss)
-        if self.runtime.speed.compile:
-            self.stage_layers.compile()
+        compile_module(self.stage_layers, self.runtime)
 
     def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
         """Run the step's forwards and backwards through the pipeline; on the last rank, yield each
@@ -217,17 +217,17 @@ class PipelineParallel:
         return result
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
+    def validate(self, model: nn.Module, split: ValidationSplit) -> dict[str, float]:
         """The validation split through the pipeline in eval mode, in batches of the training batch's shape
         (the last one padded); the last rank scores the logits and sends the metrics to every rank."""
         self.stage_layers.eval()
         self._validating = True
         logits: list[torch.Tensor] = []
         with self.runtime.autocast():
-            self._validate_batches(val_set, logits)
+            self._validate_batches(split.val_set, logits)
         self.stage_layers.train()
         self._validating = False
-        metrics = [val_metrics(torch.cat(logits), val_set.labels) if self.rank == self.last_rank else None]
+        metrics = [val_metrics(torch.cat(logits), split.val_set.labels) if self.rank == self.last_rank else None]
         dist.broadcast_object_list(metrics, src=self.last_rank)
         result = metrics[0]
         assert result is not None  # the last rank's, broadcast

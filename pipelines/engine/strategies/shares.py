@@ -13,8 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
-from pipelines.data.images import ImageSet
-from pipelines.engine.inference import INFERENCE_BATCH_SIZE, val_sums, validate
+from pipelines.engine.inference import INFERENCE_BATCH_SIZE, ValidationSplit
 from pipelines.engine.objective import Batch
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.strategies.base import BatchOf, StepTerms
@@ -53,16 +52,16 @@ def summed_means(sums: dict[str, torch.Tensor | float], runtime: Runtime) -> dic
     return dict(zip(sums, (totals[:-1] / totals[-1]).tolist()))
 
 
-def validate_shares(model: nn.Module, val_set: ImageSet, runtime: Runtime) -> dict[str, float]:
+def validate_shares(model: nn.Module, split: ValidationSplit, runtime: Runtime) -> dict[str, float]:
     """Validation loss and accuracy on the whole split. Every rank holds the same weights (FSDP gathers them
     block by block) and scores its own contiguous share of the split; their sums are gathered and added in
     rank order, so every rank gets the same figures and takes the same early-stopping decision."""
     if not runtime.distributed:
-        return validate(model, val_set, runtime.device)
+        return split.metrics(model)
     world, rank = runtime.world_size, runtime.rank
-    bounds = [len(val_set) * index // world for index in range(world + 1)]  # shares differ by a row at most
-    batches = max(1, math.ceil(math.ceil(len(val_set) / world) / INFERENCE_BATCH_SIZE))
-    sums = val_sums(model, val_set, bounds[rank], bounds[rank + 1], batches, runtime.device)
+    bounds = [len(split) * index // world for index in range(world + 1)]  # shares differ by a row at most
+    batches = max(1, math.ceil(math.ceil(len(split) / world) / INFERENCE_BATCH_SIZE))
+    sums = split.sums(model, bounds[rank], bounds[rank + 1], batches)
     if isinstance(model, FSDPModule):
         model.reshard()  # FSDP keeps the root's weights gathered after a forward; the EMA may be swapped out next
     every = [torch.empty_like(sums) for _ in range(world)]
@@ -70,7 +69,7 @@ def validate_shares(model: nn.Module, val_set: ImageSet, runtime: Runtime) -> di
     total = sum(every)
     assert isinstance(total, torch.Tensor)  # a sum of world_size >= 1 tensors
     loss, correct = total.tolist()
-    return {"val_loss": loss / len(val_set), "val_accuracy": correct / len(val_set)}
+    return {"val_loss": loss / len(split), "val_accuracy": correct / len(split)}
 
 
 class Trainee(nn.Module):

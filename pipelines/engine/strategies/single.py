@@ -14,7 +14,7 @@ from pipelines.config.distributed import DistributedParams
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
 from pipelines.engine.batch_sharing import share_batches
-from pipelines.engine.inference import validate
+from pipelines.engine.inference import ValidationSplit
 from pipelines.engine.objective import Objective
 from pipelines.engine.optim import clip_gradients
 from pipelines.engine.runtime import Runtime
@@ -40,7 +40,7 @@ class OneProcess:
         self.model, self.objective = model, objective
         self.trained = trained_parameters(model, objective)
         steps = (pipeline_steps(len(train_set), batch_size, self.params.microbatches) if self.one_stage
-                 else steps_per_epoch(len(train_set), batch_size, 1))
+                 else steps_per_epoch(len(train_set), batch_size, 1, self.runtime.speed.compile))
         return Layout(trained=self.trained, held=model, saved=nn.ModuleDict({"model": model, "objective": objective}),
                       steps_per_epoch=steps, batch_shares=1, loss_rank=0)
 
@@ -54,8 +54,8 @@ class OneProcess:
     def epoch_means(self, sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
         return summed_means(sums, self.runtime)
 
-    def validate(self, model: nn.Module, val_set: ImageSet) -> dict[str, float]:
-        return validate(model, val_set, self.runtime.device)
+    def validate(self, model: nn.Module, split: ValidationSplit) -> dict[str, float]:
+        return split.metrics(model)
 
     def state_dicts(self) -> tuple[StateDict, StateDict]:
         return full_state_dict(self.model), full_state_dict(self.objective)
