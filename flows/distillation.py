@@ -1,11 +1,18 @@
 """The distillation flow: every DVC stage of dvc.yaml as its own Prefect task, in DAG order, then the report's
-artifacts.
+artifacts. One `dvc status` up front decides: a stage that changed, or one downstream of it, runs through
+`dvc repro --single-item`; the others are up to date and their tasks end at once (state Skipped) without a
+process, so a rerun with nothing to do costs little more than Prefect itself.
 
     python -m flows.distillation                                  # the pipeline as params.yaml says
     python -m flows.distillation --set teacher.train.epochs=5 --set distill.student_kd.losses.0.temperature=2
 
-The stages are read from dvc.yaml after the overrides are written, so a student added to params.yaml's
-`distill` section (stage distill@<name>) runs too.
+The stages and their status are read after the overrides are written, so a student added to params.yaml's
+`distill` section (stage distill@<name>) runs too, and so does every stage an override changes.
+
+Overrides are validated with the whole file, the distillation methods' options included, before they are
+written. Without overrides the flow checks the file's keys and values and leaves the methods' options, whose
+schemas import torch, to the first stage, check_params, which checks the whole file whenever it changed: a
+rerun with nothing to do loads no torch.
 """
 
 from __future__ import annotations
@@ -17,26 +24,33 @@ from typing import Any
 
 from prefect import flow
 
-from pipelines.config import PARAMS_FILE, ParamsError
+from pipelines.config import PARAMS_FILE, ParamsError, load_params
 from pipelines.config.loader import load_yaml
 from pipelines.core.paths import Paths
 from pipelines.core.stage import EXIT_BAD_PARAMS, params_or_exit
-from pipelines.kd import check_students
 from tasks.environment import quiet_offline
-from tasks.dvc_stages import dvc_stage_task, dvc_stages
-from tasks.params import override_params
+from tasks.dvc_stages import dvc_stage_task, stage_plan, up_to_date_task
 from tasks.publish import post_publish_decisions
 from tasks.report import post_evaluation
 
 
 @flow(name="distillation")
 def distillation(overrides: dict[str, Any] | None = None, project_dir: str = ".") -> dict[str, dict]:
-    """Validate params (with overrides), reproduce each DVC stage (publish included: off unless
-    publish.enabled), then post the publish stage's decisions and the evaluation as Prefect artifacts."""
+    """Validate and write the overrides, reproduce each DVC stage that is not up to date (publish included:
+    off unless publish.enabled), then post the publish stage's decisions and the evaluation as Prefect
+    artifacts."""
     root = Path(project_dir).resolve()
-    override_params(root, overrides or {})
-    for stage in dvc_stages(root):
-        dvc_stage_task(stage)(root)
+    if overrides:
+        from tasks.params import override_params  # (imports torch: the methods' options live beside their code)
+
+        override_params(root, overrides)
+    else:
+        load_params(root / PARAMS_FILE)  # a bad file is named here, before DVC reads it
+    for stage, changed in stage_plan(root).items():  # after the overrides: params.yaml as the stages read it
+        if changed:
+            dvc_stage_task(stage)(root)
+        else:
+            up_to_date_task(stage)()
     post_publish_decisions(root)
     return post_evaluation(root)
 
@@ -63,10 +77,15 @@ def main() -> None:
         overrides = parse_overrides(args.overrides)
     except ParamsError as error:
         parser.error(str(error))
-    # Fail fast on bad params, before a Prefect server starts; the flow validates again itself.
+    # Fail fast on bad params, before a Prefect server starts: every key and value, and with overrides the
+    # distillation methods' options too (as the flow validates them again before writing them).
     params_file = Path(args.project_dir) / PARAMS_FILE
     try:
-        check_students(params_or_exit(params_file, overrides))
+        params = params_or_exit(params_file, overrides)
+        if overrides:
+            from pipelines.kd import check_students
+
+            check_students(params)
     except ParamsError as error:
         print(error, file=sys.stderr)
         sys.exit(EXIT_BAD_PARAMS)

@@ -1,4 +1,5 @@
-"""The Prefect flow runs the dvc.yaml stages as tasks, shares DVC's cache, posts the evaluation as artifacts."""
+"""The Prefect flow runs the dvc.yaml stages as tasks, shares DVC's cache, posts the evaluation as artifacts; a
+stage that one `dvc status` finds up to date, with all upstream of it, starts no process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from prefect.artifacts import Artifact
 from flows.distillation import distillation, parse_overrides
 from pipelines.config import ParamsError, load_params
 from tasks.params import write_overrides
-from tasks.dvc_stages import dvc_stages
+import tasks.dvc_stages
+from tasks.dvc_stages import dvc_stages, stage_plan
 from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
 
 
@@ -33,6 +35,22 @@ def test_a_student_added_to_params_yaml_becomes_a_stage_of_the_flow(project: Pat
     order = dvc_stages(project)
     assert order.index("teacher_logits") < order.index("distill@small_t2") < order.index("evaluate")
     assert order.index("distill@student_kd") < order.index("evaluate")
+
+
+@pytest.mark.integration
+def test_the_plan_runs_a_changed_stage_and_everything_downstream_of_it_and_nothing_else(
+        reproduced_project: Path) -> None:
+    project = reproduced_project  # after one dvc repro
+    assert not any(stage_plan(project).values())
+
+    (project / "models" / "teacher.pt").unlink()  # train_teacher changed; the stages reading the teacher not yet
+    plan = stage_plan(project)
+    assert [stage for stage, changed in plan.items() if changed] == [
+        "train_teacher", "teacher_logits", "teacher_features@student_kd", "teacher_views@student_kd",
+        "distill@student_kd", "evaluate", "report", "publish"]
+
+    write_overrides(project / "params.yaml", {"student.train.epochs": 2})
+    assert all(stage_plan(project).values()), "check_params reads every key, and every stage reads its output"
 
 
 def test_an_override_inside_a_null_section_makes_it_a_section(tmp_path: Path) -> None:
@@ -112,9 +130,41 @@ def test_command_line_flow_after_dvc_repro_redoes_nothing_quietly_and_prints_the
     assert {path.name: path.stat().st_mtime_ns for path in (project / "models").glob("*.pt")} == models
     output = result.stdout + result.stderr
     assert output.count("didn't change, skipping") == len(dvc_stages(project))
+    assert output.count("Finished in state Skipped(") == len(dvc_stages(project))  # each stage's task, no process
     assert "| student_kd |" in result.stdout and "Artifacts:" in result.stdout
     for noise in ("Traceback", "ERROR", "WARNING", "telemetry", "analytics"):
         assert noise not in output
+
+
+@pytest.mark.slow
+def test_a_rerun_with_nothing_to_do_starts_no_stage_and_leaves_dvc_lock_as_it_was(
+        prefect_server, reproduced_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = reproduced_project  # after one dvc repro
+    lock = (project / "dvc.lock").read_bytes()
+    started: list[str] = []
+    monkeypatch.setattr(tasks.dvc_stages, "run_dvc_stage", lambda stage, _: started.append(stage))
+
+    results = distillation(project_dir=str(project))
+
+    assert started == []
+    assert (project / "dvc.lock").read_bytes() == lock
+    assert results == json.loads((project / "metrics" / "eval.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_param_changed_upstream_reruns_the_stages_downstream_of_it_through_the_flow(
+        prefect_server, reproduced_project: Path) -> None:
+    project = reproduced_project  # after one dvc repro
+    outputs = ("models/teacher.pt", "data/teacher_logits/transfer_logits.npy", "models/student_kd.pt",
+               "metrics/eval.json", "models/student_baseline.pt", "data/transfer/transfer.parquet")
+    before = {name: (project / name).stat().st_mtime_ns for name in outputs}
+
+    distillation(overrides={"teacher.train.epochs": 2}, project_dir=str(project))
+
+    rewritten = {name for name in outputs if (project / name).stat().st_mtime_ns != before[name]}
+    assert rewritten == {"models/teacher.pt", "data/teacher_logits/transfer_logits.npy", "models/student_kd.pt",
+                         "metrics/eval.json"}  # the teacher and what reads it; the baseline and the data stay
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
 
 
 @pytest.mark.slow
