@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test lint test-fast test-timm bench kd-study remote pull deploy worker serve image image-tools clean
+.PHONY: setup run test lint test-fast test-timm bench bench-speed kd-study remote pull deploy worker serve image image-tools browser clean
 
 setup: $(VENV)/.installed
 
@@ -58,6 +58,12 @@ test-timm:
 # Distilled vs. baseline student over 3 seeds (see README): minutes, not part of the tests.
 bench: setup
 	$(BIN)/python -m benchmarks.kd_vs_baseline
+
+# docs/benchmarks.md from the speed benchmarks' own output (benchmarks/speed_report.py): the engine's step and a
+# training stage against plain PyTorch, the cost of saves and of the flow, and the GPU check on a CUDA machine
+# (elsewhere the page keeps the GPU figures it has). Minutes, not part of the tests.
+bench-speed: setup
+	$(BIN)/python -m benchmarks.speed_report
 
 # The distillation methods study (docs/kd_methods.md): every loss of kd_study in params.yaml, each dataset
 # and seed; tens of minutes, not part of the tests.
@@ -132,6 +138,15 @@ swift-tools:
 	else \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			swift-proxy swift-account swift-container swift-object memcached; \
+	fi
+
+# The browser the HTML report's test loads it in (tests/test_report_html.py; CI: .ci/run): Debian's headless-capable
+# Chromium. Debian/Ubuntu, as root; no recommends (fonts and desktop integration the test does not need).
+browser:
+	@if command -v chromium >/dev/null; then \
+		echo "chromium is installed"; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 
 clean:

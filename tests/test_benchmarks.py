@@ -1,0 +1,75 @@
+"""The speed benchmarks run as they are: the GPU check's plumbing in its CPU smoke mode, the step-overhead
+benchmark's two sides training the same weights, and docs/benchmarks.md composed from the benchmarks' sections,
+keeping the ones a run does not produce. No timing is asserted: the figures are the benchmarks' to print."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+import torch
+
+from benchmarks import gpu_check, speed_report, step_overhead
+from tests.conftest import SHIPPED_PARAMS
+
+
+def table_rows(text: str, heading: str) -> list[list[str]]:
+    """The cells of the data rows of the first table after `heading`."""
+    lines = text.split(heading, 1)[1].splitlines()
+    first = next(index for index, line in enumerate(lines) if line.startswith("|"))
+    table = itertools.takewhile(lambda line: line.startswith("|"), lines[first + 2 :])  # past header and rule
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+
+
+def test_the_gpu_check_smoke_run_times_each_workload_under_each_setting_against_the_tuned_loop(capsys) -> None:
+    gpu_check.main(["--smoke", "--params", str(SHIPPED_PARAMS)])
+    out = capsys.readouterr().out
+    assert "python -m benchmarks.gpu_check --smoke` on CPU" in out
+    for workload in ("teacher", "student_kd", "student_live"):
+        rows = table_rows(out, f"### {workload}\n")
+        assert [row[0] for row in rows] == list(gpu_check.SETTINGS)
+        for setting, engine_rate, plain_rate, ratio, *_ in rows:
+            assert min(float(engine_rate.replace(",", "")), float(plain_rate.replace(",", "")), float(ratio)) > 0
+        # The tuned loop compiles its loss and its validation forward in the first run and nothing after it; the
+        # engine compiles nothing on the CPU, where every speed path is off.
+        assert rows[-1][-1] == "0, 0; 2, 0"
+    assert out.count("Targets with +compile: ") == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the check itself")
+def test_without_cuda_the_gpu_check_exits_2_saying_it_needs_a_gpu(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main([])
+    assert exit_info.value.code == 2
+    assert "no CUDA device is visible: this check needs one (`--smoke` runs its plumbing on the CPU)" in (
+        capsys.readouterr().err)
+
+
+def test_the_step_overhead_benchmark_trains_the_same_weights_with_the_engine_and_the_plain_loop(capsys) -> None:
+    step_overhead.main(["--pairs", "1", "--epochs", "1", "--params", str(SHIPPED_PARAMS)])
+    out = capsys.readouterr().out
+    assert "Weights bit-identical on both sides" in out
+    [[pair, engine, plain, ratio]] = table_rows(out, "## Step overhead")
+    assert pair == "1" and float(engine) > 0 and float(plain) > 0 and float(ratio) > 0
+    assert re.search(r"Median engine / plain: [\d.]+ \(target: at least 0\.9, (met|NOT met)\)", out)
+
+
+HEADER = "# Benchmarks\n\nLast run: today.\n"
+
+
+def test_a_fresh_section_replaces_its_own_and_the_page_keeps_the_sections_this_run_did_not_produce() -> None:
+    before = speed_report.compose("", {"step_overhead": "## Step\n\nold figures\n",
+                                       "gpu_check": "## GPU\n\nH100 figures\n"}, HEADER, "monday on machine A")
+    after = speed_report.compose(before, {"step_overhead": "## Step\n\nnew figures\n"}, HEADER, "tuesday on B")
+    assert after.startswith(HEADER)
+    assert "new figures\n\n_Recorded tuesday on B._" in after and "old figures" not in after
+    assert "H100 figures\n\n_Recorded monday on machine A._" in after  # no CUDA this time: the GPU figures stay
+    names = re.findall(r"<!-- section: (\w+) -->", after)
+    assert names == list(speed_report.SECTIONS) == re.findall(r"<!-- end of section: (\w+) -->", after)
+
+
+def test_a_page_without_gpu_figures_says_how_to_record_them() -> None:
+    page = speed_report.compose("", {}, HEADER, "today")
+    assert "No GPU figures have been recorded yet" in page and "`make bench-speed`" in page
+    assert "Not recorded yet: `python -m benchmarks.speed_report --only flow_overhead`" in page
