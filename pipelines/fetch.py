@@ -6,8 +6,10 @@
     python -m pipelines.fetch student-kd --list              # its versions and aliases
 
 Every file is checked against the version's manifest (size and SHA-256) before the folder
-<dest>/<name>/<version>/ appears; a missing, cut short or changed object is refused, naming it, and a
-manifest that lists anything but plain file names is refused before anything is written. Bucket,
+<dest>/<name>/<version>/ appears, the exports included (model.pt2, and model.onnx for ONNX Runtime); a
+missing, cut short or changed object is refused, naming it, and a manifest that lists anything but plain
+file names is refused before anything is written. An export the version was published without is named
+with the exporter's reason (the manifest's left_out). Bucket,
 prefix and the S3 settings default to params.yaml's `publish` and `storage` sections when the file is there;
 credentials and AWS_ENDPOINT_URL come from the environment as boto3 reads them. In Python:
 `pipelines.registry.download.fetch_student(store, Layout(prefix, name), ref, dest).model`.
@@ -24,6 +26,7 @@ from pipelines.config import PARAMS_FILE
 from pipelines.config.storage import PublishParams, StorageParams
 from pipelines.core.errors import DataError
 from pipelines.core.stage import EXIT_BAD_DATA, params_or_exit
+from pipelines.registry.manifest import shown
 
 if TYPE_CHECKING:
     from pipelines.registry.download import Fetched
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{manifest.name} {manifest.version} ({args.ref}): {len(manifest.objects)} files verified in "
           f"{fetched.folder}; test {metrics}; loaded {type(fetched.model).__name__} "
           f"({sum(p.numel() for p in fetched.model.parameters()):,} parameters)")
+    for file, why in manifest.left_out.items():
+        print(f"published without {shown(file)}: {shown(why)}")
 
 
 def listing(name: str, bucket: str, prefix: str, storage: StorageParams = StorageParams()) -> str:

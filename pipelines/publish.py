@@ -59,6 +59,7 @@ def publish(params: Params, paths: Paths = Paths(), promote: list[str] | None = 
 
 def publish_student(params: Params, paths: Paths, store: ObjectStore, model: str, name: str) -> Decision:
     """Build `model`'s bundle, then publish it under `name` if it passes the gate."""
+    from pipelines.data.images import open_image_set
     from pipelines.registry.bundle import build_bundle, describe_source
     from pipelines.registry.card import render_card
     from pipelines.registry.manifest import Layout
@@ -78,6 +79,8 @@ def publish_student(params: Params, paths: Paths, store: ObjectStore, model: str
         paths.model(model), folder, name=name, model=model,
         metrics={key: value for key, value in results[model].items() if isinstance(value, (int, float))},
         test_split_sha256=dataset["splits"]["test"]["sha256"], source=source, export=settings.export,
+        test_images=open_image_set(paths.split("test"), paths.arrow_cache).images,
+        batch_size=params.evaluate.batch_size,
         card=lambda manifest: render_card(manifest, results, dataset, trained_with, store.bucket, settings.prefix),
     )
     return publish_bundle(

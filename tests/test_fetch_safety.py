@@ -82,7 +82,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 
 @QUICK
 @given(st.dictionaries(st.sampled_from(["name", "version", "model", "objects", "metrics", "test_split_sha256",
-                                        "source", "created_at", "format", "other"]), json_values))
+                                        "source", "created_at", "left_out", "format", "other"]), json_values))
 def test_any_manifest_json_is_read_or_refused_with_a_registry_error(raw: dict) -> None:
     try:
         manifest = Manifest.from_json(json.dumps(raw).encode(), "s3://bucket/manifest.json")
@@ -138,12 +138,22 @@ def test_a_manifest_listing_a_path_or_a_name_twice_is_refused_naming_it(file: st
     ("version", "../../x", r"version '\.\./\.\./x' is not 16 hex digits"),
     ("name", "../x", r"name '\.\./x' is not a published name"),
     ("metrics", {"accuracy": "high"}, "metrics is not a mapping of names to numbers"),
+    ("left_out", {"model.onnx": 1}, "left_out is not a mapping of file names to reasons"),
+    ("left_out", ["model.onnx"], "left_out is not a mapping of file names to reasons"),
 ])
 def test_a_manifest_whose_name_version_or_metrics_are_malformed_is_refused(field: str, value, message: str) -> None:
     raw = json.loads(manifest_json([model_entry()]))
     raw[field] = value
     with pytest.raises(RegistryError, match=message):
         Manifest.from_json(json.dumps(raw).encode(), "s3://b/m.json")
+
+
+def test_a_manifest_of_format_1_without_left_out_is_read_and_a_newer_format_refused() -> None:
+    raw = json.loads(manifest_json([model_entry()]))
+    del raw["left_out"]
+    assert Manifest.from_json(json.dumps({**raw, "format": 1}).encode(), "s3://b/m.json").left_out == {}
+    with pytest.raises(RegistryError, match="manifest format 3 is newer than this code reads"):
+        Manifest.from_json(json.dumps({**raw, "format": 3}).encode(), "s3://b/m.json")
 
 
 def test_an_alias_pointing_at_a_path_is_refused() -> None:

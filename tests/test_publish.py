@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import onnxruntime
 import pytest
 import torch
 
@@ -109,7 +110,8 @@ def test_publish_then_fetch_round_trip_verifies_every_file(server: S3Server, pro
     assert version == hashlib.sha256(project.model("student_kd").read_bytes()).hexdigest()[:16]
     manifest = json.loads(server.client().get_object(
         Bucket=bucket, Key=f"students/student-kd/{version}/{MANIFEST}")["Body"].read())
-    assert {entry["file"] for entry in manifest["objects"]} == {"model.pt", "model_config.json", "model.pt2", "card.md"}
+    assert {entry["file"] for entry in manifest["objects"]} == {"model.pt", "model_config.json", "model.pt2",
+                                                                "model.onnx", "card.md"}
     assert set(keys(server, bucket)) == {
         f"students/student-kd/{version}/{entry['file']}" for entry in manifest["objects"]} | {
         f"students/student-kd/{version}/{MANIFEST}", "students/student-kd/aliases/latest.json",
@@ -124,6 +126,9 @@ def test_publish_then_fetch_round_trip_verifies_every_file(server: S3Server, pro
     assert torch.equal(fetched.model(images), local(images))
     exported = torch.export.load(fetched.folder / "model.pt2").module()  # what a server without this code loads
     assert torch.allclose(exported(images), local(images), atol=1e-5)
+    session = onnxruntime.InferenceSession(str(fetched.folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert torch.allclose(torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0]), local(images),
+                          atol=1e-4)  # and what a server without torch loads
     card = (fetched.folder / "card.md").read_text()
     assert f"# student-kd {version}" in card and "| accuracy |" in card and "teacher" in card
 

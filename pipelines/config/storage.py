@@ -66,7 +66,7 @@ class PublishParams(Section):
     students: dict[str, str] = {"student_kd": "student-kd"}  # model of the pipeline -> its published name
     aliases: list[str] = ["staging"]  # moved to every version published, besides `latest`
     gate: GateParams = GateParams()
-    export: bool = True  # also a torch.export program (model.pt2), which a server loads with torch alone
+    export: bool = True  # also a torch.export program (model.pt2, torch alone) and an ONNX model (model.onnx)
     multipart_threshold_mb: int = Field(default=64, ge=MIN_PART_MB)  # files above this go up in parts
     part_size_mb: int = Field(default=16, ge=MIN_PART_MB)
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from pipelines.registry.manifest import EXPORTED, Manifest
+from pipelines.registry.manifest import EXPORTED, ONNX, Manifest
+from pipelines.registry.onnx_export import INPUT, OUTPUT, PARITY_ATOL
 
 COMPARED = (("accuracy", "{:.2%}"), ("macro_f1", "{:.4f}"), ("nll", "{:.4f}"), ("ece", "{:.4f}"),
             ("params", "{:,}"), ("latency_ms_batch_1", "{:.3f}"))
@@ -29,9 +30,19 @@ def render_card(manifest: Manifest, results: dict[str, dict], dataset: dict[str,
            if not path.startswith("pipelines")]
     revision = source.get("git_revision") or "unknown (not a git checkout)"
     exported = manifest.entry(EXPORTED) is not None
-    load = (f'program = torch.export.load("{EXPORTED}")  # torch alone\nlogits = program.module()(images)  '
-            f'# images: float [N, {dataset.get("image_shape", ["C", "H", "W"])[0]}, H, W] on the [0, 1] scale'
+    images = f'# images: float [N, {dataset.get("image_shape", ["C", "H", "W"])[0]}, H, W] on the [0, 1] scale'
+    load = (f'program = torch.export.load("{EXPORTED}")  # torch alone\nlogits = program.module()(images)  {images}'
             if exported else "model, _ = load_model(Path(\"model.pt\"))  # pipelines.engine.checkpoint")
+    onnx = [] if manifest.entry(ONNX) is None else [
+        f"Without torch, `{ONNX}` in ONNX Runtime (or any server that loads ONNX), with any batch size; it "
+        f"gave the same logits as torch within {PARITY_ATOL:g}, and the same class, on every test image:",
+        "```python",
+        "import onnxruntime",
+        f'session = onnxruntime.InferenceSession("{ONNX}", providers=["CPUExecutionProvider"])',
+        f'logits = session.run(["{OUTPUT}"], {{"{INPUT}": images}})[0]  {images.replace("float", "float32 numpy")}',
+        "```",
+    ]
+    left_out = [f"- no `{file}`: {why}" for file, why in manifest.left_out.items()]
     return "\n".join([
         f"# {manifest.name} {manifest.version}",
         "",
@@ -65,5 +76,7 @@ def render_card(manifest: Manifest, results: dict[str, dict], dataset: dict[str,
         "import torch",
         load,
         "```",
+        *onnx,
+        *(["", "Left out of this version:", *left_out] if left_out else []),
         "",
     ])

@@ -3,13 +3,16 @@
     s3://<bucket>/<prefix>/<name>/<version>/model.pt          state dict, model config, training metrics
                                            /model_config.json  the config alone, readable without torch
                                            /model.pt2          torch.export program (publish.export)
+                                           /model.onnx         ONNX model, checked with ONNX Runtime (publish.export)
                                            /card.md            the model card
                                            /manifest.json      every object above: size and SHA-256
     s3://<bucket>/<prefix>/<name>/aliases/<alias>.json         {"version": ..., "manifest_sha256": ...}
 
 The version is the first 16 hex digits of model.pt's SHA-256: the same weights are the same version. The
 manifest is uploaded last, so a version exists once its manifest does; an alias names the manifest's own
-SHA-256, so a fetch through an alias detects a manifest changed after it was published.
+SHA-256, so a fetch through an alias detects a manifest changed after it was published. An export the
+model could not be given (a model torch.export or torch.onnx refuses, or whose ONNX file does not match it;
+pipelines/registry/onnx_export.py) is not a file of the version: `left_out` names it with the reason.
 
 Whatever is read from the bucket is checked before it is used, since anyone who can write there could
 write it: a manifest lists plain file names only (no folder, no path; `is_file_name`), each once, with a
@@ -33,10 +36,11 @@ MANIFEST = "manifest.json"
 MODEL = "model.pt"
 MODEL_CONFIG = "model_config.json"
 EXPORTED = "model.pt2"
+ONNX = "model.onnx"
 CARD = "card.md"
 LATEST = "latest"
 VERSION_DIGITS = 16
-FORMAT = 1  # of manifest.json; a reader refuses a newer one
+FORMAT = 2  # of manifest.json; a reader refuses a newer one. 2: left_out (a reader of 1 refuses unknown keys)
 # A file a manifest may list: one plain name (what the publisher writes: model.pt, card.md, ...).
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 FILE_NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.'; no folder, no path"
@@ -83,6 +87,7 @@ class Manifest:
     test_split_sha256: str  # of the test split those metrics were measured on (the dataset card's)
     source: dict[str, Any] = field(default_factory=dict)  # git revision, DVC hashes of its inputs, params
     created_at: str = ""
+    left_out: dict[str, str] = field(default_factory=dict)  # an export the version lacks -> why (the exporter's reason)
     format: int = FORMAT
 
     def to_json(self) -> bytes:
@@ -121,6 +126,9 @@ class Manifest:
             problems.append("metrics is not a mapping of names to numbers")
         if not isinstance(self.source, dict):
             problems.append("source is not a mapping")
+        if not isinstance(self.left_out, dict) or not all(
+                isinstance(file, str) and isinstance(why, str) for file, why in self.left_out.items()):
+            problems.append("left_out is not a mapping of file names to reasons")
         seen: set[str] = set()
         for entry in self.objects:
             if not is_file_name(entry.file):
