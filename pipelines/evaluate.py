@@ -1,8 +1,9 @@
 """Stage `evaluate`: the teacher, the baseline student and every distilled student on the test split.
 
 Writes metrics/eval.json ({"teacher": {...}, "student_baseline": {...}, "<student>": {...}, ...}) and one
-confusion-matrix plot file per model for `dvc plots`. The `report` stage renders them: rewording the
-report never reruns these measurements (CPU latency among them).
+confusion-matrix plot file per model for `dvc plots`. eval.json holds everything the `report` stage shows
+(per-class scores, confusion matrices, agreement with the teacher overall and by class, sizes, CPU latency):
+the report renders it without loading a model, so rewording or redrawing it never reruns these measurements.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ def evaluate(params: Params, paths: Paths = Paths()) -> dict[str, dict]:
         logits = predict_logits(model, test.images, torch.device("cpu"), settings.batch_size)
         predictions[name] = logits.argmax(1)
         metrics = classification_metrics(logits, test.labels, test.class_names, settings.calibration_bins)
-        metrics["agreement_with_teacher"] = float((predictions[name] == predictions["teacher"]).float().mean())
+        agrees = predictions[name] == predictions["teacher"]
+        metrics["agreement_with_teacher"] = float(agrees.float().mean())
+        metrics["agreement_per_class"] = {  # where it and the teacher part: by actual class (None: no test image)
+            class_name: float(agrees[test.labels == index].float().mean()) if (test.labels == index).any() else None
+            for index, class_name in enumerate(test.class_names)
+        }
         metrics["params"] = count_parameters(model)
         metrics["near_zero_weights"] = near_zero_fraction(model, settings.near_zero_threshold)
         metrics["checkpoint_bytes"] = paths.model(name).stat().st_size

@@ -192,6 +192,7 @@ def test_every_stage_output_is_a_path_the_stage_code_writes() -> None:
         str(paths.eval_metrics),
         str(paths.confusion_plot("x").parent),
         str(paths.report),
+        str(paths.report_html),
         str(paths.publish_record),
     }
     declared = {str(out) for stage in resolved_stages().values() for out in stage.outs}

@@ -121,7 +121,8 @@ MODELS = ("teacher", "student_baseline", "student_kd")  # those of the shipped p
 
 METRIC_KEYS = {
     "accuracy", "macro_f1", "per_class", "confusion_matrix", "ece", "nll", "agreement_with_teacher",
-    "params", "near_zero_weights", "checkpoint_bytes", "latency_ms_batch_1", "latency_ms_batch_256",
+    "agreement_per_class", "params", "near_zero_weights", "checkpoint_bytes", "latency_ms_batch_1",
+    "latency_ms_batch_256",
 }
 
 
@@ -181,6 +182,20 @@ def test_teacher_agrees_with_itself_and_students_agreement_matches_their_predict
         assert results[name]["agreement_with_teacher"] == pytest.approx(same / len(test_set))
 
 
+def test_agreement_by_class_is_the_share_of_each_class_s_images_predicted_as_the_teacher_predicts(
+        evaluated, test_set):
+    _, paths, results = evaluated
+    teacher_rows = json.loads(paths.confusion_plot("teacher").read_text())
+    assert results["teacher"]["agreement_per_class"] == dict.fromkeys(test_set.class_names, 1.0)
+    for name in ("student_baseline", "student_kd"):
+        rows = json.loads(paths.confusion_plot(name).read_text())
+        for class_name in test_set.class_names:
+            pairs = [(row["predicted"], ours["predicted"]) for row, ours in zip(rows, teacher_rows)
+                     if row["actual"] == class_name]
+            same = sum(mine == teachers for mine, teachers in pairs)
+            assert results[name]["agreement_per_class"][class_name] == pytest.approx(same / len(pairs))
+
+
 def test_confusion_plots_hold_one_actual_predicted_row_per_test_image(evaluated, test_set):
     _, paths, results = evaluated
     actual = [test_set.class_names[label] for label in test_set.labels.tolist()]
@@ -215,12 +230,17 @@ def test_report_has_a_table_row_per_model(evaluated, test_set):
         assert len(cells) == 9 + len(params.evaluate.latency_batch_sizes)
 
 
-def test_the_report_is_rendered_from_eval_json_alone(evaluated, tmp_path):
+def test_the_report_is_rendered_from_eval_json_the_training_logs_and_the_card_alone(evaluated, tmp_path):
     params, paths, _ = evaluated
-    only_metrics = Paths(tmp_path)
-    only_metrics.eval_metrics.parent.mkdir(parents=True)
-    shutil.copy(paths.eval_metrics, only_metrics.eval_metrics)
-    assert report(params, only_metrics) == paths.report.read_text()
+    only_records = Paths(tmp_path)  # no model, no data: the HTML report's figures come from the records too
+    only_records.eval_metrics.parent.mkdir(parents=True)
+    shutil.copy(paths.eval_metrics, only_records.eval_metrics)
+    for name in params.model_names:
+        shutil.copytree(paths.training_log(name), only_records.training_log(name))
+    only_records.card.parent.mkdir(parents=True)
+    shutil.copy(paths.card, only_records.card)
+    assert report(params, only_records) == paths.report.read_text()
+    assert only_records.report_html.read_text() == paths.report_html.read_text()  # the same figures, byte for byte
 
 
 def test_the_report_names_each_student_s_method_and_its_gain_over_its_same_budget_control(evaluated):

@@ -1,6 +1,7 @@
 """The markdown report (reports/report.md): the models' test metrics side by side, each distilled student
 against its same-budget labels-only control (the gain and the share of the teacher's lead it recovers), and
-per-class F1. It only renders metrics/eval.json, so rewording it never reruns the measurements."""
+per-class F1. It only renders metrics/eval.json, so rewording it never reruns the measurements. The HTML report
+(pipelines/evaluation/html_report.py) shows the same table and comparisons, built by the functions here."""
 
 from __future__ import annotations
 
@@ -12,22 +13,52 @@ TEACHER, BASELINE = "teacher", "student_baseline"
 
 def render_report(results: dict[str, dict], params: Params) -> str:
     """The report of `results` (metrics/eval.json: model name -> metrics), described with `params`."""
-    latency_columns = [key for key in results[TEACHER] if key.startswith("latency_ms_batch_")]
-    header = ["model", "params", "checkpoint KB", "near-zero weights", "accuracy", "macro-F1", "NLL", "ECE",
-              "agreement w/ teacher"]
-    header += [f"CPU ms @ batch {column.removeprefix('latency_ms_batch_')}" for column in latency_columns]
-    test_count = sum(scores["support"] for scores in results[TEACHER]["per_class"].values())
+    header, rows = comparison_table(results)
     lines = [
         "# Distillation report",
         "",
-        f"Dataset `{params.data.source}`, {test_count} test images. Distilled students: "
-        + "; ".join(f"{name} ({describe(params, name)})" for name in params.distill) + ".",
+        summary(results, params),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines.append("")
+    lines += comparisons(results, params)
+    lines += [
+        "",
+        "Per-class F1:",
+        "",
+        "| class | " + " | ".join(results) + " |",
+        "|" + "---|" * (len(results) + 1),
+    ]
+    for class_name in results[TEACHER]["per_class"]:
+        cells = [f"{results[name]['per_class'][class_name]['f1']:.3f}" for name in results]
+        lines.append(f"| {class_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(results: dict[str, dict], params: Params) -> str:
+    """The report's first sentence: the dataset, its test images, and each distilled student's method."""
+    test_count = sum(scores["support"] for scores in results[TEACHER]["per_class"].values())
+    return (f"Dataset `{params.data.source}`, {test_count} test images. Distilled students: "
+            + "; ".join(f"{name} ({describe(params, name)})" for name in params.distill) + ".")
+
+
+def latency_columns(results: dict[str, dict]) -> list[str]:
+    """eval.json's CPU latency keys (`latency_ms_batch_<n>`), in the order evaluate measured them."""
+    return [key for key in results[TEACHER] if key.startswith("latency_ms_batch_")]
+
+
+def comparison_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """The table of every model's test metrics, formatted: its header and one row of cells per model."""
+    columns = latency_columns(results)
+    header = ["model", "params", "checkpoint KB", "near-zero weights", "accuracy", "macro-F1", "NLL", "ECE",
+              "agreement w/ teacher"]
+    header += [f"CPU ms @ batch {column.removeprefix('latency_ms_batch_')}" for column in columns]
+    rows = []
     for name, metrics in results.items():
-        cells = [
+        rows.append([
             name,
             f"{metrics['params']:,}",
             f"{metrics['checkpoint_bytes'] / 1024:.1f}",
@@ -37,24 +68,14 @@ def render_report(results: dict[str, dict], params: Params) -> str:
             f"{metrics['nll']:.4f}",
             f"{metrics['ece']:.4f}",
             f"{metrics['agreement_with_teacher']:.2%}",
-        ] + [f"{metrics[column]:.3f}" for column in latency_columns]
-        lines.append("| " + " | ".join(cells) + " |")
+        ] + [f"{metrics[column]:.3f}" for column in columns])
+    return header, rows
 
-    teacher, baseline = results[TEACHER], results[BASELINE]
-    lines.append("")
-    for name in params.distill:
-        lines.append(compare(name, results[name], baseline, teacher, budget_differences(params, name)))
-    lines += [
-        "",
-        "Per-class F1:",
-        "",
-        "| class | " + " | ".join(results) + " |",
-        "|" + "---|" * (len(results) + 1),
-    ]
-    for class_name in teacher["per_class"]:
-        cells = [f"{results[name]['per_class'][class_name]['f1']:.3f}" for name in results]
-        lines.append(f"| {class_name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+
+def comparisons(results: dict[str, dict], params: Params) -> list[str]:
+    """For each distilled student, the line on its gain over its same-budget control (compare)."""
+    return [compare(name, results[name], results[BASELINE], results[TEACHER], budget_differences(params, name))
+            for name in params.distill]
 
 
 def compare(name: str, student: dict, baseline: dict, teacher: dict, differences: list[str]) -> str:
@@ -75,13 +96,19 @@ def compare(name: str, student: dict, baseline: dict, teacher: dict, differences
 
 
 def describe(params: Params, student: str) -> str:
-    """`0.9 kd (temperature 8) + 0.1 ce, 45 epochs`: a student's weighted loss terms and their options, as
-    params.yaml gives them, and its epochs where it sets its own."""
+    """`0.9 kd (temperature 8) + 0.1 ce, 45 epochs`: a student's weighted loss terms and their options, and its
+    epochs where it sets its own."""
+    train = params.distill[student].train
+    budget = f", {train.epochs} epoch{'s' if train.epochs != 1 else ''}" if train is not None else ""
+    return describe_losses(params, student) + budget
+
+
+def describe_losses(params: Params, student: str) -> str:
+    """`0.9 kd (temperature 8) + 0.1 ce`: a distilled student's weighted loss terms and their options, as
+    params.yaml gives them."""
     terms = []
     for term in params.distill[student].losses:
         options = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
                             for key, value in term.options.items())
         terms.append(f"{term.weight:g} {term.method}" + (f" ({options})" if options else ""))
-    train = params.distill[student].train
-    budget = f", {train.epochs} epoch{'s' if train.epochs != 1 else ''}" if train is not None else ""
-    return " + ".join(terms) + budget
+    return " + ".join(terms)
