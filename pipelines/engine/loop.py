@@ -72,7 +72,8 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
     progress, sums = resume.start(state, Progress.first(seed), layout.loss_rank)
     source, validation = BatchSource(train_set, runtime), ValidationSplit(val_set, runtime)
     views = fresh_views(source, train_set, training.views, seed, runtime)
-    with resume.saving(), open_training_log(log_dir, runtime, epochs, resume.history) as training_log:
+    with resume.saving(), open_training_log(log_dir, runtime, epochs, resume.history, layout.steps_per_epoch,
+                                            progress.step) as training_log:
         for epoch in progress.epochs_left(epochs):
             model.train()
             objective.train()

@@ -1,6 +1,7 @@
-"""A training run's log: each epoch's line in the stage's log on the main process, and, where the stage gives a
-folder, dvclive's files in it (the learning rate every step; the loss terms, validation loss and accuracy
-every epoch; the run's figures at its end), written atomically: the folder appears whole when the run ends.
+"""A training run's log: each epoch's line in the stage's log on the main process, a progress bar there when its
+stderr is a terminal (pipelines/engine/progress.py), and, where the stage gives a folder, dvclive's files in it
+(the learning rate every step; the loss terms, validation loss and accuracy every epoch; the run's figures at its
+end), written atomically: the folder appears whole when the run ends.
 
 No file is touched in a step: each step's learning rate is kept in memory and written at the epoch's end, in
 one write (dvclive's `log_metric` opens and closes the file for each row). The whole history stays in memory
@@ -23,6 +24,7 @@ from dvclive import Live
 from dvclive.plots import Metric
 
 from pipelines.core.atomic import atomic_path
+from pipelines.engine.progress import NoBar, progress_bar
 from pipelines.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,16 +39,18 @@ class TrainingLog:
 
     history: History | None = None  # what a save keeps of the log (none: nothing to write anew)
 
-    def __init__(self, runtime: Runtime, epochs: int) -> None:
-        self.runtime, self.epochs = runtime, epochs
+    def __init__(self, runtime: Runtime, epochs: int, bar: NoBar = NoBar()) -> None:
+        self.runtime, self.epochs, self.bar = runtime, epochs, bar
         self.started, self.images = time.perf_counter(), 0
 
     def step(self, step: int, images: int, lr: float) -> None:
         """Optimizer step `step` (0-based) took `images` images at learning rate `lr`."""
         self.images += images
+        self.bar.step(step, images)
 
     def epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """Epoch `epoch` (0-based) ended after optimizer step `step` with `metrics`."""
+        self.bar.epoch(epoch, metrics)
         if self.runtime.is_main:
             summary = " ".join(f"{name} {value:.4f}" for name, value in metrics.items())
             log.info("epoch %d/%d step %d %s", epoch + 1, self.epochs, step, summary)
@@ -58,8 +62,9 @@ class TrainingLog:
 class LiveLog(TrainingLog):
     """The epoch lines and dvclive's files in `folder`, written from `history` (a resumed run's, continued)."""
 
-    def __init__(self, runtime: Runtime, epochs: int, folder: Path, history: History | None) -> None:
-        super().__init__(runtime, epochs)
+    def __init__(self, runtime: Runtime, epochs: int, folder: Path, history: History | None,
+                 bar: NoBar = NoBar()) -> None:
+        super().__init__(runtime, epochs, bar)
         self.live = Live(dir=str(folder), save_dvc_exp=False, dvcyaml=None, report=None)
         self.history: History = history or {"lr": [], "epochs": []}
         self.written = {"lr": 0, "epochs": 0}  # how much of each the files hold
@@ -105,12 +110,14 @@ class LiveLog(TrainingLog):
 
 
 @contextmanager
-def open_training_log(folder: Path | None, runtime: Runtime, epochs: int,
-                      history: History | None) -> Iterator[TrainingLog]:
+def open_training_log(folder: Path | None, runtime: Runtime, epochs: int, history: History | None,
+                      steps_per_epoch: int, first_step: int = 0) -> Iterator[TrainingLog]:
     """The run's log: with dvclive's files in `folder` on the main process (`history`: the log of the save
-    this run resumed, which it continues), the epoch lines alone elsewhere or without a folder."""
-    if folder is None or not runtime.is_main:
-        yield TrainingLog(runtime, epochs)
-        return
-    with atomic_path(folder) as live_dir:
-        yield LiveLog(runtime, epochs, live_dir, history)
+    this run resumed, which it continues), the epoch lines alone elsewhere or without a folder; and the bar of
+    `epochs` epochs of `steps_per_epoch` steps, `first_step` of them already taken, where a terminal shows it."""
+    with progress_bar(runtime.is_main, epochs, steps_per_epoch, first_step) as bar:
+        if folder is None or not runtime.is_main:
+            yield TrainingLog(runtime, epochs, bar)
+            return
+        with atomic_path(folder) as live_dir:
+            yield LiveLog(runtime, epochs, live_dir, history, bar)
