@@ -31,3 +31,4 @@ class SpeedParams(Section):
     pin_memory: bool = True  # page-locked host batches, copied to the GPU without blocking
     data_on_device: bool = True  # keep the training set (pixels, labels, stored teacher outputs) on the GPU ...
     data_on_device_max_share: float = Field(default=0.25, gt=0.0, le=1.0)  # ... what fits in this share of free memory
+    prefetch: bool = True  # where the training data stays on the host: the next step's batch gathered by a thread

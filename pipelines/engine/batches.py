@@ -2,9 +2,17 @@
 and moved to the device, or gathered on the device from a copy made once when the data fits there
 (pipelines/engine/rows.py). An epoch's batches are slices of a seeded permutation of the rows, moved to where
 the pixels are once per epoch, so there is no per-sample Python work, no copy of indices per step, and the
-dataset need not fit in memory."""
+dataset need not fit in memory.
+
+When the data stays on the host (it does not fit on the GPU) and `speed.prefetch` applies, a background
+thread gathers the rows of the next step (the loop names them, `ahead`) into page-locked memory while the
+device works on this one; the step then only starts their copy. The batch is the same either way: a
+prefetched gather is used only for the very rows asked for."""
 
 from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -24,24 +32,45 @@ class BatchSource:
         self.labels = RowTable(train_set.labels, "its labels")
         mix = [RowTable(train_set.columns[name], name) for name in ("mix_label", "mix_weight")
                if name in train_set.columns]
-        for table in (self.labels, *mix):
-            if self.pixels.device == self.device:  # the small columns follow the pixels
+        for table in (self.labels, *mix):  # the small columns follow the pixels
+            if self.pixels.device == self.device:
                 table.keep_on(runtime)
-        self.mix = mix or None
+            else:
+                table.pin_like(self.pixels)
+        self.tables = [self.pixels, self.labels, *mix]
         self.memory_format = torch.channels_last if runtime.speed.channels_last else torch.contiguous_format
+        on_host = runtime.speed.prefetch and self.pixels.device.type == "cpu"
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="batches") if on_host else None
+        self.gathering: deque[tuple[torch.Tensor, Future[list[torch.Tensor]]]] = deque()
 
     @property
     def rows_device(self) -> torch.device:
         """Where an epoch's row indices belong: beside the pixels."""
         return self.pixels.device
 
+    def ahead(self, reads: list[torch.Tensor]) -> None:
+        """Start gathering `reads`, the rows the next step will ask for, in the background (when prefetching)."""
+        if self.pool is not None:
+            self.gathering.extend((rows, self.pool.submit(self._gather, rows)) for rows in reads if len(rows))
+
     def __call__(self, rows: torch.Tensor) -> Batch:
-        mix_labels, mix_weights = (table.rows(rows, self.device) for table in self.mix) if self.mix else (None, None)
+        pixels, labels, *mix = (table.moved(values, self.device)
+                                for table, values in zip(self.tables, self._gathered(rows)))
         return Batch(
-            images=self.pixels.rows(rows, self.device).float().div_(255.0).contiguous(memory_format=self.memory_format),
-            labels=self.labels.rows(rows, self.device),
+            images=pixels.float().div_(255.0).contiguous(memory_format=self.memory_format),
+            labels=labels,
             rows=rows,
-            mix_labels=mix_labels,
-            mix_weights=mix_weights,
+            mix_labels=mix[0] if mix else None,
+            mix_weights=mix[1] if mix else None,
         )
 
+    def _gathered(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Every table's values at `rows`: those gathered ahead if they were these rows, else gathered now."""
+        while self.gathering:
+            expected, gathered = self.gathering.popleft()
+            if expected.shape == rows.shape and torch.equal(expected, rows):
+                return gathered.result()
+        return self._gather(rows)
+
+    def _gather(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        return [table.gather(rows) for table in self.tables]

@@ -3,7 +3,8 @@
 `fit` trains a model under an Objective (pipelines/engine/objective.py), which turns each batch into the
 loss: the loop itself knows nothing of labels, teachers or distillation. An epoch is a seeded permutation
 of row indices and a batch is a slice of it: the batch's images are gathered from the (memory-mapped) set
-and moved to the device, so there is no per-sample Python work and the dataset need not fit in memory.
+and moved to the device (the next step's gathered meanwhile, pipelines/engine/batches.py), so there is no
+per-sample Python work and the dataset need not fit in memory.
 How the model lies on the processes and how a step's gradient is computed on them is the strategy's
 (pipelines/engine/strategies/); what a resumable run saves and loads is pipelines/engine/resume/'s; the
 EMA, early stopping and the training log have do-nothing stand-ins when they are off, so the loop below
@@ -35,7 +36,7 @@ from pipelines.engine.resume import NoResume, Progress, Resume, TrainingState
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import build_schedule
 from pipelines.engine.strategies import build_strategy
-from pipelines.engine.strategies.base import StateDict, StepTerms
+from pipelines.engine.strategies.base import StateDict, StepTerms, Strategy
 from pipelines.engine.training_log import open_training_log
 from pipelines.engine.views import fresh_views
 
@@ -78,11 +79,9 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
             model.train()
             objective.train()
             batch_of = views.of_epoch(epoch)  # each image in a fresh view, or as stored when views are off
-            # the same on every rank, beside the pixels (on the GPU when they are: no copy of rows in a step)
-            permutation, next_order = progress.permutation(len(train_set), source.rows_device)
-            for start in range(progress.batch * batch_size, layout.steps_per_epoch * batch_size, batch_size):
+            permutation, next_order = progress.permutation(len(train_set), source.rows_device)  # (see `batches`)
+            for step_rows in batches(permutation, progress.batch, layout.steps_per_epoch, batch_size, source, strategy):
                 optimizer.zero_grad(set_to_none=True)
-                step_rows = permutation[start : start + batch_size]
                 add_to_sums(sums, strategy.backward(step_rows, batch_of))
                 divergence.watch(progress.step + 1, sums.get("loss"), optimizer.param_groups[0]["lr"])
                 add_l1_gradient(layout.held, regularization.l1)
@@ -115,6 +114,18 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
         objective.teardown()
         training_log.end(result)
     return Trained(model, result, state_dict, objective_state_dict)
+
+
+def batches(permutation: torch.Tensor, first: int, steps: int, batch_size: int, source: BatchSource,
+            strategy: Strategy) -> Iterator[torch.Tensor]:
+    """The rows of each step of the epoch's `permutation` (the same on every rank, beside the pixels: on the
+    GPU when they are, so a step copies no rows), from step `first` to `steps` (with compile, the last partial
+    batch is left out); the rows this process reads of the next step are handed to `source` to gather
+    meanwhile."""
+    end = steps * batch_size
+    for start in range(first * batch_size, end, batch_size):
+        source.ahead(strategy.reads(permutation[start + batch_size : min(start + 2 * batch_size, end)]))
+        yield permutation[start : start + batch_size]
 
 
 def add_to_sums(sums: dict[str, torch.Tensor | float], micro_batches: Iterator[StepTerms]) -> None:

@@ -40,8 +40,17 @@ class RowTable:
         self.values, self.device = on_device, on_device.device
         log.info("%s stays on %s (%.2f GiB)", self.name, runtime.device, bytes_of(on_device) / 2**30)
 
+    def pin_like(self, other: RowTable) -> None:
+        """Stay on the host beside `other`, page-locked as it is."""
+        self.pin = other.pin
+
     def rows(self, rows: torch.Tensor, device: torch.device, epoch: int | None = None) -> torch.Tensor:
         """The table's values at `rows` (of `epoch`, for a cache of views by epoch) on `device`."""
+        return self.moved(self.gather(rows, epoch), device)
+
+    def gather(self, rows: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
+        """The table's values at `rows` (of `epoch`) where the table lives: on the host, page-locked when
+        `speed.pin_memory` says (what pipelines/engine/batches.py may gather ahead, in a thread)."""
         if rows.device != self.device:
             rows = rows.to(self.device)
         if epoch is None:
@@ -49,9 +58,11 @@ class RowTable:
         else:
             assert isinstance(self.values, torch.Tensor)  # a cache by epoch is a tensor
             gathered = self.values[epoch, rows]
-        if self.device == device:
-            return gathered
-        return (gathered.pin_memory() if self.pin else gathered).to(device, non_blocking=self.pin)
+        return gathered.pin_memory() if self.pin and self.device.type == "cpu" else gathered
+
+    def moved(self, gathered: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """`gathered` on `device`, copied without blocking from page-locked memory."""
+        return gathered if gathered.device == device else gathered.to(device, non_blocking=self.pin)
 
 
 def fits_on_device(values: torch.Tensor | MappedImages, runtime: Runtime) -> bool:

@@ -31,7 +31,7 @@ class Runtime:
     local_world_size: int | None = None  # the processes on this node (torchrun's LOCAL_WORLD_SIZE); None: all
     speed: SpeedParams = SpeedParams(bf16=False, tf32=False, cudnn_benchmark=False, compile=False,
                                      optimizer_implementation="for_loop", channels_last=False, pin_memory=False,
-                                     data_on_device=False)  # what applies here: all off but on CUDA
+                                     data_on_device=False, prefetch=False)  # what applies here: all off but on CUDA
 
     def autocast(self) -> AbstractContextManager[None]:
         """The forward passes' autocast: bfloat16 when `speed.bf16` applies, else nothing (not even a disabled

@@ -52,6 +52,11 @@ class Strategy(Protocol):
         yield each micro-batch's size, loss and terms that this process sees."""
         ...
 
+    def reads(self, step_rows: torch.Tensor) -> list[torch.Tensor]:
+        """The rows `backward` of the global batch `step_rows` asks its `batch_of` for on this process, in that
+        order (what a batch source may gather ahead, in the background)."""
+        ...
+
     def clip_gradients(self, clip: GradClipParams | None) -> None:
         """Clip the step's gradients as `regularization.grad_clip` says (the norm is that of all of them)."""
         ...

@@ -29,7 +29,7 @@ from pipelines.engine.runtime import Runtime
 from pipelines.engine.schedules import steps_per_epoch
 from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, compile_module, full_state_dict,
                                                place, trained_parameters)
-from pipelines.engine.strategies.shares import Trainee, accumulate, summed_means, validate_shares
+from pipelines.engine.strategies.shares import Trainee, accumulate, micro_batches, summed_means, validate_shares
 from pipelines.engine.tensors import local
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class FSDP:
     def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
         return accumulate(step_rows, batch_of, self.trainee, self.runtime, self.params.grad_accum_steps,
                           self.trainee.no_sync)
+
+    def reads(self, step_rows: torch.Tensor) -> list[torch.Tensor]:
+        return micro_batches(step_rows, self.runtime, self.params.grad_accum_steps)
 
     def clip_gradients(self, clip: GradClipParams | None) -> None:
         clip_gradients(self.trained, clip)

@@ -181,6 +181,11 @@ class PipelineParallel:
                 self.schedule.step()
         yield from self._recorded
 
+    def reads(self, step_rows: torch.Tensor) -> list[torch.Tensor]:
+        """The first stage reads the step's images at once; the last reads each micro-batch's rows, as the
+        schedule splits them (not gathered ahead)."""
+        return [step_rows] if self.rank == 0 else []
+
     def _loss(self, output: tuple[torch.Tensor, ...], rows: torch.Tensor) -> torch.Tensor:
         """The objective's loss on one micro-batch's logits (and the inner layers' outputs carried along):
         the objective runs with them as its model's output and its hooks' captures."""

@@ -27,12 +27,10 @@ def accumulate(step_rows: torch.Tensor, batch_of: BatchOf, forward: Forward, run
     """This process's share of the global batch `step_rows` in up to `micro_steps` micro-batches, their
     gradients accumulated into `.grad` (all but the last under `no_sync`); yield each one's size, loss and
     terms."""
-    rows = step_rows[runtime.rank :: runtime.world_size]
-    # The same number of micro-batches on every rank (DDP syncs on the last), none of them empty.
-    micro_steps = max(1, min(micro_steps, len(step_rows) // runtime.world_size))
-    for index, micro in enumerate(torch.tensor_split(rows, micro_steps)):
+    micros = micro_batches(step_rows, runtime, micro_steps)
+    for index, micro in enumerate(micros):
         batch = batch_of(micro)
-        with no_sync() if index < micro_steps - 1 else nullcontext():
+        with no_sync() if index < len(micros) - 1 else nullcontext():
             with runtime.autocast():
                 loss, terms = forward(batch)
             # The step's gradient is that of the mean over all its rows: DDP and FSDP average the processes'
@@ -41,6 +39,13 @@ def accumulate(step_rows: torch.Tensor, batch_of: BatchOf, forward: Forward, run
             share = len(micro) * runtime.world_size / len(step_rows)
             (loss * share if share != 1 else loss).backward()
         yield len(micro), loss, terms
+
+
+def micro_batches(step_rows: torch.Tensor, runtime: Runtime, micro_steps: int) -> list[torch.Tensor]:
+    """The rows of this process's share of the global batch `step_rows`, in up to `micro_steps` micro-batches:
+    the same number on every rank (DDP syncs on the last), none of them empty."""
+    rows = step_rows[runtime.rank :: runtime.world_size]
+    return list(torch.tensor_split(rows, max(1, min(micro_steps, len(step_rows) // runtime.world_size))))
 
 
 def summed_means(sums: dict[str, torch.Tensor | float], runtime: Runtime) -> dict[str, float]:

@@ -22,7 +22,7 @@ from pipelines.engine.schedules import steps_per_epoch
 from pipelines.engine.strategies.base import (BatchOf, Layout, StateDict, StepTerms, compile_whole, full_state_dict,
                                                place, trained_parameters)
 from pipelines.engine.strategies.pipeline_stages import pipeline_steps
-from pipelines.engine.strategies.shares import accumulate, summed_means
+from pipelines.engine.strategies.shares import accumulate, micro_batches, summed_means
 
 
 class OneProcess:
@@ -47,6 +47,9 @@ class OneProcess:
     def backward(self, step_rows: torch.Tensor, batch_of: BatchOf) -> Iterator[StepTerms]:
         return accumulate(step_rows, batch_of, lambda batch: self.objective(self.model, batch), self.runtime,
                           self.micro_steps)
+
+    def reads(self, step_rows: torch.Tensor) -> list[torch.Tensor]:
+        return micro_batches(step_rows, self.runtime, self.micro_steps)
 
     def clip_gradients(self, clip: GradClipParams | None) -> None:
         clip_gradients(self.trained, clip)
