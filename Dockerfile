@@ -1,4 +1,4 @@
-# The pipeline's image for GPU nodes (README: Containers). Versions come from the files `make setup` and CI
+# The pipeline's image for GPU nodes (docs/containers.md). Versions come from the files `make setup` and CI
 # install from: torch's pin (TORCH_VERSION, the Makefile's) and requirements.lock.
 #
 #   docker build -t distill-pipeline .

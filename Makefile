@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test lint test-fast test-timm bench bench-speed kd-study remote pull deploy worker serve image image-tools browser clean
+.PHONY: setup run test lint test-fast test-timm bench bench-speed kd-study readme-figure remote pull deploy worker serve image image-tools browser clean
 
 setup: $(VENV)/.installed
 
@@ -55,7 +55,7 @@ test-timm:
 	.venv-timm/bin/uv pip install --python .venv-timm/bin/python --compile-bytecode --quiet -r requirements.lock
 	PATH=$(CURDIR)/.venv-timm/bin:$$PATH .venv-timm/bin/python -m pytest tests/test_models.py -k timm
 
-# Distilled vs. baseline student over 3 seeds (see README): minutes, not part of the tests.
+# Distilled vs. baseline student over 3 seeds (docs/kd_methods.md): minutes, not part of the tests.
 bench: setup
 	$(BIN)/python -m benchmarks.kd_vs_baseline
 
@@ -70,6 +70,12 @@ bench-speed: setup
 kd-study: setup
 	$(BIN)/python -m flows.kd_methods
 
+# The README's picture, docs/report_training.png: the HTML report's training curves of a run of the shipped
+# params.yaml (the pipeline as `make run` runs it, through DVC alone, up to the report). Minutes; commit the PNG.
+readme-figure: setup
+	$(BIN)/dvc repro report
+	$(BIN)/python -m pipelines.readme_figure
+
 # DVC's default remote from params.yaml's storage section (storage.dvc_remote: s3://bucket/prefix); commit
 # .dvc/config afterwards. Credentials come from the environment or the AWS profile, never from a file here.
 remote: setup
@@ -79,7 +85,7 @@ remote: setup
 pull: setup
 	$(BIN)/dvc pull
 
-# Scheduled runs (README: Scheduled runs on GPU workers). A Prefect server must be reachable: PREFECT_API_URL.
+# Scheduled runs (docs/scheduling.md). A Prefect server must be reachable: PREFECT_API_URL.
 # The DISTILL_* values fill prefect.yaml's {{ $VAR }} placeholders; the schedule is registered off unless
 # DISTILL_SCHEDULE_ACTIVE=true.
 POOL ?= gpu-process
@@ -112,7 +118,7 @@ worker: setup
 serve: setup
 	$(BIN)/python -m flows.serve
 
-# The container image (Dockerfile; README: Containers). IMAGE_BUILD is docker or podman; BUILD_ARGS passes
+# The container image (Dockerfile; docs/containers.md). IMAGE_BUILD is docker or podman; BUILD_ARGS passes
 # e.g. --build-arg BASE_IMAGE=...
 IMAGE ?= distill-pipeline
 IMAGE_BUILD ?= docker

@@ -3,7 +3,7 @@ have cloned the repository at its revision and installed what requirements.lock 
 stages' inputs from the DVC remote, runs the distillation flow, pushes the outputs, and records the run
 (dvc.lock and metrics as artifacts, the run as a DVC experiment or a branch on the git remote).
 
-    make deploy                      # register the deployments of prefect.yaml (README: Scheduled runs)
+    make deploy                      # register the deployments of prefect.yaml (docs/scheduling.md)
     prefect deployment run scheduled-distillation/pipeline --params '{"overrides": {"teacher.train.epochs": 5}}'
 
 It runs anywhere a clone with a DVC remote is: `python -m flows.scheduled --record none` in a checkout.

@@ -1,9 +1,12 @@
 """Each table of names is the one source of what the docs list: optimizers, schedules, architectures, data
-sources and distillation methods, with the classes they name, as the schema and the factories see them."""
+sources and distillation methods, with the classes they name, as the schema and the factories see them. The
+README fits on a screen and quotes no machine timing (docs/benchmarks.md holds them), and every relative link
+of the README and the docs leads to a file, and a heading, that exist."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,8 +63,8 @@ def test_every_architecture_names_a_model_class_and_is_in_params_yaml_s_comment(
     assert ARCHITECTURES[kind].form in SHIPPED_PARAMS.read_text()
 
 
-def test_the_data_sources_of_the_readme_are_the_table_s_and_each_names_its_reader() -> None:
-    documented = doc_table("README.md", "## Your own data")
+def test_the_data_sources_of_the_docs_are_the_table_s_and_each_names_its_reader() -> None:
+    documented = doc_table("docs/data.md", "## Your own data")
     assert [form.partition(":")[0] for form in documented] == list(SOURCES)
     assert list(READERS) == list(SOURCES)
     assert all(callable(reader) for reader in READERS.values())
@@ -74,3 +77,43 @@ def test_the_methods_of_the_docs_are_the_kd_table_s() -> None:
         assert issubclass(method, Term)
         options = re.findall(r"`(\w+)`", documented[name][1])
         assert options == list(method.Options.model_fields), name
+
+
+DOCUMENTS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+
+
+def prose(path: Path) -> str:
+    """A markdown file without its fenced code blocks and inline code (where a `](` is not a link)."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", path.read_text(), flags=re.DOTALL | re.MULTILINE))
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors of a markdown file's headings, as GitHub makes them: lower case, punctuation dropped, spaces
+    to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", path.read_text(), flags=re.DOTALL | re.MULTILINE),
+                          flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def test_the_readme_fits_on_a_screen() -> None:
+    assert len((PROJECT_ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_the_readme_quotes_no_machine_timing() -> None:
+    # seconds, minutes, milliseconds, images or steps per second: docs/benchmarks.md (make bench-speed) holds them
+    timings = re.findall(r"\b\d[\d.,]*\s*(?:ms|s|sec|seconds?|min|minutes?|h|hours?|img/s|steps/s)\b",
+                         (PROJECT_ROOT / "README.md").read_text())
+    assert timings == []
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_every_relative_link_leads_to_a_file_and_a_heading_that_exist(document: Path) -> None:
+    links = re.findall(r"\]\(([^)\s]+)\)", prose(document))
+    relative = [link for link in links if not re.match(r"[a-z]+:", link)]  # http(s):, mailto:
+    assert relative or document.name != "README.md"  # the README links to the docs
+    for link in relative:
+        target, _, anchor = link.partition("#")
+        path = (document.parent / target).resolve() if target else document
+        assert path.is_file(), f"{document.name}: {link} leads to no file"
+        if anchor and path.suffix == ".md":
+            assert anchor in anchors(path), f"{document.name}: {link} leads to no heading of {path.name}"

@@ -319,8 +319,8 @@ def test_the_top_of_pipelines_holds_only_stage_entry_points() -> None:
     stage_modules = {definition.get("do", definition)["cmd"].split("-m ")[1].split()[0].split(".")[1]
                      for definition in stages().values()}
     # The studies' entry points, which their flows run (flows/study.py, flows/kd_methods.py), the command a
-    # serving system runs to get a published student, and the one `make remote` runs.
-    assert modules == stage_modules | {"study", "kd_study", "fetch", "remote"}
+    # serving system runs to get a published student, and the ones `make remote` and `make readme-figure` run.
+    assert modules == stage_modules | {"study", "kd_study", "fetch", "remote", "readme_figure"}
     for module in modules:
         assert 'if __name__ == "__main__":' in (PROJECT_ROOT / "pipelines" / f"{module}.py").read_text()
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration  # each test runs a fresh interpreter
 
 STAGES = ["check_params", "prepare", "augment", "train_teacher", "train_student", "teacher_logits", "teacher_features",
           "teacher_views", "distill", "evaluate", "report", "publish",
-          "fetch", "remote"]  # the last two are commands, not dvc.yaml stages
+          "fetch", "remote", "readme_figure"]  # the last three are commands, not dvc.yaml stages
 
 
 def modules_loaded_by(code: str, env: dict[str, str] | None = None) -> set[str]:

@@ -23,6 +23,7 @@ from pipelines.core.errors import DataError
 from pipelines.core.paths import Paths
 from pipelines.evaluate import evaluate
 from pipelines.evaluation.html_report import read_inputs, read_training_log, render_html
+from pipelines.readme_figure import readme_figure
 from pipelines.report import report
 from tests.conftest import PROJECT_ROOT
 
@@ -92,6 +93,15 @@ def test_the_training_curves_are_those_of_the_dvclive_logs(reported):
     for metric, (epochs, values) in curves.items():
         assert epochs == list(range(1, summary["epochs"] + 1))
         assert values[-1] == summary[metric]
+
+
+def test_the_readme_s_picture_is_the_page_s_training_curves_figure(reported, tmp_path):
+    # make readme-figure draws docs/report_training.png this way, from a run of the shipped params
+    params, paths = reported
+    picture = readme_figure(params, paths, out=tmp_path / "docs" / "report_training.png").read_bytes()
+    page = figure_images(paths.report_html.read_text())
+    assert picture.startswith(b"\x89PNG")
+    assert picture == base64.b64decode(page["training-curves"].removeprefix("data:image/png;base64,"))
 
 
 def test_a_model_without_a_training_log_is_an_error_that_names_its_folder(reported, tmp_path):

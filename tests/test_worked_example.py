@@ -1,4 +1,4 @@
-"""The README's worked example, step by step: a folder of images -> `dvc repro` -> the distilled student
+"""The worked example of docs/data.md, step by step: a folder of images -> `dvc repro` -> the distilled student
 pushed to an S3 remote (OpenStack Swift) -> a fresh clone pulls every artifact and classifies an image with
 the student; `dvc artifacts get` fetches it by name."""
 

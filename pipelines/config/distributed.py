@@ -17,7 +17,7 @@ class DistributedParams(Section):
     # none: one process whatever nproc_per_node says; ddp: data parallel; fsdp: FSDP2, parameters sharded per
     # block; pipeline: the model's layers split across the processes, batches flowing through in micro-batches
     strategy: Literal["none", "ddp", "fsdp", "pipeline"] = "ddp"
-    # nodes taking part: each runs the same command (README: several GPUs and nodes)
+    # nodes taking part: each runs the same command (docs/distributed.md)
     nnodes: int = Field(default=1, ge=1)
     # host:port every node reaches (the c10d rendezvous); one node: any free port
     rdzv_endpoint: str = "127.0.0.1:29400"
