@@ -112,7 +112,7 @@ def test_flow_runs_end_to_end_records_the_override_and_leaves_dvc_nothing_to_do(
     assert decision["action"] == "published" and decision["uri"] == f"s3://{bucket}/students/student-kd/{decision['version']}/"
     stored = swift_server.client().list_objects_v2(Bucket=bucket, Prefix=f"students/student-kd/{decision['version']}/")
     assert {item["Key"].rsplit("/", 1)[1] for item in stored["Contents"]} == {
-        "model.pt", "model_config.json", "model.pt2", "card.md", "manifest.json"}
+        "model.pt", "model_config.json", "model.pt2", "model.onnx", "card.md", "manifest.json"}
 
     status = run(["dvc", "repro"], project)
     assert "Running stage" not in status.stdout
