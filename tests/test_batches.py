@@ -69,7 +69,7 @@ def test_rows_other_than_those_gathered_ahead_are_gathered_at_the_step() -> None
 def test_nothing_is_gathered_ahead_where_prefetch_is_off() -> None:
     source = BatchSource(images(), CPU)
     source.ahead([torch.arange(8)])
-    assert source.pool is None and not source.gathering
+    assert not source.prefetching and not source.gathering
 
 
 def test_a_strategy_names_the_rows_its_step_reads_in_the_order_it_reads_them() -> None:

@@ -48,6 +48,11 @@ class BatchSource:
         """Where an epoch's row indices belong: beside the pixels."""
         return self.pixels.device
 
+    @property
+    def prefetching(self) -> bool:
+        """Whether rows are gathered ahead (`ahead`): the data is on the host and `speed.prefetch` applies."""
+        return self.pool is not None
+
     def ahead(self, reads: list[torch.Tensor]) -> None:
         """Start gathering `reads`, the rows the next step will ask for, in the background (when prefetching)."""
         if self.pool is not None:

@@ -124,7 +124,8 @@ def batches(permutation: torch.Tensor, first: int, steps: int, batch_size: int, 
     meanwhile."""
     end = steps * batch_size
     for start in range(first * batch_size, end, batch_size):
-        source.ahead(strategy.reads(permutation[start + batch_size : min(start + 2 * batch_size, end)]))
+        if source.prefetching:
+            source.ahead(strategy.reads(permutation[start + batch_size : min(start + 2 * batch_size, end)]))
         yield permutation[start : start + batch_size]
 
 
