@@ -130,10 +130,15 @@ def batches(permutation: torch.Tensor, first: int, steps: int, batch_size: int, 
 
 
 def add_to_sums(sums: dict[str, torch.Tensor | float], micro_batches: Iterator[StepTerms]) -> None:
-    """Add each micro-batch's loss and terms, weighted by its images, and their count, to the epoch's `sums`."""
+    """Add each micro-batch's loss and terms, weighted by its images, and their count, to the epoch's `sums` (in
+    place after the first: one op per term and step)."""
     for count, loss, terms in micro_batches:
         for name, value in {"loss": loss, **terms}.items():
-            sums[name] = sums.get(name, 0.0) + value.detach() * count
+            total = sums.get(name)
+            if isinstance(total, torch.Tensor):
+                total.add_(value.detach(), alpha=count)
+            else:
+                sums[name] = value.detach() * count + (total or 0.0)
         sums["count"] = sums.get("count", 0.0) + count
 
 
