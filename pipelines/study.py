@@ -1,5 +1,6 @@
 """The optimization study: one model trained under every setting of `study` in params.yaml, on the same
-prepared data, model budget (epochs) and seed, then one table and one convergence plot comparing them.
+prepared data and seed, then one table and one convergence plot comparing them. A setting keeps the base
+model and budget (epochs) unless it replaces them, and the whole transfer set unless it names `train_images`.
 
     python -m pipelines.study run SETTING             # train one setting: study/runs/SETTING/ (dvclive), SETTING.json
     python -m pipelines.study summarize [SETTING ...] # study/results.md, results.json, convergence.png, dvc.yaml
@@ -16,10 +17,14 @@ import logging
 import resource
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.config import PARAMS_FILE, Params, ParamsError
 from pipelines.core.paths import Paths
 from pipelines.core.stage import params_or_exit
+
+if TYPE_CHECKING:  # torch and the data modules load only when a setting trains
+    from pipelines.data.images import ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,23 @@ def chosen_settings(params: Params, names: list[str] | None) -> list[str]:
     if unknown:
         raise ParamsError(f"unknown study setting(s) {', '.join(unknown)}; valid: {', '.join(available)}")
     return names or available
+
+
+def drawn_images(images: ImageSet, count: int | None, seed: int, key: str) -> ImageSet:
+    """`count` images of `images` drawn at random with `seed`, in their order and read into memory (all of
+    `images`, as they are, when `count` is None); ParamsError naming `key`, the setting's, when there are fewer."""
+    import torch
+
+    from pipelines.data.images import ImageSet
+
+    if count is None:
+        return images
+    if count > len(images):
+        raise ParamsError(f"{key}: {count} images, but the transfer set has only {len(images)}; give at most "
+                          f"{len(images)}, or null for all of them")
+    rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return ImageSet(images.images[rows], images.labels[rows], images.class_names,
+                    {column: values[rows] for column, values in images.columns.items()})
 
 
 def run_setting(params: Params, paths: Paths, name: str) -> dict:
@@ -45,7 +67,7 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
     from pipelines.engine.objective import CrossEntropy
     from pipelines.engine.runtime import init_runtime, shutdown
     from pipelines.engine.training import model_config
-    from pipelines.evaluation.study import steps_to_reach
+    from pipelines.evaluation.study import steps_until
     from pipelines.models import build_model
 
     training = params.study_settings()[name]
@@ -54,6 +76,8 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
     card = read_card(paths.card)
     transfer, val, test = (open_image_set(path, paths.arrow_cache)
                            for path in (paths.transfer, paths.split("val"), paths.split("test")))
+    transfer = drawn_images(transfer, params.study.train_images(name), params.seed,
+                            f"study.extra.{name}.train_images")
     torch.manual_seed(params.seed)
     model = build_model(model_config(training.model, card))
     # The first optimizer of a process imports torch._dynamo (about a second): do that outside the timing.
@@ -72,11 +96,16 @@ def run_setting(params: Params, paths: Paths, name: str) -> dict:
         "optimizer": training.optimizer.name,
         "schedule": training.schedule.name,
         "batch_size": training.train.batch_size,
+        "train_images": len(transfer),
         "epochs": trained.metrics["epochs"],
         "steps": trained.metrics["steps"],
+        "train_loss": trained.metrics["train_loss"],
         "val_accuracy": trained.metrics["val_accuracy"],
         "test_accuracy": float((test_logits.argmax(1) == test.labels).float().mean()),
-        "steps_to_target": steps_to_reach(paths.study_run(name), params.study.target_accuracy),
+        "steps_to_target": steps_until(paths.study_run(name), "val_accuracy",
+                                       lambda accuracy: accuracy >= params.study.target_accuracy),
+        "steps_to_loss_target": steps_until(paths.study_run(name), "train_loss",
+                                            lambda loss: loss < params.study.target_train_loss),
         "wall_seconds": wall_seconds,
         # ru_maxrss is in KiB on Linux: the peak resident memory of this process, the whole run included.
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -122,7 +151,10 @@ def main() -> None:
     if args.command == "run":
         if len(args.settings) != 1:
             parser.error("run takes exactly one setting name")
-        run_setting(params, Paths(args.root), args.settings[0])
+        try:
+            run_setting(params, Paths(args.root), args.settings[0])
+        except ParamsError as error:  # a setting that does not fit the data: the message, not a traceback
+            parser.error(f"{args.params}: {error}")
     else:
         summarize(params, Paths(args.root), args.settings or None)
 

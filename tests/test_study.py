@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from prefect.artifacts import Artifact
 
 from flows.study import optimization_study
 from pipelines.config import ParamsError, load_params
+from pipelines.core.paths import Paths
+from pipelines.data.images import ImageSet
 from pipelines.evaluation.study import read_curve
+from pipelines.study import drawn_images, run_setting
 from tasks.params import write_overrides
-from tests.conftest import run, SHIPPED_PARAMS
+from tests.conftest import run, SHIPPED_PARAMS, TINY_OVERRIDES
 
 # Two optimizers x one schedule x two batch sizes, one epoch each: four settings in a few seconds each.
 TINY_STUDY = {
@@ -84,3 +89,66 @@ def test_study_flow_refuses_an_unknown_setting_before_training(prefect_server, p
     with pytest.raises(ParamsError, match="unknown study setting.*valid: "):
         optimization_study(project_dir=str(project), settings=["no-such-setting"])
     assert not (project / "study").exists()
+
+
+def test_the_deep_network_settings_train_a_fifty_layer_plain_mlp_on_a_thousand_images() -> None:
+    params = load_params(SHIPPED_PARAMS)
+    settings = params.study_settings()
+    deep = {name: setting for name, setting in settings.items() if setting.model.arch == "mlp"}
+    assert {"deep_gd", "deep_adam"} <= set(deep)
+    for name, setting in deep.items():
+        assert setting.model.depth == 50 and params.study.train_images(name) == 1000
+    gd, adam = settings["deep_gd"], settings["deep_adam"]
+    assert gd.train.batch_size == "full" and gd.optimizer.name == "sgd" and gd.train.epochs == 5000
+    assert adam.optimizer.name == "adam" and adam.train.epochs * 1000 // adam.train.batch_size == 5000, \
+        "mini-batch Adam takes as many optimizer steps as batch gradient descent"
+    assert params.study.train_images("adam-cosine-batch_128") is None, "the grid trains on every image"
+
+
+def test_a_setting_s_train_images_are_that_many_of_the_transfer_set_drawn_with_the_seed() -> None:
+    images = ImageSet(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1), torch.arange(50) % 10,
+                      [str(label) for label in range(10)], {"copy": torch.arange(50) // 10})
+
+    drawn = drawn_images(images, 20, seed=0, key="study.extra.small.train_images")
+
+    rows = drawn.images.flatten().long()
+    assert len(drawn) == 20 and len(set(rows.tolist())) == 20
+    assert rows.tolist() == sorted(rows.tolist()), "in the transfer set's order"
+    assert torch.equal(drawn.labels, rows % 10) and torch.equal(drawn.columns["copy"], rows // 10)
+    again = drawn_images(images, 20, seed=0, key="study.extra.small.train_images")
+    assert torch.equal(again.images, drawn.images), "the same seed draws the same images"
+    assert not torch.equal(drawn_images(images, 20, seed=1, key="k").images, drawn.images)
+    assert drawn_images(images, None, seed=0, key="k") is images
+
+
+def test_more_train_images_than_the_transfer_set_holds_is_refused_naming_the_key() -> None:
+    images = ImageSet(torch.zeros(50, 1, 1, 1, dtype=torch.uint8), torch.zeros(50, dtype=torch.long), ["0"])
+    with pytest.raises(ParamsError, match=r"study\.extra\.big\.train_images: 60 images, but the transfer set has "
+                                          r"only 50; give at most 50, or null for all of them"):
+        drawn_images(images, 60, seed=0, key="study.extra.big.train_images")
+
+
+def test_a_deep_mlp_setting_trains_on_its_train_images_in_full_batches(trained_pipeline, tmp_path: Path) -> None:
+    _, source = trained_pipeline
+    paths = Paths(tmp_path)
+    shutil.copytree(source.prepared, paths.prepared)
+    shutil.copytree(source.transfer.parent, paths.transfer.parent)
+    setting = {"model": {"arch": "mlp", "width": 16, "depth": 8, "dropout": 0.0, "init": "kaiming", "norm": "batch"},
+               "train": {"epochs": 3, "batch_size": "full"}, "optimizer": {"name": "sgd", "lr": 0.01},
+               "schedule": {"name": "constant", "interval": "epoch"}, "train_images": 100}
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "study.extra": {"small_deep": setting}})
+
+    row = run_setting(params, paths, "small_deep")
+
+    assert (row["train_images"], row["batch_size"], row["epochs"], row["steps"]) == (100, "full", 3, 3)
+    assert json.loads(paths.study_result("small_deep").read_text()) == row
+    losses = read_curve(paths.study_run("small_deep"), "train_loss")
+    assert [step for step, _ in losses] == [0, 1, 2], "one full-batch step an epoch"
+    # The loss target sits between the first epoch's loss and the last's: the step that first went below it.
+    first, last = losses[0][1], losses[-1][1]
+    assert last < first, "gradient descent on 100 images lowers their loss in three steps"
+    target = (first + last) / 2
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "study.extra": {"small_deep": setting},
+                                          "study.target_train_loss": target})
+    expected = next(step + 1 for step, loss in losses if loss < target)
+    assert run_setting(params, paths, "small_deep")["steps_to_loss_target"] == expected

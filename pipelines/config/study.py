@@ -14,13 +14,16 @@ from pipelines.config.training import ModelParams, RegularizationParams, Trainin
 
 
 class StudySetting(Section):
-    """One named study setting: each section given here replaces that section of the base model's settings."""
+    """One named study setting: each section given here replaces that section of the base model's settings;
+    `train_images` trains on part of the transfer set (a small training set, as a claim about one states it)."""
 
     model: ModelParams | None = None
     train: TrainParams | None = None
     optimizer: OptimizerParams | None = None
     schedule: ScheduleParams | None = None
     regularization: RegularizationParams | None = None
+    # train on this many images of the transfer set, drawn at random with the seed (null: all of them)
+    train_images: int | None = Field(default=None, ge=1)
 
 
 class StudyGrid(Section):
@@ -34,6 +37,8 @@ class StudyGrid(Section):
 class StudyParams(Section):
     model: Literal["teacher", "student"]  # whose section is the base of every setting
     target_accuracy: float = Field(gt=0.0, le=1.0)  # report the optimizer steps needed to reach it on val
+    # and those needed for the training loss to fall below this (convergence where val accuracy stays short)
+    target_train_loss: float = Field(gt=0.0)
     grid: StudyGrid
     extra: dict[str, StudySetting] = {}
 
@@ -48,10 +53,13 @@ class StudyParams(Section):
             settings[name] = replace_sections(f"study setting {name}", base, optimizer=optimizer, schedule=schedule,
                                               train=train)
         for name, setting in self.extra.items():
-            given = {key: getattr(setting, key) for key in StudySetting.model_fields}
-            settings[name] = replace_sections(f"study setting {name}", base,
-                                              **{k: v for k, v in given.items() if v is not None})
+            given = {key: value for key, value in setting if isinstance(value, BaseModel)}  # the sections given
+            settings[name] = replace_sections(f"study setting {name}", base, **given)
         return settings
+
+    def train_images(self, name: str) -> int | None:
+        """How many images of the transfer set setting `name` trains on (None: all of them)."""
+        return self.extra[name].train_images if name in self.extra else None
 
 
 def replace_sections(what: str, base: TrainingParams, **sections: BaseModel) -> TrainingParams:

@@ -24,15 +24,34 @@ ARCHITECTURES: dict[str, Architecture] = {
     "cnn": Architecture("cnn"),  # plain conv blocks
     "resnet": Architecture("resnet"),  # residual stages of basic blocks
     "timm": Architecture("timm:<model-name>"),  # any timm model (optional package)
+    "mlp": Architecture("mlp"),  # plain fully connected layers, no residual connections
 }
+# How an mlp's hidden linear layers start (pipelines.models.mlp.INITIALIZERS): torch's own default, He et al.
+# (2015) normal with the ReLU gain, or orthogonal (Saxe et al., 2014) with the ReLU gain.
+Initialization = Literal["default", "kaiming", "orthogonal"]
+# What follows each of an mlp's hidden linear layers before its ReLU (pipelines.models.mlp.NORMALIZATIONS).
+Normalization = Literal["none", "batch", "layer"]
+# Each cnn block (resnet stage) doubles the channels: 2**5 times the width is as far as they go.
+MAX_CONV_DEPTH = 6
 
 
 class ModelParams(Section):
     arch: str = "cnn"  # a form of ARCHITECTURES
-    width: int = Field(ge=1)  # cnn and resnet only, like depth and blocks_per_stage
-    depth: int = Field(ge=1, le=6)
+    width: int = Field(ge=1)  # cnn, resnet and mlp (its hidden units), like depth
+    depth: int = Field(ge=1)  # cnn: blocks, resnet: stages (each at most MAX_CONV_DEPTH); mlp: hidden layers
     dropout: float = Field(ge=0.0, lt=1.0)
     blocks_per_stage: int = Field(default=2, ge=1)  # resnet: basic blocks in each stage
+    init: Initialization = "default"  # mlp only
+    norm: Normalization = "none"  # mlp only
+
+    @model_validator(mode="after")
+    def _options_of_the_arch(self) -> ModelParams:
+        if self.arch != "mlp" and self.depth > MAX_CONV_DEPTH:
+            raise ValueError(f"depth {self.depth}: at most {MAX_CONV_DEPTH} for {self.arch} "
+                             "(each block doubles the channels); only mlp goes deeper")
+        if self.arch != "mlp" and (self.init, self.norm) != ("default", "none"):
+            raise ValueError(f"init and norm are options of arch mlp, not {self.arch}: leave them out")
+        return self
 
     @field_validator("arch")
     @classmethod

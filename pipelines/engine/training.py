@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def model_config(params: ModelParams, card: DatasetCard) -> ModelConfig:
-    """The model of `params` sized for the prepared data: its channels, image size, classes and statistics."""
+    """The model of `params` sized for the prepared data: its channels, image size, classes and statistics
+    (and an mlp's init and norm, so that its checkpoint rebuilds the same layers)."""
     channels, height, width = card.image_shape
     return ModelConfig(
         arch=params.arch, width=params.width, depth=params.depth, blocks_per_stage=params.blocks_per_stage,
         dropout=params.dropout, in_channels=channels, image_size=(height, width), num_classes=card.num_classes,
-        pixel_mean=tuple(card.pixel_mean), pixel_std=tuple(card.pixel_std),
+        pixel_mean=tuple(card.pixel_mean), pixel_std=tuple(card.pixel_std), init=params.init, norm=params.norm,
     )
 
 

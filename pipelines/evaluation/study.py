@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -20,10 +21,13 @@ TABLE_COLUMNS = {
     "optimizer": "optimizer",
     "schedule": "schedule",
     "batch_size": "batch",
+    "train_images": "images",  # rows written before a setting could name train_images lack it: "-"
+    "train_loss": "train loss",  # the last epoch's mean
     "val_accuracy": "val acc",
     "test_accuracy": "test acc",
     "steps": "steps",
     "steps_to_target": "steps to target",
+    "steps_to_loss_target": "steps to loss target",
     "wall_seconds": "wall s",
     "peak_rss_mb": "peak RSS MB",
 }
@@ -35,19 +39,21 @@ def read_curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
         return [(int(row["step"]), float(row[metric])) for row in csv.DictReader(file, delimiter="\t")]
 
 
-def steps_to_reach(run_dir: Path, target: float) -> int | None:
-    """Optimizer steps taken when validation accuracy first reached `target` (None if it never did)."""
-    for step, accuracy in read_curve(run_dir, "val_accuracy"):
-        if accuracy >= target:
+def steps_until(run_dir: Path, metric: str, reached: Callable[[float], bool]) -> int | None:
+    """Optimizer steps taken by the end of the first epoch whose `metric` was `reached` (None if none was)."""
+    for step, value in read_curve(run_dir, metric):
+        if reached(value):
             return step + 1
     return None
 
 
 def render_table(rows: list[dict], params: Params) -> str:
-    target = params.study.target_accuracy
+    study = params.study
     lines = [
-        f"Study of `{params.study.model}` (seed {params.seed}): same data, model and epochs for every setting; "
-        f"steps to target = optimizer steps until validation accuracy first reached {target:.0%} (- = never).",
+        f"Study of `{study.model}` (seed {params.seed}): the same data, model and epochs for every setting but "
+        f"what its params.yaml entry replaces; steps to target = optimizer steps until validation accuracy first "
+        f"reached {study.target_accuracy:.0%}, steps to loss target = until the training loss (an epoch's mean) "
+        f"first fell below {study.target_train_loss:g} (- = never).",
         "",
         "| " + " | ".join(TABLE_COLUMNS.values()) + " |",
         "|" + "---|" * len(TABLE_COLUMNS),
@@ -55,13 +61,17 @@ def render_table(rows: list[dict], params: Params) -> str:
     for row in rows:
         cells = []
         for key in TABLE_COLUMNS:
-            value = row[key]
-            if key.endswith("accuracy"):
+            value = row.get(key)
+            if value is None:
+                cells.append("-")
+            elif key.endswith("accuracy"):
                 cells.append(f"{value:.2%}")
+            elif key.endswith("loss"):
+                cells.append(f"{value:.3g}")
             elif isinstance(value, float):
                 cells.append(f"{value:.1f}")
             else:
-                cells.append("-" if value is None else str(value))
+                cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-"""Models: a plain CNN, a small ResNet, or any timm model, built from a ModelConfig.
+"""Models: a plain CNN, a small ResNet, any timm model, or a plain deep MLP, built from a ModelConfig.
 
 The table of architectures is pipelines.config.training.ARCHITECTURES (which imports no torch); BUILDERS
 here gives the class that builds each of its kinds (tests/test_docs.py checks that they name the same
@@ -15,12 +15,15 @@ from torch import nn
 from pipelines.config.training import ARCHITECTURES
 from pipelines.models.cnn import ConvNet
 from pipelines.models.config import ModelConfig
+from pipelines.models.mlp import MLP
 from pipelines.models.resnet import ResNet
 from pipelines.models.timm import TimmModel
 
 __all__ = ["BUILDERS", "ModelConfig", "build_model", "count_parameters"]
 
-BUILDERS: dict[str, type[nn.Module]] = {"cnn": ConvNet, "resnet": ResNet, "timm": TimmModel}  # ARCHITECTURES' kinds
+BUILDERS: dict[str, type[nn.Module]] = {  # ARCHITECTURES' kinds
+    "cnn": ConvNet, "resnet": ResNet, "timm": TimmModel, "mlp": MLP,
+}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
