@@ -64,10 +64,13 @@ REGULARIZATION = {
 
 
 class EverySeventhStep(Resume):
-    """Resume's saves after every 7th optimizer step (and at each epoch end)."""
+    """Resume's saves after every 7th optimizer step and at each epoch end."""
 
     def due(self, step: int) -> bool:
         return step % 7 == 0
+
+    def end_of_epoch(self, state, progress, sums, history) -> None:
+        self.save(state, progress, sums, history)
 
 
 class KilledAfter(EverySeventhStep):

@@ -31,7 +31,8 @@ def test_a_worker_killed_on_one_of_two_nodes_restarts_both_and_the_run_resumes_t
     tmp_path: Path, tiny_params: Params
 ) -> None:
     shared = tmp_path / "shared-resume"
-    restartable = {"distributed.max_restarts": 1, "student.train.epochs": 4}
+    # a save at every epoch end (null every_minutes), so that the kill after epoch 2 leaves one to resume from
+    restartable = {"distributed.max_restarts": 1, "student.train.epochs": 4, "resume.every_minutes": None}
     nodes, results = two_nodes(tmp_path, tiny_params, 29435, {"node0": shared, "node1": shared},
                                changes=(restartable, restartable), kill_after="epoch 2/4")
     outputs = [result.stdout for result in results]

@@ -16,8 +16,8 @@ from pipelines.config.base import Section
 class ResumeParams(Section):
     # auto: save the training state, continue from it after a failure; never: neither
     mode: Literal["auto", "never"] = "auto"
-    # also save once this many minutes have passed since the last save, by the main process's clock, read every
-    # 10 optimizer steps (null: at epoch ends only; 0: at every reading, as the tests ask)
+    # save once this many minutes have passed since the last save, by the main process's clock, read every 10
+    # optimizer steps and at each epoch end (null: at every epoch end only; 0: at every reading, as the tests ask)
     every_minutes: float | None = Field(default=10.0, ge=0.0)
     # saved states kept while training (a damaged newest one leaves an older one)
     keep_latest: int = Field(default=2, ge=1)

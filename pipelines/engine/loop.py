@@ -102,7 +102,7 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
             schedule.after_epoch(metrics)
             training_log.epoch(epoch, progress.step, metrics)
             progress = Progress(epoch + 1, 0, progress.step, next_order, metrics=metrics, stopped=stop)
-            resume.save(state, progress, sums, training_log.history)
+            resume.end_of_epoch(state, progress, sums, training_log.history)
             if stop:
                 break
         result = {"epochs": progress.epoch, "steps": progress.step, **progress.metrics}

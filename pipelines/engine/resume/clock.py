@@ -1,7 +1,11 @@
-"""When a resumable save is due between epoch ends (pipelines/engine/resume/saves.py): once `resume.every_minutes`
-have passed since the last save, by the main process's clock, read after every `CLOCK_STEPS`-th optimizer step.
-Under torch.distributed the main process's verdict is broadcast (one number, through a gloo group: nothing
-waits on the device) so that every process saves at the same step, whatever its own clock says."""
+"""When a resumable save is due (pipelines/engine/resume/saves.py): once `resume.every_minutes` have passed since
+the last save, by the main process's clock, read after every `CLOCK_STEPS`-th optimizer step and at each epoch's
+end, whichever comes first; at every epoch end when `every_minutes` is null. A save's cost is mostly fixed
+(DCP's planning and files, its writing thread's hold on the GIL), so saving at every end of short epochs would
+cost a short run a large share of its time: by the clock, saves cost a bounded share of any run, and a crash
+loses at most `every_minutes` of training. Under torch.distributed the main process's verdict is broadcast
+(one number, through a gloo group: nothing waits on the device) so that every process saves at the same step,
+whatever its own clock says."""
 
 from __future__ import annotations
 
@@ -38,10 +42,17 @@ class SaveClock:
         self.since = time.monotonic()
 
     def due(self, step: int) -> bool:
-        """Whether to save after optimizer step `step`."""
+        """Whether to save after optimizer step `step`, within an epoch."""
         if self.every_s is None or step % CLOCK_STEPS:
             return False
-        verdict = time.monotonic() - self.since >= self.every_s
+        return self._agreed(time.monotonic() - self.since >= self.every_s)
+
+    def due_at_epoch_end(self) -> bool:
+        """Whether to save at the end of an epoch."""
+        return self.every_s is None or self._agreed(time.monotonic() - self.since >= self.every_s)
+
+    def _agreed(self, verdict: bool) -> bool:
+        """The main process's `verdict`, on every process."""
         if self.runtime.distributed:
             shared = torch.tensor(int(verdict))
             dist.broadcast(shared, src=0, group=self.group)

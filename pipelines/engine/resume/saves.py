@@ -1,7 +1,7 @@
 """Resumable training's saves: the whole state of a run of `fit` (pipelines/engine/resume/state.py), saved with
-torch.distributed.checkpoint (DCP) once `resume.every_minutes` have passed since the last save and at each epoch
-end, and loaded when a run of the same params starts again after a crash, a SIGKILL or a torchrun restart
-(`resume.mode: auto`).
+torch.distributed.checkpoint (DCP) once `resume.every_minutes` have passed since the last save (at the next epoch
+end or clock reading, `clock.py`), and loaded when a run of the same params starts again after a crash, a
+SIGKILL or a torchrun restart (`resume.mode: auto`).
 
 A save costs the training little. DCP's `async_save` copies the state to CPU memory (a copy even of what is
 on the CPU already: training goes on changing the weights) and writes the copy from a thread of its own while
@@ -110,8 +110,14 @@ class Resume:
         return progress, sums
 
     def due(self, step: int) -> bool:
-        """Whether to save after optimizer step `step` (besides every epoch end): see `clock.py`."""
+        """Whether to save after optimizer step `step`, within an epoch: see `clock.py`."""
         return self.clock.due(step)
+
+    def end_of_epoch(self, state: TrainingState, progress: Progress, sums: dict[str, Any],
+                     history: History | None) -> None:
+        """An epoch has ended at `progress`: save if the clock says so (`clock.py`)."""
+        if self.clock.due_at_epoch_end():
+            self.save(state, progress, sums, history)
 
     def latest(self) -> Path | None:
         """The newest complete save of this fingerprint, the same on every rank (the main rank decides). The
@@ -288,6 +294,10 @@ class NoResume:
 
     def due(self, step: int) -> bool:
         return False
+
+    def end_of_epoch(self, state: TrainingState, progress: Progress, sums: dict[str, Any],
+                     history: History | None) -> None:
+        """Nothing to save."""
 
     def saving(self) -> nullcontext[None]:
         return nullcontext()
