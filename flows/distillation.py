@@ -98,7 +98,8 @@ def main() -> None:
     paths = Paths(Path(args.project_dir))
     print("\n" + paths.report.read_text())
     print(f"Artifacts: data/ (splits, transfer set, teacher logits), models/ (the teacher and each student), "
-          f"metrics/eval.json, {paths.report}; Prefect artifacts distillation-report and model-comparison. "
+          f"metrics/eval.json, {paths.report}, {paths.report_html} (with its figures: open it in a browser); "
+          f"Prefect artifacts distillation-report, distillation-report-html and model-comparison. "
           f"Versioned by DVC: see `dvc status`, `dvc metrics show`, `dvc plots show`.")
 
 
