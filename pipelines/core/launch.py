@@ -19,6 +19,9 @@ from pipelines.core.errors import first_line
 
 RDZV_BACKEND = "c10d-fresh-rounds"  # torchrun's c10d rendezvous, each round's workers apart (core/rendezvous.py)
 LINE_PREFIX_VARIABLE = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"  # torchrun's prefix of each worker's lines
+# gloo's words for a collective that waited past its timeout: its own wait's, or the transport's once the pair's
+# timeout closes the connection first. NCCL's watchdog aborts the process instead.
+GLOO_TIMEOUT_WORDS = ("timed out", "timeout caused pair closure")
 
 
 def under_torchrun() -> bool:
@@ -102,7 +105,7 @@ def launch_workers(params: DistributedParams, device: str) -> None:
             print(f"{module} failed on {failed}: rank {rank}'s message is above", file=sys.stderr)
             sys.exit(first.exitcode)  # as in one process: 2 for params, 1 for data
         print(f"{module} failed on {failed}\n{error}", file=sys.stderr)
-        if "timed out" in str(first.message).lower():  # gloo's words; NCCL's watchdog aborts the process instead
+        if any(words in str(first.message).lower() for words in GLOO_TIMEOUT_WORDS):
             print(f"rank {rank} waited longer than distributed.timeout_s ({params.timeout_s} s) for the other "
                   f"processes in a collective: one of them stopped answering (hung, stopped, or its node lost)",
                   file=sys.stderr)
