@@ -10,13 +10,13 @@ import pytest
 
 from pipelines.engine import loop
 from pipelines.engine.objective import Objective
-from pipelines.engine.strategies import STRATEGIES
+from pipelines.engine.strategies import STRATEGIES, strategy_class
 from pipelines.engine.strategies.base import Strategy
 from pipelines.engine.strategies.single import OneProcess
 from pipelines.kd.base import Term
 from tests.conftest import PROJECT_ROOT
 
-STRATEGY_CLASSES = [OneProcess, *STRATEGIES.values()]
+STRATEGY_CLASSES = [OneProcess, *map(strategy_class, STRATEGIES)]
 INTERFACE = [name for name in vars(Strategy) if not name.startswith("_")]
 
 

@@ -52,6 +52,8 @@ class MappedImages:
 
     def __getitem__(self, rows: slice | torch.Tensor | np.ndarray) -> torch.Tensor:
         rows = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else np.asarray(rows)
+        if len(self._chunks) == 1:  # one record batch (a file written at once): a plain gather, the step's own
+            return torch.from_numpy(self._chunks[0][rows])
         out = np.empty((len(rows), *self.image_shape), np.uint8)
         chunk_of = np.searchsorted(self._starts, rows, side="right") - 1
         for chunk in np.unique(chunk_of):

@@ -2,9 +2,9 @@
 
 A learning rate too large, or logits with NaN in them, make the loss NaN or infinite within a few steps, and
 every weight soon after; a run that went on would still save its model, which DVC would then cache. The
-watch notes on the device the first optimizer step whose loss was not finite (no host sync per step: a
-`torch.where` on a scalar), and `check` reads it back, with a count of the non-finite weights this process
-holds, at the points where the loop waits on the device anyway: each epoch's end and before each save of the
+watch keeps a copy of the epoch's loss sum after each optimizer step, on the device (one copy a step, no host
+sync), and `check` finds the first step whose sum was not finite, with a count of the non-finite weights this
+process holds, at the points where the loop waits on the device anyway: each epoch's end and before each save of the
 training state, so a diverged state is never saved either. The check is a collective (every rank calls it
 at the same point, and all see the same verdict), since under DDP, FSDP or a pipeline each rank sees its
 share of the losses and of the weights.
@@ -50,15 +50,14 @@ class DivergenceWatch:
 
     def __init__(self, held: nn.Module, runtime: Runtime) -> None:
         self.held, self.runtime = held, runtime
-        self.first_bad = torch.tensor(NONE, device=runtime.device)
+        self.sums: dict[int, torch.Tensor] = {}  # the loss sum after each step since the last check (on the device)
         self.lrs: dict[int, float] = {}  # each step's learning rate since the last check (host floats)
 
     def watch(self, step: int, loss_sum: torch.Tensor | float | None, lr: float) -> None:
         """Note optimizer step `step`, taken at learning rate `lr`, and the epoch's loss sum after it (None on a
         rank that sees no loss): a sum stays NaN or infinite from the first step whose loss was."""
         if isinstance(loss_sum, torch.Tensor):
-            bad = ~torch.isfinite(loss_sum.detach())
-            self.first_bad = torch.where(bad, torch.clamp(self.first_bad, max=step), self.first_bad)
+            self.sums[step] = loss_sum.clone()  # (the loop adds to the sum in place)
         self.lrs[step] = lr
 
     def check(self, epoch: int) -> None:
@@ -67,12 +66,16 @@ class DivergenceWatch:
         tensors = [*self.held.parameters(), *self.held.buffers()]  # batch norm's running statistics too
         bad_weights = sum(((~torch.isfinite(local(tensor).detach())).sum() for tensor in tensors),
                           torch.zeros((), dtype=torch.int64, device=self.runtime.device))
-        first, weights = self.first_bad.clone(), bad_weights.clone()
+        first = torch.tensor(NONE, device=self.runtime.device)
+        if self.sums:
+            watched = torch.tensor(list(self.sums), device=self.runtime.device)
+            first = torch.where(torch.isfinite(torch.stack(list(self.sums.values()))), first, watched).min()
         if self.runtime.distributed:
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
-            dist.all_reduce(weights)
-        step, count = int(first), int(weights)
+            dist.all_reduce(bad_weights)
+        step, count = int(first), int(bad_weights)
         if step == NONE and count == 0:
+            self.sums.clear()
             self.lrs.clear()
             return
         steps = (step, step) if step != NONE else (min(self.lrs), max(self.lrs))

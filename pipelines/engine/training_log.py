@@ -3,15 +3,21 @@ stderr is a terminal (pipelines/engine/progress.py), and, where the stage gives 
 (the learning rate every step; the loss terms, validation loss and accuracy every epoch; the run's figures at its
 end), written atomically: the folder appears whole when the run ends.
 
+The files are dvclive's layout (`plots/metrics/<name>.tsv`, rows of step and value; `metrics.json`, the last
+value of each and the step), which `dvc plots`, `dvc metrics` and the report read, written here rather than by
+dvclive's `Live`: creating a `Live` looks up the DVC repository and git and imports DVC's plugins, about half a
+second of every training stage, for experiment tracking that this pipeline leaves off (its stages are DVC's).
 No file is touched in a step: each step's learning rate is kept in memory and written at the epoch's end, in
-one write (dvclive's `log_metric` opens and closes the file for each row). The whole history stays in memory
-(a number a step): a resumable save holds it (pipelines/engine/resume/), and the resumed run writes its
-dvclive files anew from it, so that they end as an uninterrupted run's."""
+one write. The whole history stays in memory (a number a step): a resumable save holds it
+(pipelines/engine/resume/), and the resumed run writes its files anew from it, so that they end as an
+uninterrupted run's."""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -20,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dvclive import Live
-from dvclive.plots import Metric
 
 from pipelines.core.atomic import atomic_path
 from pipelines.engine.progress import NoBar, progress_bar
@@ -65,9 +69,11 @@ class LiveLog(TrainingLog):
     def __init__(self, runtime: Runtime, epochs: int, folder: Path, history: History | None,
                  bar: NoBar = NoBar()) -> None:
         super().__init__(runtime, epochs, bar)
-        self.live = Live(dir=str(folder), save_dvc_exp=False, dvcyaml=None, report=None)
+        self.folder, self.plots = folder, folder / "plots" / "metrics"
+        self.plots.mkdir(parents=True, exist_ok=True)
         self.history: History = history or {"lr": [], "epochs": []}
         self.written = {"lr": 0, "epochs": 0}  # how much of each the files hold
+        self.summary: dict[str, Any] = {}  # metrics.json: each metric's last value
 
     def step(self, step: int, images: int, lr: float) -> None:
         super().step(step, images, lr)
@@ -81,32 +87,42 @@ class LiveLog(TrainingLog):
     def write(self) -> None:
         """Write what the files lack of the history: each step's learning rate, then each epoch's metrics, at
         its last optimizer step."""
-        rates, start = self.history["lr"], self.written["lr"]
-        if len(rates) > start:
-            path = Metric("lr", self.live.plots_dir).output_path
-            new = not path.exists()
-            with path.open("a", encoding="utf-8", newline="") as file:  # the rows dvclive's `log_metric` writes
-                rows = csv.writer(file, delimiter="\t", lineterminator=os.linesep)
-                if new:
-                    rows.writerow(("step", "lr"))
-                rows.writerows(enumerate(rates[start:], start))
-            self.live.log_metric("lr", rates[-1], plot=False)  # the summary's
+        rates = self.history["lr"]
+        self.append("lr", list(enumerate(rates))[self.written["lr"]:])
+        if rates:
+            self.summary["lr"] = rates[-1]
         for step, metrics in self.history["epochs"][self.written["epochs"]:]:
-            self.live.step = step - 1
-            for name, metric in metrics.items():
-                self.live.log_metric(name, metric)
+            for name, value in metrics.items():
+                self.append(name, [(step - 1, value)])
+                self.summary[name] = value
+            self.summary["step"] = step - 1
         self.written = {name: len(values) for name, values in self.history.items()}
+
+    def append(self, name: str, rows: list[tuple[int, float]]) -> None:
+        """Rows of (step, value) added to metric `name`'s file, as dvclive writes them (a value that is not a
+        finite number as its text)."""
+        if not rows:
+            return
+        path = self.plots / f"{name}.tsv"
+        new = not path.exists()
+        with path.open("a", encoding="utf-8", newline="") as file:
+            writer = csv.writer(file, delimiter="\t", lineterminator=os.linesep)
+            if new:
+                writer.writerow(("step", name))
+            writer.writerows((step, value if math.isfinite(value) else str(value)) for step, value in rows)
 
     def end(self, result: dict[str, float]) -> None:
         self.write()  # (a run resumed from its last epoch's end has not written its files yet)
-        self.live.summary.update(result)
         seconds = time.perf_counter() - self.started
-        self.live.log_metric("train_seconds", seconds, plot=False)
-        self.live.log_metric("train_images_per_second", self.images / seconds, plot=False)
+        last = {"train_seconds": seconds, "train_images_per_second": self.images / seconds}
         if self.runtime.device.type == "cuda":
-            self.live.log_metric("peak_gpu_memory_gib", torch.cuda.max_memory_allocated(self.runtime.device) / 2**30,
-                                 plot=False)
-        self.live.end()
+            last["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**30
+        step = self.summary.pop("step", None)  # dvclive's summary ends with the step
+        self.summary |= result | last | ({} if step is None else {"step": step})
+        with (self.folder / "metrics.json").open("w", encoding="utf-8") as file:
+            json.dump({name: value if not isinstance(value, float) or math.isfinite(value) else str(value)
+                       for name, value in self.summary.items()}, file, indent=4)
+            file.write("\n")
 
 
 @contextmanager

@@ -28,6 +28,9 @@ A save may be resumed by another number of processes (pipelines/engine/resume/fi
 saves what it holds under the whole model's names, DCP reads each tensor's saved pieces into however the loading
 ranks hold it (other FSDP shards, another pipeline split), the epoch's loss sums go to the rank that sums the
 losses, and each rank takes the RNG states of the saved rank of its number (rank 0's where there is none).
+
+DCP is imported by the first save or load, not with this module: with what it imports (DTensor) it costs a
+process about half a second, which a short run that never saves should not pay.
 """
 
 from __future__ import annotations
@@ -45,9 +48,6 @@ from typing import IO, Any, NamedTuple, cast
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultSavePlanner
-from torch.distributed.checkpoint.api import CheckpointException
 
 from pipelines.config import Params
 from pipelines.config.distributed import DistributedParams
@@ -164,6 +164,8 @@ class Resume:
         try:
             yield
         except BaseException:
+            from torch.distributed.checkpoint.api import CheckpointException
+
             try:
                 self.finish()
             except (Exception, CheckpointException) as error:  # the training's own error is the one to report
@@ -174,6 +176,8 @@ class Resume:
     def save(self, state: TrainingState, progress: Progress, sums: dict[str, Any], history: History | None) -> None:
         """Start saving `state` at `progress` with this rank's RNG states and `sums` (and on the main rank the
         training log's `history`): DCP writes it in the background, once the save before it is complete."""
+        import torch.distributed.checkpoint as dcp
+
         self.finish()
         self.clock.restart()
         final = self.folder / f"step-{progress.step:08d}"
@@ -185,7 +189,7 @@ class Resume:
         # to the others before each forward), and the main rank's are those the final checkpoint keeps.
         written = dcp.async_save(state.to_save(progress), checkpoint_id=partial, process_group=self.save_group,
                                  no_dist=not self.runtime.distributed,
-                                 planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True))
+                                 planner=dcp.DefaultSavePlanner(dedup_save_to_lowest_rank=True))
         # (a future: DCP's default stager has copied the state before async_save returns)
         self.writing = Writing(cast(Future, written), partial, final, progress.step)
 
@@ -210,6 +214,9 @@ class Resume:
         back and, on the main rank, `history`; return the progress and this rank's share of the epoch's sums
         (all of them on `loss_rank`, the rank that sums the losses, when the save was made by another number
         of processes)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+
         try:
             saved_world = json.loads((saved / "state.json").read_text())["world_size"]
             dcp.load(loaded, checkpoint_id=saved, no_dist=not self.runtime.distributed)

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
 from pipelines.engine.early_stopping import EarlyStopping, NoEarlyStopping
@@ -52,20 +51,24 @@ class Progress:
 class TrainedState:
     """The trained modules and their optimizer as DCP's `Stateful`: get_state_dict / set_state_dict give
     each rank its own shards (FSDP) or layers (a pipeline stage) under the whole model's names, the
-    optimizer's state flattened to one entry per parameter, so that another split of the model finds its own."""
-
-    OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+    optimizer's state flattened to one entry per parameter, so that another split of the model finds its own.
+    DCP is imported by the first save or load (pipelines/engine/resume/saves.py says why)."""
 
     def __init__(self, trained: nn.Module, optimizer: Optimizer) -> None:
         self.trained, self.optimizer = trained, optimizer
 
     def state_dict(self) -> dict[str, Any]:
-        model, optimizer = get_state_dict(self.trained, self.optimizer, options=self.OPTIONS)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        model, optimizer = get_state_dict(self.trained, self.optimizer,
+                                          options=StateDictOptions(flatten_optimizer_state_dict=True))
         return {"model": model, "optimizer": optimizer}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
         set_state_dict(self.trained, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"], options=self.OPTIONS)
+                       optim_state_dict=state["optimizer"], options=StateDictOptions(flatten_optimizer_state_dict=True))
 
 
 class TrainingState:

@@ -16,18 +16,38 @@ from collections.abc import Callable
 from pipelines.config.distributed import DistributedParams
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.strategies.base import Layout, Strategy
-from pipelines.engine.strategies.ddp import DDP
-from pipelines.engine.strategies.fsdp import FSDP
-from pipelines.engine.strategies.pipeline import PipelineParallel
 from pipelines.engine.strategies.single import OneProcess
 
-STRATEGIES: dict[str, Callable[[Runtime, DistributedParams], Strategy]] = {
-    "ddp": DDP,  # the model on every process, gradients averaged
-    "fsdp": FSDP,  # the model's blocks sharded across the processes (HSDP with fsdp_replicas)
-    "pipeline": PipelineParallel,  # the model's layers split across the processes, batches flowing through them
+
+# Each strategy's module is imported only when it is chosen: each pulls in its part of torch.distributed
+# (DTensor and FSDP, pipelining), imports that one process training alone never needs.
+def _ddp() -> type:
+    from pipelines.engine.strategies.ddp import DDP
+    return DDP
+
+
+def _fsdp() -> type:
+    from pipelines.engine.strategies.fsdp import FSDP
+    return FSDP
+
+
+def _pipeline() -> type:
+    from pipelines.engine.strategies.pipeline import PipelineParallel
+    return PipelineParallel
+
+
+STRATEGIES: dict[str, Callable[[], type]] = {  # name: its class, imported
+    "ddp": _ddp,  # the model on every process, gradients averaged
+    "fsdp": _fsdp,  # the model's blocks sharded across the processes (HSDP with fsdp_replicas)
+    "pipeline": _pipeline,  # the model's layers split across the processes, batches flowing through them
 }
 
-__all__ = ["Layout", "STRATEGIES", "Strategy", "build_strategy"]
+__all__ = ["Layout", "STRATEGIES", "Strategy", "build_strategy", "strategy_class"]
+
+
+def strategy_class(name: str) -> type:
+    """The class implementing strategy `name` of STRATEGIES, its module imported."""
+    return STRATEGIES[name]()
 
 
 def build_strategy(runtime: Runtime, params: DistributedParams) -> Strategy:
@@ -35,4 +55,5 @@ def build_strategy(runtime: Runtime, params: DistributedParams) -> Strategy:
     params.check_processes(runtime.world_size, runtime.nodes, runtime.device.type)
     if not runtime.distributed:
         return OneProcess(runtime, params)
-    return STRATEGIES[params.strategy](runtime, params)
+    strategy: Strategy = strategy_class(params.strategy)(runtime, params)
+    return strategy

@@ -10,8 +10,6 @@ from typing import Protocol, cast
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import FSDPModule
 
 from pipelines.config.training import GradClipParams
 from pipelines.data.images import ImageSet
@@ -20,6 +18,7 @@ from pipelines.engine.inference import ValidationSplit
 from pipelines.engine.objective import BatchOf, Objective
 from pipelines.engine.rows import row_tables_of
 from pipelines.engine.runtime import Runtime
+from pipelines.engine.tensors import is_sharded
 
 StepTerms = tuple[int, torch.Tensor, dict[str, torch.Tensor]]  # images, loss and loss terms of one micro-batch
 StateDict = dict[str, torch.Tensor]
@@ -118,8 +117,10 @@ def trained_parameters(*modules: nn.Module) -> list[nn.Parameter]:
 def full_state_dict(module: nn.Module) -> StateDict:
     """The module's whole state dict on the CPU. Under FSDP it is gathered from every process's shards: every
     rank must call this, and the main one gets the tensors (the others an empty dict)."""
-    if isinstance(module, FSDPModule):
-        # A full state dict holds plain tensors (torch types the values as any kind of state).
-        return cast(StateDict,
-                    get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
-    return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
+    if not is_sharded(module):
+        return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    # A full state dict holds plain tensors (torch types the values as any kind of state).
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return cast(StateDict, get_model_state_dict(cast(nn.Module, module), options=options))

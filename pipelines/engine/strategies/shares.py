@@ -11,12 +11,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 
 from pipelines.engine.inference import INFERENCE_BATCH_SIZE, ValidationSplit
 from pipelines.engine.objective import Batch
 from pipelines.engine.runtime import Runtime
 from pipelines.engine.strategies.base import BatchOf, StepTerms
+from pipelines.engine.tensors import is_sharded
 
 Forward = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # a batch's loss and its terms
 Unsynced = Callable[[], AbstractContextManager[None]]  # backward passes whose gradients are not yet reduced
@@ -67,7 +67,7 @@ def validate_shares(model: nn.Module, split: ValidationSplit, runtime: Runtime) 
     bounds = [len(split) * index // world for index in range(world + 1)]  # shares differ by a row at most
     batches = max(1, math.ceil(math.ceil(len(split) / world) / INFERENCE_BATCH_SIZE))
     sums = split.sums(model, bounds[rank], bounds[rank + 1], batches)
-    if isinstance(model, FSDPModule):
+    if is_sharded(model):
         model.reshard()  # FSDP keeps the root's weights gathered after a forward; the EMA may be swapped out next
     every = [torch.empty_like(sums) for _ in range(world)]
     dist.all_gather(every, sums)
@@ -91,7 +91,7 @@ class Trainee(nn.Module):
     @contextmanager
     def no_sync(self) -> Iterator[None]:
         """Backward passes that leave FSDP's gradients unreduced (all micro-batches of a step but the last)."""
-        sharded = [module for module in (self.model, self.objective) if isinstance(module, FSDPModule)]
+        sharded = [module for module in (self.model, self.objective) if is_sharded(module)]
         for module in sharded:
             module.set_requires_gradient_sync(False)
         try:
