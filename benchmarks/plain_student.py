@@ -1,4 +1,4 @@
-"""The baseline student's training as a plain PyTorch script: no params schema, no dvclive, no pipeline
+"""The baseline student's training as a plain PyTorch script: no params schema, no training log files, no pipeline
 modules; the same model, data order, optimizer and schedule as `python -m pipelines.train_student` with the
 shipped params, so both write the same weights. benchmarks/stage_overhead.py times the two side by side.
 
@@ -7,6 +7,7 @@ shipped params, so both write the same weights. benchmarks/stage_overhead.py tim
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ def main(root: Path, out: Path) -> None:
                                  lr=LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)
     order = torch.Generator().manual_seed(SEED)
+    started = time.perf_counter()
     for epoch in range(EPOCHS):
         model.train()
         permutation = torch.randperm(len(images), generator=order)
@@ -77,6 +79,7 @@ def main(root: Path, out: Path) -> None:
         with torch.no_grad():
             accuracy = (model(val_images.float().div_(255.0)).argmax(1) == val_labels).float().mean().item()
         print(f"epoch {epoch + 1} val_accuracy {accuracy:.4f}")
+    print(f"train_seconds {time.perf_counter() - started}")  # the epochs alone, as the stage's training log times them
     torch.save(model.state_dict(), out)
 
 

@@ -50,6 +50,8 @@ class DivergenceWatch:
 
     def __init__(self, held: nn.Module, runtime: Runtime) -> None:
         self.held, self.runtime = held, runtime
+        # The weights and buffers (batch norm's running statistics) that can hold a NaN: the floating ones
+        self.tensors = [tensor for tensor in (*held.parameters(), *held.buffers()) if tensor.is_floating_point()]
         self.sums: dict[int, torch.Tensor] = {}  # the loss sum after each step since the last check (on the device)
         self.lrs: dict[int, float] = {}  # each step's learning rate since the last check (host floats)
 
@@ -63,21 +65,28 @@ class DivergenceWatch:
     def check(self, epoch: int) -> None:
         """TrainingDiverged (on every rank) if a step since the last check had a loss that is not finite, or a
         weight is; `epoch` is the 0-based epoch under way."""
-        tensors = [*self.held.parameters(), *self.held.buffers()]  # batch norm's running statistics too
-        bad_weights = sum(((~torch.isfinite(local(tensor).detach())).sum() for tensor in tensors),
-                          torch.zeros((), dtype=torch.int64, device=self.runtime.device))
+        finite = [torch.isfinite(local(tensor).detach()).all() for tensor in self.tensors]  # (values: on failure)
+        bad_tensors = torch.stack(finite).logical_not().sum() if finite else torch.zeros((), device=self.runtime.device)
         first = torch.tensor(NONE, device=self.runtime.device)
         if self.sums:
             watched = torch.tensor(list(self.sums), device=self.runtime.device)
             first = torch.where(torch.isfinite(torch.stack(list(self.sums.values()))), first, watched).min()
         if self.runtime.distributed:
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
-            dist.all_reduce(bad_weights)
-        step, count = int(first), int(bad_weights)
-        if step == NONE and count == 0:
+            dist.all_reduce(bad_tensors)
+        step = int(first)
+        if step == NONE and int(bad_tensors) == 0:
             self.sums.clear()
             self.lrs.clear()
             return
         steps = (step, step) if step != NONE else (min(self.lrs), max(self.lrs))
         lrs = [lr for at, lr in self.lrs.items() if steps[0] <= at <= steps[1]]
-        raise TrainingDiverged(epoch + 1, steps, (min(lrs), max(lrs)), step != NONE, count)
+        raise TrainingDiverged(epoch + 1, steps, (min(lrs), max(lrs)), step != NONE, self.bad_values())
+
+    def bad_values(self) -> int:
+        """How many values of the weights and buffers are not finite, over every rank (a collective)."""
+        count = sum(((~torch.isfinite(local(tensor).detach())).sum() for tensor in self.tensors),
+                    torch.zeros((), dtype=torch.int64, device=self.runtime.device))
+        if self.runtime.distributed:
+            dist.all_reduce(count)
+        return int(count)

@@ -86,7 +86,7 @@ def fit(model: nn.Module, train_set: ImageSet, val_set: ImageSet, objective: Obj
                 divergence.watch(progress.step + 1, sums.get("loss"), optimizer.param_groups[0]["lr"])
                 add_l1_gradient(layout.held, regularization.l1)
                 strategy.clip_gradients(regularization.grad_clip)
-                training_log.step(progress.step, len(step_rows), optimizer.param_groups[0]["lr"])
+                training_log.step(progress.step, step_rows.shape[0], optimizer.param_groups[0]["lr"])
                 optimizer.step()
                 ema.update()
                 schedule.after_step()

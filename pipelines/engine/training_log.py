@@ -7,10 +7,9 @@ The files are dvclive's layout (`plots/metrics/<name>.tsv`, rows of step and val
 value of each and the step), which `dvc plots`, `dvc metrics` and the report read, written here rather than by
 dvclive's `Live`: creating a `Live` looks up the DVC repository and git and imports DVC's plugins, about half a
 second of every training stage, for experiment tracking that this pipeline leaves off (its stages are DVC's).
-No file is touched in a step: each step's learning rate is kept in memory and written at the epoch's end, in
-one write. The whole history stays in memory (a number a step): a resumable save holds it
-(pipelines/engine/resume/), and the resumed run writes its files anew from it, so that they end as an
-uninterrupted run's."""
+No file is touched while training: the whole history stays in memory (a number a step) and the files are
+written once, when the run ends (the folder appears then in any case). A resumable save holds the history
+(pipelines/engine/resume/), which the resumed run continues, so that its files end as an uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -70,10 +69,7 @@ class LiveLog(TrainingLog):
                  bar: NoBar = NoBar()) -> None:
         super().__init__(runtime, epochs, bar)
         self.folder, self.plots = folder, folder / "plots" / "metrics"
-        self.plots.mkdir(parents=True, exist_ok=True)
         self.history: History = history or {"lr": [], "epochs": []}
-        self.written = {"lr": 0, "epochs": 0}  # how much of each the files hold
-        self.summary: dict[str, Any] = {}  # metrics.json: each metric's last value
 
     def step(self, step: int, images: int, lr: float) -> None:
         super().step(step, images, lr)
@@ -81,48 +77,47 @@ class LiveLog(TrainingLog):
 
     def epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         self.history["epochs"].append((step, {"epoch": epoch + 1, **metrics}))
-        self.write()
         super().epoch(epoch, step, metrics)
 
-    def write(self) -> None:
-        """Write what the files lack of the history: each step's learning rate, then each epoch's metrics, at
-        its last optimizer step."""
-        rates = self.history["lr"]
-        self.append("lr", list(enumerate(rates))[self.written["lr"]:])
-        if rates:
-            self.summary["lr"] = rates[-1]
-        for step, metrics in self.history["epochs"][self.written["epochs"]:]:
-            for name, value in metrics.items():
-                self.append(name, [(step - 1, value)])
-                self.summary[name] = value
-            self.summary["step"] = step - 1
-        self.written = {name: len(values) for name, values in self.history.items()}
-
-    def append(self, name: str, rows: list[tuple[int, float]]) -> None:
-        """Rows of (step, value) added to metric `name`'s file, as dvclive writes them (a value that is not a
-        finite number as its text)."""
-        if not rows:
-            return
-        path = self.plots / f"{name}.tsv"
-        new = not path.exists()
-        with path.open("a", encoding="utf-8", newline="") as file:
-            writer = csv.writer(file, delimiter="\t", lineterminator=os.linesep)
-            if new:
-                writer.writerow(("step", name))
-            writer.writerows((step, value if math.isfinite(value) else str(value)) for step, value in rows)
-
     def end(self, result: dict[str, float]) -> None:
-        self.write()  # (a run resumed from its last epoch's end has not written its files yet)
+        summary = self.write()
         seconds = time.perf_counter() - self.started
         last = {"train_seconds": seconds, "train_images_per_second": self.images / seconds}
         if self.runtime.device.type == "cuda":
             last["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**30
-        step = self.summary.pop("step", None)  # dvclive's summary ends with the step
-        self.summary |= result | last | ({} if step is None else {"step": step})
+        step = summary.pop("step", None)  # dvclive's summary ends with the step
+        summary |= result | last | ({} if step is None else {"step": step})
         with (self.folder / "metrics.json").open("w", encoding="utf-8") as file:
             json.dump({name: value if not isinstance(value, float) or math.isfinite(value) else str(value)
-                       for name, value in self.summary.items()}, file, indent=4)
+                       for name, value in summary.items()}, file, indent=4)
             file.write("\n")
+
+    def write(self) -> dict[str, Any]:
+        """Write the history's files: each step's learning rate, then each epoch's metrics at its last optimizer
+        step; return the summary: each one's last value, then the last step (as dvclive's)."""
+        self.plots.mkdir(parents=True, exist_ok=True)
+        rates, summary = self.history["lr"], {}
+        self.write_metric("lr", list(enumerate(rates)))
+        if rates:
+            summary["lr"] = rates[-1]
+        rows: dict[str, list[tuple[int, float]]] = {}
+        for step, metrics in self.history["epochs"]:
+            for name, value in metrics.items():
+                rows.setdefault(name, []).append((step - 1, value))
+            summary |= metrics
+        for name, values in rows.items():
+            self.write_metric(name, values)
+        if self.history["epochs"]:
+            summary["step"] = self.history["epochs"][-1][0] - 1
+        return summary
+
+    def write_metric(self, name: str, rows: list[tuple[int, float]]) -> None:
+        """Metric `name`'s file of (step, value) rows, as dvclive writes it (a value that is not a finite number
+        as its text)."""
+        with (self.plots / f"{name}.tsv").open("w", encoding="utf-8", newline="") as file:
+            writer = csv.writer(file, delimiter="\t", lineterminator=os.linesep)
+            writer.writerow(("step", name))
+            writer.writerows((step, value if math.isfinite(value) else str(value)) for step, value in rows)
 
 
 @contextmanager

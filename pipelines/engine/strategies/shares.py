@@ -27,25 +27,27 @@ def accumulate(step_rows: torch.Tensor, batch_of: BatchOf, forward: Forward, run
     """This process's share of the global batch `step_rows` in up to `micro_steps` micro-batches, their
     gradients accumulated into `.grad` (all but the last under `no_sync`); yield each one's size, loss and
     terms."""
-    micros = micro_batches(step_rows, runtime, micro_steps)
+    micros, rows = micro_batches(step_rows, runtime, micro_steps), step_rows.shape[0]
     for index, micro in enumerate(micros):
-        batch = batch_of(micro)
+        batch, size = batch_of(micro), micro.shape[0]
         with no_sync() if index < len(micros) - 1 else nullcontext():
             with runtime.autocast():
                 loss, terms = forward(batch)
             # The step's gradient is that of the mean over all its rows: DDP and FSDP average the processes'
             # gradients, so each micro-batch's mean loss weighs its share of the step's rows times N (1 for a
             # process's whole, equal share; more or less where the rows do not divide evenly).
-            share = len(micro) * runtime.world_size / len(step_rows)
+            share = size * runtime.world_size / rows
             (loss * share if share != 1 else loss).backward()
-        yield len(micro), loss, terms
+        yield size, loss, terms
 
 
 def micro_batches(step_rows: torch.Tensor, runtime: Runtime, micro_steps: int) -> list[torch.Tensor]:
     """The rows of this process's share of the global batch `step_rows`, in up to `micro_steps` micro-batches:
     the same number on every rank (DDP syncs on the last), none of them empty."""
+    if runtime.world_size == 1 and micro_steps == 1:  # (the common case, without the ops: a step's host time)
+        return [step_rows]
     rows = step_rows[runtime.rank :: runtime.world_size]
-    return list(torch.tensor_split(rows, max(1, min(micro_steps, len(step_rows) // runtime.world_size))))
+    return list(torch.tensor_split(rows, max(1, min(micro_steps, step_rows.shape[0] // runtime.world_size))))
 
 
 def summed_means(sums: dict[str, torch.Tensor | float], runtime: Runtime) -> dict[str, float]:
