@@ -2,7 +2,7 @@
 validation, memory-mapped reads, the training log, an atomic checkpoint) against benchmarks/plain_student.py,
 the same training as a plain PyTorch script, in paired runs on the same prepared data.
 
-    python -m benchmarks.stage_overhead [--pairs 5]
+    python -m benchmarks.stage_overhead [--pairs 9]
 
 Each run is a whole process, start-up and imports included. Prints each pair, the median ratios against the
 issue's targets (the whole process, and the training time alone), and whether the two wrote the same weights
@@ -82,7 +82,7 @@ def measure(pairs: int, params_file: Path) -> tuple[list[tuple[Run, Run]], bool]
     return timings, same
 
 
-def section(pairs: int = 5, params_file: Path = Path("params.yaml")) -> str:
+def section(pairs: int = 9, params_file: Path = Path("params.yaml")) -> str:
     """The benchmark as a markdown section: each pair, the median ratios against the targets, the weights."""
     timings, same = measure(pairs, params_file)
     ratios = [stage.seconds / plain.seconds for stage, plain in timings]
@@ -111,7 +111,7 @@ def section(pairs: int = 5, params_file: Path = Path("params.yaml")) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     print(section(args.pairs, args.params))
