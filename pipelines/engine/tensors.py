@@ -1,7 +1,7 @@
 """What the engine does to a tensor or module whatever the strategy made of it: a plain one, or FSDP2's DTensor
-and sharded module. Neither type is imported here: torch.distributed.tensor and .fsdp cost a process about
-0.4 s to import, which one process training alone never needs; a tensor or module of theirs can exist only
-once the strategy that makes them has imported them."""
+and sharded module. Neither type is imported here (torch.distributed.tensor, .fsdp): a tensor or module of
+theirs can exist only once the strategy that makes them has imported them, and the engine's modules leave
+those imports to the strategies that need them."""
 
 from __future__ import annotations
 

@@ -29,8 +29,8 @@ saves what it holds under the whole model's names, DCP reads each tensor's saved
 ranks hold it (other FSDP shards, another pipeline split), the epoch's loss sums go to the rank that sums the
 losses, and each rank takes the RNG states of the saved rank of its number (rank 0's where there is none).
 
-DCP is imported by the first save or load, not with this module: with what it imports (DTensor) it costs a
-process about half a second, which a short run that never saves should not pay.
+DCP is imported by the first save or load, not with this module: a short run that never saves does not pay
+for its import.
 """
 
 from __future__ import annotations
