@@ -69,6 +69,7 @@ class LiveLog(TrainingLog):
                  bar: NoBar = NoBar()) -> None:
         super().__init__(runtime, epochs, bar)
         self.folder, self.plots = folder, folder / "plots" / "metrics"
+        self.plots.mkdir(parents=True, exist_ok=True)  # (a killed run leaves it, for its rerun to sweep)
         self.history: History = history or {"lr": [], "epochs": []}
 
     def step(self, step: int, images: int, lr: float) -> None:
@@ -95,7 +96,6 @@ class LiveLog(TrainingLog):
     def write(self) -> dict[str, Any]:
         """Write the history's files: each step's learning rate, then each epoch's metrics at its last optimizer
         step; return the summary: each one's last value, then the last step (as dvclive's)."""
-        self.plots.mkdir(parents=True, exist_ok=True)
         rates, summary = self.history["lr"], {}
         self.write_metric("lr", list(enumerate(rates)))
         if rates:
