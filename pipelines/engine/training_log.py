@@ -83,19 +83,18 @@ class LiveLog(TrainingLog):
     def end(self, result: dict[str, float]) -> None:
         summary = self.write()
         seconds = time.perf_counter() - self.started
-        last = {"train_seconds": seconds, "train_images_per_second": self.images / seconds}
+        summary |= result | {"train_seconds": seconds, "train_images_per_second": self.images / seconds}
         if self.runtime.device.type == "cuda":
-            last["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**30
-        step = summary.pop("step", None)  # dvclive's summary ends with the step
-        summary |= result | last | ({} if step is None else {"step": step})
+            summary["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**30
+        if self.history["epochs"]:  # dvclive's summary ends with the last epoch's step
+            summary["step"] = self.history["epochs"][-1][0] - 1
         with (self.folder / "metrics.json").open("w", encoding="utf-8") as file:
-            json.dump({name: value if not isinstance(value, float) or math.isfinite(value) else str(value)
-                       for name, value in summary.items()}, file, indent=4)
+            json.dump({name: logged(value) for name, value in summary.items()}, file, indent=4)
             file.write("\n")
 
     def write(self) -> dict[str, Any]:
         """Write the history's files: each step's learning rate, then each epoch's metrics at its last optimizer
-        step; return the summary: each one's last value, then the last step (as dvclive's)."""
+        step; return each one's last value."""
         rates, summary = self.history["lr"], {}
         self.write_metric("lr", list(enumerate(rates)))
         if rates:
@@ -107,17 +106,19 @@ class LiveLog(TrainingLog):
             summary |= metrics
         for name, values in rows.items():
             self.write_metric(name, values)
-        if self.history["epochs"]:
-            summary["step"] = self.history["epochs"][-1][0] - 1
         return summary
 
     def write_metric(self, name: str, rows: list[tuple[int, float]]) -> None:
-        """Metric `name`'s file of (step, value) rows, as dvclive writes it (a value that is not a finite number
-        as its text)."""
+        """Metric `name`'s file of (step, value) rows, as dvclive writes it."""
         with (self.plots / f"{name}.tsv").open("w", encoding="utf-8", newline="") as file:
             writer = csv.writer(file, delimiter="\t", lineterminator=os.linesep)
             writer.writerow(("step", name))
-            writer.writerows((step, value if math.isfinite(value) else str(value)) for step, value in rows)
+            writer.writerows((step, logged(value)) for step, value in rows)
+
+
+def logged(value: float) -> float | str:
+    """A value as dvclive logs it: a number, or the text of one that is not finite (nan, inf)."""
+    return value if math.isfinite(value) else str(value)
 
 
 @contextmanager
