@@ -16,7 +16,7 @@ from pipelines.config.schedules import ConstantSchedule
 from pipelines.config.training import ModelParams, RegularizationParams, TrainingParams, TrainParams
 from pipelines.data.draws import KeyedDraws
 from pipelines.data.images import ImageSet
-from pipelines.data.transforms import view_batch
+from pipelines.data.transforms import augment_batch, view_batch
 from pipelines.engine.batches import BatchSource
 from pipelines.engine.loop import fit
 from pipelines.engine.objective import Batch
@@ -84,6 +84,38 @@ def test_a_pad_crop_shifts_each_image_by_whole_pixels_with_zeros_coming_in() -> 
         shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
                   if torch.allclose(viewed, shifted(image, dy, dx), atol=1e-5)]
         assert len(shifts) == 1
+
+
+def lowbias32(x: int) -> int:
+    """Wellons' hash of one 32-bit word, as written: the reference the draws' tensor version must match."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_each_draw_is_the_hash_of_seed_epoch_row_and_call_however_many_draws_come_before_it() -> None:
+    rows = torch.tensor([0, 7, 4095])
+    draws = KeyedDraws(3, 5, rows, torch.device("cpu"))
+    words = [draws._words(per_image) for per_image in [1] * 20 + [3] + [1] * 20]  # past a block of one-word calls
+    for call, word in enumerate(words, start=1):
+        for image, row in enumerate(rows.tolist()):
+            key = lowbias32(lowbias32(lowbias32(lowbias32(3) ^ 5) ^ row) ^ call)
+            expected = [lowbias32((lowbias32(key ^ counter) + call) & 0xFFFFFFFF) for counter in range(word.shape[1])]
+            assert word[image].tolist() == expected
+
+
+def test_noise_turned_off_leaves_every_other_draw_of_a_view_as_it_was() -> None:
+    images = 0.5 + 0.5 * torch.rand(16, 1, 8, 8)  # only an erased pixel is 0, noise or not
+    erase_all = TransformParams(cutout_probability=1.0, cutout_size=3)
+    noisy = erase_all.model_copy(update={"noise_std": 0.01})
+    keyed = [view_batch(images, params, KeyedDraws(0, 1, torch.arange(16), torch.device("cpu")))
+             for params in (erase_all, noisy)]
+    streamed = [augment_batch(images, params, torch.Generator().manual_seed(2)) for params in (erase_all, noisy)]
+    for without, with_noise in (keyed, streamed):
+        assert not torch.equal(without, with_noise)
+        assert torch.equal(without == 0, with_noise == 0)  # the same squares erased
 
 
 def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

@@ -46,6 +46,11 @@ class Draws(Protocol):
         """[batch] draws of Beta(alpha, alpha), one alpha per image."""
         ...
 
+    def discard_normal(self, shape: tuple[int, ...]) -> None:
+        """Move past the draws `normal(shape)` would make, when nothing reads them (noise of std 0): the
+        draws after it stay the same whether or not the noise is on."""
+        ...
+
 
 class GeneratorDraws:
     """Draws from `generator` on the CPU (moved to `device`); the order of calls is the stream's."""
@@ -67,6 +72,9 @@ class GeneratorDraws:
     def normal(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator).to(self.device)
 
+    def discard_normal(self, shape: tuple[int, ...]) -> None:
+        torch.randn(shape, generator=self.generator)  # the stream moves on as if the noise were drawn
+
     def beta(self, alpha: torch.Tensor) -> torch.Tensor:
         assert self._beta is not None, "start_mix draws the numpy seed first"
         values = alpha.cpu().numpy()
@@ -74,24 +82,46 @@ class GeneratorDraws:
 
 
 class KeyedDraws:
-    """Draws that are a hash of (seed, epoch, row, the call's number) for each image's `rows` entry."""
+    """Draws that are a hash of (seed, epoch, row, the call's number) for each image's `rows` entry.
+
+    A view makes a few dozen one-word draws per image (an angle, a shift, a share...): their words are hashed
+    for SCALAR_CALLS calls at once, one tensor op per step of the hash for all of them, instead of one per call
+    (the same bits: a call's word depends only on its number). On small images each hash op costs little more
+    than its dispatch, so this is most of what a view costs."""
+
+    SCALAR_CALLS = 16
 
     def __init__(self, seed: int, epoch: int, rows: torch.Tensor, device: torch.device) -> None:
         self.batch, self.device = len(rows), device
-        base = _hash(torch.full((1,), seed & MASK, dtype=torch.int64, device=device))
-        base = _hash(base ^ (epoch & MASK))
-        self.keys = _hash(base ^ (rows.to(device=device, dtype=torch.int64) & MASK))  # [batch]
+        base = _hash_word(_hash_word(seed & MASK) ^ (epoch & MASK))
+        self.keys = _hash((rows.to(device=device, dtype=torch.int64) & MASK) ^ base)  # [batch]
         self.calls = 0
+        self._scalar_words: torch.Tensor | None = None  # [batch, SCALAR_CALLS]: the one-word draws of calls
+        self._first_scalar_call = 0  # _first_scalar_call, _first_scalar_call + 1, ...
 
     def start_mix(self) -> None:
         """(Nothing to prepare: every draw is keyed.)"""
 
+    def discard_normal(self, shape: tuple[int, ...]) -> None:
+        self.calls += 2  # normal's two calls, whose words nothing reads
+
     def _words(self, per_image: int) -> torch.Tensor:
         """[batch, per_image] 32-bit words, fresh for each call."""
         self.calls += 1
+        if per_image == 1:
+            return self._scalar_word(self.calls)
         counters = torch.arange(per_image, dtype=torch.int64, device=self.device)
         call = _hash(self.keys ^ self.calls).unsqueeze(1)
         return _hash(_hash(call ^ counters) + self.calls)
+
+    def _scalar_word(self, call: int) -> torch.Tensor:
+        """[batch, 1]: the words of `call` with per_image 1 (counter 0), from the block of calls it falls in."""
+        column = call - self._first_scalar_call
+        if self._scalar_words is None or not 0 <= column < self.SCALAR_CALLS:
+            calls = torch.arange(call, call + self.SCALAR_CALLS, dtype=torch.int64, device=self.device)
+            self._scalar_words = _hash(_hash(_hash(self.keys.unsqueeze(1) ^ calls)) + calls)
+            self._first_scalar_call, column = call, 0
+        return self._scalar_words[:, column:column + 1]
 
     def _unit(self, per_image: int) -> torch.Tensor:
         """[batch, per_image] floats in [0, 1) (24 bits each, exact in float32)."""
@@ -128,6 +158,16 @@ class KeyedDraws:
         gamma = (d * v.clamp(min=1e-12)).gather(1, first.unsqueeze(1)).squeeze(1)
         boost = (1.0 - self._unit(1)[:, 0]) ** (1.0 / alpha)  # in (0, 1]
         return torch.where(alpha < 1, gamma * boost, gamma)
+
+
+def _hash_word(x: int) -> int:
+    """lowbias32 of one word, as `_hash` computes it."""
+    x &= MASK
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & MASK
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & MASK
+    return x ^ (x >> 16)
 
 
 def _hash(x: torch.Tensor) -> torch.Tensor:

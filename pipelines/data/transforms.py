@@ -52,16 +52,22 @@ def view_batch(images: torch.Tensor, params: TransformParams, draws: Draws) -> t
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     out = color_jitter(out, params.color_jitter, draws)
-    out = out + params.noise_std * draws.normal(tuple(out.shape))
+    if params.noise_std:
+        out = out + params.noise_std * draws.normal(tuple(out.shape))
+    else:
+        draws.discard_normal(tuple(out.shape))
 
-    # Cutout: erase one square (clipped at the border) in a random subset of the images.
+    # Cutout: erase one square (clipped at the border) in a random subset of the images. Its draws are made
+    # even when it is off, so that turning it on leaves every other draw as it was.
     erase = draws.uniform(0.0, 1.0) < params.cutout_probability
     top = draws.integers(height).view(batch, 1, 1) - params.cutout_size // 2
     left = draws.integers(width).view(batch, 1, 1) - params.cutout_size // 2
-    rows = torch.arange(height, device=device).view(1, height, 1)
-    cols = torch.arange(width, device=device).view(1, 1, width)
-    square = (rows >= top) & (rows < top + params.cutout_size) & (cols >= left) & (cols < left + params.cutout_size)
-    out = out.masked_fill((square & erase.view(batch, 1, 1)).unsqueeze(1), 0.0)
+    if params.cutout_probability:
+        rows = torch.arange(height, device=device).view(1, height, 1)
+        cols = torch.arange(width, device=device).view(1, 1, width)
+        square = ((rows >= top) & (rows < top + params.cutout_size)
+                  & (cols >= left) & (cols < left + params.cutout_size))
+        out = out.masked_fill((square & erase.view(batch, 1, 1)).unsqueeze(1), 0.0)
 
     return out.clamp_(0.0, 1.0)
 
