@@ -9,8 +9,9 @@ labels: nothing is downloaded, and the speed of a step does not depend on what t
 
     teacher        a ResNet-18-sized teacher (params' resnet arch: width 64, 4 stages of 2 basic blocks, 11.2M
                    parameters) trained on 10 classes, as train_teacher trains it (params' teacher section)
-    student_kd     params' distilled student student_kd (its kd + ce loss) on 100 classes, from the teacher's
-                   stored logits (what teacher_logits writes), as the distill stage trains it
+    student_kd     params' student under Hinton's loss (0.9 kd at T = 8 + 0.1 ce, the loss the tuned loop knows)
+                   on 100 classes, from the teacher's stored logits (what teacher_logits writes), as the distill
+                   stage trains it
     student_live   the same student with `teacher: live`: the teacher run on each batch beside it
 
 Each under four settings, one speed switch added at a time: fp32 (float32, eager); +bf16 (autocast);

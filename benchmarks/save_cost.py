@@ -1,6 +1,7 @@
 """What resumable saves cost a training stage: the shipped baseline student trained with `resume.mode: auto`
 and the shipped `resume` section (a save once `every_minutes` have passed, in the background), and with a save
-at every reading of the clock (`every_minutes: 0`: every 10th step and every epoch end), against the same
+at every reading of the clock (`every_minutes: 0`: every 10th step and every epoch end), on the transfer set as
+stored (its fresh views off, as in benchmarks/stage_overhead.py), against the same
 training with `resume.mode: never`, alternated in one process, on the CPU. The second gives the cost of one
 save, and so the share of training time the shipped interval spends on saves however long the run.
 
@@ -30,6 +31,8 @@ from pipelines.engine.checkpoint import load_checkpoint
 from pipelines.engine.resume.clock import CLOCK_STEPS
 from pipelines.prepare import prepare
 from pipelines.train_student import train_student
+
+from benchmarks.stage_overhead import VIEWS_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python -m benchmarks.save_cost"
@@ -67,7 +70,7 @@ def measure(pairs: int, params_file: Path) -> dict:
 
 
 def measured(pairs: int, params_file: Path) -> dict:
-    shipped = load_params(params_file)
+    shipped = load_params(params_file, VIEWS_OFF)
     resume = {"auto": {"mode": "auto"}, "never": {"mode": "never"}, "every": {"mode": "auto", "every_minutes": 0}}
     runs = {mode: shipped.model_copy(update={"resume": shipped.resume.model_copy(update=resume[mode])})
             for mode in MODES}

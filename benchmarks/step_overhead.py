@@ -5,7 +5,8 @@ PyTorch loop doing the same training, in one process, alternated, on the CPU.
     python -m benchmarks.step_overhead [--pairs 9] [--epochs 10] [--batch-size 16] [--profile]
 
 Both train the shipped baseline student (params.yaml's `student` section: its model, optimizer and schedule;
-the epochs and a batch small enough for the host's work to dominate given here) on scikit-learn's 8x8 digits
+the epochs and a batch small enough for the host's work to dominate given here; on the images as stored, its
+fresh views off) on scikit-learn's 8x8 digits
 (bundled with it: nothing is downloaded), validating every epoch, from the same seed: the plain loop takes the
 engine's data order, so both end with the same weights bit for bit, which the benchmark checks. `fit` runs as a
 stage calls it, its training log written to a folder; resumable saves are off (benchmarks/save_cost.py measures
@@ -131,10 +132,11 @@ def one_thread() -> Iterator[None]:
 
 
 def training_of(params_file: Path, epochs: int, batch_size: int) -> tuple[TrainingParams, int]:
-    """The student section of `params_file` with `epochs` and `batch_size`, and the params' seed."""
+    """The student section of `params_file` with `epochs` and `batch_size`, on the images as stored (its fresh
+    views off: the plain loop has none), and the params' seed."""
     params = load_params(params_file)
     train = params.student.train.model_copy(update={"epochs": epochs, "batch_size": batch_size})
-    return params.student.model_copy(update={"train": train}), params.seed
+    return params.student.model_copy(update={"train": train, "views": None}), params.seed
 
 
 def measure(pairs: int, training: TrainingParams, seed: int) -> dict:

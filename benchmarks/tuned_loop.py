@@ -41,7 +41,7 @@ class Switches:
 
 
 def distillation_loss(kd_weight: float, temperature: float, ce_weight: float) -> Criterion:
-    """kd_weight * T^2 * KL(teacher_T || student_T) + ce_weight * cross-entropy: the shipped student_kd's loss."""
+    """kd_weight * T^2 * KL(teacher_T || student_T) + ce_weight * cross-entropy: Hinton et al.'s loss."""
 
     def loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
         assert teacher is not None
