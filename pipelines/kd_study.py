@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import PARAMS_FILE, Params, ParamsError
+from pipelines.config.data import TransformParams
 from pipelines.config.distill import KDStudyParams, StudentParams, StudyDataset
 from pipelines.config.training import TrainParams
 from pipelines.config.params import read_raw_params, validate_params, with_overrides
@@ -53,7 +54,8 @@ def study_students(study: KDStudyParams, train: TrainParams) -> tuple[dict[str, 
     students: dict[str, dict] = {}
     controls: dict[str, str] = {}
     for way_name, way in study.ways.items():
-        views: dict[str, Any] = {"views": way.views.model_dump(mode="json")} if way.views is not None else {}
+        # a way without views trains on the stored images, whatever views the student section has
+        views = {"views": (way.views or TransformParams()).model_dump(mode="json")}
         for budget in study.budgets:
             control = f"control-{way_name}-{budget}"
             students[control] = {"losses": [{"method": "ce"}], "train": {"epochs": budget,

@@ -66,6 +66,14 @@ TINY_OVERRIDES: dict[str, Any] = {
     "evaluate.latency_repeats": 2,
 }
 
+# The distilled student of the fixed transfer set: Hinton's loss on the teacher's stored logits, no fresh views
+# (the shipped student_kd runs its teacher live on the student section's mixed views).
+STORED_KD: dict[str, Any] = {
+    "student.views": None,
+    "distill.student_kd.teacher": "stored",
+    "distill.student_kd.losses": [{"method": "kd", "weight": 0.9, "temperature": 8.0}, {"method": "ce", "weight": 0.1}],
+}
+
 # What a copy of the project needs to run the pipeline: code, stage and params definitions, DVC's config.
 PROJECT_FILES = (
     "pipelines", "tasks", "flows", "dvc.yaml", "Makefile", "data/raw", "models/.gitignore",

@@ -24,7 +24,7 @@ from pipelines.engine.runtime import init_runtime
 from pipelines.kd.teacher import Teacher, write_teacher_features
 from pipelines.teacher_logits import teacher_logits
 from pipelines.train_student import train_student
-from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES
+from tests.conftest import SHIPPED_PARAMS, STORED_KD, TINY_OVERRIDES
 
 DIVERGING = {**TINY_OVERRIDES, "student.optimizer": {"name": "sgd", "lr": 1.0e6}, "student.train.epochs": 2}
 
@@ -96,9 +96,9 @@ def test_weights_or_statistics_that_stop_being_finite_are_caught_even_with_finit
 # --- stored teacher logits and features -------------------------------------------------------------
 
 
-def test_nan_teacher_logits_stop_distill_naming_the_file_and_what_to_rerun(trained_pipeline, project: Paths,
+def test_nan_teacher_logits_stop_distill_naming_the_file_and_what_to_rerun(project: Paths,
                                                                           capsys: pytest.CaptureFixture) -> None:
-    params, _ = trained_pipeline
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, **STORED_KD})  # a student of the stored logits
     stored = np.load(project.teacher_logits)
     stored[7, 3] = np.nan
     stored[9] = np.inf
@@ -118,8 +118,8 @@ def test_nan_teacher_logits_stop_distill_naming_the_file_and_what_to_rerun(train
 
 
 @pytest.mark.parametrize("shape", ["fewer rows", "other classes"])
-def test_teacher_logits_of_another_shape_are_refused(trained_pipeline, project: Paths, shape: str) -> None:
-    params, _ = trained_pipeline
+def test_teacher_logits_of_another_shape_are_refused(project: Paths, shape: str) -> None:
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, **STORED_KD})  # a student of the stored logits
     stored = np.load(project.teacher_logits)
     np.save(project.teacher_logits, stored[:-1] if shape == "fewer rows" else stored[:, :7])
     good = project.model("student_kd").read_bytes()

@@ -246,7 +246,8 @@ def test_the_report_is_rendered_from_eval_json_the_training_logs_and_the_card_al
 def test_the_report_names_each_student_s_method_and_its_gain_over_its_same_budget_control(evaluated):
     _, paths, results = evaluated
     text = paths.report.read_text()
-    assert "Distilled students: student_kd (0.9 kd (temperature 8) + 0.1 ce, 1 epoch)." in text  # tiny: 1 epoch
+    assert ("Distilled students: student_kd (0.9 kd (temperature 8) + 0.1 kd (temperature 1), teacher live on mixed "
+            "views, 1 epoch).") in text  # tiny: 1 epoch
     student, control, teacher = (results[name]["accuracy"] for name in ("student_kd", "student_baseline", "teacher"))
     gain = (student - control) * 100
     assert (f"Distillation (student_kd) against the same-budget labels-only control (student_baseline): {gain:+.2f} "

@@ -12,6 +12,7 @@ from tests.conftest import PROJECT_ROOT, run, SHIPPED_PARAMS
 from pipelines.config import ParamsError, load_params
 from pipelines.config.optim import AdamParams, SGDParams
 from pipelines.config.params import get_dotted, with_overrides
+from pipelines.config.data import TransformParams
 from pipelines.config.training import ModelParams, RegularizationParams, TrainParams
 from pipelines.kd import check_students
 
@@ -42,9 +43,13 @@ def test_shipped_params_yaml_loads_with_its_values():
     assert params.teacher.train.epochs == raw["teacher"]["train"]["epochs"]
     assert params.teacher.optimizer.name == raw["teacher"]["optimizer"]["name"]
     assert params.student.optimizer.lr == raw["student"]["optimizer"]["lr"]
-    [kd, ce] = params.distill["student_kd"].losses
-    assert [term.method for term in (kd, ce)] == [term["method"] for term in raw["distill"]["student_kd"]["losses"]]
-    assert (kd.weight, kd.options, ce.weight, ce.options) == (0.9, {"temperature": 8.0}, 0.1, {})
+    [soft, matching] = params.distill["student_kd"].losses  # function matching: no label term
+    assert [soft.method, matching.method] == [term["method"] for term in raw["distill"]["student_kd"]["losses"]]
+    assert (soft.weight, soft.options, matching.weight, matching.options) == (0.9, {"temperature": 8.0}, 0.1,
+                                                                              {"temperature": 1.0})
+    assert params.distill["student_kd"].teacher == "live"
+    assert params.student_training("student_kd").views == params.student.views == TransformParams.model_validate(
+        raw["student"]["views"])
     assert list(params.augment.scale) == raw["augment"]["scale"]
     assert params.teacher.schedule.interval == raw["teacher"]["schedule"]["interval"]
     assert params.teacher.regularization.weight_decay == raw["teacher"]["regularization"]["weight_decay"]
@@ -358,7 +363,7 @@ def test_a_student_s_training_defaults_to_the_student_section_where_it_sets_none
     shipped = params.distill["student_kd"]  # sets its train section, the baseline's budget, nothing else
     assert shipped.overrides == {"train": TrainParams(epochs=params.student.train.epochs, batch_size=128)}
     assert params.student_training("student_kd") == params.student.model_copy(update={"train": shipped.train})
-    bare = load_params(PARAMS, {"distill": {"plain": {"losses": [{"method": "kd"}, {"method": "ce"}]}}})
+    bare = load_params(PARAMS, {"distill.plain": {"losses": [{"method": "kd"}, {"method": "ce"}], "teacher": "live"}})
     assert bare.distill["plain"].overrides == {}
     assert bare.student_training("plain") == bare.student
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES, read_image_set
+from tests.conftest import SHIPPED_PARAMS, STORED_KD, TINY_OVERRIDES, read_image_set
 from pipelines.augment import augment
 from pipelines.engine.checkpoint import load_model
 from pipelines.config import load_params
@@ -172,7 +172,7 @@ def test_distill_trains_the_student_from_the_stored_logits_not_the_labels(traine
     np.save(paths.teacher_logits, fake)
     params = load_params(
         SHIPPED_PARAMS,
-        {**TINY_OVERRIDES, "distill.student_kd.losses": [{"method": "kd", "temperature": 4.0}],
+        {**TINY_OVERRIDES, **STORED_KD, "distill.student_kd.losses": [{"method": "kd", "temperature": 4.0}],
          "distill.student_kd.train": {"epochs": 3, "batch_size": 128}},
     )
 
@@ -189,7 +189,8 @@ def test_distill_trains_the_student_from_the_stored_logits_not_the_labels(traine
 
 
 def test_distill_refuses_logits_whose_row_count_does_not_match_the_transfer_set(trained_pipeline, tmp_path):
-    params, shared = trained_pipeline
+    _, shared = trained_pipeline
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, **STORED_KD})
     paths = Paths(tmp_path)
     copy_inputs(shared, paths)
     stored = np.load(shared.teacher_logits)
@@ -219,10 +220,11 @@ def test_shipped_student_has_at_most_a_tenth_of_the_teachers_parameters():
 
 
 def fit_linear(train_set: ImageSet, val_set: ImageSet) -> dict[str, torch.Tensor]:
-    """The weights of a small linear model after two epochs of the shipped student settings on `train_set`."""
+    """The weights of a small linear model after two epochs of the shipped student settings on `train_set`, its
+    images as stored (no fresh views)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    training = load_params(SHIPPED_PARAMS, {"student.train.epochs": 2}).student
+    training = load_params(SHIPPED_PARAMS, {"student.train.epochs": 2, "student.views": None}).student
     objective = CrossEntropy(training.regularization.label_smoothing)
     return fit(model, train_set, val_set, objective, training, Runtime(CPU, 0, 1), seed=0).model.state_dict()
 
@@ -249,7 +251,7 @@ def test_a_row_mixed_wholly_with_another_label_trains_as_if_it_had_that_label(tr
 
 
 def test_teacher_and_distilled_student_train_on_a_cutmix_transfer_set(tmp_path):
-    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, "augment.mix.cutmix_alpha": 1.0})
+    params = load_params(SHIPPED_PARAMS, {**TINY_OVERRIDES, **STORED_KD, "augment.mix.cutmix_alpha": 1.0})
     paths = Paths(tmp_path)
     for stage in (prepare, augment, train_teacher, teacher_logits, distill):
         stage(params, paths)

@@ -142,10 +142,12 @@ def test_the_views_are_the_same_on_cuda_as_on_the_cpu() -> None:
 def test_a_student_on_fresh_views_needs_its_teacher_live() -> None:
     with pytest.raises(ParamsError, match=re.escape("distill.student_kd.teacher: stored, but the student trains on "
                                                     "fresh views (views)")):
-        load_params(SHIPPED_PARAMS, {"distill.student_kd.views": {"pad_crop": 1}})
-    live = load_params(SHIPPED_PARAMS, {"distill.student_kd.views": {"pad_crop": 1},
-                                        "distill.student_kd.teacher": "live"})
+        load_params(SHIPPED_PARAMS, {"distill.student_kd.views": {"pad_crop": 1},
+                                     "distill.student_kd.teacher": "stored"})
+    live = load_params(SHIPPED_PARAMS, {"distill.student_kd.views": {"pad_crop": 1}})  # the shipped teacher: live
     assert live.student_training("student_kd").views == TransformParams(pad_crop=1)
+    stored = load_params(SHIPPED_PARAMS, {"distill.student_kd.views": {}, "distill.student_kd.teacher": "stored"})
+    assert not stored.student_training("student_kd").views.enabled  # {}: the stored images, whatever the student's
 
 
 def live_teacher(tmp_path) -> Teacher:

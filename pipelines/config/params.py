@@ -84,8 +84,10 @@ class Params(Section):
         return self.distributed.with_changes(training.distributed)
 
     def study_settings(self) -> dict[str, TrainingParams]:
-        """Every setting of the study by name: the grid's combinations, then the extra settings."""
-        return self.study.settings(getattr(self, self.study.model))
+        """Every setting of the study by name: the grid's combinations, then the extra settings. They train on the
+        transfer set as stored: the study compares optimizers, schedules and batch sizes, not augmentations, so the
+        model section's fresh views are left out."""
+        return self.study.settings(getattr(self, self.study.model).model_copy(update={"views": None}))
 
     @model_validator(mode="after")
     def _derived_settings_valid(self) -> Params:

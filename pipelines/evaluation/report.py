@@ -96,11 +96,18 @@ def compare(name: str, student: dict, baseline: dict, teacher: dict, differences
 
 
 def describe(params: Params, student: str) -> str:
-    """`0.9 kd (temperature 8) + 0.1 ce, 45 epochs`: a student's weighted loss terms and their options, and its
-    epochs where it sets its own."""
-    train = params.distill[student].train
-    budget = f", {train.epochs} epoch{'s' if train.epochs != 1 else ''}" if train is not None else ""
-    return describe_losses(params, student) + budget
+    """`0.9 kd (temperature 8) + 0.1 kd (temperature 1), teacher live on mixed views, 45 epochs`: a student's
+    weighted loss terms and their options, where its teacher's outputs come from unless stored, and its epochs
+    where it sets its own."""
+    distilled, views = params.distill[student], params.student_training(student).views
+    parts = [describe_losses(params, student)]
+    if distilled.teacher != "stored":
+        seen = ("the stored images" if views is None or not views.enabled
+                else "mixed views" if views.mix.enabled else "fresh views")
+        parts.append(f"teacher {distilled.teacher} on {seen}")
+    if distilled.train is not None:
+        parts.append(f"{distilled.train.epochs} epoch{'s' if distilled.train.epochs != 1 else ''}")
+    return ", ".join(parts)
 
 
 def describe_losses(params: Params, student: str) -> str:
