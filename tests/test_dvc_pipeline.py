@@ -93,7 +93,7 @@ def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report
     write_overrides(project / "params.yaml", {
         "distill.student_t2": {"losses": [{"method": "kd", "weight": 0.5, "temperature": 2.0},
                                           {"method": "ce", "weight": 0.5}],
-                               "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}},
+                               "model": {"arch": "cnn", "width": 3, "depth": 1, "dropout": 0.0}, "teacher": "live"},
     })
     rerun = run(["dvc", "repro"], project)
     assert ran_stages(rerun.stdout) == ["check_params", "teacher_features@student_t2", "teacher_views@student_t2",
@@ -104,7 +104,8 @@ def test_a_second_student_in_params_trains_beside_the_first_and_joins_the_report
     assert list(results) == ["teacher", "student_baseline", "student_kd", "student_t2"]
     assert results["student_t2"]["params"] != results["student_kd"]["params"]  # another size
     report = (project / "reports" / "report.md").read_text()
-    assert "| student_t2 |" in report and "student_t2 (0.5 kd (temperature 2) + 0.5 ce)" in report
+    assert "| student_t2 |" in report
+    assert "student_t2 (0.5 kd (temperature 2) + 0.5 ce, teacher live on mixed views)" in report
     assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
 
 

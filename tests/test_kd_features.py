@@ -32,7 +32,7 @@ from pipelines.kd.fitnet import FitNet
 from pipelines.kd.rkd import RKD, normalized_distances, triplet_angles
 from pipelines.kd.teacher import Teacher, write_teacher_features
 from pipelines.models import ModelConfig, build_model
-from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, TINY_OVERRIDES, load_params, run
+from tests.conftest import PROJECT_ROOT, SHIPPED_PARAMS, STORED_KD, TINY_OVERRIDES, load_params, run
 from tasks.params import write_overrides
 
 
@@ -268,7 +268,7 @@ def test_a_bad_layer_path_stops_the_stage_with_exit_code_2_naming_the_key(distil
 def test_the_teacher_features_stage_stores_what_the_student_then_reads_instead_of_running_the_teacher(
         distill_root) -> None:
     paths, params_file = distill_root
-    write_overrides(params_file, {**TINY_OVERRIDES, "distill.student_kd.losses": [
+    write_overrides(params_file, {**TINY_OVERRIDES, **STORED_KD, "distill.student_kd.losses": [
         {"method": "fitnet", "teacher_layer": "features.3"}, {"method": "rkd"}, {"method": "ce"}]})
     command = ["--student", "student_kd", "--params", str(params_file), "--root", str(paths.root)]
     stored = run([sys.executable, "-m", "pipelines.teacher_features", *command], PROJECT_ROOT)
