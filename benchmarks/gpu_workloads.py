@@ -45,10 +45,9 @@ class Sizes:
 
 
 WORKLOADS = ("teacher", "student_kd", "student_live")
-# The students' loss, on the images as stored (no fresh views), the teacher's logits stored or run live: what the
-# tuned loop implements (the shipped student_kd adds views and function matching, which it does not).
-HINTON = {"losses": [{"method": "kd", "weight": 0.9, "temperature": 8.0}, {"method": "ce", "weight": 0.1}],
-          "views": None}
+# The students' loss, the teacher's logits stored or run live, on the images as stored (`student.views: null`
+# below): what the tuned loop implements (the shipped student_kd adds views and function matching, which it does not).
+HINTON = {"losses": [{"method": "kd", "weight": 0.9, "temperature": 8.0}, {"method": "ce", "weight": 0.1}]}
 SMOKE = Sizes(images=64, val_images=32, side=8, teacher_epochs=1, student_epochs=1, repeats=1, batch_size=16,
               teacher=(4, 2, 1))
 

@@ -42,6 +42,8 @@ from pipelines.engine.objective import CrossEntropy
 from pipelines.engine.runtime import init_runtime
 from pipelines.models import ModelConfig, build_model, count_parameters
 
+from benchmarks.stage_overhead import VIEWS_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python -m benchmarks.step_overhead"
 TARGET = 0.9  # the issue's target: the engine's steps per second at least this share of the plain loop's
@@ -134,9 +136,9 @@ def one_thread() -> Iterator[None]:
 def training_of(params_file: Path, epochs: int, batch_size: int) -> tuple[TrainingParams, int]:
     """The student section of `params_file` with `epochs` and `batch_size`, on the images as stored (its fresh
     views off: the plain loop has none), and the params' seed."""
-    params = load_params(params_file)
+    params = load_params(params_file, VIEWS_OFF)
     train = params.student.train.model_copy(update={"epochs": epochs, "batch_size": batch_size})
-    return params.student.model_copy(update={"train": train, "views": None}), params.seed
+    return params.student.model_copy(update={"train": train}), params.seed
 
 
 def measure(pairs: int, training: TrainingParams, seed: int) -> dict:
