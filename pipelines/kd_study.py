@@ -13,6 +13,12 @@ A dataset is the built-in digits as they are, with pixel noise, or warped into a
 (pipelines/data/generated.py), generated with the seed into the run's folder: on the harder set the student
 falls clearly below the teacher, which is where a loss can show what it recovers. Each (dataset, seed) runs
 in its own process (flows/kd_methods.py starts them one after another).
+
+The grid takes hours, so a run keeps what it has trained: kd_study/runs/DATASET-SEED/trained.json records a
+fingerprint of the settings of each finished model, and a run trains only the models whose settings are new or
+changed (a killed run goes on from its last finished model; a loss or budget added to the grid trains alone).
+A change to the data, the teacher or the student section retrains everything; a change to the code does not
+show in the settings, so delete kd_study/runs/ after one.
 """
 
 from __future__ import annotations
@@ -89,18 +95,64 @@ def check_losses(params: Params) -> None:
         raise ParamsError(re.sub(r"distill\.([\w-]+)\.losses\.", study_key, str(error))) from None
 
 
-def make_dataset(spec: StudyDataset, folder: Path, seed: int) -> str:
-    """Generate the dataset `spec` describes into `folder` (anew); return its data.source."""
+def dataset_source(spec: StudyDataset, folder: Path) -> str:
+    """The data.source of the dataset `spec` describes, generated into `folder` by `make_dataset`."""
+    if spec.size is not None:
+        return f"imagefolder:{folder}"
+    return f"npz:{folder / 'noisy_digits.npz'}" if spec.noise > 0 else "digits"
+
+
+def make_dataset(spec: StudyDataset, folder: Path, seed: int) -> None:
+    """Generate the dataset `spec` describes into `folder`, anew (nothing for the digits as they are)."""
     from pipelines.data.generated import noisy_digits, warped_digits
 
     shutil.rmtree(folder, ignore_errors=True)
     if spec.size is not None:
         warped_digits(folder, spec, seed)
-        return f"imagefolder:{folder}"
-    if spec.noise > 0:
+    elif spec.noise > 0:
         noisy_digits(folder / "noisy_digits.npz", spec.noise, seed)
-        return f"npz:{folder / 'noisy_digits.npz'}"
-    return "digits"
+
+
+class TrainedModels:
+    """What a run folder holds, by fingerprint of the settings that trained it: `upstream` (the dataset and
+    every model but the study's students: the teacher, the baseline, their data) and each student's. Written
+    atomically after each model, so a killed run loses only the model it was training."""
+
+    def __init__(self, path: Path, upstream: str) -> None:
+        from pipelines.engine.resume.fingerprint import fingerprint
+
+        self.path, self._fingerprint, self.upstream = path, fingerprint, upstream
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        self.students: dict[str, str] = stored.get("students", {}) if stored.get("upstream") == upstream else {}
+        self.has_upstream = stored.get("upstream") == upstream
+
+    def student_key(self, student: StudentParams) -> str:
+        return self._fingerprint(upstream=self.upstream, student=student.model_dump(mode="json"))
+
+    def has(self, name: str, student: StudentParams) -> bool:
+        return self.students.get(name) == self.student_key(student)
+
+    def record_upstream(self) -> None:
+        self.has_upstream, self.students = True, {}
+        self._write()
+
+    def record(self, name: str, student: StudentParams) -> None:
+        self.students[name] = self.student_key(student)
+        self._write()
+
+    def _write(self) -> None:
+        from pipelines.core.atomic import write_json
+
+        write_json(self.path, {"upstream": self.upstream, "students": self.students})
+
+
+def upstream_fingerprint(params: Params, spec: StudyDataset) -> str:
+    """The settings every student of a run depends on: all params but the students, and the dataset's recipe."""
+    from pipelines.engine.resume.fingerprint import fingerprint
+
+    # (data.source names the run's folder, which moves with --root; the recipe and the seed make the data)
+    settings = params.model_dump(mode="json", exclude={"distill": True, "kd_study": True, "data": {"source"}})
+    return fingerprint(params=settings, dataset=spec.model_dump(mode="json"))
 
 
 def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
@@ -121,14 +173,23 @@ def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
     from pipelines.train_teacher import train_teacher
 
     run_root = root / "kd_study" / "runs" / f"{dataset}-{seed}"
-    source = make_dataset(params_or_exit(params_file).kd_study.datasets[dataset], run_root / "source", seed)
-    params, paths = study_params(params_file, dataset, seed, source), Paths(run_root)
+    spec = params_or_exit(params_file).kd_study.datasets[dataset]
+    params = study_params(params_file, dataset, seed, dataset_source(spec, run_root / "source"))
+    paths = Paths(run_root)
     check_losses(params)
-    for stage in (prepare, augment, train_teacher, train_student, teacher_logits):
-        stage(params, paths)
-    for name in params.distill:
+    trained = TrainedModels(run_root / "trained.json", upstream_fingerprint(params, spec))
+    if not trained.has_upstream:
+        make_dataset(spec, run_root / "source", seed)
+        for stage in (prepare, augment, train_teacher, train_student, teacher_logits):
+            stage(params, paths)
+        trained.record_upstream()
+    for name, student in params.distill.items():
+        if trained.has(name, student):
+            log.info("%s: trained with these settings already (%s)", name, trained.path)
+            continue
         teacher_features(params, paths, name)
         distill(params, paths, name)
+        trained.record(name, student)
     test = open_image_set(paths.split("test"), paths.arrow_cache)
     _, controls = study_students(params.kd_study, params.student.train)
     rows = []

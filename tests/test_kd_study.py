@@ -17,7 +17,7 @@ from pipelines.config.distill import StudyDataset
 from pipelines.data.generated import noisy_digits, warped_digits
 from pipelines.kd_study import check_losses, study_params, study_students, summarize_rows
 from tasks.params import write_overrides
-from tests.conftest import SHIPPED_PARAMS
+from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES
 
 
 def test_the_noisy_dataset_is_the_digits_with_seeded_noise(tmp_path: Path) -> None:
@@ -117,6 +117,37 @@ def test_a_whole_study_student_is_named_by_its_losses_key(tmp_path: Path) -> Non
 def test_a_study_dataset_or_loss_name_must_be_a_name() -> None:
     with pytest.raises(ParamsError, match="kd_study.datasets.my data"):
         load_params(SHIPPED_PARAMS, {"kd_study.datasets": {"my data": {"noise": 0.1}}})
+
+
+def test_a_run_trains_only_the_models_whose_settings_are_new_or_changed(tmp_path: Path) -> None:
+    from pipelines.kd_study import run
+
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(SHIPPED_PARAMS, params_file)
+    write_overrides(params_file, TINY_OVERRIDES | {"kd_study.budgets": [1], "kd_study.ways": {"fixed": {}},
+                                                   "kd_study.losses": {"kd": [{"method": "kd"}, {"method": "ce"}]}})
+    models = tmp_path / "kd_study" / "runs" / "digits-0" / "models"
+
+    def trained() -> dict[str, int]:  # each model file's modification time: rewritten when it is trained anew
+        return {path.stem: path.stat().st_mtime_ns for path in models.glob("*.pt") if ".heads" not in path.name}
+
+    first_rows = run(params_file, tmp_path, "digits", 0)
+    first = trained()
+    assert set(first) == {"teacher", "student_baseline", "control-fixed-1", "kd-fixed-1"}
+
+    # a loss added to the grid, and kd's temperature changed: only those two students train
+    write_overrides(params_file, {"kd_study.losses": {"kd": [{"method": "kd", "temperature": 2.0}, {"method": "ce"}],
+                                                      "dist": [{"method": "dist"}, {"method": "ce"}]}})
+    rows = run(params_file, tmp_path, "digits", 0)
+    second = trained()
+    assert {name for name in second if second[name] != first.get(name)} == {"kd-fixed-1", "dist-fixed-1"}
+    kept = {row["model"]: row for row in first_rows if row["model"] != "kd-fixed-1"}
+    assert [row for row in rows if row["model"] in kept] == list(kept.values())  # the same rows, read again
+
+    # the teacher's settings changed: everything trains again, on the regenerated data
+    write_overrides(params_file, {"teacher.optimizer.lr": 0.01})
+    run(params_file, tmp_path, "digits", 0)
+    assert all(stamp != second[name] for name, stamp in trained().items())
 
 
 @pytest.mark.slow
