@@ -26,7 +26,7 @@ from pipelines.engine.strategies import build_strategy
 from pipelines.engine.runtime import Runtime
 from pipelines.kd.at import AT, attention
 from pipelines.kd.base import Context, Distillation
-from pipelines.kd.crd import CRD, nce_loss
+from pipelines.kd.crd import CRD, candidate_similarity, nce_loss
 from pipelines.engine.capture import Capture, layer
 from pipelines.kd.fitnet import FitNet
 from pipelines.kd.rkd import RKD, normalized_distances, triplet_angles
@@ -178,6 +178,21 @@ def test_crd_projects_both_embeddings_and_moves_each_image_s_bank_rows_toward_th
     assert changed == [3, 5, 7, 9]  # only the batch's rows, each still of norm 1
     assert torch.allclose(term.student_bank.norm(dim=1), torch.ones(16))
     assert set(term.state_dict()) >= {"student_bank", "teacher_bank", "student_head.weight", "teacher_head.weight"}
+
+
+@pytest.mark.parametrize("bank_rows", [40, 4000])  # one product with the whole bank; the rows gathered
+def test_crd_scores_each_embedding_against_the_bank_rows_its_candidates_name(bank_rows: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(bank_rows, 6, generator=generator, dtype=torch.float64), dim=1)
+    candidates = torch.randint(0, bank_rows, (3, 9), generator=generator)
+    candidates[0, 1:3] = candidates[0, 0]  # an image drawn twice counts twice
+    embeddings = torch.randn(3, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    similarity = candidate_similarity(bank, candidates, embeddings)
+    by_rows = torch.stack([bank[row] @ embedding for row, embedding in zip(candidates, embeddings)])
+    assert torch.allclose(similarity, by_rows)
+    weights = torch.randn(3, 9, generator=generator, dtype=torch.float64)
+    (gradient,) = torch.autograd.grad((similarity * weights).sum(), embeddings)
+    assert torch.allclose(gradient, torch.einsum("bk,bkd->bd", weights, bank[candidates]))
 
 
 LAYERS = [("features", False), ("classifier", True)]  # a map, and the embedding entering the classifier
