@@ -227,7 +227,8 @@ def summarize(params: Params, root: Path) -> list[dict]:
 def summarize_rows(rows: list[dict]) -> list[dict]:
     """Per dataset and model: mean and standard deviation of test accuracy over the seeds, the mean share of
     the teacher-control gap recovered against the model's own control (per seed, then averaged; a row without
-    one is measured against the baseline), seconds per epoch."""
+    one is measured against the baseline), the seeds on which it ends above, level with and below that control,
+    seconds per epoch."""
     by_run = {(row["dataset"], row["seed"], row["model"]): row for row in rows}
     summary = []
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
@@ -239,8 +240,14 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
             recovered = [share for accuracy, seed in zip(accuracies, seeds) if measured
                          if (share := gap_recovered(accuracy, by_run[(dataset, seed, control)]["test_accuracy"],
                                                     by_run[(dataset, seed, "teacher")]["test_accuracy"])) is not None]
+            gains = [accuracy - by_run[(dataset, seed, control)]["test_accuracy"]
+                     for accuracy, seed in zip(accuracies, seeds) if measured]
             summary.append({
                 "dataset": dataset, "model": model, "seeds": len(seeds), "control": control if measured else None,
+                # seeds on which the model ends above, level with and below its control
+                "above": sum(gain > 0 for gain in gains) if measured else None,
+                "level": sum(gain == 0 for gain in gains) if measured else None,
+                "below": sum(gain < 0 for gain in gains) if measured else None,
                 "mean_accuracy": statistics.mean(accuracies),
                 "std_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
                 "gap_recovered": statistics.mean(recovered) if recovered else None,

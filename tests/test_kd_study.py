@@ -15,6 +15,7 @@ from pipelines.config.data import TransformParams
 from pipelines.config import ParamsError, load_params
 from pipelines.config.distill import StudyDataset
 from pipelines.data.generated import noisy_digits, warped_digits
+from pipelines.evaluation.kd_methods import render_table
 from pipelines.kd_study import check_losses, study_params, study_students, summarize_rows
 from tasks.params import write_overrides
 from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES
@@ -91,6 +92,25 @@ def test_the_gap_recovered_is_computed_per_seed_then_averaged() -> None:
     kd = next(row for row in summarize_rows(rows) if row["model"] == "kd")
     assert kd["gap_recovered"] == pytest.approx((0.5 + 1.0) / 2)  # half the gap on seed 0, all of it on seed 1
     assert kd["mean_accuracy"] == pytest.approx(0.9) and kd["std_accuracy"] == pytest.approx(0.0)
+
+
+def test_the_grid_table_gives_each_loss_per_way_and_budget_against_its_control_and_the_seeds_it_beats_it_on() -> None:
+    accuracies = {  # per seed: kd beats its control on one seed and is level with it on the other, each way
+        0: {"teacher": 1.0, "student_baseline": 0.8, "control-fixed-15": 0.8, "kd-fixed-15": 0.9,
+            "control-fresh-45": 0.9, "kd-fresh-45": 0.9},
+        1: {"teacher": 1.0, "student_baseline": 0.8, "control-fixed-15": 0.8, "kd-fixed-15": 0.8,
+            "control-fresh-45": 0.8, "kd-fresh-45": 0.9},
+    }
+    rows = [{"dataset": "d", "seed": seed, "model": model, "test_accuracy": accuracy, "seconds_per_epoch": 1.0,
+             "control": model.replace("kd", "control") if model.startswith("kd") else None}
+            for seed, models in accuracies.items() for model, accuracy in models.items()]
+    summary = summarize_rows(rows)
+    kd = next(row for row in summary if row["model"] == "kd-fixed-15")
+    assert (kd["above"], kd["level"], kd["below"]) == (1, 1, 0)
+    table = render_table(summary, [0, 1])
+    assert "| loss | fixed-15 | fresh-45 |\n" in table  # budget by budget
+    assert "| kd | +5.00 (+25%, 1/2) | +5.00 (+25%, 1/2) |\n" in table  # points, gap recovered, seeds above
+    assert "| kd-fixed-15 | 85.00% ± 7.07% | control-fixed-15 | +5.00 | +25% | 1 / 1 / 0 | 1.00 |" in table
 
 
 def test_a_bad_study_loss_is_named_by_its_kd_study_key(tmp_path: Path) -> None:
