@@ -184,7 +184,7 @@ def run(params_file: Path, root: Path, dataset: str, seed: int) -> list[dict]:
             stage(params, paths)
         trained.record_upstream()
     for name, student in params.distill.items():
-        if trained.has(name, student):
+        if trained.has(name, student) and paths.model(name).exists():
             log.info("%s: trained with these settings already (%s)", name, trained.path)
             continue
         teacher_features(params, paths, name)
