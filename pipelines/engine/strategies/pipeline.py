@@ -5,11 +5,11 @@ Each rank holds a contiguous run of the model's layer sequence (the built-in mod
 normalization, each layer or residual block of the feature extractor, the head), the runs balanced by parameter
 count; only that run is on its device, and its optimizer holds only its parameters. Every global batch flows through
 the ranks in `distributed.microbatches` equal micro-batches, scheduled GPipe (all forwards, then all backwards) or
-1F1B (`pipeline_schedule`); the last rank computes the objective's loss on each micro-batch's logits. torch scales
-the gradients by the number of micro-batches, so a step's gradient is that of the mean of the micro-batches' mean
-losses: what one process accumulating gradients over the same micro-batches computes (tests/test_distributed.py
-checks it). Validation flows through the same pipeline; at the end the main rank gathers every rank's layers (and
-the last one's objective), so it saves the whole model.
+1F1B (`pipeline_schedule`); the last rank computes the objective's loss on each micro-batch's logits. torch divides
+the stage's gradients by the number of micro-batches (the last rank the objective's own too), so a step's gradient
+is that of the mean of the micro-batches' mean losses: what one process accumulating gradients over the same
+micro-batches computes (tests/test_distributed.py checks it). Validation flows through the same pipeline; at the
+end the main rank gathers every rank's layers (and the last one's objective), so it saves the whole model.
 
 An objective that reads inner layers (feature-based distillation) captures their outputs with forward hooks, which
 fire on the rank that holds the layer: each stage passes what its layers captured, and what it received of the
@@ -177,6 +177,10 @@ class PipelineParallel:
                 self.schedule.step(batch_of(step_rows).images)
             elif self.rank == self.last_rank:
                 self.schedule.step(target=step_rows)  # split into micro-batches as the images are
+                # torch divides the gradients of the stage's layers by the micro-batches, not those of the
+                # objective's own parameters (a connector, crd's heads), which live outside the stage
+                torch._foreach_div_([parameter.grad for parameter in self.objective.parameters()
+                                     if parameter.grad is not None], float(self.params.microbatches))
             else:
                 self.schedule.step()
         yield from self._recorded
