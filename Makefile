@@ -55,9 +55,10 @@ test-timm:
 	.venv-timm/bin/uv pip install --python .venv-timm/bin/python --compile-bytecode --quiet -r requirements.lock
 	PATH=$(CURDIR)/.venv-timm/bin:$$PATH .venv-timm/bin/python -m pytest tests/test_models.py -k timm
 
-# Distilled vs. baseline student over 3 seeds (docs/kd_methods.md): minutes, not part of the tests.
+# Distilled vs. baseline student over 3 seeds (docs/kd_methods.md): minutes, not part of the tests. On another
+# dataset with the shipped params: make bench SOURCE=imagefolder:/data/digits28
 bench: setup
-	$(BIN)/python -m benchmarks.kd_vs_baseline
+	$(BIN)/python -m benchmarks.kd_vs_baseline $(if $(SOURCE),--source $(SOURCE))
 
 # docs/benchmarks.md from the speed benchmarks' own output (benchmarks/speed_report.py): the engine's step and a
 # training stage against plain PyTorch, the cost of saves and of the flow, and the GPU check on a CUDA machine
@@ -65,8 +66,8 @@ bench: setup
 bench-speed: setup
 	$(BIN)/python -m benchmarks.speed_report
 
-# The distillation methods study (docs/kd_methods.md): every loss of kd_study in params.yaml, each dataset
-# and seed; tens of minutes, not part of the tests.
+# The distillation methods study (docs/kd_methods.md): every loss of kd_study in params.yaml, each way and
+# budget, each dataset and seed; hours on 2 cores, not part of the tests. Run again, it trains only what it lacks.
 kd-study: setup
 	$(BIN)/python -m flows.kd_methods
 

@@ -10,8 +10,11 @@ import re
 import pytest
 import torch
 
-from benchmarks import gpu_check, speed_report, step_overhead
-from tests.conftest import SHIPPED_PARAMS
+from benchmarks import gpu_check, kd_vs_baseline, speed_report, step_overhead
+from pipelines.config.distill import StudyDataset
+from pipelines.data.generated import warped_digits
+from tasks.params import write_overrides
+from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES
 
 
 def table_rows(text: str, heading: str) -> list[list[str]]:
@@ -73,3 +76,21 @@ def test_a_page_without_gpu_figures_says_how_to_record_them() -> None:
     page = speed_report.compose("", {}, HEADER, "today")
     assert "No GPU figures have been recorded yet" in page and "`make bench-speed`" in page
     assert "Not recorded yet: `python -m benchmarks.speed_report --only flow_overhead`" in page
+
+
+def test_the_distillation_benchmark_runs_the_shipped_comparison_on_a_dataset_of_one_s_own(tmp_path, capsys,
+                                                                                          monkeypatch) -> None:
+    warped_digits(tmp_path / "mine", StudyDataset(size=12, images=300, clutter=1, noise=0.1), seed=0)
+    params = tmp_path / "params.yaml"
+    params.write_text(SHIPPED_PARAMS.read_text())
+    write_overrides(params, TINY_OVERRIDES)
+    monkeypatch.setattr("sys.argv", ["kd_vs_baseline", "--seeds", "0", "1", "--params", str(params),
+                                     "--source", f"imagefolder:{tmp_path / 'mine'}"])
+    kd_vs_baseline.main()
+    out = capsys.readouterr().out
+    rows = table_rows("\n" + out, "\n")  # the table opens the output
+    assert [row[0] for row in rows] == ["0", "1", "mean"]
+    assert "the distilled student student_kd is at least as accurate as its control on" in out
+    # 300 images, 15% of them test images: accuracies are multiples of 1/45 (the built-in digits' test split has 270)
+    test_images = [float(cell.rstrip("%")) / 100 * 45 for cell in rows[0][1:4]]
+    assert all(abs(count - round(count)) < 0.01 for count in test_images)
