@@ -179,8 +179,9 @@ class PipelineParallel:
                 self.schedule.step(target=step_rows)  # split into micro-batches as the images are
                 # torch divides the gradients of the stage's layers by the micro-batches, not those of the
                 # objective's own parameters (a connector, crd's heads), which live outside the stage
-                torch._foreach_div_([parameter.grad for parameter in self.objective.parameters()
-                                     if parameter.grad is not None], float(self.params.microbatches))
+                for parameter in self.objective.parameters():
+                    if parameter.grad is not None:
+                        parameter.grad.div_(self.params.microbatches)
             else:
                 self.schedule.step()
         yield from self._recorded
