@@ -237,11 +237,11 @@ def summarize_rows(rows: list[dict]) -> list[dict]:
             accuracies = [by_run[(dataset, seed, model)]["test_accuracy"] for seed in seeds]
             control = by_run[(dataset, seeds[0], model)].get("control", "student_baseline")
             measured = control is not None and model not in MODELS
-            recovered = [share for accuracy, seed in zip(accuracies, seeds) if measured
-                         if (share := gap_recovered(accuracy, by_run[(dataset, seed, control)]["test_accuracy"],
+            controls = [by_run[(dataset, seed, control)]["test_accuracy"] for seed in seeds] if measured else []
+            recovered = [share for accuracy, against, seed in zip(accuracies, controls, seeds)
+                         if (share := gap_recovered(accuracy, against,
                                                     by_run[(dataset, seed, "teacher")]["test_accuracy"])) is not None]
-            gains = [accuracy - by_run[(dataset, seed, control)]["test_accuracy"]
-                     for accuracy, seed in zip(accuracies, seeds) if measured]
+            gains = [accuracy - against for accuracy, against in zip(accuracies, controls)]
             summary.append({
                 "dataset": dataset, "model": model, "seeds": len(seeds), "control": control if measured else None,
                 # seeds on which the model ends above, level with and below its control

@@ -24,13 +24,18 @@ class Grid(NamedTuple):
     cells: dict[tuple[str, str], tuple[dict, float]]
 
 
+def points_over_control(row: dict, mean: dict[str, float]) -> float:
+    """A measured row's mean accuracy above its control's, in points (`mean`: the dataset's, by model)."""
+    return (row["mean_accuracy"] - mean[row["control"]]) * 100
+
+
 def grid(summary: list[dict], dataset: str) -> Grid:
     mean = {row["model"]: row["mean_accuracy"] for row in summary if row["dataset"] == dataset}
     cells = {}
     for row in summary:
         if row["dataset"] == dataset and row.get("control") and row["model"].count("-") >= 2:
             loss, way, budget = row["model"].rsplit("-", 2)
-            cells[(loss, f"{way}-{budget}")] = (row, (row["mean_accuracy"] - mean[row["control"]]) * 100)
+            cells[(loss, f"{way}-{budget}")] = (row, points_over_control(row, mean))
     columns = sorted(dict.fromkeys(column for _, column in cells), key=lambda column: int(column.rsplit("-", 1)[1]))
     return Grid(list(dict.fromkeys(loss for loss, _ in cells)), columns, cells)
 
@@ -60,8 +65,7 @@ def render_table(summary: list[dict], seeds: list[int]) -> str:
         for row in rows:
             control = row.get("control")
             gain, seeds_against = ("-", "-") if control is None else (
-                f"{(row['mean_accuracy'] - mean[control]) * 100:+.2f}",
-                f"{row['above']} / {row['level']} / {row['below']}")
+                f"{points_over_control(row, mean):+.2f}", f"{row['above']} / {row['level']} / {row['below']}")
             lines.append(f"| {row['model']} | {row['mean_accuracy']:.2%} ± {row['std_accuracy']:.2%} | "
                          f"{control or '-'} | {gain} | {_share(row)} | {seeds_against} | "
                          f"{row['seconds_per_epoch']:.2f} |")
