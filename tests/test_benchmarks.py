@@ -85,13 +85,13 @@ def test_a_page_without_gpu_figures_says_how_to_record_them() -> None:
     assert "Not recorded yet: `python -m benchmarks.speed_report --only flow_overhead`" in page
 
 
-def test_the_distillation_benchmark_runs_the_shipped_comparison_on_a_dataset_of_one_s_own(tmp_path, capsys,
-                                                                                          monkeypatch) -> None:
+def test_the_distillation_benchmark_runs_the_shipped_comparison_on_a_dataset_of_one_s_own_two_seeds_at_a_time(
+        tmp_path, capsys, monkeypatch) -> None:
     warped_digits(tmp_path / "mine", StudyDataset(size=12, images=300, clutter=1, noise=0.1), seed=0)
     params = tmp_path / "params.yaml"
     params.write_text(SHIPPED_PARAMS.read_text())
     write_overrides(params, TINY_OVERRIDES)
-    monkeypatch.setattr("sys.argv", ["kd_vs_baseline", "--seeds", "0", "1", "--params", str(params),
+    monkeypatch.setattr("sys.argv", ["kd_vs_baseline", "--seeds", "0", "1", "--params", str(params), "--jobs", "2",
                                      "--source", f"imagefolder:{tmp_path / 'mine'}"])
     kd_vs_baseline.main()
     out = capsys.readouterr().out
