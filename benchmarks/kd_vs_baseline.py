@@ -12,13 +12,15 @@ checked on a held-out set kept outside the project (`make bench SOURCE=imagefold
 one process does not fill many cores), and prints them in seed order.
 
 Each seed changes the split, the augmentation, the initializations and the batch order. Runs in a
-temporary folder: the project's own artifacts are not touched. Prints a markdown table and the means. A
-student whose budget differs from the baseline's is named: the baseline is then no control of it.
+temporary folder: the project's own artifacts are not touched. Prints a markdown table and the means (the
+stages' progress goes to stderr). A student whose budget differs from the baseline's is named: the baseline is
+then no control of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import statistics
@@ -41,6 +43,8 @@ from pipelines.teacher_logits import teacher_logits
 from pipelines.train_student import train_student
 from pipelines.train_teacher import train_teacher
 
+# The stages' progress, on stderr: `processName` tells the seeds apart when several run at a time.
+LOG_FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s"
 # Every stage before `evaluate`, whose results the benchmark reads.
 TRAINING_STAGES = (prepare, augment, train_teacher, train_student, teacher_logits, distill)
 
@@ -55,6 +59,7 @@ def main() -> None:
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: at least 1")
     data = {"data.source": args.source} if args.source else {}
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
     shipped = load_params(args.params, data)
     models = shipped.model_names
@@ -93,8 +98,14 @@ def run_seeds(params_file: Path, data: dict[str, str], seeds: list[int],
         yield from (run_seed(params_file, data, seed) for seed in seeds)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), torch.set_num_threads, (threads,)) as pool:
+    with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), start_worker, (threads,)) as pool:
         yield from (future.result() for future in [pool.submit(run_seed, params_file, data, seed) for seed in seeds])
+
+
+def start_worker(threads: int) -> None:
+    """A process of `--jobs`: its share of the cores, and its stages' progress on stderr."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def run_seed(params_file: Path, data: dict[str, str], seed: int) -> tuple[dict[str, float], float]:
