@@ -74,9 +74,10 @@ bench-speed: setup
 	$(BIN)/python -m benchmarks.speed_report
 
 # The distillation methods study (docs/kd_methods.md): every loss of kd_study in params.yaml, each way and
-# budget, each dataset and seed; hours on 2 cores, not part of the tests. Run again, it trains only what it lacks.
+# budget, each dataset and seed; hours, not part of the tests. Run again, it trains only what it lacks.
+# make kd-study JOBS=2: two runs at a time, each on half the cores.
 kd-study: setup
-	$(BIN)/python -m flows.kd_methods
+	$(BIN)/python -m flows.kd_methods $(if $(JOBS),--jobs $(JOBS))
 
 # The README's picture, docs/report_training.png: the HTML report's training curves of a run of the shipped
 # params.yaml (the pipeline as `make run` runs it, through DVC alone, up to the report). Minutes; commit the PNG.

@@ -75,10 +75,11 @@ def run_dvc_stage(stage: str, project_dir: Path) -> None:
     run_logged([sys.executable, "-m", "dvc", "repro", "--single-item", stage], project_dir, f"stage {stage}")
 
 
-def run_logged(command: list[str], project_dir: Path, what: str) -> None:
-    """Run `command` in the project, each output line to the run's log; raise StageFailed with its last lines."""
+def run_logged(command: list[str], project_dir: Path, what: str, env_vars: dict[str, str] | None = None) -> None:
+    """Run `command` in the project (with `env_vars` set), each output line to the run's log; raise StageFailed
+    with its last lines."""
     logger = get_run_logger()
-    env = dict(os.environ)
+    env = dict(os.environ) | (env_vars or {})
     # dvc.yaml's `python -m pipelines.<stage>` must find this interpreter (the project's venv) first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)

@@ -14,10 +14,11 @@ from tasks.dvc_stages import run_logged
 
 
 @task(name="kd_study_run", task_run_name="kd study {dataset} seed {seed}", cache_policy=NO_CACHE)
-def run_kd_study(project_dir: Path, dataset: str, seed: int) -> list[dict]:
-    """The teacher, the baseline and every study loss on one dataset with one seed, in a fresh process."""
+def run_kd_study(project_dir: Path, dataset: str, seed: int, threads: int | None = None) -> list[dict]:
+    """The teacher, the baseline and every study loss on one dataset with one seed, in a fresh process (on
+    `threads` CPU threads; torch's default: every core)."""
     run_logged([sys.executable, "-m", "pipelines.kd_study", "run", dataset, str(seed)], project_dir,
-               f"kd study {dataset} seed {seed}")
+               f"kd study {dataset} seed {seed}", {"OMP_NUM_THREADS": str(threads)} if threads else None)
     return json.loads((project_dir / "kd_study" / "runs" / f"{dataset}-{seed}.json").read_text())
 
 

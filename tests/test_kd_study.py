@@ -171,7 +171,11 @@ def test_a_run_trains_only_the_models_whose_settings_are_new_or_changed(tmp_path
 
 
 @pytest.mark.slow
-def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(prefect_server, project: Path) -> None:
+def test_the_study_flow_runs_each_dataset_and_seed_two_at_a_time_and_tabulates_every_loss(prefect_server,
+                                                                                            project: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
     from flows.kd_methods import kd_methods_study
 
     write_overrides(project / "params.yaml", {  # the project's params are the tiny ones already
@@ -182,7 +186,15 @@ def test_the_study_flow_runs_each_dataset_and_seed_and_tabulates_every_loss(pref
                             "fitnet": [{"method": "fitnet"}, {"method": "ce"}]},
     })
 
-    table = kd_methods_study(project_dir=str(project))
+    state = kd_methods_study(project_dir=str(project), jobs=2, return_state=True)
+
+    table = state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+            state.state_details.flow_run_id])), task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="kd study")))
+    spans = sorted((run.start_time, run.end_time) for run in runs)
+    assert len(spans) == 4
+    assert max(sum(start <= moment < end for start, end in spans) for moment, _ in spans) == 2  # two at a time
 
     summary = json.loads((project / "kd_study" / "results.json").read_text())
     assert [(row["dataset"], row["model"]) for row in summary] == [
