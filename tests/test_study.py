@@ -43,6 +43,15 @@ def test_the_grid_is_every_optimizer_schedule_and_batch_combination_plus_the_ext
     assert recipe.regularization == params.student.regularization, "sections the setting omits stay the base's"
 
 
+def test_every_grid_setting_trains_the_study_s_epochs_whatever_the_model_section_s() -> None:
+    params = load_params(SHIPPED_PARAMS, {"student.train.epochs": 60, "study.epochs": 15})
+    settings = params.study_settings()
+    assert {settings[name].train.epochs for name in settings if name.count("-") == 2} == {15}
+    assert settings["full_batch_20x_epochs"].train.epochs == 300, "a setting's own train section stays"
+    unset = load_params(SHIPPED_PARAMS, {"student.train.epochs": 60, "study.epochs": None}).study_settings()
+    assert unset["adam-cosine-batch_128"].train.epochs == 60
+
+
 def test_an_extra_setting_that_breaks_a_cross_section_rule_is_refused_by_name(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text((SHIPPED_PARAMS).read_text())

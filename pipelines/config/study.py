@@ -39,12 +39,17 @@ class StudyParams(Section):
     target_accuracy: float = Field(gt=0.0, le=1.0)  # report the optimizer steps needed to reach it on val
     # and those needed for the training loss to fall below this (convergence where val accuracy stays short)
     target_train_loss: float = Field(gt=0.0)
+    # every setting's epochs unless it gives its own train section (null: the model section's), so that the
+    # study's budget does not move with the pipeline's
+    epochs: int | None = Field(default=None, ge=1)
     grid: StudyGrid
     extra: dict[str, StudySetting] = {}
 
     def settings(self, base: TrainingParams) -> dict[str, TrainingParams]:
         """Every setting by name, starting from `base`: the grid's combinations, then the extra settings."""
         settings = {}
+        if self.epochs is not None:
+            base = base.model_copy(update={"train": base.train.model_copy(update={"epochs": self.epochs})})
         for (opt_name, optimizer), (schedule_name, schedule), batch_size in itertools.product(
             self.grid.optimizer.items(), self.grid.schedule.items(), self.grid.batch_size
         ):
