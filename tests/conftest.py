@@ -63,6 +63,7 @@ TINY_OVERRIDES: dict[str, Any] = {
     "student.model.depth": 1,
     "student.train.epochs": 1,
     "distill.student_kd.train.epochs": 1,  # the shipped student_kd trains longer than the baseline
+    "study.epochs": 1,  # the optimization study's settings have a budget of their own
     "evaluate.latency_repeats": 2,
 }
 
